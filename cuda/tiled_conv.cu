@@ -1,0 +1,248 @@
+// CUDA kernels of rapa::tiled_conv and its backward.
+//
+// Patches are sorted by tile on the device (a stable argsort of the assignment); one kernel
+// gathers each kept patch into a tile-sorted im2col matrix, one cuBLAS product per tile (through
+// at::mm_out on row slices) multiplies it by that tile's kernel matrix, and one kernel writes
+// the output. The backward mirrors it; the input gradient is gathered per input pixel (no
+// atomics, so it is deterministic). The tile sizes reach the host in one small copy, which also
+// carries the range check of the assignment.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "launch.cuh"
+
+namespace rapa {
+namespace {
+
+struct Geometry {
+  int64_t C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, NP;
+};
+
+Geometry geometry(const ConvShape& s) {
+  return {s.C, s.H, s.W, s.O, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.Ho, s.Wo, s.K(), s.NP()};
+}
+
+// P[r, k] = input pixel k (in (c, ky, kx) order) of the r-th kept patch in tile order.
+template <typename scalar_t>
+__global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
+    const int64_t* __restrict__ region, const int64_t* __restrict__ tiles,
+    const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ P) {
+  RAPA_KERNEL_LOOP(i, rows * g.K) {
+    const int64_t r = i / g.K, k = i % g.K;
+    const int64_t p = order[r], n = p / g.NP, q = p % g.NP;
+    const int64_t c = k / (g.kh * g.kw), ky = (k / g.kw) % g.kh, kx = k % g.kw;
+    const int64_t iy = (q / g.Wo) * g.sh - g.ph + ky, ix = (q % g.Wo) * g.sw - g.pw + kx;
+    scalar_t v = scalar_t(0);
+    if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W &&
+        (region == nullptr || region[iy * g.W + ix] == tiles[p]))
+      v = x[((n * g.C + c) * g.H + iy) * g.W + ix];
+    P[i] = v;
+  }
+}
+
+// out[n, o, y, x] = Y[row of the patch, o] + bias[tile, o], or 0 for a dropped patch.
+template <typename scalar_t>
+__global__ void scatter_output_kernel(const scalar_t* __restrict__ Y,
+    const scalar_t* __restrict__ bias, const int64_t* __restrict__ tiles,
+    const int64_t* __restrict__ row_of, int64_t total, Geometry g, scalar_t* __restrict__ out) {
+  RAPA_KERNEL_LOOP(i, total) {
+    const int64_t q = i % g.NP, o = (i / g.NP) % g.O, n = i / (g.NP * g.O);
+    const int64_t p = n * g.NP + q, r = row_of[p];
+    out[i] = r < 0 ? scalar_t(0) : Y[r * g.O + o] + (bias ? bias[tiles[p] * g.O + o] : scalar_t(0));
+  }
+}
+
+// G[r, o] = grad_output of the r-th kept patch in tile order.
+template <typename scalar_t>
+__global__ void gather_grad_kernel(const scalar_t* __restrict__ go,
+    const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ G) {
+  RAPA_KERNEL_LOOP(i, rows * g.O) {
+    const int64_t r = i / g.O, o = i % g.O, p = order[r];
+    G[i] = go[((p / g.NP) * g.O + o) * g.NP + p % g.NP];
+  }
+}
+
+// grad_input[n, c, iy, ix] = sum over the patches that read this pixel of their row gradient.
+template <typename scalar_t>
+__global__ void col2im_kernel(const scalar_t* __restrict__ dP, const int64_t* __restrict__ region,
+    const int64_t* __restrict__ tiles, const int64_t* __restrict__ row_of, int64_t total,
+    Geometry g, scalar_t* __restrict__ grad_input) {
+  RAPA_KERNEL_LOOP(i, total) {
+    const int64_t ix = i % g.W, iy = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C;
+    const int64_t n = i / (g.W * g.H * g.C);
+    const int64_t pixel_region = region ? region[iy * g.W + ix] : 0;
+    scalar_t acc = scalar_t(0);
+    for (int64_t ky = 0; ky < g.kh; ++ky) {
+      const int64_t ty = iy + g.ph - ky;
+      if (ty < 0 || ty % g.sh != 0 || ty / g.sh >= g.Ho) continue;
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        const int64_t tx = ix + g.pw - kx;
+        if (tx < 0 || tx % g.sw != 0 || tx / g.sw >= g.Wo) continue;
+        const int64_t p = n * g.NP + (ty / g.sh) * g.Wo + tx / g.sw, r = row_of[p];
+        if (r < 0 || (region && tiles[p] != pixel_region)) continue;
+        acc += dP[r * g.K + (c * g.kh + ky) * g.kw + kx];
+      }
+    }
+    grad_input[i] = acc;
+  }
+}
+
+// Patches sorted by tile: order (kept patches only), the row of each patch (-1 if dropped),
+// and the number of rows of each tile on the host.
+struct TileSort {
+  at::Tensor order, row_of;
+  std::vector<int64_t> rows;
+  int64_t kept = 0;
+};
+
+TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
+  TileSort ts;
+  const at::Tensor tiles = assignment.reshape({-1});
+  const int64_t total = tiles.numel();
+  ts.rows.assign(T, 0);
+  if (total == 0) {
+    ts.order = tiles;
+    ts.row_of = tiles;
+    return ts;
+  }
+  const at::Tensor slot = (tiles + 1).clamp(0, T + 1);  // 0: dropped, T+1: out of range above
+  at::Tensor stats = at::zeros({T + 4}, tiles.options());
+  stats.narrow(0, 0, T + 2).index_add_(0, slot, at::ones_like(tiles));
+  stats.narrow(0, T + 2, 1).copy_(tiles.min().view({1}));
+  stats.narrow(0, T + 3, 1).copy_(tiles.max().view({1}));
+  const at::Tensor host = stats.cpu();  // the one device-to-host copy
+  const int64_t* h = host.data_ptr<int64_t>();
+  TORCH_CHECK(h[T + 2] >= -1, assignment_range_message(h[T + 2], T));
+  TORCH_CHECK(h[T + 3] < T, assignment_range_message(h[T + 3], T));
+  for (int64_t t = 0; t < T; ++t) ts.rows[t] = h[t + 1];
+  const int64_t dropped = h[0];
+  ts.kept = total - dropped;
+  const at::Tensor sorted = at::argsort(tiles, /*stable=*/true, 0, false);
+  ts.order = sorted.narrow(0, dropped, ts.kept);
+  ts.row_of = at::empty_like(tiles);
+  ts.row_of.scatter_(0, sorted, at::arange(-dropped, ts.kept, tiles.options()));
+  ts.row_of.clamp_min_(-1);
+  return ts;
+}
+
+at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
+    at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
+  const ConvShape s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Geometry g = geometry(s);
+  const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
+  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, g.K});
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, x.options());
+  if (out.numel() == 0) return out;
+  const TileSort ts = sort_by_tile(tiles, s.T);
+  at::Tensor P = at::empty({ts.kept, g.K}, x.options());
+  at::Tensor Y = at::empty({ts.kept, g.O}, x.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_cuda", [&] {
+    if (ts.kept > 0) {
+      gather_patches_kernel<scalar_t><<<grid_for(ts.kept * g.K), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), reg.defined() ? reg.data_ptr<int64_t>() : nullptr,
+          tiles.data_ptr<int64_t>(), ts.order.data_ptr<int64_t>(), ts.kept, g,
+          P.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    int64_t offset = 0;
+    for (int64_t t = 0; t < s.T; ++t) {
+      if (ts.rows[t] == 0) continue;
+      at::Tensor y_t = Y.narrow(0, offset, ts.rows[t]);
+      at::mm_out(y_t, P.narrow(0, offset, ts.rows[t]), kernels[t].t());
+      offset += ts.rows[t];
+    }
+    scatter_output_kernel<scalar_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
+        Y.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+        tiles.data_ptr<int64_t>(), ts.row_of.data_ptr<int64_t>(), out.numel(), g,
+        out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
+    const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
+  const ConvShape s =
+      check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
+  check_conv_grad_output(grad_output, input, s);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Geometry g = geometry(s);
+  const auto opts = input.options();
+  at::Tensor gi = mask[0] ? at::empty_like(input, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
+  at::Tensor gw = mask[1] ? at::zeros({s.T, s.O, g.K}, opts) : at::empty({0}, opts);
+  at::Tensor gb = mask[2] ? at::zeros({s.T, s.O}, opts) : at::empty({0}, opts);
+  if (!(mask[0] || mask[1] || mask[2]) || s.N == 0) {
+    if (mask[0]) gi.zero_();
+    if (mask[1]) gw = gw.view({s.T, s.O, s.C, s.kh, s.kw});
+    return {gi, gw, gb};
+  }
+  const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
+  const at::Tensor go = grad_output.contiguous();
+  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, g.K});
+  const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
+  const int64_t* reg_p = reg.defined() ? reg.data_ptr<int64_t>() : nullptr;
+  const TileSort ts = sort_by_tile(tiles, s.T);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_backward_cuda", [&] {
+    at::Tensor G = at::empty({ts.kept, g.O}, opts);
+    at::Tensor P = mask[1] ? at::empty({ts.kept, g.K}, opts) : at::Tensor();
+    at::Tensor dP = mask[0] ? at::empty({ts.kept, g.K}, opts) : at::Tensor();
+    if (ts.kept > 0) {
+      gather_grad_kernel<scalar_t><<<grid_for(ts.kept * g.O), kThreads, 0, stream>>>(
+          go.data_ptr<scalar_t>(), ts.order.data_ptr<int64_t>(), ts.kept, g,
+          G.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (mask[1]) {
+        gather_patches_kernel<scalar_t><<<grid_for(ts.kept * g.K), kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), reg_p, tiles.data_ptr<int64_t>(),
+            ts.order.data_ptr<int64_t>(), ts.kept, g, P.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    int64_t offset = 0;
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t rows = ts.rows[t];
+      if (rows == 0) continue;
+      const at::Tensor g_t = G.narrow(0, offset, rows);
+      if (mask[2]) gb[t].copy_(g_t.sum(0));
+      if (mask[1]) {
+        at::Tensor gw_t = gw[t];
+        at::mm_out(gw_t, g_t.t(), P.narrow(0, offset, rows));
+      }
+      if (mask[0]) {
+        at::Tensor dp_t = dP.narrow(0, offset, rows);
+        at::mm_out(dp_t, g_t, kernels[t]);
+      }
+      offset += rows;
+    }
+    if (mask[0]) {
+      if (ts.kept == 0) {
+        gi.zero_();
+      } else {
+        col2im_kernel<scalar_t><<<grid_for(gi.numel()), kThreads, 0, stream>>>(
+            dP.data_ptr<scalar_t>(), reg_p, tiles.data_ptr<int64_t>(),
+            ts.row_of.data_ptr<int64_t>(), gi.numel(), g, gi.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  if (mask[1]) gw = gw.view({s.T, s.O, s.C, s.kh, s.kw});
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rapa, CUDA, m) {
+  m.impl("tiled_conv", &tiled_conv_cuda);
+  m.impl("tiled_conv_backward", &tiled_conv_backward_cuda);
+}
+
+}  // namespace rapa

@@ -1,0 +1,44 @@
+// The op schemas of rapa: the one place where the library's signatures are declared.
+// Kernels register against these names in operators/*.cpp (CPU) and cuda/*.cu (CUDA).
+#include <torch/library.h>
+
+TORCH_LIBRARY(rapa, m) {
+  // Convolution with T kernel replicas; each output pixel uses the replica its assignment names.
+  m.def(
+      "tiled_conv(Tensor input, Tensor weight, Tensor? bias, Tensor assignment, int[2] stride, "
+      "int[2] padding, Tensor? region=None) -> Tensor");
+  // Gradients of tiled_conv; output_mask selects (input, weight, bias). Unrequested ones are empty.
+  m.def(
+      "tiled_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor assignment, "
+      "int[2] stride, int[2] padding, Tensor? region, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // A fresh balanced random partition of each image's patches; draws its seed from `generator`.
+  m.def(
+      "random_assign(int batch, int height, int width, int num_tiles, *, Generator? generator=None, "
+      "Device? device=None) -> Tensor");
+  // The same partition as a pure function of a seed tensor (int64, 1 element) on the target device.
+  m.def("random_assign_seeded(Tensor seed, int batch, int height, int width, int num_tiles) -> Tensor");
+
+  // a*max + (1-a)*avg pooling with a = sigmoid(mu*beta) per channel, Caffe's geometry.
+  m.def(
+      "mixed_pool(Tensor input, Tensor beta, int[2] kernel, int[2] stride, int[2] padding, *, "
+      "float mu=10.0) -> Tensor");
+  m.def(
+      "mixed_pool_backward(Tensor grad_output, Tensor input, Tensor beta, int[2] kernel, "
+      "int[2] stride, int[2] padding, float mu) -> (Tensor, Tensor)");
+
+  // Stochastic pooling (Zeiler & Fergus 2013): a random activation of each window in training,
+  // the probability-weighted average at test time.
+  m.def(
+      "stochastic_pool(Tensor input, int[2] kernel, int[2] stride, int[2] padding, bool train=True, "
+      "*, Generator? generator=None) -> Tensor");
+  // Training pass given one uniform [0,1) draw per output: (output, index of the chosen pixel).
+  m.def(
+      "stochastic_pool_train(Tensor input, Tensor uniform, int[2] kernel, int[2] stride, "
+      "int[2] padding) -> (Tensor, Tensor)");
+  m.def("stochastic_pool_train_backward(Tensor grad_output, Tensor input, Tensor index) -> Tensor");
+  m.def("stochastic_pool_test(Tensor input, int[2] kernel, int[2] stride, int[2] padding) -> Tensor");
+  m.def(
+      "stochastic_pool_test_backward(Tensor grad_output, Tensor input, int[2] kernel, int[2] stride, "
+      "int[2] padding) -> Tensor");
+}

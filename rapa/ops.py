@@ -1,0 +1,236 @@
+"""Python side of the rapa operators: fake (meta) kernels, autograd, and typed wrappers.
+
+The kernels live in C++ (operators/, cuda/); this module teaches PyTorch how to trace them
+(fake kernels for torch.compile) and differentiate them (register_autograd), following
+pytorch/extension-cpp. Each wrapper accepts an int where the op takes a pair.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import _library
+
+_library.load()
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(value: IntPair, name: str) -> list:
+    if isinstance(value, int):
+        return [value, value]
+    value = list(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"rapa: argument '{name}' must be an int or two ints, got {value!r}")
+    return value
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _pool_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    # Caffe: ceil mode, and the last window must start inside the input or its left padding.
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tiled_conv
+
+
+@torch.library.register_fake("rapa::tiled_conv")
+def _tiled_conv_fake(input, weight, bias, assignment, stride, padding, region=None):
+    torch._check(input.dim() == 4 and weight.dim() == 5,
+                 lambda: "rapa: tiled_conv wants input (N, C, H, W) and weight (T, O, C, kh, kw)")
+    n, _, h, w = input.shape
+    _, o, _, kh, kw = weight.shape
+    return input.new_empty((n, o, _conv_out(h, kh, stride[0], padding[0]),
+                            _conv_out(w, kw, stride[1], padding[1])))
+
+
+@torch.library.register_fake("rapa::tiled_conv_backward")
+def _tiled_conv_backward_fake(grad_output, input, weight, assignment, stride, padding, region,
+                              output_mask):
+    empty = input.new_empty((0,))
+    return (torch.empty_like(input) if output_mask[0] else empty,
+            torch.empty_like(weight) if output_mask[1] else empty,
+            weight.new_empty(weight.shape[:2]) if output_mask[2] else empty)
+
+
+def _tiled_conv_setup(ctx, inputs, output):
+    input, weight, bias, assignment, stride, padding, region = inputs
+    ctx.save_for_backward(input, weight, assignment, region)
+    ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+
+
+def _tiled_conv_backward(ctx, grad):
+    input, weight, assignment, region = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], ctx.has_bias and need[2]]
+    gi, gw, gb = torch.ops.rapa.tiled_conv_backward(
+        grad, input, weight, assignment, ctx.stride, ctx.padding, region, mask)
+    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+            None, None, None, None)
+
+
+torch.library.register_autograd("rapa::tiled_conv", _tiled_conv_backward,
+                                setup_context=_tiled_conv_setup)
+
+
+def tiled_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], assignment: Tensor,
+               stride: IntPair = 1, padding: IntPair = 0,
+               region: Optional[Tensor] = None) -> Tensor:
+    """Convolution with T kernel replicas: output pixel (n, y, x) uses replica assignment[n, y, x].
+
+    input (N, C, H, W); weight (T, O, C, kh, kw); bias (T, O) or None; assignment int64
+    (N, Ho, Wo) with entries in [0, T) or -1 (dropped patch: output 0, no gradient); region
+    optional int64 (H, W): a patch of tile t reads pixels of other regions as zero.
+    """
+    return torch.ops.rapa.tiled_conv(input, weight, bias, assignment, _pair(stride, "stride"),
+                                     _pair(padding, "padding"), region)
+
+
+# ---------------------------------------------------------------------------------------------
+# random_assign
+
+
+@torch.library.register_fake("rapa::random_assign_seeded")
+def _random_assign_seeded_fake(seed, batch, height, width, num_tiles):
+    return seed.new_empty((batch, height, width))
+
+
+def random_assign(batch: int, height: int, width: int, num_tiles: int, *,
+                  generator: Optional[torch.Generator] = None,
+                  device: Optional[Union[str, torch.device]] = None) -> Tensor:
+    """A balanced random partition of each image's height*width patches into num_tiles tiles.
+
+    Each image gets its own uniformly random partition whose group sizes differ by at most one.
+    Reproducible under torch.manual_seed or with an explicit generator (of the device's type).
+    """
+    if device is None and generator is not None:
+        device = generator.device
+    device = torch.device(device) if device is not None else None
+    return torch.ops.rapa.random_assign(batch, height, width, num_tiles, generator=generator,
+                                        device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed_pool
+
+
+@torch.library.register_fake("rapa::mixed_pool")
+def _mixed_pool_fake(input, beta, kernel, stride, padding, *, mu=10.0):
+    n, c, h, w = input.shape
+    return input.new_empty((n, c, _pool_out(h, kernel[0], stride[0], padding[0]),
+                            _pool_out(w, kernel[1], stride[1], padding[1])))
+
+
+@torch.library.register_fake("rapa::mixed_pool_backward")
+def _mixed_pool_backward_fake(grad_output, input, beta, kernel, stride, padding, mu):
+    return torch.empty_like(input), torch.empty_like(beta)
+
+
+def _mixed_pool_setup(ctx, inputs, keyword_only_inputs, output):
+    input, beta, kernel, stride, padding = inputs
+    ctx.save_for_backward(input, beta)
+    ctx.geometry = (kernel, stride, padding)
+    ctx.mu = keyword_only_inputs.get("mu", 10.0)
+
+
+def _mixed_pool_backward(ctx, grad):
+    input, beta = ctx.saved_tensors
+    gi, gb = torch.ops.rapa.mixed_pool_backward(grad, input, beta, *ctx.geometry, ctx.mu)
+    need = ctx.needs_input_grad
+    return gi if need[0] else None, gb if need[1] else None, None, None, None
+
+
+torch.library.register_autograd("rapa::mixed_pool", _mixed_pool_backward,
+                                setup_context=_mixed_pool_setup)
+
+
+def mixed_pool(input: Tensor, beta: Tensor, kernel: IntPair, stride: IntPair = 1,
+               padding: IntPair = 0, *, mu: float = 10.0) -> Tensor:
+    """a * maxpool + (1 - a) * avgpool with a = 1 / (1 + exp(-mu * beta)), beta one per channel.
+
+    Caffe's geometry: ceil mode; the average divides by the window clipped to the padded input.
+    """
+    return torch.ops.rapa.mixed_pool(input, beta, _pair(kernel, "kernel"),
+                                     _pair(stride, "stride"), _pair(padding, "padding"), mu=mu)
+
+
+# ---------------------------------------------------------------------------------------------
+# stochastic_pool
+
+
+def _pool_fake_shape(input, kernel, stride, padding):
+    n, c, h, w = input.shape
+    return (n, c, _pool_out(h, kernel[0], stride[0], padding[0]),
+            _pool_out(w, kernel[1], stride[1], padding[1]))
+
+
+@torch.library.register_fake("rapa::stochastic_pool_train")
+def _stochastic_pool_train_fake(input, uniform, kernel, stride, padding):
+    shape = _pool_fake_shape(input, kernel, stride, padding)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("rapa::stochastic_pool_train_backward")
+def _stochastic_pool_train_backward_fake(grad_output, input, index):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("rapa::stochastic_pool_test")
+def _stochastic_pool_test_fake(input, kernel, stride, padding):
+    return input.new_empty(_pool_fake_shape(input, kernel, stride, padding))
+
+
+@torch.library.register_fake("rapa::stochastic_pool_test_backward")
+def _stochastic_pool_test_backward_fake(grad_output, input, kernel, stride, padding):
+    return torch.empty_like(input)
+
+
+def _stochastic_train_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+
+
+def _stochastic_train_backward(ctx, grad, grad_index):
+    input, index = ctx.saved_tensors
+    gi = torch.ops.rapa.stochastic_pool_train_backward(grad, input, index)
+    return gi, None, None, None, None
+
+
+torch.library.register_autograd("rapa::stochastic_pool_train", _stochastic_train_backward,
+                                setup_context=_stochastic_train_setup)
+
+
+def _stochastic_test_setup(ctx, inputs, output):
+    input, kernel, stride, padding = inputs
+    ctx.save_for_backward(input)
+    ctx.geometry = (kernel, stride, padding)
+
+
+def _stochastic_test_backward(ctx, grad):
+    (input,) = ctx.saved_tensors
+    return (torch.ops.rapa.stochastic_pool_test_backward(grad, input, *ctx.geometry),
+            None, None, None)
+
+
+torch.library.register_autograd("rapa::stochastic_pool_test", _stochastic_test_backward,
+                                setup_context=_stochastic_test_setup)
+
+
+def stochastic_pool(input: Tensor, kernel: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+                    train: bool = True, *,
+                    generator: Optional[torch.Generator] = None) -> Tensor:
+    """Stochastic pooling (Zeiler & Fergus 2013) with Caffe's geometry.
+
+    Training: each window outputs one of its pixels, drawn with probability proportional to its
+    positive part; the gradient goes to that pixel. Test: sum(w * v) / sum(w), w = max(v, 0).
+    """
+    return torch.ops.rapa.stochastic_pool(input, _pair(kernel, "kernel"), _pair(stride, "stride"),
+                                          _pair(padding, "padding"), train, generator=generator)

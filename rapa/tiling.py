@@ -1,0 +1,180 @@
+"""Tiling schemes of RAPA-ConvNets (paper section 2.1): who computes which patch.
+
+A scheme maps the output positions of a convolution to the tiles (kernel replicas) that
+compute them, producing what rapa.tiled_conv takes: an int64 assignment (N, Ho, Wo) and, for
+"image w/pad", a region map (H, W). Schemes are torch.nn.Modules so that state they draw once
+(random fixed) is saved and loaded with the model's state_dict.
+
+Tile formulas (q = sqrt(num_tiles), y, x output row and column, Ho x Wo output size):
+  image w/overlap, image w/pad: t = floor(q x / Wo) + q floor(q y / Ho)
+  alternate:                    t = (x mod q) + q (y mod q)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .ops import random_assign
+
+
+class TilingScheme(torch.nn.Module):
+    """Base class. `num_tiles` is the paper's nt; `num_kernels` the replicas the weight holds."""
+
+    name = "base"
+
+    def __init__(self, num_tiles: int):
+        super().__init__()
+        if not isinstance(num_tiles, int) or num_tiles < 1:
+            raise ValueError(f"rapa: tiling '{self.name}' needs num_tiles >= 1, got {num_tiles!r}")
+        self.num_tiles = num_tiles
+
+    @property
+    def num_kernels(self) -> int:
+        return self.num_tiles
+
+    def assign(self, batch: int, out_h: int, out_w: int, *, training: bool,
+               device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
+        raise NotImplementedError
+
+    def region(self, in_h: int, in_w: int, device: torch.device) -> Optional[Tensor]:
+        """Region of each input pixel, or None when patches read across regions."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"num_tiles={self.num_tiles}"
+
+    def _square_side(self) -> int:
+        q = math.isqrt(self.num_tiles)
+        if q * q != self.num_tiles:
+            raise ValueError(
+                f"rapa: tiling '{self.name}' needs a square number of tiles (4, 9, 16, ...), got "
+                f"{self.num_tiles}; the 'random' scheme works for any count")
+        return q
+
+
+class NoTiling(TilingScheme):
+    """One kernel computes every patch: an ordinary convolution."""
+
+    name = "none"
+
+    def __init__(self, num_tiles: int = 1):
+        super().__init__(num_tiles)
+        if num_tiles != 1:
+            raise ValueError(f"rapa: tiling 'none' has exactly 1 tile, got {num_tiles}")
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        return torch.zeros((batch, out_h, out_w), dtype=torch.int64, device=device)
+
+
+def _block_map(height: int, width: int, q: int, what: str, scheme: str, device) -> Tensor:
+    if height % q or width % q:
+        raise ValueError(
+            f"rapa: tiling '{scheme}' with {q * q} tiles needs the {what} sides divisible by "
+            f"{q}, got {height}x{width}")
+    y = torch.arange(height, device=device) * q // height
+    x = torch.arange(width, device=device) * q // width
+    return x.view(1, width) + q * y.view(height, 1)
+
+
+class ImageOverlap(TilingScheme):
+    """Image-based tiling: tile t computes the patches of the t-th q x q block of the image;
+    border patches read pixels of the neighbouring blocks ("image w/overlap")."""
+
+    name = "image_overlap"
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        tiles = _block_map(out_h, out_w, self._square_side(), "output", self.name, device)
+        return tiles.expand(batch, out_h, out_w).contiguous()
+
+
+class ImagePad(ImageOverlap):
+    """Image-based tiling where a tile reads the pixels of other blocks as zero, as if each block
+    were a separate padded sub-image ("image w/pad")."""
+
+    name = "image_pad"
+
+    def region(self, in_h, in_w, device):
+        return _block_map(in_h, in_w, self._square_side(), "input", self.name, device)
+
+
+class Alternate(TilingScheme):
+    """Neighbouring patches go to different tiles: t = (x mod q) + q (y mod q)."""
+
+    name = "alternate"
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        q = self._square_side()
+        y = torch.arange(out_h, device=device) % q
+        x = torch.arange(out_w, device=device) % q
+        return (x.view(1, out_w) + q * y.view(out_h, 1)).expand(batch, out_h, out_w).contiguous()
+
+
+class RandomFixed(TilingScheme):
+    """One balanced random partition, drawn at the first call and kept (in the state_dict)."""
+
+    name = "random_fixed"
+
+    def __init__(self, num_tiles: int):
+        super().__init__(num_tiles)
+        self.register_buffer("partition", torch.empty((0,), dtype=torch.int64))
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        if self.partition.numel() == 0:
+            self.partition = random_assign(1, out_h, out_w, self.num_tiles,
+                                           generator=generator, device=device)[0]
+        if tuple(self.partition.shape) != (out_h, out_w):
+            raise ValueError(
+                f"rapa: tiling 'random_fixed' drew its partition for a {tuple(self.partition.shape)}"
+                f" output, but this input gives {out_h}x{out_w}")
+        return self.partition.to(device).expand(batch, out_h, out_w).contiguous()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "partition"
+        if key in state_dict:  # the saved partition decides the shape
+            self.partition = torch.empty_like(state_dict[key], device=self.partition.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Random(TilingScheme):
+    """A new balanced random partition for every image, in training and at test time."""
+
+    name = "random"
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        return random_assign(batch, out_h, out_w, self.num_tiles, generator=generator,
+                             device=device)
+
+
+class Perforated(TilingScheme):
+    """One kernel; in training only np/nt random patches per image are computed (the rest are
+    dropped: output 0, no gradient); at test time all of them."""
+
+    name = "perforated"
+
+    @property
+    def num_kernels(self) -> int:
+        return 1
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        if not training:
+            return torch.zeros((batch, out_h, out_w), dtype=torch.int64, device=device)
+        groups = random_assign(batch, out_h, out_w, self.num_tiles, generator=generator,
+                               device=device)
+        return torch.where(groups == 0, 0, -1)
+
+
+SCHEMES = {cls.name: cls for cls in
+           (NoTiling, ImageOverlap, ImagePad, Alternate, RandomFixed, Random, Perforated)}
+
+
+def make_scheme(name: str, num_tiles: int = 1) -> TilingScheme:
+    """The scheme called `name` (one of SCHEMES) with num_tiles tiles."""
+    try:
+        cls = SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"rapa: unknown tiling scheme {name!r}; known: "
+                         f"{', '.join(sorted(SCHEMES))}") from None
+    return cls(num_tiles)

@@ -1,0 +1,146 @@
+"""rapa::tiled_conv against dense PyTorch: values, gradients, opcheck, compile, bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rapa
+import reference
+
+F64 = torch.float64
+
+
+def make(device, n=3, c=4, h=9, w=7, t=3, o=5, k=(3, 3), dtype=F64, bias=True):
+    x = torch.randn(n, c, h, w, dtype=dtype, device=device)
+    weight = torch.randn(t, o, c, *k, dtype=dtype, device=device)
+    b = torch.randn(t, o, dtype=dtype, device=device) if bias else None
+    return x, weight, b
+
+
+def out_size(h, w, k, stride, padding):
+    return ((h + 2 * padding[0] - k[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - k[1]) // stride[1] + 1)
+
+
+@pytest.mark.parametrize("stride,padding,k", [((1, 1), (0, 0), (3, 3)), ((2, 1), (1, 2), (3, 5)),
+                                              ((1, 1), (2, 2), (5, 5)), ((3, 2), (0, 1), (2, 3))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_tile_equals_conv2d(device, stride, padding, k, bias):
+    x, weight, b = make(device, t=1, k=k, bias=bias)
+    ho, wo = out_size(9, 7, k, stride, padding)
+    assignment = torch.zeros(3, ho, wo, dtype=torch.int64, device=device)
+    got = rapa.tiled_conv(x, weight, b, assignment, stride, padding)
+    want = F.conv2d(x, weight[0], None if b is None else b[0], stride, padding)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("stride,padding", [((1, 1), (1, 1)), ((2, 2), (2, 1)), ((1, 2), (0, 0))])
+@pytest.mark.parametrize("with_region", [False, True])
+@pytest.mark.parametrize("drop", [False, True])
+def test_many_tiles_match_masked_reference(device, stride, padding, with_region, drop):
+    t = 4
+    x, weight, b = make(device, t=t, k=(3, 3))
+    ho, wo = out_size(9, 7, (3, 3), stride, padding)
+    assignment = torch.randint(-1 if drop else 0, t, (3, ho, wo), device=device)
+    region = torch.randint(0, t, (9, 7), device=device) if with_region else None
+    x.requires_grad_(); weight.requires_grad_(); b.requires_grad_()
+    got = rapa.tiled_conv(x, weight, b, assignment, stride, padding, region)
+    want = reference.tiled_conv(x, weight, b, assignment, stride, padding, region)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(got)
+    for g, r in zip(torch.autograd.grad(got, (x, weight, b), grad),
+                    torch.autograd.grad(want, (x, weight, b), grad)):
+        torch.testing.assert_close(g, r)
+
+
+def test_float32_close_to_float64(device):
+    x, weight, b = make(device, n=4, c=3, h=16, w=16, t=4, o=8, k=(5, 5))
+    assignment = rapa.random_assign(4, 16, 16, 4, device=device)
+    want = reference.tiled_conv(x, weight, b, assignment, 1, 2)
+    got = rapa.tiled_conv(x.float(), weight.float(), b.float(), assignment, 1, 2)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_sized_layer_matches_reference(device):
+    """Layer 2 of the paper's net at a small batch: 32 -> 32 channels, 16x16, 5x5, T = 4."""
+    x, weight, b = make(device, n=6, c=32, h=16, w=16, t=4, o=32, k=(5, 5))
+    assignment = rapa.random_assign(6, 16, 16, 4, device=device)
+    torch.testing.assert_close(rapa.tiled_conv(x, weight, b, assignment, 1, 2),
+                               reference.tiled_conv(x, weight, b, assignment, 1, 2))
+
+
+@pytest.mark.parametrize("with_region", [False, True])
+def test_gradcheck(device, with_region):
+    x, weight, b = make(device, n=2, c=2, h=5, w=6, t=3, o=2, k=(3, 2))
+    assignment = torch.randint(-1, 3, (2, 5, 5), device=device)
+    region = torch.randint(0, 3, (5, 6), device=device) if with_region else None
+    inputs = (x.requires_grad_(), weight.requires_grad_(), b.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda *a: rapa.tiled_conv(*a, assignment, (1, 1), (1, 0), region), inputs)
+
+
+def test_opcheck(device):
+    x, weight, b = make(device, n=2, c=3, h=6, w=6, t=2, o=4)
+    assignment = torch.randint(-1, 2, (2, 6, 6), device=device)
+    region = torch.randint(0, 2, (6, 6), device=device)
+    for args in [(x, weight, b, assignment, [1, 1], [1, 1]),
+                 (x.requires_grad_(), weight.requires_grad_(), None, assignment, [1, 1], [1, 1], region)]:
+        torch.library.opcheck(torch.ops.rapa.tiled_conv.default, args)
+
+
+def test_torch_compile_fullgraph(device):
+    x, weight, b = make(device, n=2, c=3, h=8, w=8, t=4, o=4)
+    x.requires_grad_(); weight.requires_grad_()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, weight, b, assignment):
+        return rapa.tiled_conv(x, weight, b, assignment, 1, 1).relu().sum()
+
+    assignment = rapa.random_assign(2, 8, 8, 4, device=device)
+    got = f(x, weight, b, assignment)
+    got.backward()
+    want = reference.tiled_conv(x, weight, b, assignment, 1, 1).relu().sum()
+    torch.testing.assert_close(got, want)
+
+
+def test_empty_batch(device):
+    x, weight, b = make(device, n=0)
+    assignment = torch.zeros(0, 7, 5, dtype=torch.int64, device=device)
+    assert rapa.tiled_conv(x, weight, b, assignment, 1, 0).shape == (0, 5, 7, 5)
+
+
+def expect_error(match, fn):
+    with pytest.raises(RuntimeError, match=match):
+        fn()
+
+
+def test_bad_input_names_the_argument(device):
+    x, weight, b = make(device)
+    a = torch.zeros(3, 7, 5, dtype=torch.int64, device=device)
+    conv = torch.ops.rapa.tiled_conv
+    expect_error("'input' must be float32 or float64", lambda: conv(x.int(), weight, b, a, [1, 1], [0, 0]))
+    expect_error("'weight' has dtype", lambda: conv(x, weight.float(), b, a, [1, 1], [0, 0]))
+    expect_error("'weight' has 4 input channels", lambda: conv(x[:, :3], weight, b, a, [1, 1], [0, 0]))
+    expect_error("'weight' must be 5-D", lambda: conv(x, weight[0], b, a, [1, 1], [0, 0]))
+    expect_error("'bias' must have shape", lambda: conv(x, weight, b[:, :2], a, [1, 1], [0, 0]))
+    expect_error("'assignment' must be Long", lambda: conv(x, weight, b, a.int(), [1, 1], [0, 0]))
+    expect_error(r"'assignment' must have shape \(N, Ho, Wo\) = \(3, 7, 5\)",
+                 lambda: conv(x, weight, b, a[:, :3], [1, 1], [0, 0]))
+    expect_error("'stride' must be >= 1", lambda: conv(x, weight, b, a, [0, 1], [0, 0]))
+    expect_error("'region' must have shape", lambda: conv(
+        x, weight, b, a, [1, 1], [0, 0], torch.zeros(2, 2, dtype=torch.int64, device=device)))
+    for bad in (3, -2):
+        a_bad = a.clone()
+        a_bad[1, 2, 3] = bad
+        expect_error(f"'assignment' holds {bad}", lambda: conv(x, weight, b, a_bad, [1, 1], [0, 0]))
+    with pytest.raises(ValueError, match="'stride' must be an int or two ints"):
+        rapa.tiled_conv(x, weight, b, a, (1, 1, 1), 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU for a second device")
+def test_tensors_on_different_devices():
+    x, weight, b = make("cpu")
+    a = torch.zeros(3, 7, 5, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="on cuda"):
+        rapa.tiled_conv(x.cuda(), weight, b, a, 1, 0)
+    with pytest.raises(RuntimeError, match="'assignment' is on"):
+        rapa.tiled_conv(x.cuda(), weight.cuda(), b.cuda(), a, 1, 0)

@@ -1,0 +1,104 @@
+"""Tiling schemes (paper section 2.1) and the TiledConv2d module."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rapa
+from rapa import tiling
+
+
+def assign(scheme, n=2, h=8, w=8, training=True, device="cpu"):
+    return scheme.assign(n, h, w, training=training, device=torch.device(device))
+
+
+def test_none_is_all_zero():
+    assert int(assign(tiling.make_scheme("none")).abs().sum()) == 0
+
+
+def test_image_tiling_blocks():
+    a = assign(tiling.make_scheme("image_overlap", 4), h=4, w=6)
+    want = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1],
+                         [2, 2, 2, 3, 3, 3], [2, 2, 2, 3, 3, 3]])
+    assert torch.equal(a[0], want) and torch.equal(a[1], want)
+    scheme = tiling.make_scheme("image_pad", 4)
+    assert torch.equal(assign(scheme, h=4, w=6)[0], want)
+    assert torch.equal(scheme.region(4, 6, torch.device("cpu")), want)
+    assert tiling.make_scheme("image_overlap", 4).region(4, 6, "cpu") is None
+
+
+def test_alternate_formula():
+    a = assign(tiling.make_scheme("alternate", 4), h=4, w=4)[0]
+    y, x = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    assert torch.equal(a, (x % 2) + 2 * (y % 2))
+
+
+@pytest.mark.parametrize("name", ["image_overlap", "image_pad", "alternate"])
+def test_square_count_required(name):
+    with pytest.raises(ValueError, match="needs a square number of tiles .* got 6"):
+        assign(tiling.make_scheme(name, 6))
+
+
+@pytest.mark.parametrize("name", ["image_overlap", "image_pad"])
+def test_side_divisible_required(name):
+    with pytest.raises(ValueError, match="sides divisible by 4, got 10x10"):
+        assign(tiling.make_scheme(name, 16), h=10, w=10)
+
+
+def test_random_any_count_and_new_each_call():
+    scheme = tiling.make_scheme("random", 7)
+    a, b = assign(scheme, h=10, w=10), assign(scheme, h=10, w=10)
+    assert not torch.equal(a, b) and int(a.max()) == 6
+    # also fresh at test time
+    assert not torch.equal(assign(scheme, training=False), assign(scheme, training=False))
+
+
+def test_random_fixed_is_drawn_once_and_saved():
+    scheme = tiling.make_scheme("random_fixed", 4)
+    a = assign(scheme, n=3)
+    assert torch.equal(a[0], a[2]) and torch.equal(a, assign(scheme, n=3, training=False))
+    conv = rapa.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
+    conv(torch.randn(2, 3, 8, 8))
+    buffer = io.BytesIO()
+    torch.save(conv.state_dict(), buffer)
+    buffer.seek(0)
+    restored = rapa.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
+    restored.load_state_dict(torch.load(buffer))
+    assert torch.equal(restored.scheme.partition, conv.scheme.partition)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(restored(x), conv(x))
+    with pytest.raises(ValueError, match="drew its partition for a \\(8, 8\\) output"):
+        conv(torch.randn(1, 3, 6, 6))
+
+
+def test_perforated_keeps_np_over_nt_in_training_only():
+    scheme = tiling.make_scheme("perforated", 4)
+    assert scheme.num_kernels == 1
+    a = assign(scheme, n=5, h=8, w=8, training=True)
+    assert set(a.unique().tolist()) == {-1, 0}
+    assert ((a == 0).flatten(1).sum(1) == 16).all()
+    assert int(assign(scheme, training=False).abs().sum()) == 0
+
+
+def test_unknown_scheme_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown tiling scheme 'diagonal'; known: alternate"):
+        tiling.make_scheme("diagonal", 4)
+
+
+@pytest.mark.parametrize("name,nt", [("none", 1), ("image_overlap", 4), ("alternate", 4),
+                                     ("random_fixed", 4), ("random", 5), ("perforated", 4)])
+def test_identical_replicas_recover_the_convolution(device, name, nt):
+    conv = rapa.TiledConv2d(3, 6, 5, padding=2, tiling=name, num_tiles=nt).to(device).double().eval()
+    with torch.no_grad():
+        conv.weight.copy_(conv.weight[:1].expand_as(conv.weight))
+        conv.bias.copy_(conv.bias[:1].expand_as(conv.bias))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight[0], conv.bias[0], padding=2))
+
+
+def test_module_trains_every_scheme(device):
+    for name, nt in [("image_pad", 4), ("random", 16), ("perforated", 4)]:
+        conv = rapa.TiledConv2d(3, 4, 3, padding=1, tiling=name, num_tiles=nt).to(device)
+        conv(torch.randn(2, 3, 8, 8, device=device)).square().sum().backward()
+        assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
