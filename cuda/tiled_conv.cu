@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "single_tile.h"
 #include "launch.cuh"
 
 namespace rapa {
@@ -130,6 +131,7 @@ at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
   const ConvShape s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   const c10::cuda::CUDAGuard guard(input.device());
   const Geometry g = geometry(s);
   const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
@@ -173,6 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
   const ConvShape s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
+  if (s.T == 1)
+    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
   const c10::cuda::CUDAGuard guard(input.device());
   const Geometry g = geometry(s);
   const auto opts = input.options();

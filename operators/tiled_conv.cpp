@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "single_tile.h"
 
 namespace rapa {
 namespace {
@@ -179,6 +180,7 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
   const ConvShape s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
   const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // (N, H, W, C)
@@ -230,6 +232,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
   const ConvShape s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
+  if (s.T == 1)
+    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
   const auto opts = input.options();
   const int64_t chunk = images_per_chunk(s), K = s.K(), NP = s.NP(), O = s.O, T = s.T;
   at::Tensor grad_x = mask[0] ? at::zeros({s.N, s.H, s.W, s.C}, opts) : at::Tensor();

@@ -144,3 +144,26 @@ def test_tensors_on_different_devices():
         rapa.tiled_conv(x.cuda(), weight, b, a, 1, 0)
     with pytest.raises(RuntimeError, match="'assignment' is on"):
         rapa.tiled_conv(x.cuda(), weight.cuda(), b.cuda(), a, 1, 0)
+
+
+@pytest.mark.parametrize("with_region", [False, True])
+def test_single_tile_with_dropped_patches_and_region(device, with_region):
+    """T = 1 runs the dense kernel; dropped patches and the region map must still hold."""
+    x, weight, b = make(device, t=1, k=(3, 3))
+    assignment = torch.randint(-1, 1, (3, 9, 7), device=device)
+    region = torch.randint(0, 2, (9, 7), device=device) if with_region else None
+    inputs = (x.requires_grad_(), weight.requires_grad_(), b.requires_grad_())
+    got = rapa.tiled_conv(*inputs, assignment, 1, 1, region)
+    want = reference.tiled_conv(*inputs, assignment, 1, 1, region)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn_like(got)
+    for g, r in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+        torch.testing.assert_close(g, r)
+    small = [t.detach()[:2, :, :4, :4].clone().requires_grad_() if i == 0 else t for i, t in enumerate(inputs)]
+    assert torch.autograd.gradcheck(
+        lambda *a: rapa.tiled_conv(*a, assignment[:2, :4, :4], 1, 1,
+                                   None if region is None else region[:4, :4]), tuple(small))
+    bad = assignment.clone()
+    bad[0, 0, 0] = 1
+    with pytest.raises(RuntimeError, match="'assignment' holds 1"):
+        rapa.tiled_conv(x, weight, b, bad, 1, 1)
