@@ -64,6 +64,12 @@ bool run_fused(bool forward, const FusedConv<S>& a, int64_t n0, int64_t n1, S* s
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The input channels last, zero-padded so that every patch reads whole kernel rows in place.
+at::Tensor padded_hwc(const at::Tensor& input, const ConvShape& s) {
+  return at::constant_pad_nd(input.permute({0, 2, 3, 1}), {0, 0, s.pw, s.pw, s.ph, s.ph}, 0)
+      .contiguous();
+}
+
 // Kernel matrices with K in (ky, kx, c) order, matching the channels-last gather: (T, O, K).
 at::Tensor kernels_hwc(const at::Tensor& weight) {
   return weight.permute({0, 1, 3, 4, 2}).contiguous().view({weight.size(0), weight.size(1), -1});
@@ -77,6 +83,8 @@ FusedConv<S> fused_geometry(const ConvShape& s) {
   a.Ho = s.Ho; a.Wo = s.Wo; a.K = s.K();
   a.Kpad = round_up(a.K, kFusedPad);
   a.Opad = round_up(a.O, kFusedPad);
+  a.Hp = s.H + 2 * s.ph;
+  a.Wp = s.W + 2 * s.pw;
   return a;
 }
 
@@ -107,14 +115,15 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
-  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor assign = assignment.contiguous();
   const auto b = defined_or_none(bias), reg = defined_or_none(region);
+  // A region map needs a test per pixel: the kernels then gather from the unpadded layout.
+  const at::Tensor x = reg ? input.permute({0, 2, 3, 1}).contiguous() : padded_hwc(input, s);
+  const at::Tensor assign = assignment.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_cpu", [&] {
     FusedConv<scalar_t> a = fused_geometry<scalar_t>(s);
     at::Tensor kernels = at::zeros({s.T, a.K, a.Opad}, input.options());
     kernels.narrow(2, 0, s.O).copy_(kernels_hwc(weight).transpose(1, 2));
-    a.x_hwc = x.data_ptr<scalar_t>();
+    (reg ? a.x_hwc : a.x_pad) = x.data_ptr<scalar_t>();
     a.kernels_ko = kernels.data_ptr<scalar_t>();
     a.bias = b ? b->data_ptr<scalar_t>() : nullptr;
     a.assignment = assign.data_ptr<int64_t>();
@@ -136,12 +145,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
     return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
   const auto opts = input.options();
   const int64_t T = s.T, O = s.O;
-  at::Tensor grad_x = mask[0] ? at::zeros({s.N, s.H, s.W, s.C}, opts) : at::Tensor();
+  const auto reg = defined_or_none(region);
+  // Without a region map the input and its gradient are padded: patches are used in place.
+  const int64_t gh = reg ? s.H : s.H + 2 * s.ph, gw = reg ? s.W : s.W + 2 * s.pw;
+  at::Tensor grad_x = mask[0] ? at::zeros({s.N, gh, gw, s.C}, opts) : at::Tensor();
   at::Tensor grad_k, grad_b = mask[2] ? at::zeros({T, O}, opts) : at::empty({0}, opts);
   if (s.N > 0 && (mask[0] || mask[1] || mask[2])) {
-    const at::Tensor x = mask[1] ? input.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+    const at::Tensor x = !mask[1] ? at::Tensor()
+        : reg ? input.permute({0, 2, 3, 1}).contiguous() : padded_hwc(input, s);
     const at::Tensor assign = assignment.contiguous(), go = grad_output.contiguous();
-    const auto reg = defined_or_none(region);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_backward_cpu", [&] {
       FusedConv<scalar_t> a = fused_geometry<scalar_t>(s);
       at::Tensor kernels;
@@ -149,9 +161,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
         kernels = at::zeros({T, O, a.Kpad}, opts);
         kernels.narrow(2, 0, a.K).copy_(kernels_hwc(weight));
         a.kernels_ok = kernels.data_ptr<scalar_t>();
-        a.grad_x_hwc = grad_x.data_ptr<scalar_t>();
+        (reg ? a.grad_x_hwc : a.grad_x_pad) = grad_x.data_ptr<scalar_t>();
       }
-      a.x_hwc = mask[1] ? x.data_ptr<scalar_t>() : nullptr;
+      if (mask[1]) (reg ? a.x_hwc : a.x_pad) = x.data_ptr<scalar_t>();
       a.assignment = assign.data_ptr<int64_t>();
       a.region = reg ? reg->data_ptr<int64_t>() : nullptr;
       a.grad_out = go.data_ptr<scalar_t>();
@@ -175,7 +187,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
       if (mask[1]) grad_k = grad_k.narrow(2, 0, a.K);
     });
   }
-  at::Tensor grad_input = mask[0] ? grad_x.permute({0, 3, 1, 2}).contiguous() : at::empty({0}, opts);
+  at::Tensor grad_input = !mask[0] ? at::empty({0}, opts)
+      : grad_x.narrow(1, reg ? 0 : s.ph, s.H).narrow(2, reg ? 0 : s.pw, s.W)
+            .permute({0, 3, 1, 2}).contiguous();
   at::Tensor grad_weight = mask[1]
       ? grad_k.reshape({T, O, s.kh, s.kw, s.C}).permute({0, 1, 4, 2, 3}).contiguous()
       : at::empty({0}, opts);

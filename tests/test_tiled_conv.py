@@ -60,12 +60,27 @@ def test_float32_close_to_float64(device):
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
 
-def test_paper_sized_layer_matches_reference(device):
-    """Layer 2 of the paper's net at a small batch: 32 -> 32 channels, 16x16, 5x5, T = 4."""
-    x, weight, b = make(device, n=6, c=32, h=16, w=16, t=4, o=32, k=(5, 5))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c,o,with_region", [(32, 32, False), (32, 40, True), (16, 24, False)])
+def test_paper_sized_layer_matches_reference(device, dtype, c, o, with_region):
+    """Layer 2 of the paper's net at a small batch (32 -> 32 channels, 16x16, 5x5, T = 4), and
+    neighbours: kw * C a multiple of the CPU kernels' vector blocks or not, O not a multiple
+    of their 8-row blocks, with and without a region map, dropped patches."""
+    x, weight, b = make(device, n=6, c=c, h=16, w=16, t=4, o=o, k=(5, 5))
     assignment = rapa.random_assign(6, 16, 16, 4, device=device)
-    torch.testing.assert_close(rapa.tiled_conv(x, weight, b, assignment, 1, 2),
-                               reference.tiled_conv(x, weight, b, assignment, 1, 2))
+    assignment[0, 3, 4] = -1
+    region = torch.randint(0, 4, (16, 16), device=device) if with_region else None
+    want_inputs = (x.requires_grad_(), weight.requires_grad_(), b.requires_grad_())
+    got_inputs = tuple(t.detach().to(dtype).requires_grad_() for t in want_inputs)
+    got = rapa.tiled_conv(*got_inputs, assignment, 1, 2, region)
+    want = reference.tiled_conv(*want_inputs, assignment, 1, 2, region)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-3}
+    torch.testing.assert_close(got.double(), want, **tol)
+    grad = torch.randn_like(want)
+    for g, r in zip(torch.autograd.grad(got, got_inputs, grad.to(dtype)),
+                    torch.autograd.grad(want, want_inputs, grad)):
+        torch.testing.assert_close(g.double(), r, **({} if dtype == torch.float64 else
+                                                     {"rtol": 1e-4, "atol": 5e-3}))
 
 
 @pytest.mark.parametrize("with_region", [False, True])
@@ -167,3 +182,27 @@ def test_single_tile_with_dropped_patches_and_region(device, with_region):
     bad[0, 0, 0] = 1
     with pytest.raises(RuntimeError, match="'assignment' holds 1"):
         rapa.tiled_conv(x, weight, b, bad, 1, 1)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_every_cpu_kernel_variant(isa):
+    """The CPU kernels exist per instruction set; RAPA_CPU_ISA selects a narrower one."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import torch, rapa, reference\n"
+        "for c, o in ((3, 8), (32, 32)):\n"
+        "    x = torch.randn(3, c, 9, 9, dtype=torch.float64, requires_grad=True)\n"
+        "    w = torch.randn(4, o, c, 5, 5, dtype=torch.float64, requires_grad=True)\n"
+        "    a = torch.randint(-1, 4, (3, 9, 9))\n"
+        "    y = rapa.tiled_conv(x, w, None, a, 1, 2)\n"
+        "    r = reference.tiled_conv(x, w, None, a, 1, 2)\n"
+        "    torch.testing.assert_close(y, r)\n"
+        "    for p, q in zip(torch.autograd.grad(y.sum(), (x, w)), torch.autograd.grad(r.sum(), (x, w))):\n"
+        "        torch.testing.assert_close(p, q)\n")
+    env = dict(os.environ, RAPA_CPU_ISA=isa)
+    tests = os.path.dirname(__file__)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]

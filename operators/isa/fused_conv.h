@@ -7,7 +7,10 @@
 namespace rapa {
 
 // Everything one call of the fused kernels needs. Layouts:
-//   x_hwc       (N, H, W, C)            input, channels last
+//   x_hwc       (N, H, W, C)            input, channels last (used with a region map)
+//   x_pad       (N, Hp, Wp, C)          input, channels last, zero-padded by (ph, pw) on each
+//                                       side (used without a region map: patches are read in
+//                                       place, each kernel row one contiguous run)
 //   kernels_ko  (T, K, Opad)            per tile, K x O padded with zeros to Opad columns
 //   kernels_ok  (T, O, Kpad)            per tile, O x K padded with zeros to Kpad columns
 //   bias        (T, O) or null
@@ -15,7 +18,8 @@ namespace rapa {
 //   region      (H, W) or null
 //   out         (N, O, Ho, Wo)          forward output
 //   grad_out    (N, O, Ho, Wo)          backward input
-//   grad_x_hwc  (N, H, W, C) or null    input gradient (added to)
+//   grad_x_hwc  (N, H, W, C) or null    input gradient (added to), with a region map
+//   grad_x_pad  (N, Hp, Wp, C) or null  padded input gradient (added to), without one
 //   grad_k      (T, O, Kpad) or null    weight gradient (added to, one buffer per thread)
 //   grad_b      (T, O) or null          bias gradient (added to, one buffer per thread)
 // K = C * kh * kw in (ky, kx, c) order; Kpad and Opad are multiples of kFusedPad.
@@ -23,8 +27,9 @@ constexpr int64_t kFusedPad = 32;
 
 template <typename S>
 struct FusedConv {
-  int64_t N, C, H, W, T, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, Kpad, Opad;
+  int64_t N, C, H, W, T, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, Kpad, Opad, Hp, Wp;
   const S* x_hwc;
+  const S* x_pad;
   const S* kernels_ko;
   const S* kernels_ok;
   const S* bias;
@@ -33,6 +38,7 @@ struct FusedConv {
   S* out;
   const S* grad_out;
   S* grad_x_hwc;
+  S* grad_x_pad;
   S* grad_k;
   S* grad_b;
 };

@@ -116,6 +116,39 @@ void gather_panel(const FusedConv<S>& a, const S* images, const int64_t* q, int6
 }
 
 // acc[i][:] = panel row i (K values) x kernel columns [col, col + 2 lanes) of a K x ld matrix.
+// Where patch p of a unit starts in the padded input (or its gradient): its kernel row ky is
+// the run of kw * C values at that offset + ky * Wp * C.
+template <typename S>
+inline int64_t padded_offset(const FusedConv<S>& a, int64_t p) {
+  const int64_t NP = a.Ho * a.Wo, q = p % NP;
+  return (p / NP) * a.Hp * a.Wp * a.C + ((q / a.Wo) * a.sh * a.Wp + (q % a.Wo) * a.sw) * a.C;
+}
+
+// As panel_times_columns, reading the kMR patches in place from the padded input.
+template <typename S>
+inline void patches_times_columns(const S* const* rows, int64_t row_step, int64_t kh,
+    int64_t run, const S* kernel, int64_t ld, int64_t col, typename VecOf<S>::type (&acc)[kMR][2]) {
+  typedef typename VecOf<S>::type V;
+  constexpr int64_t L = lanes<S>();
+#pragma GCC unroll 16
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = V{};
+  for (int64_t ky = 0; ky < kh; ++ky) {
+    const S* p[kMR];
+#pragma GCC unroll 16
+    for (int i = 0; i < kMR; ++i) p[i] = rows[i] + ky * row_step;
+    const S* w = kernel + ky * run * ld + col;
+    for (int64_t k = 0; k < run; ++k) {
+      const V w0 = vload(w + k * ld), w1 = vload(w + k * ld + L);
+#pragma GCC unroll 16
+      for (int i = 0; i < kMR; ++i) {
+        const S v = p[i][k];
+        acc[i][0] += v * w0;
+        acc[i][1] += v * w1;
+      }
+    }
+  }
+}
+
 template <typename S>
 inline void panel_times_columns(const S* panel, int64_t ldp, const S* kernel, int64_t ld,
     int64_t K, int64_t col, typename VecOf<S>::type (&acc)[kMR][2]) {
@@ -163,12 +196,21 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
         const int64_t* q = order + g;
         int64_t at[kFusedRows];  // offset of each row's pixel in the unit's first output plane
         for (int64_t r = 0; r < rows; ++r) at[r] = (q[r] / NP) * O * NP + q[r] % NP;
-        gather_panel(a, a.x_hwc + u * a.H * a.W * a.C, q, rows, t, panel);
+        const S* in[kFusedRows + kMR];  // each row's patch in the padded input, when in place
+        if (a.x_pad) {
+          for (int64_t r = 0; r < rows; ++r) in[r] = a.x_pad + padded_offset(a, u * NP + q[r]);
+          for (int64_t r = rows; r < rows + kMR; ++r) in[r] = in[0];  // computed, not written
+        } else {
+          gather_panel(a, a.x_hwc + u * a.H * a.W * a.C, q, rows, t, panel);
+        }
         for (int64_t i0 = 0; i0 < rows; i0 += kMR) {
           const int64_t valid = imin(kMR, rows - i0);
           for (int64_t col = 0; col < a.Opad; col += 2 * L) {
             V acc[kMR][2];
-            panel_times_columns<S>(panel + i0 * a.Kpad, a.Kpad, kernel, a.Opad, a.K, col, acc);
+            if (a.x_pad)
+              patches_times_columns<S>(in + i0, a.Wp * a.C, a.kh, a.kw * a.C, kernel, a.Opad, col, acc);
+            else
+              panel_times_columns<S>(panel + i0 * a.Kpad, a.Kpad, kernel, a.Opad, a.K, col, acc);
             S block[kMR][2 * L];
 #pragma GCC unroll 16
             for (int i = 0; i < kMR; ++i) {
@@ -189,33 +231,32 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
   return true;
 }
 
-// grad_k rows [o0, o0 + MO) (columns Kpad) += G^T panel over `rows` panel rows.
+// grad rows [o0, o0 + MO), columns [0, 2 lanes) += G^T P over `rows` patches, where patch r's
+// columns are the 2 lanes at rows_at[r] + offset (a panel row, or the patch in place).
 template <int MO, typename S>
-inline void add_kernel_gradient(const S* G, int64_t O, const S* panel, int64_t Kpad,
-    int64_t rows, int64_t o0, S* grad) {
+inline void add_kernel_gradient(const S* G, int64_t O, const S* const* rows_at, int64_t offset,
+    int64_t rows, int64_t o0, S* grad, int64_t ld) {
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
-  for (int64_t col = 0; col < Kpad; col += 2 * L) {
-    V acc[MO][2];
+  V acc[MO][2];
+#pragma GCC unroll 16
+  for (int j = 0; j < MO; ++j) {
+    acc[j][0] = vload(grad + (o0 + j) * ld);
+    acc[j][1] = vload(grad + (o0 + j) * ld + L);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const V p0 = vload(rows_at[r] + offset), p1 = vload(rows_at[r] + offset + L);
 #pragma GCC unroll 16
     for (int j = 0; j < MO; ++j) {
-      acc[j][0] = vload(grad + (o0 + j) * Kpad + col);
-      acc[j][1] = vload(grad + (o0 + j) * Kpad + col + L);
+      const S gv = G[r * O + o0 + j];
+      acc[j][0] += gv * p0;
+      acc[j][1] += gv * p1;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const V p0 = vload(panel + r * Kpad + col), p1 = vload(panel + r * Kpad + col + L);
+  }
 #pragma GCC unroll 16
-      for (int j = 0; j < MO; ++j) {
-        const S gv = G[r * O + o0 + j];
-        acc[j][0] += gv * p0;
-        acc[j][1] += gv * p1;
-      }
-    }
-#pragma GCC unroll 16
-    for (int j = 0; j < MO; ++j) {
-      vstore(grad + (o0 + j) * Kpad + col, acc[j][0]);
-      vstore(grad + (o0 + j) * Kpad + col + L, acc[j][1]);
-    }
+  for (int j = 0; j < MO; ++j) {
+    vstore(grad + (o0 + j) * ld, acc[j][0]);
+    vstore(grad + (o0 + j) * ld + L, acc[j][1]);
   }
 }
 
@@ -224,13 +265,18 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
     int64_t* bad_value) {
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
-  const int64_t NP = a.Ho * a.Wo, O = a.O, Kpad = a.Kpad;
-  int64_t* end = index;
-  int64_t* order = index + a.T + 1;
+  const int64_t NP = a.Ho * a.Wo, O = a.O, Kpad = a.Kpad, run = a.kw * a.C;
+  const int64_t row_step = a.Wp * a.C, image_size = a.H * a.W * a.C;
+  // Padded layouts (no region map): patches are read, and their gradients added, in place.
+  // Column blocks are then whole inside one kernel row when kw * C is a multiple of them.
+  const bool padded_in = a.x_pad != nullptr, padded_grad = a.grad_x_pad != nullptr;
+  const bool blocks_in_runs = run % (2 * L) == 0;
   S* panel = scratch;                          // kFusedRows x Kpad
   S* rows_grad = scratch + kFusedRows * Kpad;  // kFusedRows x Kpad
   S* G = rows_grad + kFusedRows * Kpad;        // kFusedRows x O
-  const int64_t B = unit_images(a.T, NP), image_size = a.H * a.W * a.C;
+  int64_t* end = index;
+  int64_t* order = index + a.T + 1;
+  const int64_t B = unit_images(a.T, NP);
   for (int64_t u = n0; u < n1; u += B) {
     const int64_t units = imin(B, n1 - u);
     if (!sort_unit(a.assignment + u * NP, units * NP, a.T, end, order, bad_value)) return false;
@@ -240,8 +286,12 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
         const int64_t rows = imin(kFusedRows, end[t] - g);
         const int64_t padded = (rows + kMR - 1) / kMR * kMR;
         const int64_t* q = order + g;
-        int64_t at[kFusedRows];  // offset of each row's pixel in the unit's first output plane
-        for (int64_t r = 0; r < rows; ++r) at[r] = (q[r] / NP) * O * NP + q[r] % NP;
+        int64_t at[kFusedRows];   // offset of each row's pixel in the unit's first output plane
+        int64_t pad[kFusedRows];  // offset of each row's patch in the padded layouts
+        for (int64_t r = 0; r < rows; ++r) {
+          at[r] = (q[r] / NP) * O * NP + q[r] % NP;
+          pad[r] = padded_in || padded_grad ? padded_offset(a, u * NP + q[r]) : 0;
+        }
         // Plane by plane: reading 32 planes at once per row thrashes the cache sets.
         for (int64_t o = 0; o < O; ++o)
           for (int64_t r = 0; r < rows; ++r) G[r * O + o] = go[at[r] + o * NP];
@@ -251,33 +301,71 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t o = 0; o < O; ++o) a.grad_b[t * O + o] += G[r * O + o];
         if (a.grad_k) {
-          gather_panel(a, a.x_hwc + u * image_size, q, rows, t, panel);
+          const bool direct = padded_in && blocks_in_runs;
+          const S* rows_at[kFusedRows];
+          for (int64_t r = 0; r < rows; ++r) {
+            if (direct) {
+              rows_at[r] = a.x_pad + pad[r];
+              continue;
+            }
+            S* row = panel + r * Kpad;
+            if (padded_in)  // whole kernel rows from the padded input
+              for (int64_t ky = 0; ky < a.kh; ++ky)
+                for (int64_t k = 0; k < run; ++k) row[ky * run + k] = a.x_pad[pad[r] + ky * row_step + k];
+            rows_at[r] = row;
+          }
+          if (!padded_in) gather_panel(a, a.x_hwc + u * image_size, q, rows, t, panel);
           S* grad = a.grad_k + t * O * Kpad;
-          int64_t o0 = 0;
-          for (; o0 + kMO <= O; o0 += kMO) add_kernel_gradient<kMO>(G, O, panel, Kpad, rows, o0, grad);
-          for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, panel, Kpad, rows, o0, grad);
+          for (int64_t col = 0; col < (direct ? a.K : Kpad); col += 2 * L) {
+            const int64_t offset = direct ? (col / run) * row_step + col % run : col;
+            int64_t o0 = 0;
+            for (; o0 + kMO <= O; o0 += kMO)
+              add_kernel_gradient<kMO>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
+            for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
+          }
         }
-        if (a.grad_x_hwc) {
-          // rows_grad (rows x Kpad) = G (rows x O) x kernel (O x Kpad)
+        if (a.grad_x_hwc || padded_grad) {
+          // row gradients (rows x K) = G (rows x O) x kernel (O x Kpad)
           const S* kernel = a.kernels_ok + t * O * Kpad;
-          for (int64_t i0 = 0; i0 < rows; i0 += kMR)
-            for (int64_t col = 0; col < Kpad; col += 2 * L) {
+          const bool fused_add = padded_grad && blocks_in_runs;
+          for (int64_t i0 = 0; i0 < rows; i0 += kMR) {
+            const int64_t valid = imin(kMR, rows - i0);
+            for (int64_t col = 0; col < (fused_add ? a.K : Kpad); col += 2 * L) {
               V acc[kMR][2];
               panel_times_columns<S>(G + i0 * O, O, kernel, Kpad, O, col, acc);
+              if (fused_add) {  // straight into the padded input gradient
+                const int64_t offset = (col / run) * row_step + col % run;
+                for (int64_t i = 0; i < valid; ++i) {
+                  S* dst = a.grad_x_pad + pad[i0 + i] + offset;
+                  vstore(dst, vload<S>(dst) + acc[i][0]);
+                  vstore(dst + L, vload<S>(dst + L) + acc[i][1]);
+                }
+                continue;
+              }
 #pragma GCC unroll 16
               for (int i = 0; i < kMR; ++i) {
                 vstore(rows_grad + (i0 + i) * Kpad + col, acc[i][0]);
                 vstore(rows_grad + (i0 + i) * Kpad + col + L, acc[i][1]);
               }
             }
-          for (int64_t r = 0; r < rows; ++r) {
-            const S* row = rows_grad + r * Kpad;
-            S* img = a.grad_x_hwc + (u + q[r] / NP) * image_size;
-            patch_runs(a, q[r] % NP, t,
-                [&](int64_t k, int64_t off, int64_t count) {
-                  for (int64_t j = 0; j < count; ++j) img[off + j] += row[k + j];
-                },
-                [](int64_t, int64_t) {});
+          }
+          if (!fused_add) {
+            for (int64_t r = 0; r < rows; ++r) {
+              const S* row = rows_grad + r * Kpad;
+              if (padded_grad) {  // whole kernel rows into the padded gradient
+                for (int64_t ky = 0; ky < a.kh; ++ky) {
+                  S* dst = a.grad_x_pad + pad[r] + ky * row_step;
+                  for (int64_t k = 0; k < run; ++k) dst[k] += row[ky * run + k];
+                }
+                continue;
+              }
+              S* img = a.grad_x_hwc + (u + q[r] / NP) * image_size;
+              patch_runs(a, q[r] % NP, t,
+                  [&](int64_t k, int64_t off, int64_t count) {
+                    for (int64_t j = 0; j < count; ++j) img[off + j] += row[k + j];
+                  },
+                  [](int64_t, int64_t) {});
+            }
           }
         }
       }
