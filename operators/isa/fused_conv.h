@@ -54,7 +54,7 @@ static inline int64_t fused_scratch_values(int64_t Kpad, int64_t O) {
   return kFusedRows * (2 * Kpad + O);
 }
 static inline int64_t fused_scratch_indices(int64_t T, int64_t NP) {
-  return T + 1 + kUnitImages * NP;
+  return T + 1 + 3 * kUnitImages * NP;
 }
 
 // Runs images [n_begin, n_end): the forward, or the backward (the gradients whose pointers are

@@ -71,14 +71,18 @@ inline void patch_runs(const FusedConv<S>& a, int64_t q, int64_t tile, Copy copy
   }
 }
 
-// Counting sort of the pixels of a unit of images by tile: tile t owns order[begin(t) ..
-// end[t]), entries image_in_unit * NP + pixel. Returns false (and the value) at an entry
-// outside [-1, T).
-inline bool sort_unit(const int64_t* assign, int64_t NP, int64_t T, int64_t* end,
-    int64_t* order, int64_t* bad_value) {
+// Counting sort of the pixels of a unit of images by tile: tile t owns positions
+// [begin(t), end[t]) of order (entries image_in_unit * NP + pixel), out_at (the pixel's offset
+// from the unit's first output plane) and in_at (the patch's offset in the padded input).
+// Walking images, rows and columns in order spares the divisions. Returns false (and the
+// value) at an entry outside [-1, T).
+template <typename S>
+inline bool sort_unit(const FusedConv<S>& a, const int64_t* assign, int64_t units, int64_t* end,
+    int64_t* order, int64_t* out_at, int64_t* in_at, int64_t* bad_value) {
+  const int64_t T = a.T, NP = a.Ho * a.Wo, count = units * NP;
   for (int64_t t = 0; t <= T; ++t) end[t] = 0;
-  for (int64_t q = 0; q < NP; ++q) {
-    const int64_t v = assign[q];
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t v = assign[p];
     if (v < -1 || v >= T) {
       *bad_value = v;
       return false;
@@ -86,8 +90,17 @@ inline bool sort_unit(const int64_t* assign, int64_t NP, int64_t T, int64_t* end
     if (v >= 0) ++end[v + 1];
   }
   for (int64_t t = 0; t < T; ++t) end[t + 1] += end[t];
-  for (int64_t q = 0; q < NP; ++q)
-    if (assign[q] >= 0) order[end[assign[q]]++] = q;
+  int64_t p = 0;
+  for (int64_t n = 0; n < units; ++n)
+    for (int64_t y = 0; y < a.Ho; ++y)
+      for (int64_t x = 0; x < a.Wo; ++x, ++p) {
+        const int64_t v = assign[p];
+        if (v < 0) continue;
+        const int64_t pos = end[v]++;
+        order[pos] = p;
+        out_at[pos] = n * a.O * NP + y * a.Wo + x;
+        in_at[pos] = n * a.Hp * a.Wp * a.C + (y * a.sh * a.Wp + x * a.sw) * a.C;
+      }
   return true;  // now end[t] is the end of tile t, and end[t - 1] its begin
 }
 
@@ -116,14 +129,6 @@ void gather_panel(const FusedConv<S>& a, const S* images, const int64_t* q, int6
 }
 
 // acc[i][:] = panel row i (K values) x kernel columns [col, col + 2 lanes) of a K x ld matrix.
-// Where patch p of a unit starts in the padded input (or its gradient): its kernel row ky is
-// the run of kw * C values at that offset + ky * Wp * C.
-template <typename S>
-inline int64_t padded_offset(const FusedConv<S>& a, int64_t p) {
-  const int64_t NP = a.Ho * a.Wo, q = p % NP;
-  return (p / NP) * a.Hp * a.Wp * a.C + ((q / a.Wo) * a.sh * a.Wp + (q % a.Wo) * a.sw) * a.C;
-}
-
 // As panel_times_columns, reading the kMR patches in place from the padded input.
 template <typename S>
 inline void patches_times_columns(const S* const* rows, int64_t row_step, int64_t kh,
@@ -179,11 +184,14 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
   constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, B = unit_images(a.T, NP);
   int64_t* end = index;
-  int64_t* order = index + a.T + 1;
+  int64_t* order = end + a.T + 1;
+  int64_t* out_at = order + kUnitImages * NP;
+  int64_t* in_at = out_at + kUnitImages * NP;
   S* panel = scratch;
   for (int64_t u = n0; u < n1; u += B) {
     const int64_t units = imin(B, n1 - u);
-    if (!sort_unit(a.assignment + u * NP, units * NP, a.T, end, order, bad_value)) return false;
+    if (!sort_unit(a, a.assignment + u * NP, units, end, order, out_at, in_at, bad_value))
+      return false;
     S* out = a.out + u * O * NP;
     for (int64_t p = 0; p < units * NP; ++p)
       if (a.assignment[u * NP + p] < 0)
@@ -194,11 +202,11 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
       for (int64_t g = tile_begin(end, t); g < end[t]; g += kFusedRows) {
         const int64_t rows = imin(kFusedRows, end[t] - g);
         const int64_t* q = order + g;
-        int64_t at[kFusedRows];  // offset of each row's pixel in the unit's first output plane
-        for (int64_t r = 0; r < rows; ++r) at[r] = (q[r] / NP) * O * NP + q[r] % NP;
+        const int64_t* at = out_at + g;
         const S* in[kFusedRows + kMR];  // each row's patch in the padded input, when in place
         if (a.x_pad) {
-          for (int64_t r = 0; r < rows; ++r) in[r] = a.x_pad + padded_offset(a, u * NP + q[r]);
+          const S* unit_in = a.x_pad + u * a.Hp * a.Wp * a.C;
+          for (int64_t r = 0; r < rows; ++r) in[r] = unit_in + in_at[g + r];
           for (int64_t r = rows; r < rows + kMR; ++r) in[r] = in[0];  // computed, not written
         } else {
           gather_panel(a, a.x_hwc + u * a.H * a.W * a.C, q, rows, t, panel);
@@ -275,23 +283,23 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
   S* rows_grad = scratch + kFusedRows * Kpad;  // kFusedRows x Kpad
   S* G = rows_grad + kFusedRows * Kpad;        // kFusedRows x O
   int64_t* end = index;
-  int64_t* order = index + a.T + 1;
-  const int64_t B = unit_images(a.T, NP);
+  int64_t* order = end + a.T + 1;
+  int64_t* out_at = order + kUnitImages * NP;
+  int64_t* in_at = out_at + kUnitImages * NP;
+  const int64_t B = unit_images(a.T, NP), padded_image = a.Hp * a.Wp * a.C;
   for (int64_t u = n0; u < n1; u += B) {
     const int64_t units = imin(B, n1 - u);
-    if (!sort_unit(a.assignment + u * NP, units * NP, a.T, end, order, bad_value)) return false;
+    if (!sort_unit(a, a.assignment + u * NP, units, end, order, out_at, in_at, bad_value))
+      return false;
     const S* go = a.grad_out + u * O * NP;
     for (int64_t t = 0; t < a.T; ++t) {
       for (int64_t g = tile_begin(end, t); g < end[t]; g += kFusedRows) {
         const int64_t rows = imin(kFusedRows, end[t] - g);
         const int64_t padded = (rows + kMR - 1) / kMR * kMR;
         const int64_t* q = order + g;
-        int64_t at[kFusedRows];   // offset of each row's pixel in the unit's first output plane
+        const int64_t* at = out_at + g;
         int64_t pad[kFusedRows];  // offset of each row's patch in the padded layouts
-        for (int64_t r = 0; r < rows; ++r) {
-          at[r] = (q[r] / NP) * O * NP + q[r] % NP;
-          pad[r] = padded_in || padded_grad ? padded_offset(a, u * NP + q[r]) : 0;
-        }
+        for (int64_t r = 0; r < rows; ++r) pad[r] = u * padded_image + in_at[g + r];
         // Plane by plane: reading 32 planes at once per row thrashes the cache sets.
         for (int64_t o = 0; o < O; ++o)
           for (int64_t r = 0; r < rows; ++r) G[r * O + o] = go[at[r] + o * NP];
