@@ -23,7 +23,7 @@ template <> struct VecOf<float> { typedef vfloat type; };
 template <> struct VecOf<double> { typedef vdouble type; };
 
 constexpr int kMR = RAPA_VECTOR_REGISTERS >= 32 ? 12 : 6;  // panel rows per micro-kernel
-constexpr int kMO = RAPA_VECTOR_REGISTERS >= 32 ? 8 : 4;   // gradient rows per micro-kernel
+constexpr int kMO = RAPA_VECTOR_REGISTERS >= 32 ? 12 : 6;  // gradient rows per micro-kernel
 
 template <typename S> constexpr int64_t lanes() { return RAPA_VECTOR_BYTES / sizeof(S); }
 
@@ -329,6 +329,8 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
             int64_t o0 = 0;
             for (; o0 + kMO <= O; o0 += kMO)
               add_kernel_gradient<kMO>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
+            for (; o0 + 4 <= O; o0 += 4)
+              add_kernel_gradient<4>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
             for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
           }
         }
