@@ -2,6 +2,7 @@
 
     python bench/bench_ops.py [--device cpu|cuda] [--batch 100] [--repeat 10]
 
+Every repetition runs the variants in turn, and each figure is a median over the repetitions.
 The three conv layers of the paper's Full CIFAR net at batch 100 (5x5 kernels, padding 2):
 3->32 on 32x32 with T=16, 32->32 on 16x16 with T=4, 32->64 on 8x8 with T=1, each with a fresh
 random assignment. "naive" is the obvious implementation for scale: T dense convolutions,
@@ -26,19 +27,23 @@ LAYERS = [  # (name, in channels, out channels, side, tiles)
 ]
 
 
-def timed(fn, device, repeat, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
+def timed(fns, device, repeat, warmup=3):
+    """Median milliseconds of each function. The functions take turns within every repetition,
+    so that all of them see the same conditions of a shared machine."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for fn, samples in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) * 1e3 for samples in times]
 
 
 def fwd_bwd(make_output, leaves):
@@ -64,9 +69,9 @@ def bench_conv(device, batch, repeat):
         def naive():
             return sum(F.conv2d(x, w[t], b[t], 1, 2) * masks[t] for t in range(tiles))
 
-        dense = timed(fwd_bwd(lambda: F.conv2d(x, w1, b1, 1, 2), [x, w1, b1]), device, repeat)
-        tiled = timed(fwd_bwd(lambda: rapa.tiled_conv(x, w, b, a, 1, 2), [x, w, b]), device, repeat)
-        slow = timed(fwd_bwd(naive, [x, w, b]), device, repeat)
+        dense, tiled, slow = timed([fwd_bwd(lambda: F.conv2d(x, w1, b1, 1, 2), [x, w1, b1]),
+                                    fwd_bwd(lambda: rapa.tiled_conv(x, w, b, a, 1, 2), [x, w, b]),
+                                    fwd_bwd(naive, [x, w, b])], device, repeat)
         rows.append((f"{name} {cin}->{cout} {side}x{side} T={tiles}", dense, tiled, slow))
     return rows
 
@@ -76,9 +81,10 @@ def bench_pool(device, batch, repeat):
     for name, channels, side in [("pool1", 32, 32), ("pool2", 32, 16)]:
         x = torch.rand(batch, channels, side, side, device=device, requires_grad=True)
         beta = torch.full((channels,), 0.2, device=device, requires_grad=True)
-        dense = timed(fwd_bwd(lambda: F.max_pool2d(x, 3, 2, 0, ceil_mode=True), [x]), device, repeat)
-        mixed = timed(fwd_bwd(lambda: rapa.mixed_pool(x, beta, 3, 2, 0), [x, beta]), device, repeat)
-        stoch = timed(fwd_bwd(lambda: rapa.stochastic_pool(x, 3, 2, 0, True), [x]), device, repeat)
+        dense, mixed, stoch = timed(
+            [fwd_bwd(lambda: F.max_pool2d(x, 3, 2, 0, ceil_mode=True), [x]),
+             fwd_bwd(lambda: rapa.mixed_pool(x, beta, 3, 2, 0), [x, beta]),
+             fwd_bwd(lambda: rapa.stochastic_pool(x, 3, 2, 0, True), [x])], device, repeat)
         rows.append((f"{name} {channels}x{side}x{side} 3/2", dense, mixed, stoch))
     return rows
 
@@ -87,12 +93,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, median of {args.repeat}, forward+backward, ms")
+          f"batch {args.batch}, median of {args.repeat} interleaved runs, forward+backward, ms")
     rows = bench_conv(device, args.batch, args.repeat)
     print(f"{'layer':32} {'conv2d':>8} {'tiled':>8} {'ratio':>6} {'naive':>8} {'ratio':>6}")
     for label, dense, tiled, slow in rows:

@@ -275,10 +275,8 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
   constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, Kpad = a.Kpad, run = a.kw * a.C;
   const int64_t row_step = a.Wp * a.C, image_size = a.H * a.W * a.C;
-  // Padded layouts (no region map): patches are read, and their gradients added, in place.
-  // Column blocks are then whole inside one kernel row when kw * C is a multiple of them.
+  // Padded layouts (no region map): kernel rows of patches are whole runs, no clipping.
   const bool padded_in = a.x_pad != nullptr, padded_grad = a.grad_x_pad != nullptr;
-  const bool blocks_in_runs = run % (2 * L) == 0;
   S* panel = scratch;                          // kFusedRows x Kpad
   S* rows_grad = scratch + kFusedRows * Kpad;  // kFusedRows x Kpad
   S* G = rows_grad + kFusedRows * Kpad;        // kFusedRows x O
@@ -309,73 +307,58 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t o = 0; o < O; ++o) a.grad_b[t * O + o] += G[r * O + o];
         if (a.grad_k) {
-          const bool direct = padded_in && blocks_in_runs;
-          const S* rows_at[kFusedRows];
-          for (int64_t r = 0; r < rows; ++r) {
-            if (direct) {
-              rows_at[r] = a.x_pad + pad[r];
-              continue;
-            }
-            S* row = panel + r * Kpad;
-            if (padded_in)  // whole kernel rows from the padded input
-              for (int64_t ky = 0; ky < a.kh; ++ky)
-                for (int64_t k = 0; k < run; ++k) row[ky * run + k] = a.x_pad[pad[r] + ky * row_step + k];
-            rows_at[r] = row;
+          if (padded_in) {  // whole kernel rows from the padded input
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t ky = 0; ky < a.kh; ++ky) {
+                const S* src = a.x_pad + pad[r] + ky * row_step;
+                S* dst = panel + r * Kpad + ky * run;
+                for (int64_t k = 0; k < run; ++k) dst[k] = src[k];
+              }
+          } else {
+            gather_panel(a, a.x_hwc + u * image_size, q, rows, t, panel);
           }
-          if (!padded_in) gather_panel(a, a.x_hwc + u * image_size, q, rows, t, panel);
+          const S* rows_at[kFusedRows];
+          for (int64_t r = 0; r < rows; ++r) rows_at[r] = panel + r * Kpad;
           S* grad = a.grad_k + t * O * Kpad;
-          for (int64_t col = 0; col < (direct ? a.K : Kpad); col += 2 * L) {
-            const int64_t offset = direct ? (col / run) * row_step + col % run : col;
+          for (int64_t col = 0; col < Kpad; col += 2 * L) {
             int64_t o0 = 0;
             for (; o0 + kMO <= O; o0 += kMO)
-              add_kernel_gradient<kMO>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
+              add_kernel_gradient<kMO>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
             for (; o0 + 4 <= O; o0 += 4)
-              add_kernel_gradient<4>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
-            for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, offset, rows, o0, grad + col, Kpad);
+              add_kernel_gradient<4>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
+            for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
           }
         }
         if (a.grad_x_hwc || padded_grad) {
-          // row gradients (rows x K) = G (rows x O) x kernel (O x Kpad)
+          // Row gradients (rows x K) = G (rows x O) x kernel (O x Kpad) into a panel, then
+          // added to the input gradient (adding from registers straight into the scattered
+          // patches measured slower).
           const S* kernel = a.kernels_ok + t * O * Kpad;
-          const bool fused_add = padded_grad && blocks_in_runs;
-          for (int64_t i0 = 0; i0 < rows; i0 += kMR) {
-            const int64_t valid = imin(kMR, rows - i0);
-            for (int64_t col = 0; col < (fused_add ? a.K : Kpad); col += 2 * L) {
+          for (int64_t i0 = 0; i0 < rows; i0 += kMR)
+            for (int64_t col = 0; col < Kpad; col += 2 * L) {
               V acc[kMR][2];
               panel_times_columns<S>(G + i0 * O, O, kernel, Kpad, O, col, acc);
-              if (fused_add) {  // straight into the padded input gradient
-                const int64_t offset = (col / run) * row_step + col % run;
-                for (int64_t i = 0; i < valid; ++i) {
-                  S* dst = a.grad_x_pad + pad[i0 + i] + offset;
-                  vstore(dst, vload<S>(dst) + acc[i][0]);
-                  vstore(dst + L, vload<S>(dst + L) + acc[i][1]);
-                }
-                continue;
-              }
 #pragma GCC unroll 16
               for (int i = 0; i < kMR; ++i) {
                 vstore(rows_grad + (i0 + i) * Kpad + col, acc[i][0]);
                 vstore(rows_grad + (i0 + i) * Kpad + col + L, acc[i][1]);
               }
             }
-          }
-          if (!fused_add) {
-            for (int64_t r = 0; r < rows; ++r) {
-              const S* row = rows_grad + r * Kpad;
-              if (padded_grad) {  // whole kernel rows into the padded gradient
-                for (int64_t ky = 0; ky < a.kh; ++ky) {
-                  S* dst = a.grad_x_pad + pad[r] + ky * row_step;
-                  for (int64_t k = 0; k < run; ++k) dst[k] += row[ky * run + k];
-                }
-                continue;
+          for (int64_t r = 0; r < rows; ++r) {
+            const S* row = rows_grad + r * Kpad;
+            if (padded_grad) {  // whole kernel rows into the padded gradient
+              for (int64_t ky = 0; ky < a.kh; ++ky) {
+                S* dst = a.grad_x_pad + pad[r] + ky * row_step;
+                for (int64_t k = 0; k < run; ++k) dst[k] += row[ky * run + k];
               }
-              S* img = a.grad_x_hwc + (u + q[r] / NP) * image_size;
-              patch_runs(a, q[r] % NP, t,
-                  [&](int64_t k, int64_t off, int64_t count) {
-                    for (int64_t j = 0; j < count; ++j) img[off + j] += row[k + j];
-                  },
-                  [](int64_t, int64_t) {});
+              continue;
             }
+            S* img = a.grad_x_hwc + (u + q[r] / NP) * image_size;
+            patch_runs(a, q[r] % NP, t,
+                [&](int64_t k, int64_t off, int64_t count) {
+                  for (int64_t j = 0; j < count; ++j) img[off + j] += row[k + j];
+                },
+                [](int64_t, int64_t) {});
           }
         }
       }
