@@ -64,27 +64,22 @@ bool run_fused(bool forward, const FusedConv<S>& a, int64_t n0, int64_t n1, S* s
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The input channels last, zero-padded so that every patch reads whole kernel rows in place.
-at::Tensor padded_hwc(const at::Tensor& input, const ConvShape& s) {
-  return at::constant_pad_nd(input.permute({0, 2, 3, 1}), {0, 0, s.pw, s.pw, s.ph, s.ph}, 0)
-      .contiguous();
-}
-
 // Kernel matrices with K in (ky, kx, c) order, matching the channels-last gather: (T, O, K).
 at::Tensor kernels_hwc(const at::Tensor& weight) {
   return weight.permute({0, 1, 3, 4, 2}).contiguous().view({weight.size(0), weight.size(1), -1});
 }
 
 template <typename S>
-FusedConv<S> fused_geometry(const ConvShape& s) {
+FusedConv<S> fused_geometry(const ConvShape& s, bool has_region) {
   FusedConv<S> a{};
   a.N = s.N; a.C = s.C; a.H = s.H; a.W = s.W; a.T = s.T; a.O = s.O;
   a.kh = s.kh; a.kw = s.kw; a.sh = s.sh; a.sw = s.sw; a.ph = s.ph; a.pw = s.pw;
   a.Ho = s.Ho; a.Wo = s.Wo; a.K = s.K();
   a.Kpad = round_up(a.K, kFusedPad);
   a.Opad = round_up(a.O, kFusedPad);
-  a.Hp = s.H + 2 * s.ph;
-  a.Wp = s.W + 2 * s.pw;
+  // The kernels' unit copies are padded unless a region map needs per-pixel tests.
+  a.Hp = has_region ? s.H : s.H + 2 * s.ph;
+  a.Wp = has_region ? s.W : s.W + 2 * s.pw;
   return a;
 }
 
@@ -96,7 +91,7 @@ void run_batch(bool forward, const FusedConv<S>& shared, PerRange per_range) {
   at::parallel_for(0, shared.N, 1, [&](int64_t begin, int64_t end) {
     FusedConv<S> a = shared;
     per_range(begin, a);
-    std::vector<S> scratch(fused_scratch_values(a.Kpad, a.O));
+    std::vector<S> scratch(fused_scratch_values(a));
     std::vector<int64_t> index(fused_scratch_indices(a.T, NP));
     int64_t bad = 0;
     TORCH_CHECK(run_fused(forward, a, begin, end, scratch.data(), index.data(), &bad),
@@ -116,14 +111,12 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
   const auto b = defined_or_none(bias), reg = defined_or_none(region);
-  // A region map needs a test per pixel: the kernels then gather from the unpadded layout.
-  const at::Tensor x = reg ? input.permute({0, 2, 3, 1}).contiguous() : padded_hwc(input, s);
-  const at::Tensor assign = assignment.contiguous();
+  const at::Tensor x = input.contiguous(), assign = assignment.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_cpu", [&] {
-    FusedConv<scalar_t> a = fused_geometry<scalar_t>(s);
+    FusedConv<scalar_t> a = fused_geometry<scalar_t>(s, reg.has_value());
     at::Tensor kernels = at::zeros({s.T, a.K, a.Opad}, input.options());
     kernels.narrow(2, 0, s.O).copy_(kernels_hwc(weight).transpose(1, 2));
-    (reg ? a.x_hwc : a.x_pad) = x.data_ptr<scalar_t>();
+    a.x = x.data_ptr<scalar_t>();
     a.kernels_ko = kernels.data_ptr<scalar_t>();
     a.bias = b ? b->data_ptr<scalar_t>() : nullptr;
     a.assignment = assign.data_ptr<int64_t>();
@@ -146,24 +139,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
   const auto opts = input.options();
   const int64_t T = s.T, O = s.O;
   const auto reg = defined_or_none(region);
-  // Without a region map the input and its gradient are padded: patches are used in place.
-  const int64_t gh = reg ? s.H : s.H + 2 * s.ph, gw = reg ? s.W : s.W + 2 * s.pw;
-  at::Tensor grad_x = mask[0] ? at::zeros({s.N, gh, gw, s.C}, opts) : at::Tensor();
-  at::Tensor grad_k, grad_b = mask[2] ? at::zeros({T, O}, opts) : at::empty({0}, opts);
+  at::Tensor grad_input = mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
+  at::Tensor grad_k = mask[1] ? at::zeros({T, O, s.K()}, opts) : at::Tensor();
+  at::Tensor grad_b = mask[2] ? at::zeros({T, O}, opts) : at::empty({0}, opts);
   if (s.N > 0 && (mask[0] || mask[1] || mask[2])) {
-    const at::Tensor x = !mask[1] ? at::Tensor()
-        : reg ? input.permute({0, 2, 3, 1}).contiguous() : padded_hwc(input, s);
-    const at::Tensor assign = assignment.contiguous(), go = grad_output.contiguous();
+    const at::Tensor x = input.contiguous(), assign = assignment.contiguous();
+    const at::Tensor go = grad_output.contiguous();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_backward_cpu", [&] {
-      FusedConv<scalar_t> a = fused_geometry<scalar_t>(s);
+      FusedConv<scalar_t> a = fused_geometry<scalar_t>(s, reg.has_value());
       at::Tensor kernels;
       if (mask[0]) {
         kernels = at::zeros({T, O, a.Kpad}, opts);
         kernels.narrow(2, 0, a.K).copy_(kernels_hwc(weight));
         a.kernels_ok = kernels.data_ptr<scalar_t>();
-        (reg ? a.grad_x_hwc : a.grad_x_pad) = grad_x.data_ptr<scalar_t>();
+        a.grad_x = grad_input.data_ptr<scalar_t>();
       }
-      if (mask[1]) (reg ? a.x_hwc : a.x_pad) = x.data_ptr<scalar_t>();
+      a.x = x.data_ptr<scalar_t>();
       a.assignment = assign.data_ptr<int64_t>();
       a.region = reg ? reg->data_ptr<int64_t>() : nullptr;
       a.grad_out = go.data_ptr<scalar_t>();
@@ -179,17 +170,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
         std::lock_guard<std::mutex> lock(partial_mutex);
         partial[begin] = {k, b};
       });
-      if (mask[1]) grad_k = at::zeros({T, O, a.Kpad}, opts);
+      at::Tensor padded_k = mask[1] ? at::zeros({T, O, a.Kpad}, opts) : at::Tensor();
       for (const auto& entry : partial) {
-        if (mask[1]) grad_k += entry.second.first;
+        if (mask[1]) padded_k += entry.second.first;
         if (mask[2]) grad_b += entry.second.second;
       }
-      if (mask[1]) grad_k = grad_k.narrow(2, 0, a.K);
+      if (mask[1]) grad_k = padded_k.narrow(2, 0, a.K);
     });
   }
-  at::Tensor grad_input = !mask[0] ? at::empty({0}, opts)
-      : grad_x.narrow(1, reg ? 0 : s.ph, s.H).narrow(2, reg ? 0 : s.pw, s.W)
-            .permute({0, 3, 1, 2}).contiguous();
   at::Tensor grad_weight = mask[1]
       ? grad_k.reshape({T, O, s.kh, s.kw, s.C}).permute({0, 1, 4, 2, 3}).contiguous()
       : at::empty({0}, opts);

@@ -119,8 +119,12 @@ def test_torch_compile_fullgraph(device):
 
 def test_empty_batch(device):
     x, weight, b = make(device, n=0)
+    inputs = (x.requires_grad_(), weight.requires_grad_(), b.requires_grad_())
     assignment = torch.zeros(0, 7, 5, dtype=torch.int64, device=device)
-    assert rapa.tiled_conv(x, weight, b, assignment, 1, 0).shape == (0, 5, 7, 5)
+    y = rapa.tiled_conv(*inputs, assignment, 1, 0)
+    assert y.shape == (0, 5, 7, 5)
+    gx, gw, gb = torch.autograd.grad(y.sum(), inputs)
+    assert gx.shape == x.shape and not gw.abs().sum() and not gb.abs().sum()
 
 
 def expect_error(match, fn):

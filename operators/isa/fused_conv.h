@@ -7,10 +7,7 @@
 namespace rapa {
 
 // Everything one call of the fused kernels needs. Layouts:
-//   x_hwc       (N, H, W, C)            input, channels last (used with a region map)
-//   x_pad       (N, Hp, Wp, C)          input, channels last, zero-padded by (ph, pw) on each
-//                                       side (used without a region map: patches are read in
-//                                       place, each kernel row one contiguous run)
+//   x           (N, C, H, W)            input
 //   kernels_ko  (T, K, Opad)            per tile, K x O padded with zeros to Opad columns
 //   kernels_ok  (T, O, Kpad)            per tile, O x K padded with zeros to Kpad columns
 //   bias        (T, O) or null
@@ -18,18 +15,19 @@ namespace rapa {
 //   region      (H, W) or null
 //   out         (N, O, Ho, Wo)          forward output
 //   grad_out    (N, O, Ho, Wo)          backward input
-//   grad_x_hwc  (N, H, W, C) or null    input gradient (added to), with a region map
-//   grad_x_pad  (N, Hp, Wp, C) or null  padded input gradient (added to), without one
+//   grad_x      (N, C, H, W) or null    input gradient (written)
 //   grad_k      (T, O, Kpad) or null    weight gradient (added to, one buffer per thread)
 //   grad_b      (T, O) or null          bias gradient (added to, one buffer per thread)
 // K = C * kh * kw in (ky, kx, c) order; Kpad and Opad are multiples of kFusedPad.
+// The kernels copy each unit of images they work on into scratch, channels last, zero-padded
+// by (ph, pw) unless there is a region map (Hp = H + 2 ph, Wp = W + 2 pw, else H and W), so
+// that a patch's kernel rows are contiguous runs, and accumulate input gradients there.
 constexpr int64_t kFusedPad = 32;
 
 template <typename S>
 struct FusedConv {
   int64_t N, C, H, W, T, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, Kpad, Opad, Hp, Wp;
-  const S* x_hwc;
-  const S* x_pad;
+  const S* x;
   const S* kernels_ko;
   const S* kernels_ok;
   const S* bias;
@@ -37,21 +35,28 @@ struct FusedConv {
   const int64_t* region;
   S* out;
   const S* grad_out;
-  S* grad_x_hwc;
-  S* grad_x_pad;
+  S* grad_x;
   S* grad_k;
   S* grad_b;
 };
 
 // Patches gathered per step: a panel of kFusedRows x Kpad stays in L2 while it is used.
 constexpr int64_t kFusedRows = 48;
-
 // At most this many images are sorted by tile together (when a tile has few patches per image).
 constexpr int64_t kUnitImages = 16;
 
-// Scratch each thread passes to the kernels (static: every file keeps its own copy).
-static inline int64_t fused_scratch_values(int64_t Kpad, int64_t O) {
-  return kFusedRows * (2 * Kpad + O);
+// Images sorted together: enough that each tile gathers panels of a useful length.
+// (static: every file keeps its own copy, whatever instruction set it is compiled for)
+static inline int64_t fused_unit_images(int64_t T, int64_t NP) {
+  const int64_t wanted = (4 * kFusedRows * T + NP - 1) / NP;
+  return wanted < 1 ? 1 : wanted > kUnitImages ? kUnitImages : wanted;
+}
+
+// Scratch each thread passes to the kernels, in values and in indices.
+template <typename S>
+static inline int64_t fused_scratch_values(const FusedConv<S>& a) {
+  const int64_t unit = fused_unit_images(a.T, a.Ho * a.Wo) * a.Hp * a.Wp * a.C;
+  return kFusedRows * (2 * a.Kpad + a.O) + 2 * unit;
 }
 static inline int64_t fused_scratch_indices(int64_t T, int64_t NP) {
   return T + 1 + 3 * kUnitImages * NP;

@@ -1,10 +1,13 @@
 // The fused tiled-convolution kernels, compiled once per instruction set by fused_conv_*.cpp,
 // which define RAPA_ISA (the name suffix), RAPA_VECTOR_BYTES and RAPA_VECTOR_REGISTERS.
 //
-// Per image, the output pixels are counting-sorted by tile; each tile's patches are gathered
-// kFusedRows at a time into a panel that stays in L2 (rows of K = kh*kw*C values read as
-// contiguous runs from the channels-last input), and register-blocked micro-kernels multiply
-// the panel with the tile's kernel matrix. No im2col matrix of the whole batch ever exists.
+// A thread works through its images a unit at a time. It copies the unit into scratch,
+// channels last and zero-padded (unless a region map needs per-pixel tests), counting-sorts
+// the unit's output pixels by tile, and for each tile multiplies panels of up to kFusedRows
+// patches with the tile's kernel matrix in register-blocked micro-kernels. Patches are read
+// in place (their kernel rows are contiguous runs of the padded copy) or gathered into a panel;
+// input gradients accumulate in a padded scratch copy that is written back per unit. The
+// working set stays in L2 and no batch-sized temporary exists.
 //
 // Everything here has internal linkage and uses no library templates, so code compiled with
 // wide vector instructions is never shared with, or picked by the linker for, other files.
@@ -41,6 +44,39 @@ inline void vstore(S* p, typename VecOf<S>::type v) {
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Rows and columns of padding in the unit copy: (ph, pw) when padded, 0 with a region map.
+template <typename S> inline int64_t pad_rows(const FusedConv<S>& a) { return a.region ? 0 : a.ph; }
+template <typename S> inline int64_t pad_cols(const FusedConv<S>& a) { return a.region ? 0 : a.pw; }
+
+// Copies images [u, u + units) of the input into the unit layout (Hp, Wp, C), zero borders.
+template <typename S>
+void load_unit(const FusedConv<S>& a, int64_t u, int64_t units, S* unit) {
+  const int64_t C = a.C, plane = a.H * a.W, image = a.Hp * a.Wp * C;
+  const int64_t oy = pad_rows(a), ox = pad_cols(a);
+  if (oy || ox) std::memset(unit, 0, units * image * sizeof(S));
+  for (int64_t n = 0; n < units; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const S* src = a.x + ((u + n) * C + c) * plane;
+      S* dst = unit + n * image + c;
+      for (int64_t y = 0; y < a.H; ++y)
+        for (int64_t x = 0; x < a.W; ++x) dst[((y + oy) * a.Wp + x + ox) * C] = src[y * a.W + x];
+    }
+}
+
+// Writes the unit's input gradient (Hp, Wp, C) back to grad_x (N, C, H, W), without borders.
+template <typename S>
+void store_unit_gradient(const FusedConv<S>& a, int64_t u, int64_t units, const S* unit) {
+  const int64_t C = a.C, plane = a.H * a.W, image = a.Hp * a.Wp * C;
+  const int64_t oy = pad_rows(a), ox = pad_cols(a);
+  for (int64_t n = 0; n < units; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const S* src = unit + n * image + c;
+      S* dst = a.grad_x + ((u + n) * C + c) * plane;
+      for (int64_t y = 0; y < a.H; ++y)
+        for (int64_t x = 0; x < a.W; ++x) dst[y * a.W + x] = src[((y + oy) * a.Wp + x + ox) * C];
+    }
+}
 
 // Kernel rows of one patch as runs: copy(k, offset, count) for `count` values the patch reads
 // from the image at element `offset`, zero(k, count) for padding and foreign-region pixels.
@@ -172,26 +208,23 @@ inline void panel_times_columns(const S* panel, int64_t ldp, const S* kernel, in
   }
 }
 
-// Images per sorting unit: enough that each tile gathers panels of a useful length.
-inline int64_t unit_images(int64_t T, int64_t NP) {
-  return imax(1, imin(kUnitImages, (4 * kFusedRows * T + NP - 1) / NP));
-}
-
 template <typename S>
 bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, int64_t* index,
     int64_t* bad_value) {
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
-  const int64_t NP = a.Ho * a.Wo, O = a.O, B = unit_images(a.T, NP);
+  const int64_t NP = a.Ho * a.Wo, O = a.O, B = fused_unit_images(a.T, NP);
   int64_t* end = index;
   int64_t* order = end + a.T + 1;
   int64_t* out_at = order + kUnitImages * NP;
   int64_t* in_at = out_at + kUnitImages * NP;
   S* panel = scratch;
+  S* unit_x = scratch + kFusedRows * (2 * a.Kpad + O);
   for (int64_t u = n0; u < n1; u += B) {
     const int64_t units = imin(B, n1 - u);
     if (!sort_unit(a, a.assignment + u * NP, units, end, order, out_at, in_at, bad_value))
       return false;
+    load_unit(a, u, units, unit_x);
     S* out = a.out + u * O * NP;
     for (int64_t p = 0; p < units * NP; ++p)
       if (a.assignment[u * NP + p] < 0)
@@ -203,19 +236,18 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
         const int64_t rows = imin(kFusedRows, end[t] - g);
         const int64_t* q = order + g;
         const int64_t* at = out_at + g;
-        const S* in[kFusedRows + kMR];  // each row's patch in the padded input, when in place
-        if (a.x_pad) {
-          const S* unit_in = a.x_pad + u * a.Hp * a.Wp * a.C;
-          for (int64_t r = 0; r < rows; ++r) in[r] = unit_in + in_at[g + r];
+        const S* in[kFusedRows + kMR];  // each row's patch in the padded unit, when in place
+        if (!a.region) {
+          for (int64_t r = 0; r < rows; ++r) in[r] = unit_x + in_at[g + r];
           for (int64_t r = rows; r < rows + kMR; ++r) in[r] = in[0];  // computed, not written
         } else {
-          gather_panel(a, a.x_hwc + u * a.H * a.W * a.C, q, rows, t, panel);
+          gather_panel(a, unit_x, q, rows, t, panel);
         }
         for (int64_t i0 = 0; i0 < rows; i0 += kMR) {
           const int64_t valid = imin(kMR, rows - i0);
           for (int64_t col = 0; col < a.Opad; col += 2 * L) {
             V acc[kMR][2];
-            if (a.x_pad)
+            if (!a.region)
               patches_times_columns<S>(in + i0, a.Wp * a.C, a.kh, a.kw * a.C, kernel, a.Opad, col, acc);
             else
               panel_times_columns<S>(panel + i0 * a.Kpad, a.Kpad, kernel, a.Opad, a.K, col, acc);
@@ -274,48 +306,51 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, Kpad = a.Kpad, run = a.kw * a.C;
-  const int64_t row_step = a.Wp * a.C, image_size = a.H * a.W * a.C;
-  // Padded layouts (no region map): kernel rows of patches are whole runs, no clipping.
-  const bool padded_in = a.x_pad != nullptr, padded_grad = a.grad_x_pad != nullptr;
+  const int64_t row_step = a.Wp * a.C, unit_image = a.Hp * a.Wp * a.C;
+  // Without a region map the unit copies are padded: kernel rows of patches are whole runs.
+  const bool padded_layout = a.region == nullptr;
+  const int64_t B = fused_unit_images(a.T, NP);
   S* panel = scratch;                          // kFusedRows x Kpad
   S* rows_grad = scratch + kFusedRows * Kpad;  // kFusedRows x Kpad
   S* G = rows_grad + kFusedRows * Kpad;        // kFusedRows x O
+  S* unit_x = G + kFusedRows * O;              // the unit's input, (Hp, Wp, C) per image
+  S* unit_g = unit_x + B * unit_image;         // its input gradient
   int64_t* end = index;
   int64_t* order = end + a.T + 1;
   int64_t* out_at = order + kUnitImages * NP;
   int64_t* in_at = out_at + kUnitImages * NP;
-  const int64_t B = unit_images(a.T, NP), padded_image = a.Hp * a.Wp * a.C;
   for (int64_t u = n0; u < n1; u += B) {
     const int64_t units = imin(B, n1 - u);
     if (!sort_unit(a, a.assignment + u * NP, units, end, order, out_at, in_at, bad_value))
       return false;
+    if (a.grad_k) load_unit(a, u, units, unit_x);
+    if (a.grad_x) std::memset(unit_g, 0, units * unit_image * sizeof(S));
     const S* go = a.grad_out + u * O * NP;
     for (int64_t t = 0; t < a.T; ++t) {
       for (int64_t g = tile_begin(end, t); g < end[t]; g += kFusedRows) {
         const int64_t rows = imin(kFusedRows, end[t] - g);
-        const int64_t padded = (rows + kMR - 1) / kMR * kMR;
+        const int64_t rows_padded = (rows + kMR - 1) / kMR * kMR;
         const int64_t* q = order + g;
         const int64_t* at = out_at + g;
-        int64_t pad[kFusedRows];  // offset of each row's patch in the padded layouts
-        for (int64_t r = 0; r < rows; ++r) pad[r] = u * padded_image + in_at[g + r];
+        const int64_t* pad = in_at + g;  // each row's patch in the padded unit copies
         // Plane by plane: reading 32 planes at once per row thrashes the cache sets.
         for (int64_t o = 0; o < O; ++o)
           for (int64_t r = 0; r < rows; ++r) G[r * O + o] = go[at[r] + o * NP];
-        for (int64_t r = rows; r < padded; ++r)
+        for (int64_t r = rows; r < rows_padded; ++r)
           for (int64_t o = 0; o < O; ++o) G[r * O + o] = S(0);
         if (a.grad_b)
           for (int64_t r = 0; r < rows; ++r)
             for (int64_t o = 0; o < O; ++o) a.grad_b[t * O + o] += G[r * O + o];
         if (a.grad_k) {
-          if (padded_in) {  // whole kernel rows from the padded input
+          if (padded_layout) {  // whole kernel rows from the padded unit
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t ky = 0; ky < a.kh; ++ky) {
-                const S* src = a.x_pad + pad[r] + ky * row_step;
+                const S* src = unit_x + pad[r] + ky * row_step;
                 S* dst = panel + r * Kpad + ky * run;
                 for (int64_t k = 0; k < run; ++k) dst[k] = src[k];
               }
           } else {
-            gather_panel(a, a.x_hwc + u * image_size, q, rows, t, panel);
+            gather_panel(a, unit_x, q, rows, t, panel);
           }
           const S* rows_at[kFusedRows];
           for (int64_t r = 0; r < rows; ++r) rows_at[r] = panel + r * Kpad;
@@ -329,7 +364,7 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
             for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
           }
         }
-        if (a.grad_x_hwc || padded_grad) {
+        if (a.grad_x) {
           // Row gradients (rows x K) = G (rows x O) x kernel (O x Kpad) into a panel, then
           // added to the input gradient (adding from registers straight into the scattered
           // patches measured slower).
@@ -346,14 +381,14 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
             }
           for (int64_t r = 0; r < rows; ++r) {
             const S* row = rows_grad + r * Kpad;
-            if (padded_grad) {  // whole kernel rows into the padded gradient
+            if (padded_layout) {  // whole kernel rows into the padded unit gradient
               for (int64_t ky = 0; ky < a.kh; ++ky) {
-                S* dst = a.grad_x_pad + pad[r] + ky * row_step;
+                S* dst = unit_g + pad[r] + ky * row_step;
                 for (int64_t k = 0; k < run; ++k) dst[k] += row[ky * run + k];
               }
               continue;
             }
-            S* img = a.grad_x_hwc + (u + q[r] / NP) * image_size;
+            S* img = unit_g + (q[r] / NP) * unit_image;
             patch_runs(a, q[r] % NP, t,
                 [&](int64_t k, int64_t off, int64_t count) {
                   for (int64_t j = 0; j < count; ++j) img[off + j] += row[k + j];
@@ -363,6 +398,7 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
         }
       }
     }
+    if (a.grad_x) store_unit_gradient(a, u, units, unit_g);
   }
   return true;
 }
