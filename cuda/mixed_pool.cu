@@ -31,20 +31,16 @@ __global__ void mixed_pool_grad_input_kernel(const scalar_t* __restrict__ go,
     const int64_t w = i % s.W, h = (i / s.W) % s.H, plane = i / (s.W * s.H);
     const scalar_t a = mix_weight(beta[plane % s.C], mu);
     const scalar_t* in = x + plane * s.H * s.W;
-    int64_t y0, y1, x0, x1;
-    pool_cover(h, s.kh, s.sh, s.ph, s.Ho, &y0, &y1);
-    pool_cover(w, s.kw, s.sw, s.pw, s.Wo, &x0, &x1);
     scalar_t acc = scalar_t(0);
-    for (int64_t oy = y0; oy <= y1; ++oy)
-      for (int64_t ox = x0; ox <= x1; ++ox) {
-        const PoolWindow win = pool_window(s, oy, ox);
-        scalar_t m, avg;
-        int64_t mi;
-        window_max_avg(in, s, win, &m, &mi, &avg);
-        const scalar_t gv = go[plane * s.Ho * s.Wo + oy * s.Wo + ox];
-        acc += (scalar_t(1) - a) * gv / scalar_t(win.count);
-        if (mi == h * s.W + w) acc += a * gv;
-      }
+    for_each_window_containing(s, h, w, [&](int64_t oy, int64_t ox) {
+      const PoolWindow win = pool_window(s, oy, ox);
+      scalar_t m, avg;
+      int64_t mi;
+      window_max_avg(in, s, win, &m, &mi, &avg);
+      const scalar_t gv = go[plane * s.Ho * s.Wo + oy * s.Wo + ox];
+      acc += (scalar_t(1) - a) * gv / scalar_t(win.count);
+      if (mi == h * s.W + w) acc += a * gv;
+    });
     gi[i] = acc;
   }
 }

@@ -40,16 +40,12 @@ __global__ void stochastic_test_grad_kernel(const scalar_t* __restrict__ go,
   RAPA_KERNEL_LOOP(i, s.N * s.C * s.H * s.W) {
     const int64_t w = i % s.W, h = (i / s.W) % s.H, plane = i / (s.W * s.H);
     const scalar_t* in = x + plane * s.H * s.W;
-    int64_t y0, y1, x0, x1;
-    pool_cover(h, s.kh, s.sh, s.ph, s.Ho, &y0, &y1);
-    pool_cover(w, s.kw, s.sw, s.pw, s.Wo, &x0, &x1);
     scalar_t acc = scalar_t(0);
-    for (int64_t oy = y0; oy <= y1; ++oy)
-      for (int64_t ox = x0; ox <= x1; ++ox) {
-        scalar_t S, Q;
-        stochastic_moments(in, s, pool_window(s, oy, ox), &S, &Q);
-        acc += go[plane * s.Ho * s.Wo + oy * s.Wo + ox] * stochastic_test_grad(in[h * s.W + w], S, Q);
-      }
+    for_each_window_containing(s, h, w, [&](int64_t oy, int64_t ox) {
+      scalar_t S, Q;
+      stochastic_moments(in, s, pool_window(s, oy, ox), &S, &Q);
+      acc += go[plane * s.Ho * s.Wo + oy * s.Wo + ox] * stochastic_test_grad(in[h * s.W + w], S, Q);
+    });
     gi[i] = acc;
   }
 }

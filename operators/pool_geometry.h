@@ -51,6 +51,16 @@ RAPA_HD inline void pool_cover(
   *last = hi < out - 1 ? hi : out - 1;
 }
 
+// Calls f(oy, ox) for every output window that contains input pixel (h, w).
+template <typename F>
+RAPA_HD inline void for_each_window_containing(const PoolShape& s, int64_t h, int64_t w, F f) {
+  int64_t y0, y1, x0, x1;
+  pool_cover(h, s.kh, s.sh, s.ph, s.Ho, &y0, &y1);
+  pool_cover(w, s.kw, s.sw, s.pw, s.Wo, &x0, &x1);
+  for (int64_t oy = y0; oy <= y1; ++oy)
+    for (int64_t ox = x0; ox <= x1; ++ox) f(oy, ox);
+}
+
 inline int64_t caffe_pooled_size(int64_t in, int64_t k, int64_t stride, int64_t pad) {
   int64_t out = (in + 2 * pad - k + stride - 1) / stride + 1;  // ceil
   if (pad > 0 && (out - 1) * stride >= in + pad) --out;         // last window starts inside
