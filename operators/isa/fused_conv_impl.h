@@ -359,6 +359,8 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
             int64_t o0 = 0;
             for (; o0 + kMO <= O; o0 += kMO)
               add_kernel_gradient<kMO>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
+            for (; o0 + 8 <= O; o0 += 8)
+              add_kernel_gradient<8>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
             for (; o0 + 4 <= O; o0 += 4)
               add_kernel_gradient<4>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
             for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
