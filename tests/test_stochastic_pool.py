@@ -67,12 +67,17 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.rapa.stochastic_pool_test.default, (x, [3, 3], [2, 2], [1, 1]))
 
 
-def test_compile(device):
+@pytest.mark.parametrize("train", [False, True])
+def test_compile(device, train):
     x = torch.rand(2, 3, 9, 9, device=device, requires_grad=True)
-    f = torch.compile(lambda x: rapa.stochastic_pool(x, 3, 2, 0, train=False).sum(),
+    f = torch.compile(lambda x: rapa.stochastic_pool(x, 3, 2, 0, train=train),
                       fullgraph=True, backend="aot_eager")
-    f(x).backward()
-    assert x.grad is not None
+    out = f(x)
+    out.sum().backward()
+    assert out.shape == (2, 3, 4, 4) and x.grad is not None
+    if train:  # every output is one of the pixels of its window, and gradients count picks
+        assert torch.isin(out.detach(), x.detach()).all()
+        assert float(x.grad.sum()) == out.numel()
 
 
 def test_bad_input(device):
