@@ -271,21 +271,20 @@ bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, i
   return true;
 }
 
-// grad rows [o0, o0 + MO), columns [0, 2 lanes) += G^T P over `rows` patches, where patch r's
-// columns are the 2 lanes at rows_at[r] + offset (a panel row, or the patch in place).
+// grad rows [o0, o0 + MO), columns [col, col + 2 lanes) += G^T panel over `rows` panel rows.
 template <int MO, typename S>
-inline void add_kernel_gradient(const S* G, int64_t O, const S* const* rows_at, int64_t offset,
-    int64_t rows, int64_t o0, S* grad, int64_t ld) {
+inline void add_kernel_gradient(const S* G, int64_t O, const S* panel, int64_t Kpad,
+    int64_t rows, int64_t o0, int64_t col, S* grad) {
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
   V acc[MO][2];
 #pragma GCC unroll 16
   for (int j = 0; j < MO; ++j) {
-    acc[j][0] = vload(grad + (o0 + j) * ld);
-    acc[j][1] = vload(grad + (o0 + j) * ld + L);
+    acc[j][0] = vload(grad + (o0 + j) * Kpad + col);
+    acc[j][1] = vload(grad + (o0 + j) * Kpad + col + L);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    const V p0 = vload(rows_at[r] + offset), p1 = vload(rows_at[r] + offset + L);
+    const V p0 = vload(panel + r * Kpad + col), p1 = vload(panel + r * Kpad + col + L);
 #pragma GCC unroll 16
     for (int j = 0; j < MO; ++j) {
       const S gv = G[r * O + o0 + j];
@@ -295,8 +294,8 @@ inline void add_kernel_gradient(const S* G, int64_t O, const S* const* rows_at, 
   }
 #pragma GCC unroll 16
   for (int j = 0; j < MO; ++j) {
-    vstore(grad + (o0 + j) * ld, acc[j][0]);
-    vstore(grad + (o0 + j) * ld + L, acc[j][1]);
+    vstore(grad + (o0 + j) * Kpad + col, acc[j][0]);
+    vstore(grad + (o0 + j) * Kpad + col + L, acc[j][1]);
   }
 }
 
@@ -352,18 +351,13 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
           } else {
             gather_panel(a, unit_x, q, rows, t, panel);
           }
-          const S* rows_at[kFusedRows];
-          for (int64_t r = 0; r < rows; ++r) rows_at[r] = panel + r * Kpad;
           S* grad = a.grad_k + t * O * Kpad;
           for (int64_t col = 0; col < Kpad; col += 2 * L) {
             int64_t o0 = 0;
-            for (; o0 + kMO <= O; o0 += kMO)
-              add_kernel_gradient<kMO>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
-            for (; o0 + 8 <= O; o0 += 8)
-              add_kernel_gradient<8>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
-            for (; o0 + 4 <= O; o0 += 4)
-              add_kernel_gradient<4>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
-            for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, rows_at, col, rows, o0, grad + col, Kpad);
+            for (; o0 + kMO <= O; o0 += kMO) add_kernel_gradient<kMO>(G, O, panel, Kpad, rows, o0, col, grad);
+            for (; o0 + 8 <= O; o0 += 8) add_kernel_gradient<8>(G, O, panel, Kpad, rows, o0, col, grad);
+            for (; o0 + 4 <= O; o0 += 4) add_kernel_gradient<4>(G, O, panel, Kpad, rows, o0, col, grad);
+            for (; o0 < O; ++o0) add_kernel_gradient<1>(G, O, panel, Kpad, rows, o0, col, grad);
           }
         }
         if (a.grad_x) {
@@ -410,21 +404,15 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
 #define RAPA_CONCAT2(a, b) a##_##b
 #define RAPA_CONCAT(a, b) RAPA_CONCAT2(a, b)
 
-bool RAPA_CONCAT(fused_forward, RAPA_ISA)(const FusedConv<float>& a, int64_t n0, int64_t n1,
-    float* scratch, int64_t* index, int64_t* bad_value) {
-  return forward_images(a, n0, n1, scratch, index, bad_value);
-}
-bool RAPA_CONCAT(fused_forward, RAPA_ISA)(const FusedConv<double>& a, int64_t n0, int64_t n1,
-    double* scratch, int64_t* index, int64_t* bad_value) {
-  return forward_images(a, n0, n1, scratch, index, bad_value);
-}
-bool RAPA_CONCAT(fused_backward, RAPA_ISA)(const FusedConv<float>& a, int64_t n0, int64_t n1,
-    float* scratch, int64_t* index, int64_t* bad_value) {
-  return backward_images(a, n0, n1, scratch, index, bad_value);
-}
-bool RAPA_CONCAT(fused_backward, RAPA_ISA)(const FusedConv<double>& a, int64_t n0, int64_t n1,
-    double* scratch, int64_t* index, int64_t* bad_value) {
-  return backward_images(a, n0, n1, scratch, index, bad_value);
-}
+// The exported entry points, one per direction and scalar type.
+#define RAPA_DEFINE_FUSED(name, run, S)                                                        \
+  bool RAPA_CONCAT(name, RAPA_ISA)(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch,  \
+      int64_t* index, int64_t* bad_value) {                                                    \
+    return run(a, n0, n1, scratch, index, bad_value);                                          \
+  }
+RAPA_DEFINE_FUSED(fused_forward, forward_images, float)
+RAPA_DEFINE_FUSED(fused_forward, forward_images, double)
+RAPA_DEFINE_FUSED(fused_backward, backward_images, float)
+RAPA_DEFINE_FUSED(fused_backward, backward_images, double)
 
 }  // namespace rapa
