@@ -1,0 +1,43 @@
+"""The `rapa` command: one subcommand per tool, like Caffe's `caffe train|test|time` and its
+converters. A user's mistake ends with a one-line error naming the file, layer or argument,
+never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import RapaError
+
+COMMANDS = ("train", "test", "time", "plot", "convert_cifar", "convert_svhn", "convert_imageset",
+            "compute_mean")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    parser = argparse.ArgumentParser(prog="rapa", description="RAPA-ConvNets: train, test and "
+                                     "time nets written in Caffe's prototxt; convert data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        doc = module.__doc__.replace("%", "%%")  # argparse formats help with %
+        p = sub.add_parser(name.replace("_", "-"), help=doc.splitlines()[0], description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except RapaError as e:
+        print(f"rapa {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nrapa {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Draw learning curves from training logs (JSON lines) to a PNG.
+
+Training loss against iteration (left), test error against iteration (right; with the
+majority-vote error where the log has it). Several logs are drawn into one figure.
+"""
+import pathlib
+
+from ..errors import RapaError
+from ..trainlog import read_log_lines
+
+
+def add_arguments(p):
+    p.add_argument("logs", nargs="+", help="training logs (*_log.jsonl)")
+    p.add_argument("--out", default="learning_curves.png", help="PNG file to write")
+    p.add_argument("--title", default="")
+
+
+def run(args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RapaError("rapa plot needs matplotlib (pip install matplotlib)") from None
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+    drew = False
+    for log in args.logs:
+        if not pathlib.Path(log).is_file():
+            raise RapaError(f"{log}: no such file")
+        lines = read_log_lines(log)
+        label = pathlib.Path(log).name.removesuffix("_log.jsonl")
+        train = [x for x in lines if x.get("phase") == "train"]
+        test = [x for x in lines if x.get("phase") == "test"]
+        if train:
+            ax_loss.plot([x["iter"] for x in train], [x["loss"] for x in train], label=label)
+            drew = True
+        for key in ("accuracy", "accuracy_vote"):
+            pts = [(x["iter"], 100 * (1 - x[key])) for x in test if key in x]
+            if pts:
+                style = "-" if key == "accuracy" else "--"
+                ax_err.plot(*zip(*pts), style, marker=".",
+                            label=label + (" (vote)" if key.endswith("vote") else ""))
+                drew = True
+    if not drew:
+        raise RapaError(f"{', '.join(args.logs)}: no training or test entries to draw")
+    ax_loss.set(xlabel="iteration", ylabel="training loss (smoothed)", yscale="log")
+    ax_err.set(xlabel="iteration", ylabel="test error [%]")
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+    return 0

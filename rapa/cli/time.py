@@ -1,0 +1,68 @@
+"""Time a net layer by layer (Caffe's `caffe time`) and print the paper's analog time model.
+
+Forward and backward times per layer, averaged over --iterations passes of the TRAIN phase
+(its data layers read one batch, reused). The analog model (paper Fig. 1): per conv layer the
+patches np per image, the MACs, the tiles nt, the array operations per tile ceil(np/nt), and
+the resulting speed-up; the net's analog time is the slowest layer's count when layers are
+pipelined, or their sum when not.
+"""
+import pathlib
+
+import torch
+
+from ..errors import RapaError
+from ..net import Net
+from ..proto import pb
+from ..prototxt import read_text
+from ..timing import analog_model, time_layers
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="net prototxt")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--forward-only", action="store_true")
+
+
+def run(args):
+    if args.iterations < 1:
+        raise RapaError("--iterations must be >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RapaError(f"--device {args.device}: this torch has no usable CUDA device")
+    model = pathlib.Path(args.model)
+    phase = pb.TRAIN if args.phase == "TRAIN" else pb.TEST
+    net = Net(read_text(model, pb.NetParameter()), phase, source=str(model),
+              base_dir=model.parent)
+    net.to_device(device)
+    net.train(phase == pb.TRAIN)
+    try:
+        with torch.set_grad_enabled(not args.forward_only):
+            times = time_layers(net, args.iterations, device, backward=not args.forward_only)
+    finally:
+        net.close()
+    batch = next((s[0] for s in net.blob_shapes.values() if s), 1)
+    print(f"{net.name or model}: {args.phase}, batch {batch}, {device}, mean of "
+          f"{args.iterations} iterations")
+    print(f"{'layer':<12} {'type':<16} {'forward ms':>11} {'backward ms':>12}")
+    for t in times:
+        print(f"{t.name:<12} {t.type:<16} {t.forward_ms:>11.3f} {t.backward_ms:>12.3f}")
+    total_f = sum(t.forward_ms for t in times)
+    total_b = sum(t.backward_ms for t in times)
+    print(f"{'total':<29} {total_f:>11.3f} {total_b:>12.3f}   "
+          f"({batch / (total_f + total_b) * 1e3:.0f} images/s)")
+    analog = analog_model(net)
+    if analog:
+        print("\nanalog arrays (one matrix-vector product per patch, constant time each):")
+        print(f"{'layer':<12} {'patches np':>10} {'MACs':>12} {'tiles nt':>9} "
+              f"{'np per tile':>12} {'speed-up':>9}")
+        for a in analog:
+            print(f"{a.name:<12} {a.patches:>10} {a.macs:>12} {a.tiles:>9} {a.per_tile:>12} "
+                  f"{a.speedup:>9.1f}")
+        base = [x.patches for x in analog]
+        tiled = [x.per_tile for x in analog]
+        print(f"per image: {sum(tiled)} array operations in sequence ({sum(base)} untiled, "
+              f"{sum(base) / sum(tiled):.1f}x); pipelined over layers: {max(tiled)} "
+              f"({max(base)} untiled, {max(base) / max(tiled):.1f}x)")
+    return 0

@@ -1,0 +1,30 @@
+"""Train a net with a solver prototxt (Caffe's `caffe train`).
+
+Resume with --snapshot FILE.solverstate, or --snapshot auto for the newest complete snapshot
+under the solver's snapshot_prefix (starting afresh when there is none). Ctrl-C writes a
+snapshot and stops; a NaN loss stops without one, keeping the last good snapshot.
+"""
+import sys
+
+from ..solver import Solver, Stop
+
+
+def add_arguments(p):
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    p.add_argument("--weights", help="initial weights (.caffemodel; comma-separated list)")
+    p.add_argument("--snapshot", help="resume from this .solverstate, or 'auto': the newest")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    solver = Solver(args.solver, device=args.device, max_iter=args.max_iter,
+                    progress=False if args.no_progress else None,
+                    say=lambda m: print(m, flush=True))
+    try:
+        solver.solve(resume=args.snapshot, weights=args.weights)
+    except Stop as e:
+        print(f"rapa train: {e}", file=sys.stderr, flush=True)
+        return e.code
+    return 0

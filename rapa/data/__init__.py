@@ -1,0 +1,1 @@
+"""Data: Caffe Datum records in LMDB, batch transforms, a background prefetcher, converters."""

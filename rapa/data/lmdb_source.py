@@ -1,0 +1,65 @@
+"""An LMDB of Caffe Datum records, read by position: record i is the i-th key in key order."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from ..errors import RapaError
+from .datum import RecordError, decode
+
+
+class LmdbSource:
+    def __init__(self, path: str | os.PathLike, force_color: bool = False,
+                 force_gray: bool = False):
+        import lmdb
+        self.path = pathlib.Path(path)
+        if not (self.path / "data.mdb").is_file():
+            what = "is not an LMDB (no data.mdb in it)" if self.path.is_dir() else "does not exist"
+            raise RapaError(f"database {self.path} {what}")
+        try:
+            self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
+                                 meminit=False, max_readers=16)
+        except lmdb.Error as e:
+            raise RapaError(f"database {self.path}: cannot open ({e})") from None
+        with self.env.begin() as txn:
+            self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        if not self.keys:
+            raise RapaError(f"database {self.path} is empty")
+        self.force_color, self.force_gray = force_color, force_gray
+        self.shape = self.read(0)[0].shape
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        key = self.keys[index]
+        with self.env.begin(buffers=True) as txn:
+            value = txn.get(key)
+            try:
+                return decode(bytes(value), self.force_color, self.force_gray)
+            except RecordError as e:
+                raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}: "
+                                f"{e}") from None
+
+    def read_many(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`count` records from position `start` on, wrapping around at the end: (N,C,H,W), (N,)."""
+        images = np.empty((count, *self.shape), dtype=np.uint8)
+        labels = np.empty(count, dtype=np.int64)
+        n = len(self.keys)
+        with self.env.begin(buffers=True) as txn:
+            for i in range(count):
+                key = self.keys[(start + i) % n]
+                try:
+                    image, label = decode(bytes(txn.get(key)), self.force_color, self.force_gray)
+                except RecordError as e:
+                    raise RapaError(f"database {self.path}, key "
+                                    f"{key.decode(errors='replace')!r}: {e}") from None
+                if image.shape != self.shape:
+                    raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}:"
+                                    f" image of shape {image.shape}, but the first record (and the"
+                                    f" net's input) has {self.shape}")
+                images[i] = image
+                labels[i] = label
+        return images, labels

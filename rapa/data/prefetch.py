@@ -1,0 +1,83 @@
+"""Batches prepared in a background thread, in order, a few ahead of the training loop.
+
+Batch b holds the records from position (rand_skip + b * batch_size) on, wrapping around, and
+its augmentation draws come from a generator seeded by (seed, b). So a batch depends on its
+index alone and a resumed run (seek(b)) sees exactly the batches that an uninterrupted run
+would. Errors in the thread (a bad record) are raised in the consumer.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import torch
+
+from .lmdb_source import LmdbSource
+from .transform import Transformer
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def batch_seed(seed: int, index: int) -> int:
+    return (seed * _MIX + index * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+
+
+class Prefetcher:
+    def __init__(self, source: LmdbSource, transform: Transformer, batch_size: int,
+                 seed: int, depth: int = 4, skip: int = 0):
+        self.source, self.transform = source, transform
+        self.batch_size, self.seed, self.skip = batch_size, seed, skip
+        self.depth = max(1, depth)
+        self.next_index = 0
+        self._thread = None
+        self._queue = None
+        self._stop = threading.Event()
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = (self.skip + index * self.batch_size) % len(self.source)
+        images, labels = self.source.read_many(start, self.batch_size)
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, index))
+        return self.transform(images, gen), torch.from_numpy(labels)
+
+    def _run(self, first: int, q: queue.Queue, stop: threading.Event) -> None:
+        index = first
+        while not stop.is_set():
+            try:
+                item = (index, self.batch(index), None)
+            except BaseException as e:  # handed to the consumer, raised there
+                item = (index, None, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+            index += 1
+
+    def seek(self, index: int) -> None:
+        """The next batch returned will be batch `index`."""
+        self.close()
+        self.next_index = index
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._thread is None:
+            self._stop = threading.Event()
+            self._queue = queue.Queue(self.depth)
+            self._thread = threading.Thread(target=self._run, daemon=True, name="rapa-prefetch",
+                                            args=(self.next_index, self._queue, self._stop))
+            self._thread.start()
+        index, batch, error = self._queue.get()
+        if error is not None:
+            self.close()
+            raise error
+        assert index == self.next_index
+        self.next_index += 1
+        return batch
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,66 @@
+"""Testing a net: the outputs averaged over batches (Caffe), and RAPA's majority vote.
+
+Voting (paper section 3.1): each batch is run `votes` times, each pass with its own random
+tile assignment; every pass votes for its top class and the class with most votes wins (a tie
+goes to the class with the larger mean softmax probability). The single-assignment accuracy is
+that of the first pass, so both come from the same run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .net import Net
+from .progress import Progress
+
+
+@dataclass
+class TestResult:
+    outputs: dict[str, float] = field(default_factory=dict)
+    vote_accuracy: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+
+
+def vote(scores: list[torch.Tensor]) -> torch.Tensor:
+    """Majority vote over passes: scores of shape (N, K) per pass -> predicted classes (N,)."""
+    probs = torch.stack([torch.softmax(s.float(), 1) for s in scores])  # (P, N, K)
+    counts = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).sum(0).float()
+    # Probabilities are below 1, so they only break ties between equal counts.
+    return (counts + probs.mean(0) * 0.5).argmax(1)
+
+
+@torch.no_grad()
+def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = "",
+             progress: bool | None = None) -> TestResult:
+    net.eval()
+    for layer in net.data_layers():
+        layer.prefetcher.seek(0)  # every test sees the same images
+    sums: dict[str, float] = {}
+    vote_hits: dict[str, float] = {}
+    voters = [(e.bottoms[0], e.bottoms[1], e.tops[0]) for e in net.entries
+              if e.layer.type_name == "Accuracy"]
+    bar = Progress(iterations, progress_label or "test", enabled=progress)
+    images = 0
+    for i in range(iterations):
+        data = net.read_data()
+        blobs = net(dict(data))
+        for name in net.output_names:
+            sums[name] = sums.get(name, 0.0) + float(blobs[name].float().sum())
+        if votes > 1 and voters:
+            passes = {scores: [blobs[scores]] for scores, _, _ in voters}
+            for _ in range(votes - 1):
+                more = net(dict(data))
+                for scores in passes:
+                    passes[scores].append(more[scores])
+            for scores, label, top in voters:
+                s = [p.flatten(2).transpose(1, 2).reshape(-1, p.shape[1]) if p.dim() > 2 else p
+                     for p in passes[scores]]
+                hit = (vote(s) == blobs[label].reshape(-1).long()).float().mean()
+                vote_hits[top] = vote_hits.get(top, 0.0) + float(hit)
+        images += next(iter(data.values())).shape[0] if data else 0
+        bar.update(i + 1)
+    bar.close() if bar.enabled else None
+    net.train()
+    return TestResult({k: v / iterations for k, v in sums.items()},
+                      {k: v / iterations for k, v in vote_hits.items()}, images)

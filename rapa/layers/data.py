@@ -1,0 +1,87 @@
+"""Data: batches of (image, label) from an LMDB of Caffe Datum records.
+
+The database path and the mean file are taken relative to the working directory, as Caffe
+does, or else relative to the folder of the prototxt. A background thread reads, decodes and
+transforms batches ahead of the net (data_param.prefetch batches).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..proto import pb
+from ..data.lmdb_source import LmdbSource
+from ..data.prefetch import Prefetcher
+from ..data.transform import Transformer
+from .base import Layer, register
+
+
+def read_mean(path) -> np.ndarray:
+    """A Caffe mean file (BlobProto) as float32 (C, H, W)."""
+    from ..prototxt import read_binary
+    blob = read_binary(path, pb.BlobProto())
+    shape = tuple(blob.shape.dim) if blob.HasField("shape") else \
+        (blob.num, blob.channels, blob.height, blob.width)
+    data = np.asarray(blob.data, dtype=np.float32)
+    if data.size != int(np.prod(shape)):
+        from ..errors import RapaError
+        raise RapaError(f"mean file {path}: holds {data.size} values for shape {shape}")
+    return data.reshape(shape[-3:])
+
+
+@register("Data")
+class Data(Layer):
+    bottoms = (0, 0)
+    tops = (1, 2)
+    needs_context = True
+
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase)
+        dp, tp = param.data_param, param.transform_param
+        if dp.HasField("backend") and dp.backend != pb.DataParameter.LMDB:
+            raise self.error("only LMDB databases are supported (backend: LMDB)")
+        if not dp.source:
+            raise self.error("data_param.source (the LMDB path) is missing")
+        if not dp.batch_size:
+            raise self.error("data_param.batch_size must be > 0")
+        # Caffe's deprecated DataParameter fields still count.
+        tp = pb.TransformationParameter.FromString(tp.SerializeToString())
+        if dp.HasField("scale") and not tp.HasField("scale"):
+            tp.scale = dp.scale
+        if dp.mean_file and not tp.mean_file:
+            tp.mean_file = dp.mean_file
+        if dp.crop_size and not tp.crop_size:
+            tp.crop_size = dp.crop_size
+        if dp.mirror:
+            tp.mirror = True
+        resolve = context.resolve if context is not None else (lambda p, what: p)
+        source = LmdbSource(resolve(dp.source, f"layer '{self.layer_name}' data_param.source"),
+                            force_color=tp.force_color or dp.force_encoded_color,
+                            force_gray=tp.force_gray)
+        mean = read_mean(resolve(tp.mean_file, f"layer '{self.layer_name}' mean_file")) \
+            if tp.mean_file else None
+        train = phase == pb.TRAIN
+        self.transformer = Transformer(tp, source.shape, train, mean,
+                                       f"layer '{self.layer_name}' transform_param")
+        # Train and test readers draw from different streams of the run's seed.
+        self.seed_offset = 7919 * (1 + phase)
+        seed = (context.seed if context is not None else 0) + self.seed_offset
+        self.prefetcher = Prefetcher(source, self.transformer, dp.batch_size,
+                                     seed=seed, depth=dp.prefetch,
+                                     skip=dp.rand_skip)
+        self.source = source
+        self.batch_size = dp.batch_size
+        self._device = None
+
+    def top_shapes(self):
+        shapes = [(self.batch_size, *self.transformer.out_shape)]
+        return shapes + [(self.batch_size,)] * (len(self.param.top) - 1)
+
+    def to_device(self, device):
+        self._device = device
+
+    def forward(self):
+        images, labels = next(self.prefetcher)
+        if self._device is not None and self._device.type != "cpu":
+            images = images.to(self._device, non_blocking=True)
+            labels = labels.to(self._device, non_blocking=True)
+        return (images, labels)[:len(self.param.top)]

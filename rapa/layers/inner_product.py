@@ -1,0 +1,44 @@
+"""InnerProduct (Caffe's fully connected layer): weight (O, K), or (K, O) with transpose."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..fillers import fill
+from ..proto import pb
+from .base import Layer, register
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        ip = param.inner_product_param
+        shape = self.bottom_shapes[0]
+        if not ip.HasField("num_output") or ip.num_output == 0:
+            raise self.error("inner_product_param.num_output must be given and > 0")
+        axis = ip.axis if ip.axis >= 0 else ip.axis + len(shape)
+        if not 0 <= axis < len(shape):
+            raise self.error(f"axis {ip.axis} is out of range for bottom shape {shape}")
+        self.axis = axis
+        k = math.prod(shape[axis:])
+        self.transpose = ip.transpose
+        wshape = (k, ip.num_output) if ip.transpose else (ip.num_output, k)
+        self.weight = torch.nn.Parameter(torch.empty(wshape))
+        self.bias = torch.nn.Parameter(torch.empty(ip.num_output)) if ip.bias_term else None
+        where = f"layer '{self.layer_name}'"
+        fill(self.weight, ip.weight_filler if ip.HasField("weight_filler") else pb.FillerParameter(),
+             f"{where} weight_filler")
+        if self.bias is not None:
+            fill(self.bias, ip.bias_filler if ip.HasField("bias_filler") else pb.FillerParameter(),
+                 f"{where} bias_filler")
+
+    def learnable_blobs(self):
+        return [self.weight] + ([self.bias] if self.bias is not None else [])
+
+    def forward(self, x):
+        x = x.flatten(self.axis)
+        w = self.weight.t() if self.transpose else self.weight
+        return (F.linear(x, w, self.bias),)

@@ -1,0 +1,20 @@
+"""Input: blobs fed from outside the net (deploy nets), with the shapes input_param names."""
+from __future__ import annotations
+
+from .base import Layer, register
+
+
+@register("Input")
+class Input(Layer):
+    bottoms = (0, 0)
+    tops = (1, None)
+
+    def __init__(self, param, bottom_shapes, phase):
+        super().__init__(param, bottom_shapes, phase)
+        shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
+        if len(shapes) not in (1, len(param.top)):
+            raise self.error(f"input_param gives {len(shapes)} shapes for {len(param.top)} tops")
+        self.shapes = shapes * len(param.top) if len(shapes) == 1 else shapes
+
+    def top_shapes(self):
+        return self.shapes

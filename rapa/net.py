@@ -1,0 +1,264 @@
+"""A Caffe net (NetParameter) as a torch.nn.Module over named blobs.
+
+Building follows Caffe's Net::Init: layers are filtered by the net state (phase, level,
+stages) with include/exclude rules, set up in order with the shapes of their bottoms, and each
+top becomes a named blob; a layer whose top repeats its bottom works in place. Losses are the
+tops with a loss weight (loss layers weigh their first top 1 unless told otherwise); blobs that
+no layer consumes are the net's outputs (loss, accuracy, ...).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+
+from .errors import RapaError
+from .layers import Layer, make_layer
+from .proto import pb
+
+
+@dataclass
+class NetContext:
+    """What layers need from outside their LayerParameter: where relative paths start, seeds."""
+    base_dir: Optional[pathlib.Path] = None
+    seed: int = 0
+
+    def resolve(self, path: str, what: str) -> pathlib.Path:
+        """Caffe resolves paths against the working directory; failing that, try the folder of
+        the prototxt, and name both places if neither has it."""
+        p = pathlib.Path(path)
+        if p.exists() or p.is_absolute() or self.base_dir is None:
+            return p
+        alt = self.base_dir / p
+        if alt.exists():
+            return alt
+        raise RapaError(f"{what}: {path} not found (looked in {os.getcwd()} and {self.base_dir})")
+
+
+def state_meets_rule(state: pb.NetState, rule: pb.NetStateRule) -> bool:
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def layer_included(layer: pb.LayerParameter, state: pb.NetState) -> bool:
+    if layer.include and layer.exclude:
+        raise RapaError(f"layer '{layer.name}': give include or exclude rules, not both")
+    if layer.include:
+        return any(state_meets_rule(state, r) for r in layer.include)
+    return not any(state_meets_rule(state, r) for r in layer.exclude)
+
+
+def filter_net(param: pb.NetParameter, state: pb.NetState) -> list[pb.LayerParameter]:
+    return [layer for layer in param.layer if layer_included(layer, state)]
+
+
+@dataclass
+class LayerEntry:
+    layer: Layer
+    bottoms: list[str]
+    tops: list[str]
+    loss_weights: list[float] = field(default_factory=list)
+
+
+class Net(torch.nn.Module):
+    def __init__(self, param: pb.NetParameter, phase: int = pb.TEST, *, level: int = 0,
+                 stages: Iterable[str] = (), source: str = "<net>",
+                 base_dir: Optional[pathlib.Path] = None, seed: int = 0):
+        super().__init__()
+        self.name = param.name
+        self.source = source
+        state = pb.NetState(phase=phase, level=level, stage=list(stages))
+        if param.HasField("state"):
+            state.MergeFrom(param.state)
+            state.phase = phase
+        self.phase = phase
+        self.context = NetContext(base_dir, seed)
+        self.entries: list[LayerEntry] = []
+        self.layer_modules = torch.nn.ModuleList()
+        self.input_names: list[str] = []
+        shapes: dict[str, tuple[int, ...]] = {}
+        producer: dict[str, str] = {}
+
+        # Net-level inputs (Caffe's deprecated input / input_shape / input_dim).
+        dims = list(param.input_dim)
+        for i, name in enumerate(param.input):
+            if i < len(param.input_shape):
+                shapes[name] = tuple(param.input_shape[i].dim)
+            elif len(dims) >= 4 * (i + 1):
+                shapes[name] = tuple(dims[4 * i:4 * i + 4])
+            else:
+                raise RapaError(f"{source}: input '{name}' has no input_shape")
+            producer[name] = "(net input)"
+            self.input_names.append(name)
+
+        names_seen: set[str] = set()
+        for lp in filter_net(param, state):
+            if not lp.name:
+                raise RapaError(f"{source}: a layer of type '{lp.type}' has no name")
+            if lp.name in names_seen:
+                raise RapaError(f"{source}: two layers are named '{lp.name}'")
+            names_seen.add(lp.name)
+            for b in lp.bottom:
+                if b not in shapes:
+                    known = ", ".join(sorted(shapes)) or "none"
+                    raise RapaError(f"layer '{lp.name}' ({lp.type}): bottom '{b}' is produced by "
+                                    f"no earlier layer (blobs so far: {known})")
+            bottom_shapes = [shapes[b] for b in lp.bottom]
+            layer = make_layer(lp, bottom_shapes, phase, self.context)
+            top_shapes = self._infer_top_shapes(layer, lp, bottom_shapes)
+            for t, s in zip(lp.top, top_shapes):
+                if t in shapes and t not in lp.bottom:
+                    raise RapaError(f"layer '{lp.name}' ({lp.type}): top '{t}' is already "
+                                    f"produced by layer '{producer[t]}'")
+                shapes[t] = tuple(s)
+                producer[t] = lp.name
+            if lp.loss_weight and len(lp.loss_weight) != len(lp.top):
+                raise RapaError(f"layer '{lp.name}': loss_weight needs one value per top "
+                                f"({len(lp.top)}), got {len(lp.loss_weight)}")
+            weights = list(lp.loss_weight) or (
+                [layer.default_loss_weight] + [0.0] * (len(lp.top) - 1))
+            self.entries.append(LayerEntry(layer, list(lp.bottom), list(lp.top), weights))
+            self.layer_modules.append(layer)
+            for spec in lp.param:
+                if spec.name:
+                    raise RapaError(f"layer '{lp.name}': parameter sharing (param {{ name: "
+                                    f"'{spec.name}' }}) is not supported")
+        self.blob_shapes = shapes
+        # Outputs, as Caffe finds them: blobs still available after the last layer, i.e. tops
+        # that no later layer reads (an in-place layer makes its blob available again).
+        available: dict[str, None] = {}
+        for e in self.entries:
+            for b in e.bottoms:
+                available.pop(b, None)
+            for t in e.tops:
+                available[t] = None
+        self.output_names = list(available)
+
+    @staticmethod
+    def _infer_top_shapes(layer: Layer, lp: pb.LayerParameter, bottom_shapes):
+        if hasattr(layer, "top_shapes"):
+            return layer.top_shapes()
+        # Run the layer once on a one-image batch of zeros and read the shapes off its tops.
+        dummies = [torch.zeros((1, *s[1:]) if s else ()) for s in bottom_shapes]
+        was_training = layer.training
+        layer.eval()
+        try:
+            with torch.no_grad():
+                tops = layer(*dummies)
+        except RapaError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise RapaError(f"layer '{lp.name}' ({lp.type}): bottom shapes {bottom_shapes} do "
+                            f"not fit: {str(e).splitlines()[0]}") from None
+        finally:
+            layer.train(was_training)
+        if len(tops) != len(lp.top):
+            raise RapaError(f"layer '{lp.name}' ({lp.type}): gives {len(tops)} tops, the "
+                            f"prototxt names {len(lp.top)}")
+        n = bottom_shapes[0][0] if bottom_shapes and bottom_shapes[0] else 1
+        return [(n, *t.shape[1:]) if t.dim() > 0 else () for t in tops]
+
+    # -- running -------------------------------------------------------------------------------
+
+    def forward(self, inputs: Optional[dict[str, torch.Tensor]] = None,
+                until: Optional[str] = None) -> dict[str, torch.Tensor]:
+        """Run the net; `inputs` feeds net inputs and Input layers. Returns every blob."""
+        blobs: dict[str, torch.Tensor] = dict(inputs or {})
+        for e in self.entries:
+            if not e.bottoms and e.tops and all(t in blobs for t in e.tops):
+                continue  # data handed in (read_data, or fed inputs)
+            if not e.bottoms and e.layer.type_name == "Input":
+                missing = [t for t in e.tops if t not in blobs]
+                if missing:
+                    raise RapaError(f"layer '{e.layer.layer_name}' (Input): no value fed for "
+                                    f"{missing}")
+                continue
+            tops = e.layer(*[blobs[b] for b in e.bottoms])
+            for name, value in zip(e.tops, tops):
+                blobs[name] = value
+            if until is not None and e.layer.layer_name == until:
+                break
+        return blobs
+
+    def read_data(self) -> dict[str, torch.Tensor]:
+        """The next batch of every Data layer, by top name (to run the rest more than once)."""
+        data = {}
+        for e in self.entries:
+            if hasattr(e.layer, "prefetcher"):
+                data.update(zip(e.tops, e.layer()))
+        return data
+
+    def share_from(self, other: "Net") -> None:
+        """Use the parameters and tile state of `other`'s layers of the same name and type
+        (Caffe's ShareTrainedLayersWith: a test net reads the weights the train net learns)."""
+        for e in self.entries:
+            try:
+                src = other.layer(e.layer.layer_name)
+            except KeyError:
+                continue
+            if type(src) is type(e.layer):
+                _tie(e.layer, src)
+
+    def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for e in self.entries:
+            for name, w in zip(e.tops, e.loss_weights):
+                if w:
+                    term = blobs[name].sum() * w
+                    total = term if total is None else total + term
+        if total is None:
+            raise RapaError(f"{self.source}: the net has no loss layer")
+        return total
+
+    def to_device(self, device: torch.device) -> "Net":
+        self.to(device)
+        for e in self.entries:
+            if hasattr(e.layer, "to_device"):
+                e.layer.to_device(device)
+        return self
+
+    def data_layers(self) -> list[Layer]:
+        return [e.layer for e in self.entries if hasattr(e.layer, "prefetcher")]
+
+    def close(self) -> None:
+        for layer in self.data_layers():
+            layer.prefetcher.close()
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    def learnable(self) -> list[tuple[str, torch.nn.Parameter, pb.ParamSpec]]:
+        """(name, parameter, ParamSpec) of every learnable blob, in layer order."""
+        out = []
+        for e in self.entries:
+            for i, (p, spec) in enumerate(zip(e.layer.learnable_blobs(), e.layer.param_specs())):
+                out.append((f"{e.layer.layer_name}/{i}", p, spec))
+        return out
+
+    def layer(self, name: str) -> Layer:
+        for e in self.entries:
+            if e.layer.layer_name == name:
+                return e.layer
+        raise KeyError(name)
+
+
+def _tie(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    for k, p in list(dst._parameters.items()):
+        q = src._parameters.get(k)
+        if p is not None and q is not None and p.shape == q.shape:
+            dst._parameters[k] = q
+    for k, m in list(dst._modules.items()):
+        if k in src._modules and type(src._modules[k]) is type(m):
+            dst._modules[k] = src._modules[k]

@@ -1,0 +1,65 @@
+"""Reading and writing messages in protobuf text format and in binary (Caffe's binaryproto)."""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import TypeVar
+
+from google.protobuf import message as _message
+from google.protobuf import text_format
+
+from .errors import RapaError
+from .fileio import atomic_write_bytes
+
+M = TypeVar("M", bound=_message.Message)
+
+
+def parse_text(text: str, message: M, source: str = "<string>") -> M:
+    """Parse protobuf text into `message`; errors name the source, line and column."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        line, column = e.GetLine(), e.GetColumn()
+        where = f"{source}:{line}:{column}" if line else source
+        # The parser's own message starts with "line:column : "; keep only what follows.
+        detail = str(e).split(" : ", 1)[-1] if line else str(e)
+        if 'named "layers"' in detail:
+            detail += " (Caffe's old V1 format: upgrade it with Caffe's upgrade_net_proto_text)"
+        raise RapaError(f"{where}: {detail} (in a {message.DESCRIPTOR.name})") from None
+    return message
+
+
+def read_text(path: str | os.PathLike, message: M) -> M:
+    """Read a .prototxt file into `message` (a fresh instance of the expected type)."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RapaError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RapaError(f"{path}: cannot read ({e})") from None
+    return parse_text(text, message, str(path))
+
+
+def write_text(path: str | os.PathLike, message: _message.Message) -> None:
+    atomic_write_bytes(path, text_format.MessageToString(message).encode())
+
+
+def read_binary(path: str | os.PathLike, message: M) -> M:
+    """Read a binary protobuf file (.caffemodel, .binaryproto, .solverstate)."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RapaError(f"{path}: no such file") from None
+    except OSError as e:
+        raise RapaError(f"{path}: cannot read ({e})") from None
+    try:
+        message.ParseFromString(data)
+    except _message.DecodeError as e:
+        raise RapaError(f"{path}: not a valid binary {message.DESCRIPTOR.name} ({e})") from None
+    return message
+
+
+def write_binary(path: str | os.PathLike, message: _message.Message) -> None:
+    atomic_write_bytes(path, message.SerializeToString())

@@ -1,0 +1,124 @@
+"""Weights (.caffemodel) and solver states (.solverstate) in Caffe's binary formats.
+
+A .caffemodel is a NetParameter whose layers carry only name, type and blobs: learnable blobs
+in Caffe's order, then state blobs (a fixed tile partition). Caffe's own models load into our
+untiled layers unchanged. A .solverstate is Caffe's SolverState plus what an exact resume needs
+(random generator states, data positions). Snapshots are written weights first, state second,
+each atomically: the state file is the commit, so a crash at any moment leaves either the new
+snapshot complete or the previous one as the latest.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import torch
+
+from .errors import RapaError
+from .net import Net
+from .proto import pb
+from .prototxt import read_binary, write_binary
+
+
+def tensor_to_blob(t: torch.Tensor) -> pb.BlobProto:
+    blob = pb.BlobProto()
+    blob.shape.dim.extend(t.shape)
+    t = t.detach().cpu()
+    if t.dtype == torch.float64:
+        blob.double_data.extend(t.reshape(-1).tolist())
+    else:
+        blob.data.extend(t.float().reshape(-1).numpy().tolist())
+    return blob
+
+
+def blob_to_tensor(blob: pb.BlobProto) -> torch.Tensor:
+    shape = tuple(blob.shape.dim) if blob.HasField("shape") else tuple(
+        d for d in (blob.num, blob.channels, blob.height, blob.width))
+    data = np.asarray(blob.double_data if len(blob.double_data) else blob.data,
+                      dtype=np.float64 if len(blob.double_data) else np.float32)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"a blob of shape {shape} holds {data.size} values")
+    return torch.from_numpy(data.reshape(shape))
+
+
+def net_to_proto(net: Net) -> pb.NetParameter:
+    out = pb.NetParameter(name=net.name)
+    for e in net.entries:
+        blobs = e.layer.learnable_blobs() + e.layer.state_blobs()
+        if blobs:
+            lp = out.layer.add(name=e.layer.layer_name, type=e.layer.type_name)
+            lp.blobs.extend(tensor_to_blob(b) for b in blobs)
+    return out
+
+
+def save_weights(net: Net, path) -> None:
+    write_binary(path, net_to_proto(net))
+
+
+@torch.no_grad()
+def load_weights(net: Net, path) -> list[str]:
+    """Copy the blobs of every layer of `path` whose name the net has (Caffe's
+    CopyTrainedLayersFrom); returns the names of the net's layers with blobs it did not find."""
+    model = read_binary(path, pb.NetParameter())
+    if not model.layer and model.ByteSize():
+        raise RapaError(f"{path}: holds no 'layer' entries (a V1 model? upgrade it with "
+                        f"Caffe's upgrade_net_proto_binary)")
+    by_name = {lp.name: lp for lp in model.layer}
+    missing = []
+    for e in net.entries:
+        layer = e.layer
+        learn, state = layer.learnable_blobs(), layer.state_blobs()
+        if not learn and not state:
+            continue
+        lp = by_name.get(layer.layer_name)
+        if lp is None:
+            missing.append(layer.layer_name)
+            continue
+        if len(lp.blobs) not in (len(learn), len(learn) + len(state)):
+            raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
+                            f"net's layer has {len(learn)} learnable (+{len(state)} state)")
+        for i, blob in enumerate(lp.blobs):
+            try:
+                value = blob_to_tensor(blob)
+            except ValueError as err:
+                raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i}: {err}") from None
+            if i < len(learn):
+                target = learn[i]
+                if value.numel() != target.numel() or (
+                        tuple(value.shape) != tuple(target.shape) and blob.HasField("shape")):
+                    raise RapaError(
+                        f"{path}: layer '{layer.layer_name}' blob {i} has shape "
+                        f"{tuple(value.shape)}, the net's layer wants {tuple(target.shape)} (a "
+                        f"different num_output, kernel, or tiling?)")
+                target.copy_(value.reshape(target.shape))
+            else:
+                layer.load_state_blob(i - len(learn), value)
+    return missing
+
+
+SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
+
+
+def snapshot_paths(prefix: str, iteration: int) -> tuple[pathlib.Path, pathlib.Path]:
+    return (pathlib.Path(f"{prefix}_iter_{iteration}.caffemodel"),
+            pathlib.Path(f"{prefix}_iter_{iteration}.solverstate"))
+
+
+def latest_snapshot(prefix: str) -> pathlib.Path | None:
+    """The newest complete snapshot: a solverstate that parses and whose weights exist."""
+    p = pathlib.Path(prefix)
+    folder = p.parent if str(p.parent) else pathlib.Path(".")
+    found = []
+    for f in folder.glob(p.name + "_iter_*.solverstate"):
+        m = SNAPSHOT_RE.search(f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    for _, f in sorted(found, reverse=True):
+        try:
+            state = pb.SolverState.FromString(f.read_bytes())
+        except Exception:
+            continue
+        if state.learned_net and (f.parent / state.learned_net).is_file():
+            return f
+    return None

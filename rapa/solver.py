@@ -1,0 +1,337 @@
+"""Caffe's SGD solver, with RAPA's warm-up, test-time voting, exact resume and safe stops.
+
+Update (Caffe's SGDSolver): for each learnable blob w with gradient g (averaged over iter_size
+passes), rate r = lr * lr_mult and decay d = weight_decay * decay_mult:
+    g += d * w   (L2; d * sign(w) for L1)
+    h  = momentum * h + r * g
+    w -= h
+The order of one iteration is Caffe's: test if due, forward/backward/update, then snapshot if
+due. Interrupt (Ctrl-C, SIGTERM): finish the iteration, snapshot, stop. A NaN or infinite loss:
+stop without a snapshot, so that the newest snapshot is the last good state.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections import deque
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import _library
+from .errors import RapaError
+from .evaluate import test_net
+from .lr_policy import check_policy, learning_rate
+from .net import Net
+from .progress import Progress
+from .proto import pb
+from .prototxt import read_binary, read_text, write_binary
+from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, save_weights,
+                       snapshot_paths, tensor_to_blob)
+from .trainlog import TrainLog
+
+
+class Stop(Exception):
+    """Training ended early; `code` is the process exit status the tool should use."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) -> torch.device:
+    want = override or ("cuda" if sp.solver_mode == pb.SolverParameter.GPU else "cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            if override:
+                raise RapaError(f"--device {override}: this torch has no usable CUDA device")
+            say("solver_mode GPU, but no CUDA device is available: training on the CPU")
+            return torch.device("cpu")
+        if not _library.has_cuda_kernels():
+            raise RapaError("the rapa library was built without CUDA kernels; rebuild it with "
+                            "a CUDA torch and nvcc, or train with --device cpu")
+        index = sp.device_id if want == "cuda" else torch.device(want).index
+        return torch.device("cuda", index or 0)
+    return torch.device(want)
+
+
+class Solver:
+    def __init__(self, solver_path: str, *, device: Optional[str] = None,
+                 max_iter: Optional[int] = None, say: Callable[[str], None] = print,
+                 progress: Optional[bool] = None):
+        self.path = pathlib.Path(solver_path)
+        self.sp = read_text(self.path, pb.SolverParameter())
+        self.say = say
+        self.progress = progress
+        sp = self.sp
+        if max_iter is not None:
+            sp.max_iter = max_iter
+        where = str(self.path)
+        if sp.type not in ("SGD",) or sp.solver_type != pb.SolverParameter.SGD:
+            raise RapaError(f"{where}: solver type '{sp.type}' is not supported (only SGD)")
+        if not sp.HasField("base_lr"):
+            raise RapaError(f"{where}: base_lr is missing")
+        if sp.max_iter <= 0:
+            raise RapaError(f"{where}: max_iter must be > 0")
+        if sp.regularization_type not in ("L1", "L2"):
+            raise RapaError(f"{where}: regularization_type must be L1 or L2")
+        check_policy(sp, where)
+        if sp.snapshot_format == pb.SolverParameter.HDF5:
+            say("snapshot_format HDF5 is not supported: snapshots are written as BINARYPROTO")
+        self.prefix = sp.snapshot_prefix or str(self.path.with_suffix(""))
+        self.seed = sp.random_seed if sp.random_seed >= 0 else \
+            int.from_bytes(os.urandom(6), "little")
+        torch.manual_seed(self.seed)
+        self.device = pick_device(sp, device, say)
+
+        train_param, train_src, test_params = self._net_params()
+        base = self.path.parent
+        self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
+                       **self._state_kwargs(sp.train_state if sp.HasField("train_state")
+                                            else None))
+        self.net.to_device(self.device)
+        self.test_nets = []
+        for i, (param, src) in enumerate(test_params):
+            state = sp.test_state[i] if i < len(sp.test_state) else None
+            tn = Net(param, pb.TEST, source=src, base_dir=base, seed=self.seed,
+                     **self._state_kwargs(state))
+            tn.share_from(self.net)
+            tn.to_device(self.device)
+            self.test_nets.append(tn)
+        if len(sp.test_iter) != len(self.test_nets):
+            raise RapaError(f"{where}: test_iter must be given once per test net "
+                            f"({len(self.test_nets)}), got {len(sp.test_iter)}")
+        if self.test_nets and sp.test_interval <= 0:
+            raise RapaError(f"{where}: test nets need test_interval > 0")
+        self.params = self.net.learnable()
+        self.history = [torch.zeros_like(p) for _, p, _ in self.params]
+        self.iter = 0
+        self.losses: deque = deque(maxlen=max(1, sp.average_loss))
+        self._interrupted = None
+
+    def _state_kwargs(self, state: Optional[pb.NetState]) -> dict:
+        if state is None:
+            return {}
+        return {"level": state.level, "stages": list(state.stage)}
+
+    def _net_params(self):
+        sp, base = self.sp, self.path.parent
+
+        def load(path: str) -> tuple[pb.NetParameter, str]:
+            p = pathlib.Path(path)
+            if not p.exists() and not p.is_absolute() and (base / p).exists():
+                p = base / p
+            return read_text(p, pb.NetParameter()), str(p)
+
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if sp.HasField(f)]
+        if len(given) != 1:
+            raise RapaError(f"{self.path}: give exactly one of net, net_param, train_net, "
+                            f"train_net_param (given: {', '.join(given) or 'none'})")
+        if sp.HasField("net"):
+            train, src = load(sp.net)
+        elif sp.HasField("net_param"):
+            train, src = sp.net_param, f"{self.path} (net_param)"
+        elif sp.HasField("train_net"):
+            train, src = load(sp.train_net)
+        else:
+            train, src = sp.train_net_param, f"{self.path} (train_net_param)"
+        tests = [load(t) for t in sp.test_net] + [
+            (p, f"{self.path} (test_net_param)") for p in sp.test_net_param]
+        if not tests and (sp.HasField("net") or sp.HasField("net_param")):
+            tests = [(train, src)] * len(sp.test_iter)
+        return train, src, tests
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def rate(self) -> float:
+        return learning_rate(self.sp, self.iter)
+
+    def snapshot(self) -> pathlib.Path:
+        model_path, state_path = snapshot_paths(self.prefix, self.iter)
+        save_weights(self.net, model_path)
+        state = pb.SolverState(iter=self.iter, learned_net=model_path.name, seed=self.seed,
+                               rng_state=torch.get_rng_state().numpy().tobytes())
+        if self.device.type == "cuda":
+            state.cuda_rng_state = torch.cuda.get_rng_state(self.device).numpy().tobytes()
+        state.history.extend(tensor_to_blob(h) for h in self.history)
+        for layer in self.net.data_layers():
+            state.data_cursor.add(layer=layer.layer_name, batches=layer.prefetcher.next_index)
+        state.loss_window.extend(self.losses)
+        write_binary(state_path, state)
+        return state_path
+
+    def restore(self, state_path) -> None:
+        state_path = pathlib.Path(state_path)
+        state = read_binary(state_path, pb.SolverState())
+        model = state_path.parent / state.learned_net
+        if not state.learned_net or not model.is_file():
+            raise RapaError(f"{state_path}: its weights file '{state.learned_net}' is missing")
+        load_weights(self.net, model)
+        if len(state.history) != len(self.history):
+            raise RapaError(f"{state_path}: holds {len(state.history)} momentum blobs, the net "
+                            f"has {len(self.history)} learnable blobs (a different net?)")
+        with torch.no_grad():
+            for i, (h, blob) in enumerate(zip(self.history, state.history)):
+                value = blob_to_tensor(blob)
+                if value.numel() != h.numel():
+                    raise RapaError(f"{state_path}: momentum blob {i} does not fit the net")
+                h.copy_(value.reshape(h.shape))
+        self.iter = state.iter
+        if state.HasField("seed") and state.seed != self.seed:
+            self.seed = state.seed
+            for layer in self.net.data_layers() + [l for n in self.test_nets
+                                                   for l in n.data_layers()]:
+                layer.prefetcher.seed = state.seed + layer.seed_offset
+        if state.rng_state:
+            torch.set_rng_state(torch.from_numpy(np.frombuffer(state.rng_state, np.uint8).copy()))
+        if state.cuda_rng_state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(
+                torch.from_numpy(np.frombuffer(state.cuda_rng_state, np.uint8).copy()),
+                self.device)
+        cursors = {c.layer: c.batches for c in state.data_cursor}
+        for layer in self.net.data_layers():
+            layer.prefetcher.seek(cursors.get(layer.layer_name, 0))
+        self.losses.clear()
+        self.losses.extend(state.loss_window)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _update(self, rate: float) -> None:
+        sp = self.sp
+        grads = [p.grad for _, p, _ in self.params]
+        if sp.iter_size > 1:
+            for g in grads:
+                if g is not None:
+                    g.div_(sp.iter_size)
+        if sp.clip_gradients > 0:
+            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+            if norm > sp.clip_gradients:
+                for g in grads:
+                    if g is not None:
+                        g.mul_(sp.clip_gradients / norm)
+        with torch.no_grad():
+            for (_, p, spec), h, g in zip(self.params, self.history, grads):
+                if g is None or spec.lr_mult == 0:
+                    continue
+                decay = sp.weight_decay * spec.decay_mult
+                if decay:
+                    g.add_(p.sign() if sp.regularization_type == "L1" else p, alpha=decay)
+                h.mul_(sp.momentum).add_(g, alpha=rate * spec.lr_mult)
+                p.sub_(h)
+                p.grad = None
+
+    def _test_all(self, log: Optional[TrainLog]) -> None:
+        for i, tn in enumerate(self.test_nets):
+            t0 = time.monotonic()
+            result = test_net(tn, self.sp.test_iter[i], max(1, self.sp.test_votes),
+                              progress_label=f"test net #{i}", progress=self.progress)
+            parts = [f"{k} = {v:.4f}" for k, v in result.outputs.items()]
+            parts += [f"{k} (vote of {self.sp.test_votes}) = {v:.4f}"
+                      for k, v in result.vote_accuracy.items()]
+            self.say(f"Iteration {self.iter}, test net #{i}: " + ", ".join(parts) +
+                     f" ({time.monotonic() - t0:.1f} s)")
+            if log:
+                entry = {"iter": self.iter, "phase": "test", "net": i, **result.outputs}
+                entry.update({f"{k}_vote": v for k, v in result.vote_accuracy.items()})
+                log.write(**entry)
+
+    def _on_signal(self, signum, frame):
+        if self._interrupted is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = signal.Signals(signum).name
+
+    def solve(self, resume: Optional[str] = None, weights: Optional[str] = None) -> int:
+        """Train to max_iter. Returns the final iteration; raises Stop on an early end."""
+        sp = self.sp
+        if resume and weights:
+            raise RapaError("give --snapshot or --weights, not both")
+        if weights:
+            for w in weights.split(","):
+                load_weights(self.net, w)
+        resumed = None
+        if resume:
+            path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
+            if path is not None:
+                self.restore(path)
+                resumed = self.iter
+                self.say(f"Resuming from {path} at iteration {self.iter}")
+            else:
+                self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
+        log_path = sp.log_file or f"{self.prefix}_log.jsonl"
+        log = TrainLog(log_path, resumed)
+        batch = sum(e.layer.batch_size for e in self.net.entries
+                    if hasattr(e.layer, "batch_size")) or 1
+        self.say(f"Training {self.net.name or self.net.source} on {self.device} to iteration "
+                 f"{sp.max_iter} (batch {batch} x iter_size {sp.iter_size}, seed {self.seed}); "
+                 f"log {log_path}")
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
+        t_display, it_display = time.monotonic(), self.iter
+        last_snapshot = latest_snapshot(self.prefix)
+        try:
+            self.net.train()
+            while self.iter < sp.max_iter:
+                if sp.test_interval and self.iter % sp.test_interval == 0 and (
+                        self.iter > 0 or sp.test_initialization) and self.test_nets:
+                    bar.clear()
+                    self._test_all(log)
+                rate = self.rate()
+                loss_sum = 0.0
+                for _ in range(sp.iter_size):
+                    blobs = self.net()
+                    loss = self.net.loss(blobs)
+                    loss.backward()
+                    loss_sum += float(loss.detach())
+                loss_value = loss_sum / sp.iter_size
+                if not math.isfinite(loss_value):
+                    bar.clear()
+                    where = f"; the last good snapshot is {last_snapshot}" if last_snapshot \
+                        else "; no snapshot was written"
+                    raise Stop(f"loss is {loss_value} at iteration {self.iter} (lr {rate:g}): "
+                               f"training stopped{where}", 3)
+                self._update(rate)
+                self.losses.append(loss_value)
+                self.iter += 1
+                smoothed = sum(self.losses) / len(self.losses)
+                bar.update(self.iter, f"loss {smoothed:.4f} lr {rate:.2g}")
+                if sp.display and self.iter % sp.display == 0:
+                    now = time.monotonic()
+                    speed = (self.iter - it_display) * batch * sp.iter_size / max(now - t_display,
+                                                                                   1e-9)
+                    t_display, it_display = now, self.iter
+                    bar.clear()
+                    self.say(f"Iteration {self.iter}, loss = {smoothed:.6g}, lr = {rate:.6g}, "
+                             f"{speed:.0f} images/s")
+                    log.write(iter=self.iter, phase="train", loss=smoothed, lr=rate,
+                              images_per_s=round(speed, 1))
+                if (sp.snapshot and self.iter % sp.snapshot == 0) or self._interrupted:
+                    last_snapshot = self.snapshot()
+                    bar.clear()
+                    self.say(f"Snapshot: {last_snapshot}")
+                if self._interrupted:
+                    raise Stop(f"{self._interrupted} at iteration {self.iter}: stopped after "
+                               f"writing {last_snapshot}; resume with: rapa train --solver "
+                               f"{self.path} --snapshot {last_snapshot}", 130)
+            bar.close()
+            if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
+                self.say(f"Snapshot: {self.snapshot()}")
+            if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets:
+                self._test_all(log)
+            self.say("Optimization done.")
+            return self.iter
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            log.close()
+            self.close()
+
+    def close(self) -> None:
+        self.net.close()
+        for tn in self.test_nets:
+            tn.close()
+

@@ -1,0 +1,115 @@
+"""Per-layer forward and backward times (like `caffe time`) and the paper's analog-array time
+model (Fig. 1): on crossbar arrays a conv layer takes one array operation per patch, so its time
+is its number of patches np; with nt tiles working in parallel it is ceil(np / nt)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .net import Net
+
+
+@dataclass
+class LayerTime:
+    name: str
+    type: str
+    forward_ms: float
+    backward_ms: float
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _marker(marks: list, kind: str, device):
+    def hook(*_):
+        _sync(device)
+        marks.append((kind, time.perf_counter()))
+    return hook
+
+
+def time_layers(net: Net, iterations: int, device: torch.device, backward: bool = True,
+                warmup: int = 2) -> list[LayerTime]:
+    """Mean time per iteration of each layer's forward and backward pass."""
+    data = net.read_data() if net.data_layers() else {}
+    fwd = {e.layer.layer_name: 0.0 for e in net.entries}
+    bwd = dict(fwd)
+    for it in range(warmup + iterations):
+        record = it >= warmup
+        blobs = dict(data)
+        stamps: dict[str, list[float]] = {}
+        for e in net.entries:
+            if not e.bottoms and all(t in blobs for t in e.tops):
+                continue
+            if not e.bottoms and e.layer.type_name == "Input":
+                for t, s in zip(e.tops, e.layer.shapes):
+                    blobs[t] = torch.randn(s, device=device)
+                continue
+            ins = [blobs[b] for b in e.bottoms]
+            _sync(device)
+            t0 = time.perf_counter()
+            tops = e.layer(*ins)
+            _sync(device)
+            if record:
+                fwd[e.layer.layer_name] += time.perf_counter() - t0
+            if backward and torch.is_grad_enabled():
+                name = e.layer.layer_name
+                marks = stamps.setdefault(name, [])
+                for t in tops:  # the gradient reaches a top: the layer's backward starts
+                    if t.requires_grad:
+                        t.register_hook(_marker(marks, "start", device))
+                for x in ins + list(e.layer.parameters()):  # its inputs' gradients: it ends
+                    if not x.requires_grad:
+                        continue
+                    if x.is_leaf:
+                        x.register_post_accumulate_grad_hook(_marker(marks, "end", device))
+                    else:
+                        x.register_hook(_marker(marks, "end", device))
+            for t, v in zip(e.tops, tops):
+                blobs[t] = v
+        if backward:
+            loss = net.loss(blobs)
+            loss.backward()
+            for name, marks in stamps.items():
+                starts = [t for k, t in marks if k == "start"]
+                ends = [t for k, t in marks if k == "end"]
+                if record and starts and ends:
+                    bwd[name] += max(ends) - min(starts)
+            net.zero_grad(set_to_none=True)
+    return [LayerTime(e.layer.layer_name, e.layer.type_name, 1e3 * fwd[e.layer.layer_name] /
+                      iterations, 1e3 * bwd[e.layer.layer_name] / iterations)
+            for e in net.entries]
+
+
+@dataclass
+class AnalogLayer:
+    name: str
+    patches: int        # np: output pixels per image = matrix-vector products
+    macs: int           # multiply-accumulates per image
+    tiles: int          # nt: arrays holding a replica (parallel)
+    per_tile: int       # ceil(np / nt): sequential array operations per image
+    speedup: float      # np / per_tile
+
+
+def analog_model(net: Net) -> list[AnalogLayer]:
+    out = []
+    for e in net.entries:
+        layer = e.layer
+        if layer.type_name == "Convolution":
+            ho, wo = layer.out_hw
+            w = layer.weight
+            o, c, kh, kw = w.shape[-4:]
+            patches = ho * wo
+            scheme = layer.scheme
+            tiles = scheme.num_tiles if scheme is not None else 1
+            # Perforated computes only np/nt patches with its one kernel: fewer, not parallel.
+            per_tile = math.ceil(patches / tiles)
+            out.append(AnalogLayer(layer.layer_name, patches, patches * c * kh * kw * o, tiles,
+                                   per_tile, patches / per_tile))
+        elif layer.type_name == "InnerProduct":
+            out.append(AnalogLayer(layer.layer_name, 1, layer.weight.numel(), 1, 1, 1.0))
+    return out
