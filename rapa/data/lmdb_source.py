@@ -10,19 +10,32 @@ from ..errors import RapaError
 from .datum import RecordError, decode
 
 
+# LMDB allows one open environment per database and process: the train and test nets (and
+# any later net) share it. Keyed by the file's identity, so a rewritten database reopens.
+_ENVS: dict = {}
+
+
+def _open(path: pathlib.Path):
+    import lmdb
+    st = (path / "data.mdb").stat()
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns)
+    if key not in _ENVS:
+        try:
+            _ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
+                                   meminit=False, max_readers=64)
+        except lmdb.Error as e:
+            raise RapaError(f"database {path}: cannot open ({e})") from None
+    return _ENVS[key]
+
+
 class LmdbSource:
     def __init__(self, path: str | os.PathLike, force_color: bool = False,
                  force_gray: bool = False):
-        import lmdb
         self.path = pathlib.Path(path)
         if not (self.path / "data.mdb").is_file():
             what = "is not an LMDB (no data.mdb in it)" if self.path.is_dir() else "does not exist"
             raise RapaError(f"database {self.path} {what}")
-        try:
-            self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
-                                 meminit=False, max_readers=16)
-        except lmdb.Error as e:
-            raise RapaError(f"database {self.path}: cannot open ({e})") from None
+        self.env = _open(self.path)
         with self.env.begin() as txn:
             self.keys = list(txn.cursor().iternext(keys=True, values=False))
         if not self.keys:

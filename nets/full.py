@@ -1,0 +1,160 @@
+"""The paper's network family: Caffe's CIFAR-10 "Full" net with RAPA tiling (section 2.2).
+
+conv1 5x5 (32) -> ReLU -> pool1 3/2 -> LRN -> conv2 5x5 (32) -> ReLU -> pool2 3/2 -> LRN
+-> conv3 5x5 (64) -> ReLU -> pool3 3/2 average -> InnerProduct (classes)
+
+ReLU comes before every pooling (footnote 1: "pooling is done after the activation"); LRN is
+Caffe's WITHIN_CHANNEL (local_size 3, alpha 5e-5, beta 0.75); fillers and multipliers are those
+of Caffe's example, except that pixels are scaled to [0, 1) (scale 1/256 after the mean) and
+conv1 starts like the others (std 0.01): the paper's learning rates need inputs of that range.
+The first two pools are MAX, AVE, MIXED or STOCHASTIC; each conv layer may
+be tiled with its own tile count (the paper: 16, 4, 1).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rapa.proto import pb  # noqa: E402
+
+TILINGS = ("none", "enlarged", "perforated", "image_overlap", "image_pad", "alternate",
+           "random_fixed", "random")
+POOLS = {"max": pb.PoolingParameter.MAX, "ave": pb.PoolingParameter.AVE,
+         "mixed": pb.PoolingParameter.MIXED, "stochastic": pb.PoolingParameter.STOCHASTIC}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    classes: int
+    train_images: int
+    test_images: int
+
+
+DATASETS = {"cifar10": Dataset("cifar10", 10, 50000, 10000),
+            "cifar100": Dataset("cifar100", 100, 50000, 10000),
+            "svhn": Dataset("svhn", 10, 73257, 26032)}
+
+
+def _filler(kind: str, **kw) -> pb.FillerParameter:
+    return pb.FillerParameter(type=kind, **kw)
+
+
+def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
+                brightness: float, strong: bool) -> None:
+    root = f"data/{ds.name}"
+    for phase, split, size in ((pb.TRAIN, "train", batch), (pb.TEST, "test", test_batch)):
+        layer = net.layer.add(name="data", type="Data", top=["data", "label"])
+        layer.include.add(phase=phase)
+        tp = layer.transform_param
+        tp.mean_file = f"{root}/mean.binaryproto"
+        tp.scale = 1 / 256  # pixels in units of the full range: the paper's rates assume it
+        if phase == pb.TRAIN:
+            tp.mirror = ds.name != "svhn"  # mirrored digits are other digits
+            tp.brightness = brightness
+            if strong:
+                tp.strong_augmentation.max_scale = 1.3
+        layer.data_param.source = f"{root}/{ds.name}_{split}_lmdb"
+        layer.data_param.batch_size = size
+        layer.data_param.backend = pb.DataParameter.LMDB
+
+
+def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2)):
+    layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
+    layer.param.add(lr_mult=lr_mults[0])
+    layer.param.add(lr_mult=lr_mults[1])
+    cp = layer.convolution_param
+    cp.num_output, cp.kernel_size[:], cp.pad[:], cp.stride[:] = out, [5], [2], [1]
+    cp.weight_filler.CopyFrom(_filler("gaussian", std=std))
+    cp.bias_filler.CopyFrom(_filler("constant"))
+    if tiling not in ("none", "enlarged") and tiles > 1:
+        cp.tiling_param.scheme = tiling
+        cp.tiling_param.num_tiles = tiles
+    return name
+
+
+def pool(net, name, bottom, method, beta_decay=0.0):
+    layer = net.layer.add(name=name, type="Pooling", bottom=[bottom], top=[name])
+    pp = layer.pooling_param
+    pp.pool, pp.kernel_size, pp.stride = method, 3, 2
+    if method == pb.PoolingParameter.MIXED:
+        layer.param.add(lr_mult=1, decay_mult=beta_decay)  # beta: learned, not decayed
+    return name
+
+
+def relu(net, name, blob):
+    net.layer.add(name=name, type="ReLU", bottom=[blob], top=[blob])
+    return blob
+
+
+def lrn(net, name, bottom):
+    layer = net.layer.add(name=name, type="LRN", bottom=[bottom], top=[name])
+    lp = layer.lrn_param
+    lp.local_size, lp.alpha, lp.beta = 3, 5e-5, 0.75
+    lp.norm_region = pb.LRNParameter.WITHIN_CHANNEL
+    return name
+
+
+def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max",
+             tiles=(16, 4, 1), batch: int = 10, test_batch: int = 100,
+             brightness: float = 20.0, strong: bool = False) -> pb.NetParameter:
+    ds = DATASETS[dataset]
+    if tiling not in TILINGS:
+        raise ValueError(f"tiling must be one of {TILINGS}")
+    channels = (54, 64, 64) if tiling == "enlarged" else (32, 32, 64)
+    net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}")
+    data_layers(net, ds, batch, test_batch, brightness, strong)
+    method = POOLS[pools]
+    x = conv(net, "conv1", "data", channels[0], 0.01, tiling, tiles[0])
+    x = pool(net, "pool1", relu(net, "relu1", x), method)
+    x = lrn(net, "norm1", x)
+    x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1])
+    x = pool(net, "pool2", relu(net, "relu2", x), method)
+    x = lrn(net, "norm2", x)
+    x = conv(net, "conv3", x, channels[2], 0.01, tiling, tiles[2])
+    x = pool(net, "pool3", relu(net, "relu3", x), pb.PoolingParameter.AVE)
+    ip = net.layer.add(name="ip1", type="InnerProduct", bottom=[x], top=["ip1"])
+    ip.param.add(lr_mult=1, decay_mult=250)
+    ip.param.add(lr_mult=2, decay_mult=0)
+    ip.inner_product_param.num_output = ds.classes
+    ip.inner_product_param.weight_filler.CopyFrom(_filler("gaussian", std=0.01))
+    ip.inner_product_param.bias_filler.CopyFrom(_filler("constant"))
+    acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["ip1", "label"],
+                        top=["accuracy"])
+    acc.include.add(phase=pb.TEST)
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["ip1", "label"], top=["loss"])
+    return net
+
+
+def solver(net_path: str, dataset: str, tiled: bool, prefix: str, batch: int = 10,
+           test_batch: int = 100, epochs: int = 700, step_epochs: int = 300,
+           warmup_epochs: int = 1, test_every_epochs: float = 5, votes: int = 1,
+           base_lr: float | None = None) -> pb.SolverParameter:
+    """Section 2.2: lr 0.005 untiled, 0.025 tiled; x0.1 every step_epochs; warm-up at a 20th
+    of the rate; weight decay 1e-4 (Caffe multiplies it by the rate); mini-batch 10; no
+    momentum."""
+    ds = DATASETS[dataset]
+    epoch = -(-ds.train_images // batch)
+    sp = pb.SolverParameter(net=net_path)
+    sp.test_iter.append(-(-ds.test_images // test_batch))
+    sp.test_interval = int(test_every_epochs * epoch)
+    sp.base_lr = base_lr if base_lr is not None else (0.025 if tiled else 0.005)
+    # The paper names no momentum; analog arrays apply each update as it comes (plain SGD).
+    sp.momentum = 0.0
+    sp.weight_decay = 1e-4
+    sp.lr_policy = "step"
+    sp.gamma = 0.1
+    sp.stepsize = step_epochs * epoch
+    sp.warmup_iter = warmup_epochs * epoch
+    sp.warmup_factor = 0.05
+    sp.display = max(100, epoch // 10)
+    sp.average_loss = sp.display
+    sp.max_iter = epochs * epoch
+    sp.snapshot = max(sp.test_interval, epoch)
+    sp.snapshot_prefix = prefix
+    sp.solver_mode = pb.SolverParameter.CPU
+    sp.random_seed = 1
+    sp.test_votes = votes
+    return sp

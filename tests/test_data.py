@@ -1,0 +1,128 @@
+"""Datum records, LMDB reading, transforms and the prefetcher, on data the tests make."""
+import numpy as np
+import pytest
+import torch
+
+from datasets import random_images, write_lmdb
+from rapa.data.datum import decode, encode_raw
+from rapa.data.lmdb_source import LmdbSource
+from rapa.data.lmdb_writer import LmdbWriter
+from rapa.data.prefetch import Prefetcher
+from rapa.data.transform import Transformer
+from rapa.errors import RapaError
+from rapa.proto import pb
+from rapa.prototxt import parse_text
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_lmdb_round_trip(tmp_path, encoded):
+    images, labels = random_images(12, h=8, w=6)
+    db = write_lmdb(tmp_path / "db", images, labels, encoded=encoded)
+    src = LmdbSource(db)
+    assert len(src) == 12 and src.shape == (3, 8, 6)
+    got, got_labels = src.read_many(10, 4)  # wraps around the end
+    np.testing.assert_array_equal(got, images[[10, 11, 0, 1]])
+    np.testing.assert_array_equal(got_labels, labels[[10, 11, 0, 1]])
+
+
+def test_bad_records_name_database_and_key(tmp_path):
+    images, labels = random_images(3, h=8, w=8)
+    with LmdbWriter(tmp_path / "db") as w:
+        w.put(b"00000", encode_raw(images[0], labels[0]))
+        w.put(b"00001", encode_raw(images[1][:, :4], labels[1]))  # another shape
+        w.put(b"00002", b"\xff\xff not a datum")
+    src = LmdbSource(tmp_path / "db")
+    with pytest.raises(RapaError, match=r"db, key '00001': image of shape \(3, 4, 8\), but the "
+                                        r"first record .* has \(3, 8, 8\)"):
+        src.read_many(0, 2)
+    with pytest.raises(RapaError, match=r"db, key '00002': not a Datum record"):
+        src.read_many(2, 1)
+    d = pb.Datum(channels=3, height=2, width=2, data=b"abc")
+    with pytest.raises(Exception, match="holds 3 bytes, but 3x2x2 = 12"):
+        decode(d.SerializeToString())
+
+
+def test_missing_database(tmp_path):
+    with pytest.raises(RapaError, match=f"database {tmp_path / 'nope'} does not exist"):
+        LmdbSource(tmp_path / "nope")
+
+
+def transformer(text, shape=(3, 8, 8), train=True, mean=None):
+    return Transformer(parse_text(text, pb.TransformationParameter()), shape, train, mean, "t")
+
+
+def test_transform_crop_mirror_mean_scale():
+    images, _ = random_images(16, h=8, w=8)
+    mean = np.random.default_rng(0).uniform(0, 255, (3, 8, 8)).astype(np.float32)
+    x = torch.from_numpy(images).double()
+    m = torch.from_numpy(mean).double()
+    # Test phase: centred crop, no mirror; the mean file is cropped with the image.
+    t = transformer("crop_size: 6 mirror: true scale: 0.5", train=False, mean=mean)
+    out = t(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.double(), (x - m)[:, :, 1:7, 1:7] * 0.5, atol=1e-4, rtol=0)
+    # Training: each output is some crop of (image - mean), possibly mirrored.
+    t = transformer("crop_size: 6 mirror: true scale: 0.5", train=True, mean=mean)
+    out = t(images, torch.Generator().manual_seed(1)).double()
+    flips = 0
+    for n in range(16):
+        found = None
+        for oy in range(3):
+            for ox in range(3):
+                ref = ((x[n] - m) * 0.5)[:, oy:oy + 6, ox:ox + 6]
+                for flipped in (False, True):
+                    r = ref.flip(2) if flipped else ref
+                    if torch.allclose(out[n], r, atol=1e-4):
+                        found = flipped
+        assert found is not None, f"image {n} is no mirrored crop of its source"
+        flips += found
+    assert 0 < flips < 16
+
+
+def test_transform_mean_values_and_brightness():
+    images, _ = random_images(200, h=4, w=4)
+    t = transformer("mean_value: 10 mean_value: 20 mean_value: 30 brightness: 15", (3, 4, 4))
+    out = t(images, torch.Generator().manual_seed(0))
+    shift = out - (torch.from_numpy(images).float() - torch.tensor([10., 20., 30.]).view(3, 1, 1))
+    per_image = shift.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image), atol=1e-4)
+    assert per_image.abs().max() <= 15 and per_image.std() > 5
+    test_t = transformer("brightness: 15", (3, 4, 4), train=False)
+    torch.testing.assert_close(test_t(images, torch.Generator()),
+                               torch.from_numpy(images).float())
+
+
+def test_strong_augmentation_is_a_zoom():
+    # A linear ramp stays a ramp with a slope of at least the original under zooming in.
+    ramp = np.tile(np.arange(32, dtype=np.uint8) * 8, (4, 3, 32, 1))
+    t = transformer("strong_augmentation { max_scale: 1.3 }", (3, 32, 32))
+    out = t(ramp, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 32, 32)
+    slope = (out[:, :, :, 20] - out[:, :, :, 10]) / 10
+    assert torch.all(slope > 8 / 1.31 - 0.1) and torch.all(slope < 8 + 0.1)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_transform_errors():
+    with pytest.raises(RapaError, match="crop .* is larger than the images"):
+        transformer("crop_size: 9")
+    with pytest.raises(RapaError, match="mean_value needs 1 or 3 values, got 2"):
+        transformer("mean_value: 1 mean_value: 2")
+    with pytest.raises(RapaError, match="the mean file has shape"):
+        transformer("", mean=np.zeros((3, 4, 4), np.float32))
+
+
+def test_prefetcher_batches_depend_on_index_alone(tmp_path):
+    images, labels = random_images(25, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    t = transformer("crop_size: 6 mirror: true brightness: 10")
+    a = Prefetcher(src, t, batch_size=10, seed=5)
+    first = [next(a) for _ in range(5)]
+    assert first[2][1].tolist() == labels[[20, 21, 22, 23, 24, 0, 1, 2, 3, 4]].tolist()
+    b = Prefetcher(src, t, batch_size=10, seed=5)
+    b.seek(3)
+    x, y = next(b)
+    torch.testing.assert_close(x, first[3][0])
+    torch.testing.assert_close(y, first[3][1])
+    c = Prefetcher(src, t, batch_size=10, seed=6)
+    assert not torch.equal(next(c)[0], first[0][0])
+    a.close(), b.close(), c.close()

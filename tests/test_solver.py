@@ -1,0 +1,221 @@
+"""The solver: Caffe's rate policies and update, exact resume, and safe stops."""
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from datasets import random_images, write_lmdb
+from rapa.cli import main
+from rapa.lr_policy import learning_rate
+from rapa.proto import pb
+from rapa.prototxt import parse_text, read_binary
+from rapa.snapshot import latest_snapshot
+from rapa.solver import Solver, Stop
+from rapa.trainlog import read_log_lines
+
+NET = """
+name: "tiny"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 6 scale: 0.01 brightness: 5 }
+  data_param { source: "train_lmdb" batch_size: 4 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { crop_size: 6 scale: 0.01 }
+  data_param { source: "test_lmdb" batch_size: 5 backend: LMDB } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "xavier" }
+    tiling_param { scheme: "%s" num_tiles: 4 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+  pooling_param { pool: MIXED kernel_size: 3 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  param { lr_mult: 1 decay_mult: 2 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc"
+  include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+SOLVER = """
+net: "net.prototxt"
+test_iter: 2
+test_interval: 5
+base_lr: 0.05
+momentum: 0.9
+weight_decay: 0.001
+lr_policy: "step"
+gamma: 0.5
+stepsize: 7
+max_iter: %d
+snapshot: 4
+snapshot_prefix: "snap/tiny"
+solver_mode: CPU
+random_seed: 3
+display: 2
+warmup_iter: 2
+warmup_factor: 0.1
+test_votes: 3
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    images, labels = random_images(40, h=8, w=8, classes=3)
+    write_lmdb(tmp_path / "train_lmdb", images, labels)
+    write_lmdb(tmp_path / "test_lmdb", *random_images(10, h=8, w=8, classes=3, seed=1))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def setup_files(workdir, max_iter=12, scheme="random_fixed", solver_extra=""):
+    (workdir / "net.prototxt").write_text(NET % scheme)
+    (workdir / "solver.prototxt").write_text(SOLVER % max_iter + solver_extra)
+    return str(workdir / "solver.prototxt")
+
+
+def weights(solver):
+    return {n: p.detach().clone() for n, p, _ in solver.net.learnable()}
+
+
+@pytest.mark.parametrize("policy,fields,expect", [
+    ("fixed", "", lambda it: 0.1),
+    ("step", "gamma: 0.5 stepsize: 3", lambda it: 0.1 * 0.5 ** (it // 3)),
+    ("exp", "gamma: 0.9", lambda it: 0.1 * 0.9 ** it),
+    ("inv", "gamma: 0.1 power: 0.75", lambda it: 0.1 * (1 + 0.1 * it) ** -0.75),
+    ("multistep", "gamma: 0.5 stepvalue: 2 stepvalue: 5",
+     lambda it: 0.1 * 0.5 ** ((it >= 2) + (it >= 5))),
+    ("poly", "power: 2", lambda it: 0.1 * (1 - it / 10) ** 2),
+    ("sigmoid", "gamma: -0.5 stepsize: 4", lambda it: 0.1 / (1 + math.exp(0.5 * (it - 4)))),
+])
+def test_lr_policies_with_warmup(policy, fields, expect):
+    sp = parse_text(f'base_lr: 0.1 max_iter: 10 lr_policy: "{policy}" {fields} '
+                    f'warmup_iter: 2 warmup_factor: 0.05', pb.SolverParameter())
+    for it in range(10):
+        want = expect(it) * (0.05 if it < 2 else 1)
+        assert learning_rate(sp, it) == pytest.approx(want, rel=1e-6)
+
+
+def test_sgd_update_is_caffes(workdir):
+    solver = Solver(setup_files(workdir, max_iter=1), say=lambda m: None, progress=False)
+    before = weights(solver)
+    # Reproduce iteration 0 by hand: the same batch, the same random state.
+    rng = torch.get_rng_state()
+    batch = solver.net.layer("data").prefetcher.batch(0)
+    loss = solver.net.loss(solver.net(dict(zip(["data", "label"], batch))))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p, _ in solver.net.learnable()}
+    solver.net.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    solver.solve()
+    rate = 0.05 * 0.1  # warm-up
+    for n, p, spec in solver.net.learnable():
+        decay = 0.001 * spec.decay_mult
+        expected = before[n] - rate * spec.lr_mult * (grads[n] + decay * before[n])
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("scheme", ["random_fixed", "random"])
+def test_resume_continues_exactly(workdir, scheme):
+    solver_path = setup_files(workdir, scheme=scheme)
+    straight = Solver(solver_path, say=lambda m: None, progress=False)
+    straight.solve()
+    final = weights(straight)
+    log_straight = read_log_lines(workdir / "snap/tiny_log.jsonl")
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    first = Solver(solver_path, max_iter=8, say=lambda m: None, progress=False)
+    first.solve()
+    resumed = Solver(solver_path, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    assert resumed.iter == 12
+    for n, w in weights(resumed).items():
+        torch.testing.assert_close(w, final[n], rtol=0, atol=0)
+    def values(log):  # everything but the measured speed
+        return [{k: v for k, v in e.items() if k != "images_per_s"} for e in log]
+    assert values(read_log_lines(workdir / "snap/tiny_log.jsonl")) == values(log_straight)
+    state = read_binary(workdir / "snap/tiny_iter_12.solverstate", pb.SolverState())
+    assert state.iter == 12 and state.learned_net == "tiny_iter_12.caffemodel"
+
+
+def test_weights_include_the_fixed_partition(workdir):
+    solver = Solver(setup_files(workdir, max_iter=4), say=lambda m: None, progress=False)
+    solver.solve()
+    partition = solver.net.layer("conv").scheme.partition.clone()
+    # The test net shares the train net's partition, not a draw of its own.
+    assert solver.test_nets[0].layer("conv").scheme.partition is \
+        solver.net.layer("conv").scheme.partition
+    from rapa.net import Net
+    from rapa.snapshot import load_weights
+    net = Net(parse_text(NET % "random_fixed", pb.NetParameter()), pb.TEST)
+    assert not torch.equal(net.layer("conv").scheme.partition, partition)
+    load_weights(net, workdir / "snap/tiny_iter_4.caffemodel")
+    assert torch.equal(net.layer("conv").scheme.partition, partition)
+    net.close()
+
+
+def test_nan_loss_stops_and_keeps_last_snapshot(workdir):
+    setup_files(workdir, max_iter=12)
+    text = (workdir / "solver.prototxt").read_text().replace(
+        'lr_policy: "step"\ngamma: 0.5\nstepsize: 7', 'lr_policy: "multistep"\ngamma: 1e30\n'
+        'stepvalue: 5')  # a sane rate until iteration 5, then an absurd one
+    (workdir / "solver.prototxt").write_text(text)
+    solver = Solver(str(workdir / "solver.prototxt"), say=lambda m: None, progress=False)
+    with pytest.raises(Stop, match=r"loss is (nan|inf) at iteration \d+ .*the last good "
+                                   r"snapshot is snap/tiny_iter_4.solverstate") as e:
+        solver.solve()
+    assert e.value.code == 3
+    assert latest_snapshot("snap/tiny").name == "tiny_iter_4.solverstate"
+
+
+def _train_cmd(workdir, *extra):
+    return [sys.executable, "-m", "rapa", "train", "--solver", "solver.prototxt",
+            "--no-progress", *extra]
+
+
+def test_interrupt_writes_snapshot_then_resume_matches(workdir):
+    setup_files(workdir, max_iter=400)
+    proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = workdir / "snap/tiny_log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGINT at iteration" in err and "resume with: rapa train" in err
+    assert "Traceback" not in err
+    snap = latest_snapshot("snap/tiny")
+    assert snap is not None
+    assert int(snap.stem.rsplit("_", 1)[1]) < 400
+
+
+def test_kill_9_mid_run_loses_nothing(workdir):
+    """kill -9 at a random moment (often mid-snapshot, with snapshots every iteration), then
+    resume: the result equals an uninterrupted run's."""
+    setup_files(workdir, max_iter=30)
+    solver = workdir / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("snapshot: 4", "snapshot: 1"))
+    subprocess.run(_train_cmd(workdir), cwd=workdir, check=True, capture_output=True)
+    final = read_binary(workdir / "snap/tiny_iter_30.caffemodel", pb.NetParameter())
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    for delay in (2.5, 3.0):  # after start-up, while iterations and snapshots are written
+        proc = subprocess.Popen(_train_cmd(workdir, "--snapshot", "auto"), cwd=workdir,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+    # A crash can leave a half-written temporary file: it must be ignored.
+    (workdir / "snap/.tiny_iter_99.solverstate.tmp123").write_bytes(b"\x08")
+    (workdir / "snap/tiny_iter_98.solverstate").write_bytes(b"\x08\x62\x12\x05nope!")
+    subprocess.run(_train_cmd(workdir, "--snapshot", "auto"), cwd=workdir, check=True,
+                   capture_output=True)
+    again = read_binary(workdir / "snap/tiny_iter_30.caffemodel", pb.NetParameter())
+    assert again == final
