@@ -60,6 +60,22 @@ def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) 
     return torch.device(want)
 
 
+@torch.no_grad()
+def sgd_step(params, history, rate: float, momentum: float, weight_decay: float,
+             regularization: str = "L2") -> None:
+    """Caffe's SGD update of (name, parameter, ParamSpec) triples; clears the gradients."""
+    for (_, p, spec), h, in zip(params, history):
+        g = p.grad
+        if g is None or spec.lr_mult == 0:
+            continue
+        decay = weight_decay * spec.decay_mult
+        if decay:
+            g.add_(p.sign() if regularization == "L1" else p, alpha=decay)
+        h.mul_(momentum).add_(g, alpha=rate * spec.lr_mult)
+        p.sub_(h)
+        p.grad = None
+
+
 class Solver:
     def __init__(self, solver_path: str, *, device: Optional[str] = None,
                  max_iter: Optional[int] = None, say: Callable[[str], None] = print,
@@ -214,16 +230,8 @@ class Solver:
                 for g in grads:
                     if g is not None:
                         g.mul_(sp.clip_gradients / norm)
-        with torch.no_grad():
-            for (_, p, spec), h, g in zip(self.params, self.history, grads):
-                if g is None or spec.lr_mult == 0:
-                    continue
-                decay = sp.weight_decay * spec.decay_mult
-                if decay:
-                    g.add_(p.sign() if sp.regularization_type == "L1" else p, alpha=decay)
-                h.mul_(sp.momentum).add_(g, alpha=rate * spec.lr_mult)
-                p.sub_(h)
-                p.grad = None
+        sgd_step(self.params, self.history, rate, sp.momentum, sp.weight_decay,
+                 sp.regularization_type)
 
     def _test_all(self, log: Optional[TrainLog]) -> None:
         for i, tn in enumerate(self.test_nets):

@@ -1,0 +1,176 @@
+"""Training throughput of the paper's Full net, and the throughput of the data path.
+
+    python bench/bench_nets.py [--device cpu|cuda] [--batch 10 100] [--repeat 30]
+
+Nets (one training step = forward, backward, Caffe's SGD update; the same in-memory batch):
+  rapa random   prototxt/cifar10/random_max.prototxt: random tiling (16, 4, 1), built by rapa
+  rapa plain    prototxt/cifar10/none_max.prototxt: the same net with plain Convolution
+  torch.nn      the same net written by hand in torch.nn, trained with torch.optim.SGD
+The variants take turns within every repetition; figures are medians. Ratios are against the
+hand-written net: above 1 is faster.
+Data path: batches of the training LMDB (data/cifar10, or a synthetic one of the same shape)
+read, decoded and augmented (mirror, brightness, mean; and strong augmentation) by the
+background prefetcher, consumed as fast as it delivers them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import rapa  # noqa: F401
+from rapa.net import Net
+from rapa.proto import pb
+from rapa.prototxt import read_text
+from rapa.solver import sgd_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+class LRNWithin(torch.nn.Module):
+    def forward(self, x):
+        return x * (1 + 5e-5 * F.avg_pool2d(x * x, 3, 1, 1, count_include_pad=True)) ** -0.75
+
+
+def handwritten_full() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 5, padding=2), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, ceil_mode=True), LRNWithin(),
+        torch.nn.Conv2d(32, 32, 5, padding=2), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, ceil_mode=True), LRNWithin(),
+        torch.nn.Conv2d(32, 64, 5, padding=2), torch.nn.ReLU(),
+        torch.nn.AvgPool2d(3, 2, ceil_mode=True), torch.nn.Flatten(),
+        torch.nn.Linear(64 * 4 * 4, 10))
+
+
+def data_tree() -> pathlib.Path:
+    if (ROOT / "data/cifar10/cifar10_train_lmdb").exists():
+        return ROOT
+    from datasets import cifar_tree
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    cifar_tree(tmp, n_train=2000, n_test=100)
+    return tmp
+
+
+def net_step(path, batch, device):
+    param = read_text(path, pb.NetParameter())
+    for layer in param.layer:
+        if layer.type == "Data":
+            layer.data_param.batch_size = batch
+    net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
+    net.train()
+    params = net.learnable()
+    history = [torch.zeros_like(p) for _, p, _ in params]
+    x = torch.randn(batch, 3, 32, 32, device=device) * 50
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        loss = net.loss(net({"data": x, "label": y}))
+        loss.backward()
+        sgd_step(params, history, 1e-4, 0.9, 1e-4)
+    return step, net
+
+
+def torch_step(batch, device):
+    model = handwritten_full().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device) * 50
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def timed(fns, device, repeat, inner, warmup=3):
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, s in zip(fns, samples):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            s.append((time.perf_counter() - t0) / inner)
+    return [statistics.median(s) for s in samples]
+
+
+def bench_nets(device, batches, repeat):
+    print(f"Training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
+          f"median of {repeat})")
+    print(f"{'batch':>5} {'rapa random':>12} {'rapa plain':>11} {'torch.nn':>9} "
+          f"{'random/nn':>10} {'plain/nn':>9}")
+    nets = []
+    for batch in batches:
+        random_step, n1 = net_step(ROOT / "prototxt/cifar10/random_max.prototxt", batch, device)
+        plain_step, n2 = net_step(ROOT / "prototxt/cifar10/none_max.prototxt", batch, device)
+        nets += [n1, n2]
+        inner = max(1, 200 // batch)
+        t = timed([random_step, plain_step, torch_step(batch, device)], device, repeat, inner)
+        ips = [batch / s for s in t]
+        print(f"{batch:>5} {ips[0]:>12.0f} {ips[1]:>11.0f} {ips[2]:>9.0f} "
+              f"{ips[0] / ips[2]:>10.2f} {ips[1] / ips[2]:>9.2f}")
+    for n in nets:
+        n.close()
+
+
+def bench_data(batches, seconds=3.0):
+    root = data_tree()
+    print(f"\nData path, images/s (LMDB {root / 'data/cifar10/cifar10_train_lmdb'}, prefetcher "
+          f"thread, decode + transform)")
+    for strong in (False, True):
+        for batch in batches:
+            param = pb.NetParameter()
+            layer = param.layer.add(name="data", type="Data", top=["data", "label"])
+            layer.data_param.source = str(root / "data/cifar10/cifar10_train_lmdb")
+            layer.data_param.batch_size = batch
+            tp = layer.transform_param
+            tp.mean_file = str(root / "data/cifar10/mean.binaryproto")
+            tp.mirror, tp.brightness = True, 20
+            if strong:
+                tp.strong_augmentation.max_scale = 1.3
+            net = Net(param, pb.TRAIN)
+            for _ in range(3):
+                net.read_data()
+            count, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                count += net.read_data()["data"].shape[0]
+            rate = count / (time.perf_counter() - t0)
+            net.close()
+            what = "mirror+brightness+mean" + (" +strong" if strong else "")
+            print(f"  batch {batch:>4}, {what:<30} {rate:>9.0f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--skip-data", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
+    bench_nets(device, args.batch, args.repeat)
+    if not args.skip_data:
+        bench_data(args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The rapa command end to end: Caffe's own files, test with votes, time, plot, generated nets,
+and the errors a user sees (one line, no traceback)."""
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datasets import cifar_python_archive, cifar_tree
+from rapa.cli import main
+from rapa.evaluate import vote
+from rapa.net import Net
+from rapa.proto import pb
+from rapa.prototxt import read_text
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "nets"))
+import generate  # noqa: E402
+
+
+def test_caffe_cifar10_full_example_runs_unchanged(tmp_path, monkeypatch, capsys):
+    """Caffe's cifar10_full_train_test.prototxt and cifar10_full_solver.prototxt, as a Caffe
+    user has them, against databases written by our convert-cifar, from Caffe's root folder."""
+    cifar_python_archive(tmp_path / "cifar-10-python.tar.gz", train_per_batch=40, test=50)
+    ex = tmp_path / "examples/cifar10"
+    assert main(["convert-cifar", str(tmp_path / "cifar-10-python.tar.gz"), str(ex)]) == 0
+    for f in ("cifar10_full_train_test.prototxt", "cifar10_full_solver.prototxt"):
+        shutil.copy(ROOT / "tests/caffe" / f, ex / f)
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--solver", "examples/cifar10/cifar10_full_solver.prototxt",
+                 "--max-iter", "3", "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Iteration 0, test net #0: accuracy = " in out.out
+    assert "solver_mode GPU, but no CUDA device" in out.out or torch.cuda.is_available()
+    assert (ex / "cifar10_full_iter_3.caffemodel").is_file()
+    code = main(["test", "--model", "examples/cifar10/cifar10_full_train_test.prototxt",
+                 "--weights", "examples/cifar10/cifar10_full_iter_3.caffemodel",
+                 "--iterations", "1", "--no-progress"])
+    assert code == 0 and "accuracy = " in capsys.readouterr().out
+
+
+def test_vote_majority_and_ties():
+    a = torch.tensor([[3.0, 0, 0], [0, 2, 0]])
+    b = torch.tensor([[0.0, 3, 0], [0, 2, 0]])
+    c = torch.tensor([[2.0, 0, 0], [0, 0, 5]])
+    assert vote([a, b, c]).tolist() == [0, 1]
+    # A tie of counts goes to the larger mean probability.
+    assert vote([torch.tensor([[5.0, 0]]), torch.tensor([[0.0, 1]])]).tolist() == [0]
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    cifar_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_generated_prototxt_is_current(tmp_path):
+    generate.generate(tmp_path / "prototxt")
+    ours = sorted(p.relative_to(tmp_path / "prototxt") for p in
+                  (tmp_path / "prototxt").rglob("*.prototxt"))
+    committed = sorted(p.relative_to(ROOT / "prototxt") for p in
+                       (ROOT / "prototxt").rglob("*.prototxt"))
+    assert ours == committed, "run python nets/generate.py"
+    for rel in ours:
+        assert (tmp_path / "prototxt" / rel).read_text() == (ROOT / "prototxt" / rel) \
+            .read_text(), f"{rel} is stale: run python nets/generate.py"
+
+
+def test_every_committed_net_builds_and_runs(tree):
+    for path in sorted((ROOT / "prototxt").rglob("*.prototxt")):
+        if path.name.endswith("_solver.prototxt"):
+            continue
+        param = read_text(path, pb.NetParameter())
+        for phase in (pb.TRAIN, pb.TEST):
+            net = Net(param, phase, source=str(path))
+            net.train(phase == pb.TRAIN)
+            blobs = net()
+            classes = 100 if "cifar100" in str(path) else 10
+            assert blobs["ip1"].shape[1] == classes
+            assert torch.isfinite(net.loss(blobs))
+            net.close()
+
+
+def test_short_schedule_trains_then_tests_with_votes(tree, capsys):
+    solver = ROOT / "prototxt/cifar10/random_max_short_solver.prototxt"
+    text = solver.read_text().replace("max_iter: 50000", "max_iter: 6").replace(
+        "test_interval: 10000", "test_interval: 3").replace("test_iter: 100", "test_iter: 1")
+    text = text.replace('net: "prototxt/', f'net: "{ROOT}/prototxt/')
+    (tree / "short.prototxt").write_text(text)
+    assert main(["train", "--solver", "short.prototxt", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Iteration 6, test net #0: accuracy = " in out
+    weights = tree / "snapshots/cifar10/random_max_short_iter_6.caffemodel"
+    assert main(["test", "--model", str(ROOT / "prototxt/cifar10/random_max.prototxt"),
+                 "--weights", str(weights), "--iterations", "1", "--votes", "3",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy = " in out and "accuracy (majority of 3 votes) = " in out
+    png = tree / "curves.png"
+    assert main(["plot", str(tree / "snapshots/cifar10/random_max_short_log.jsonl"),
+                 "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_prints_layers_and_the_analog_model(tree, capsys):
+    assert main(["time", "--model", str(ROOT / "prototxt/cifar10/random_max.prototxt"),
+                 "--iterations", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("conv1", "pool1", "norm1", "ip1", "loss"):
+        assert f"\n{name} " in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["conv1"][1:6] == ["1024", "2457600", "16", "64", "16.0"]
+    assert rows["conv2"][1:6] == ["256", "6553600", "4", "64", "4.0"]
+    assert rows["conv3"][1:6] == ["64", "3276800", "1", "64", "1.0"]
+
+
+@pytest.mark.parametrize("args,files,message", [
+    (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
+                                           'max_iter: 2\nlr_policy: "fixed"\nsnapshot: -'},
+     "s.prototxt:5:11: "),
+    (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
+                                           'max_iter: 2', "n.prototxt": 'layer {\n  name: "a"\n'
+                                           '  typ: "ReLU"\n}'},
+     'n.prototxt:3:3: Message type "rapa.LayerParameter" has no field named "typ"'),
+    (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
+                                           'max_iter: 2', "n.prototxt": 'layer { name: "d" '
+                                           'type: "Data" top: "x" data_param { source: '
+                                           '"no_such_lmdb" batch_size: 2 } }'},
+     "layer 'd' data_param.source: no_such_lmdb not found (looked in"),
+    (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
+                                           'max_iter: 2\nlr_policy: "cosine"'},
+     "s.prototxt: unknown lr_policy 'cosine'; known: fixed, step"),
+    (["test", "--model", "missing.prototxt", "--weights", "w"], {}, "missing.prototxt: no such"),
+])
+def test_user_errors_are_one_line(tmp_path, monkeypatch, args, files, message):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "rapa", *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
