@@ -47,7 +47,8 @@ def run(args):
     ax_err.set(xlabel="iteration", ylabel="test error [%]")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if args.title:
         fig.suptitle(args.title)
     fig.tight_layout()
