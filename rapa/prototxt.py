@@ -14,6 +14,15 @@ from .fileio import atomic_write_bytes
 M = TypeVar("M", bound=_message.Message)
 
 
+def _read(path: pathlib.Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RapaError(f"{path}: no such file") from None
+    except OSError as e:
+        raise RapaError(f"{path}: cannot read ({e})") from None
+
+
 def parse_text(text: str, message: M, source: str = "<string>") -> M:
     """Parse protobuf text into `message`; errors name the source, line and column."""
     try:
@@ -33,11 +42,9 @@ def read_text(path: str | os.PathLike, message: M) -> M:
     """Read a .prototxt file into `message` (a fresh instance of the expected type)."""
     path = pathlib.Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RapaError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RapaError(f"{path}: cannot read ({e})") from None
+        text = _read(path).decode()
+    except UnicodeDecodeError as e:
+        raise RapaError(f"{path}: not a text file ({e})") from None
     return parse_text(text, message, str(path))
 
 
@@ -48,12 +55,7 @@ def write_text(path: str | os.PathLike, message: _message.Message) -> None:
 def read_binary(path: str | os.PathLike, message: M) -> M:
     """Read a binary protobuf file (.caffemodel, .binaryproto, .solverstate)."""
     path = pathlib.Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RapaError(f"{path}: no such file") from None
-    except OSError as e:
-        raise RapaError(f"{path}: cannot read ({e})") from None
+    data = _read(path)
     try:
         message.ParseFromString(data)
     except _message.DecodeError as e:
