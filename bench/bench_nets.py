@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from rapa.solver import sgd_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from bench_ops import timed  # noqa: E402  (bench/ is on the path when run as a script)
 
 
 class LRNWithin(torch.nn.Module):
@@ -92,24 +92,6 @@ def torch_step(batch, device):
     return step
 
 
-def timed(fns, device, repeat, inner, warmup=3):
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    samples = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, s in zip(fns, samples):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            s.append((time.perf_counter() - t0) / inner)
-    return [statistics.median(s) for s in samples]
-
-
 def bench_nets(device, batches, repeat):
     print(f"Training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
           f"median of {repeat})")
@@ -121,8 +103,9 @@ def bench_nets(device, batches, repeat):
         plain_step, n2 = net_step(ROOT / "prototxt/cifar10/none_max.prototxt", batch, device)
         nets += [n1, n2]
         inner = max(1, 200 // batch)
-        t = timed([random_step, plain_step, torch_step(batch, device)], device, repeat, inner)
-        ips = [batch / s for s in t]
+        ms = timed([random_step, plain_step, torch_step(batch, device)], device, repeat,
+                   inner=inner)
+        ips = [batch * 1e3 / t for t in ms]
         print(f"{batch:>5} {ips[0]:>12.0f} {ips[1]:>11.0f} {ips[2]:>9.0f} "
               f"{ips[0] / ips[2]:>10.2f} {ips[1] / ips[2]:>9.2f}")
     for n in nets:

@@ -27,9 +27,10 @@ LAYERS = [  # (name, in channels, out channels, side, tiles)
 ]
 
 
-def timed(fns, device, repeat, warmup=3):
-    """Median milliseconds of each function. The functions take turns within every repetition,
-    so that all of them see the same conditions of a shared machine."""
+def timed(fns, device, repeat, warmup=3, inner=1):
+    """Median milliseconds of each function (per call, over `inner` calls a sample). The
+    functions take turns within every repetition, so that all of them see the same conditions
+    of a shared machine."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -39,10 +40,11 @@ def timed(fns, device, repeat, warmup=3):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            fn()
+            for _ in range(inner):
+                fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            samples.append(time.perf_counter() - start)
+            samples.append((time.perf_counter() - start) / inner)
     return [statistics.median(samples) * 1e3 for samples in times]
 
 

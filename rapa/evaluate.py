@@ -60,7 +60,7 @@ def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = ""
                 vote_hits[top] = vote_hits.get(top, 0.0) + float(hit)
         images += next(iter(data.values())).shape[0] if data else 0
         bar.update(i + 1)
-    bar.close() if bar.enabled else None
+    bar.close()
     net.train()
     return TestResult({k: v / iterations for k, v in sums.items()},
                       {k: v / iterations for k, v in vote_hits.items()}, images)

@@ -88,7 +88,6 @@ class Net(torch.nn.Module):
         self.context = NetContext(base_dir, seed)
         self.entries: list[LayerEntry] = []
         self.layer_modules = torch.nn.ModuleList()
-        self.input_names: list[str] = []
         shapes: dict[str, tuple[int, ...]] = {}
         producer: dict[str, str] = {}
 
@@ -102,7 +101,6 @@ class Net(torch.nn.Module):
             else:
                 raise RapaError(f"{source}: input '{name}' has no input_shape")
             producer[name] = "(net input)"
-            self.input_names.append(name)
 
         names_seen: set[str] = set()
         for lp in filter_net(param, state):
@@ -147,6 +145,14 @@ class Net(torch.nn.Module):
                 available[t] = None
         self.output_names = list(available)
 
+    @classmethod
+    def from_file(cls, path, phase: int, **kwargs) -> "Net":
+        """The net of a prototxt file; relative paths in it may also start at its folder."""
+        from .prototxt import read_text
+        path = pathlib.Path(path)
+        return cls(read_text(path, pb.NetParameter()), phase, source=str(path),
+                   base_dir=path.parent, **kwargs)
+
     @staticmethod
     def _infer_top_shapes(layer: Layer, lp: pb.LayerParameter, bottom_shapes):
         if hasattr(layer, "top_shapes"):
@@ -173,8 +179,8 @@ class Net(torch.nn.Module):
 
     # -- running -------------------------------------------------------------------------------
 
-    def forward(self, inputs: Optional[dict[str, torch.Tensor]] = None,
-                until: Optional[str] = None) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: Optional[dict[str, torch.Tensor]] = None
+                ) -> dict[str, torch.Tensor]:
         """Run the net; `inputs` feeds net inputs and Input layers. Returns every blob."""
         blobs: dict[str, torch.Tensor] = dict(inputs or {})
         for e in self.entries:
@@ -189,8 +195,6 @@ class Net(torch.nn.Module):
             tops = e.layer(*[blobs[b] for b in e.bottoms])
             for name, value in zip(e.tops, tops):
                 blobs[name] = value
-            if until is not None and e.layer.layer_name == until:
-                break
         return blobs
 
     def read_data(self) -> dict[str, torch.Tensor]:

@@ -23,11 +23,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from . import _library
+from .device import device_named
 from .errors import RapaError
 from .evaluate import test_net
 from .lr_policy import check_policy, learning_rate
-from .net import Net
+from .net import Net, NetContext
 from .progress import Progress
 from .proto import pb
 from .prototxt import read_binary, read_text, write_binary
@@ -45,19 +45,16 @@ class Stop(Exception):
 
 
 def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) -> torch.device:
-    want = override or ("cuda" if sp.solver_mode == pb.SolverParameter.GPU else "cpu")
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            if override:
-                raise RapaError(f"--device {override}: this torch has no usable CUDA device")
-            say("solver_mode GPU, but no CUDA device is available: training on the CPU")
-            return torch.device("cpu")
-        if not _library.has_cuda_kernels():
-            raise RapaError("the rapa library was built without CUDA kernels; rebuild it with "
-                            "a CUDA torch and nvcc, or train with --device cpu")
-        index = sp.device_id if want == "cuda" else torch.device(want).index
-        return torch.device("cuda", index or 0)
-    return torch.device(want)
+    """--device if given, else the solver's solver_mode and device_id; GPU mode falls back to
+    the CPU, with a notice, where there is no CUDA device (as a Caffe prototxt often says GPU)."""
+    if override:
+        return device_named(f"cuda:{sp.device_id}" if override == "cuda" else override)
+    if sp.solver_mode != pb.SolverParameter.GPU:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        say("solver_mode GPU, but no CUDA device is available: training on the CPU")
+        return torch.device("cpu")
+    return device_named(f"cuda:{sp.device_id}")
 
 
 @torch.no_grad()
@@ -139,9 +136,7 @@ class Solver:
         sp, base = self.sp, self.path.parent
 
         def load(path: str) -> tuple[pb.NetParameter, str]:
-            p = pathlib.Path(path)
-            if not p.exists() and not p.is_absolute() and (base / p).exists():
-                p = base / p
+            p = NetContext(base).resolve(path, f"{self.path}: net")
             return read_text(p, pb.NetParameter()), str(p)
 
         given = [f for f in ("net", "net_param", "train_net", "train_net_param") if sp.HasField(f)]

@@ -34,52 +34,66 @@ def _marker(marks: list, kind: str, device):
 
 def time_layers(net: Net, iterations: int, device: torch.device, backward: bool = True,
                 warmup: int = 2) -> list[LayerTime]:
-    """Mean time per iteration of each layer's forward and backward pass."""
-    data = net.read_data() if net.data_layers() else {}
-    fwd = {e.layer.layer_name: 0.0 for e in net.entries}
-    bwd = dict(fwd)
-    for it in range(warmup + iterations):
-        record = it >= warmup
-        blobs = dict(data)
-        stamps: dict[str, list[float]] = {}
-        for e in net.entries:
-            if not e.bottoms and all(t in blobs for t in e.tops):
-                continue
-            if not e.bottoms and e.layer.type_name == "Input":
-                for t, s in zip(e.tops, e.layer.shapes):
-                    blobs[t] = torch.randn(s, device=device)
-                continue
-            ins = [blobs[b] for b in e.bottoms]
+    """Mean time per iteration of each layer's forward and backward pass, measured by hooks on
+    the layers while the net runs as it always does (Data layers read one batch, reused)."""
+    feed = net.read_data() if net.data_layers() else {}
+    for e in net.entries:  # Input layers get random values of their shapes
+        if e.layer.type_name == "Input":
+            feed.update({t: torch.randn(s, device=device) for t, s in zip(e.tops, e.layer.shapes)})
+    names = [e.layer.layer_name for e in net.entries]
+    fwd, bwd = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    started: dict[str, float] = {}
+    forward_s: dict[str, float] = {}
+    stamps: dict[str, list] = {}
+
+    def before(name):
+        def hook(module, args):
             _sync(device)
-            t0 = time.perf_counter()
-            tops = e.layer(*ins)
+            started[name] = time.perf_counter()
+        return hook
+
+    def after(name):
+        def hook(module, args, tops):
             _sync(device)
-            if record:
-                fwd[e.layer.layer_name] += time.perf_counter() - t0
-            if backward and torch.is_grad_enabled():
-                name = e.layer.layer_name
-                marks = stamps.setdefault(name, [])
-                for t in tops:  # the gradient reaches a top: the layer's backward starts
-                    if t.requires_grad:
-                        t.register_hook(_marker(marks, "start", device))
-                for x in ins + list(e.layer.parameters()):  # its inputs' gradients: it ends
-                    if not x.requires_grad:
-                        continue
-                    if x.is_leaf:
-                        x.register_post_accumulate_grad_hook(_marker(marks, "end", device))
-                    else:
-                        x.register_hook(_marker(marks, "end", device))
-            for t, v in zip(e.tops, tops):
-                blobs[t] = v
-        if backward:
-            loss = net.loss(blobs)
-            loss.backward()
+            forward_s[name] = time.perf_counter() - started[name]
+            if not (backward and torch.is_grad_enabled()):
+                return
+            marks = stamps.setdefault(name, [])
+            for t in tops:  # the gradient reaches a top: the layer's backward starts
+                if t.requires_grad:
+                    t.register_hook(_marker(marks, "start", device))
+            for x in list(args) + list(module.parameters()):  # its inputs' gradients: it ends
+                if not x.requires_grad:
+                    continue
+                if x.is_leaf:
+                    x.register_post_accumulate_grad_hook(_marker(marks, "end", device))
+                else:
+                    x.register_hook(_marker(marks, "end", device))
+        return hook
+
+    handles = [h for e, name in zip(net.entries, names) for h in (
+        e.layer.register_forward_pre_hook(before(name)),
+        e.layer.register_forward_hook(after(name)))]
+    try:
+        for it in range(warmup + iterations):
+            forward_s.clear()
+            stamps.clear()
+            blobs = net(dict(feed))
+            if backward:
+                net.loss(blobs).backward()
+                net.zero_grad(set_to_none=True)
+            if it < warmup:
+                continue
+            for name, seconds in forward_s.items():
+                fwd[name] += seconds
             for name, marks in stamps.items():
                 starts = [t for k, t in marks if k == "start"]
                 ends = [t for k, t in marks if k == "end"]
-                if record and starts and ends:
+                if starts and ends:
                     bwd[name] += max(ends) - min(starts)
-            net.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
     return [LayerTime(e.layer.layer_name, e.layer.type_name, 1e3 * fwd[e.layer.layer_name] /
                       iterations, 1e3 * bwd[e.layer.layer_name] / iterations)
             for e in net.entries]

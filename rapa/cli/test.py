@@ -4,15 +4,13 @@ Runs the TEST phase of --model for --iterations batches and prints each output a
 the batches; with --votes K every batch is also classified K times, each with its own random
 tile assignment, and the majority vote's accuracy is printed (the paper used K = 9).
 """
-import pathlib
-
 import torch
 
+from ..device import device_named
 from ..errors import RapaError
 from ..evaluate import test_net
 from ..net import Net
 from ..proto import pb
-from ..prototxt import read_text
 from ..snapshot import load_weights
 
 
@@ -29,13 +27,9 @@ def add_arguments(p):
 def run(args):
     if args.iterations < 1 or args.votes < 1:
         raise RapaError("--iterations and --votes must be >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RapaError(f"--device {args.device}: this torch has no usable CUDA device")
+    device = device_named(args.device)
     torch.manual_seed(args.seed)
-    model = pathlib.Path(args.model)
-    net = Net(read_text(model, pb.NetParameter()), pb.TEST, source=str(model),
-              base_dir=model.parent, seed=args.seed)
+    net = Net.from_file(args.model, pb.TEST, seed=args.seed)
     missing = load_weights(net, args.weights)
     if missing:
         raise RapaError(f"{args.weights}: has no weights for layer(s) {', '.join(missing)}")

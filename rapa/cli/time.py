@@ -6,14 +6,12 @@ patches np per image, the MACs, the tiles nt, the array operations per tile ceil
 the resulting speed-up; the net's analog time is the slowest layer's count when layers are
 pipelined, or their sum when not.
 """
-import pathlib
-
 import torch
 
+from ..device import device_named
 from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
-from ..prototxt import read_text
 from ..timing import analog_model, time_layers
 
 
@@ -28,13 +26,9 @@ def add_arguments(p):
 def run(args):
     if args.iterations < 1:
         raise RapaError("--iterations must be >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RapaError(f"--device {args.device}: this torch has no usable CUDA device")
-    model = pathlib.Path(args.model)
+    device = device_named(args.device)
     phase = pb.TRAIN if args.phase == "TRAIN" else pb.TEST
-    net = Net(read_text(model, pb.NetParameter()), phase, source=str(model),
-              base_dir=model.parent)
+    net = Net.from_file(args.model, phase)
     net.to_device(device)
     net.train(phase == pb.TRAIN)
     try:
@@ -43,7 +37,7 @@ def run(args):
     finally:
         net.close()
     batch = next((s[0] for s in net.blob_shapes.values() if s), 1)
-    print(f"{net.name or model}: {args.phase}, batch {batch}, {device}, mean of "
+    print(f"{net.name or args.model}: {args.phase}, batch {batch}, {device}, mean of "
           f"{args.iterations} iterations")
     print(f"{'layer':<12} {'type':<16} {'forward ms':>11} {'backward ms':>12}")
     for t in times:

@@ -20,7 +20,7 @@ def compute_mean(db_path, out_path=None, progress=None) -> np.ndarray:
         images, _ = source.read_many(start, count)
         total += images.sum(0, dtype=np.float64)
         bar.update(start + count)
-    bar.close() if bar.enabled else None
+    bar.close()
     mean = (total / len(source)).astype(np.float32)
     if out_path is not None:
         blob = pb.BlobProto(num=1, channels=mean.shape[0], height=mean.shape[1],

@@ -123,7 +123,7 @@ def convert_cifar(sources: list[str], out_dir: str, dataset: str = "cifar10",
                 w.put(b"%05d" % i, encode_raw(images[i], labels[i]))
                 if i % 1000 == 999:
                     bar.update(i + 1)
-        bar.close() if bar.enabled else None
+        bar.close()
         say(f"wrote {len(labels)} records to {db}")
         written[split] = db
     if "train" in written:

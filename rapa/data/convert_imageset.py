@@ -77,6 +77,6 @@ def convert_imageset(root, db, list_file=None, shuffle=False, gray=False, resize
             value = encode_file(data, label) if encoded else encode_raw(image, label)
             w.put(b"%08d_%s" % (i, rel.encode()), value)
             bar.update(i + 1)
-    bar.close() if bar.enabled else None
+    bar.close()
     say(f"wrote {len(items)} records to {db}")
     return len(items)

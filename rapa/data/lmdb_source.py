@@ -41,20 +41,19 @@ class LmdbSource:
         if not self.keys:
             raise RapaError(f"database {self.path} is empty")
         self.force_color, self.force_gray = force_color, force_gray
-        self.shape = self.read(0)[0].shape
+        with self.env.begin(buffers=True) as txn:
+            self.shape = self._record(txn, self.keys[0])[0].shape
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def read(self, index: int) -> tuple[np.ndarray, int]:
-        key = self.keys[index]
-        with self.env.begin(buffers=True) as txn:
-            value = txn.get(key)
-            try:
-                return decode(bytes(value), self.force_color, self.force_gray)
-            except RecordError as e:
-                raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}: "
-                                f"{e}") from None
+    def _record(self, txn, key: bytes) -> tuple[np.ndarray, int]:
+        """The decoded record under `key`; errors name the database and the key."""
+        try:
+            return decode(bytes(txn.get(key)), self.force_color, self.force_gray)
+        except RecordError as e:
+            raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}: "
+                            f"{e}") from None
 
     def read_many(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """`count` records from position `start` on, wrapping around at the end: (N,C,H,W), (N,)."""
@@ -64,11 +63,7 @@ class LmdbSource:
         with self.env.begin(buffers=True) as txn:
             for i in range(count):
                 key = self.keys[(start + i) % n]
-                try:
-                    image, label = decode(bytes(txn.get(key)), self.force_color, self.force_gray)
-                except RecordError as e:
-                    raise RapaError(f"database {self.path}, key "
-                                    f"{key.decode(errors='replace')!r}: {e}") from None
+                image, label = self._record(txn, key)
                 if image.shape != self.shape:
                     raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}:"
                                     f" image of shape {image.shape}, but the first record (and the"

@@ -1,8 +1,6 @@
 """Accuracy: the fraction of predictions whose top_k scores hold the label (Caffe's)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .base import Layer, register
@@ -16,16 +14,12 @@ class Accuracy(Layer):
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         ap = param.accuracy_param
-        scores, labels = self.bottom_shapes
+        scores = self.bottom_shapes[0]
         self.axis = ap.axis if ap.axis >= 0 else ap.axis + len(scores)
         self.top_k = ap.top_k
         if self.top_k < 1 or self.top_k > scores[self.axis]:
             raise self.error(f"top_k {self.top_k} must be in [1, {scores[self.axis]}]")
-        outer = math.prod(scores[:self.axis]) * math.prod(scores[self.axis + 1:])
-        if math.prod(labels) != outer:
-            raise self.error(f"the labels (bottom '{param.bottom[1]}', shape {labels}) must hold "
-                             f"one label per prediction of bottom '{param.bottom[0]}' (shape "
-                             f"{scores}): {outer} labels, not {math.prod(labels)}")
+        self.check_labels(self.axis)
         self.ignore = ap.ignore_label if ap.HasField("ignore_label") else None
         if len(param.top) == 2:
             raise self.error("the per-class accuracy top is not supported")

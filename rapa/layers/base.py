@@ -7,6 +7,7 @@ in Caffe's blob order, so that .caffemodel files map onto them one to one.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -57,6 +58,15 @@ class Layer(torch.nn.Module):
             want = f"{low}" if low == high else (f"at least {low}" if high is None
                                                   else f"{low} to {high}")
             raise self.error(f"needs {want} {what} blob(s), has {count}")
+
+    def check_labels(self, axis: int) -> None:
+        """bottom[1] must hold one label per prediction of bottom[0] along `axis`."""
+        scores, labels = self.bottom_shapes[:2]
+        outer = math.prod(scores[:axis]) * math.prod(scores[axis + 1:])
+        if math.prod(labels) != outer:
+            raise self.error(f"the labels (bottom '{self.param.bottom[1]}', shape {labels}) must "
+                             f"hold one label per prediction of bottom '{self.param.bottom[0]}' "
+                             f"(shape {scores}): {outer} labels, not {math.prod(labels)}")
 
     def param_specs(self) -> list[pb.ParamSpec]:
         """The ParamSpec of each learnable blob (Caffe's defaults where the prototxt has none)."""

@@ -2,8 +2,6 @@
 integer labels of bottom[1], normalized as Caffe's LossParameter says (default VALID)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -21,13 +19,8 @@ class SoftmaxWithLoss(Layer):
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
-        scores, labels = self.bottom_shapes
         self.axis = param.softmax_param.axis
-        outer = math.prod(scores[:self.axis]) * math.prod(scores[self.axis + 1:])
-        if math.prod(labels) != outer:
-            raise self.error(f"the labels (bottom '{param.bottom[1]}', shape {labels}) must hold "
-                             f"one label per prediction of bottom '{param.bottom[0]}' (shape "
-                             f"{scores}): {outer} labels, not {math.prod(labels)}")
+        self.check_labels(self.axis)
         lp = param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         if lp.HasField("normalization"):
