@@ -41,4 +41,18 @@ TORCH_LIBRARY(rapa, m) {
   m.def(
       "stochastic_pool_test_backward(Tensor grad_output, Tensor input, int[2] kernel, int[2] stride, "
       "int[2] padding) -> Tensor");
+  // Analog (RPU) arrays. One matrix-vector product per row of `input` on array tile[row]
+  // (weight (T, O, K)): y = W x, or W^T d when transposed, with the periphery's noise and
+  // bound management, DAC and ADC clipping and rounding (steps and bounds in absolute units),
+  // and Gaussian output noise drawn from `seed`.
+  m.def(
+      "analog_mvm(Tensor input, Tensor weight, Tensor tile, Tensor seed, bool transposed, "
+      "float inp_step, float inp_bound, float out_step, float out_bound, float out_noise, "
+      "bool noise_management, bool bound_management, float max_bm_factor) -> Tensor");
+  // Pulsed update, in place: each row m is the rank-one update -lr d_m x_m^T of array tile[m],
+  // by stochastic pulse coincidences on devices with their own steps and bounds.
+  m.def(
+      "rpu_update(Tensor(a!) weight, Tensor x, Tensor d, Tensor tile, Tensor dw_up, "
+      "Tensor dw_down, Tensor w_min, Tensor w_max, Tensor seed, float lr, float dw_min, "
+      "float dw_min_std, int desired_bl, bool update_management, bool bl_management) -> ()");
 }

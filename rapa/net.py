@@ -251,6 +251,15 @@ class Net(torch.nn.Module):
                 out.append((f"{e.layer.layer_name}/{i}", p, spec))
         return out
 
+    def analog_layers(self) -> list[Layer]:
+        return [e.layer for e in self.entries if getattr(e.layer, "analog", None) is not None]
+
+    def analog_update(self, rate: float) -> None:
+        """The pulsed update of every analog layer's weight from its last backward pass(es),
+        at rate * lr_mult of the weight (these weights get no SGD step: no gradient)."""
+        for layer in self.analog_layers():
+            layer.apply_analog_update(rate * layer.param_specs()[0].lr_mult)
+
     def layer(self, name: str) -> Layer:
         for e in self.entries:
             if e.layer.layer_name == name:

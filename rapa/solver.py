@@ -227,6 +227,8 @@ class Solver:
                         g.mul_(sp.clip_gradients / norm)
         sgd_step(self.params, self.history, rate, sp.momentum, sp.weight_decay,
                  sp.regularization_type)
+        # Analog weights have no gradient: their arrays update by pulses (no momentum, no decay).
+        self.net.analog_update(rate / sp.iter_size)
 
     def _test_all(self, log: Optional[TrainLog]) -> None:
         for i, tn in enumerate(self.test_nets):

@@ -4,12 +4,16 @@ Without tiling_param (or with scheme none and one tile) the weight blob is Caffe
 (O, C, kh, kw) and the layer is torch's conv2d, so Caffe's .caffemodel files load. With tiling
 the weight is (T, O, C, kh, kw), the bias (T, O), and the layer is rapa.tiled_conv; a scheme
 that draws its partition once (random_fixed) keeps it as a third, saved blob.
+With rpu_param, every kernel replica lives on its own simulated analog array (rapa.analog): the
+products go through the arrays' periphery, the solver updates the weight by pulses, and the
+arrays' device draws follow the partition in the saved blobs. The bias stays digital.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..analog import AnalogArrays, analog_conv, from_proto
 from ..fillers import fill
 from ..proto import pb
 from ..tiling import SCHEMES, make_scheme
@@ -87,22 +91,56 @@ class Convolution(Layer):
             fill(replica, wf, f"{where} weight_filler")
         if self.bias is not None:
             fill(self.bias, bf, f"{where} bias_filler")
+        self.analog = None
+        if cp.HasField("rpu_param"):
+            if self.groups != 1 or self.dilation != (1, 1):
+                raise self.error("an analog convolution supports neither group nor dilation")
+            if self.scheme is not None and self.scheme.region(h, w, torch.device("cpu")) is not None:
+                raise self.error(f"tiling '{self.scheme.name}' reads other regions as zero, "
+                                 f"which analog arrays do not model; use image_overlap")
+            try:
+                config = from_proto(cp.rpu_param, f"layer '{self.layer_name}' rpu_param")
+            except ValueError as e:
+                raise self.error(str(e).removeprefix(f"layer '{self.layer_name}' ")) from None
+            self.analog = AnalogArrays(config, self._weight3().shape)
+            self.analog.clip_(self._weight3())
 
     def learnable_blobs(self):
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
+    def _weight3(self):
+        """The weight as T arrays of O x K, K in (c, ky, kx) order: a view."""
+        w = self.weight
+        arrays = w.shape[0] if w.dim() == 5 else 1
+        return w.view(arrays, w.shape[-4], w.numel() // (arrays * w.shape[-4]))
+
     def state_blobs(self):
+        blobs = []
         if self.scheme is not None and hasattr(self.scheme, "partition"):
-            return [self.scheme.partition]
-        return []
+            blobs.append(self.scheme.partition)
+        if self.analog is not None:
+            blobs += self.analog.state_blobs()
+        return blobs
 
     def load_state_blob(self, index, value):
-        if index != 0 or not self.state_blobs():
+        blobs = self.state_blobs()
+        if not 0 <= index < len(blobs):
             raise self.error(f"has no state blob {index}")
-        with torch.no_grad():  # in place: a test net shares this very tensor
-            self.scheme.partition.copy_(value.reshape(self.out_hw))
+        with torch.no_grad():  # in place: a test net shares these very tensors
+            blobs[index].copy_(value.reshape(blobs[index].shape))
+
+    def apply_analog_update(self, lr: float) -> int:
+        with torch.no_grad():
+            return self.analog.apply_update(self._weight3(), lr)
 
     def forward(self, x):
+        if self.analog is not None:
+            assignment = None
+            if self.scheme is not None:
+                assignment = self.scheme.assign(x.shape[0], *self.out_hw, training=self.training,
+                                                device=x.device)
+            return (analog_conv(x, self.weight, self.bias, assignment, self.kernel, self.stride,
+                                self.pad, self.analog),)
         if self.scheme is None:
             return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation,
                              self.groups),)

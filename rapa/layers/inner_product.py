@@ -1,4 +1,7 @@
-"""InnerProduct (Caffe's fully connected layer): weight (O, K), or (K, O) with transpose."""
+"""InnerProduct (Caffe's fully connected layer): weight (O, K), or (K, O) with transpose.
+
+With rpu_param the weight lives on one simulated analog array (rapa.analog); the bias stays
+digital."""
 from __future__ import annotations
 
 import math
@@ -6,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..analog import AnalogArrays, from_proto
 from ..fillers import fill
 from ..proto import pb
 from .base import Layer, register
@@ -34,11 +38,43 @@ class InnerProduct(Layer):
         if self.bias is not None:
             fill(self.bias, ip.bias_filler if ip.HasField("bias_filler") else pb.FillerParameter(),
                  f"{where} bias_filler")
+        self.analog = None
+        if ip.HasField("rpu_param"):
+            if self.transpose:
+                raise self.error("an analog InnerProduct stores (O, K): transpose must be false")
+            try:
+                config = from_proto(ip.rpu_param, f"layer '{self.layer_name}' rpu_param")
+            except ValueError as e:
+                raise self.error(str(e).removeprefix(f"layer '{self.layer_name}' ")) from None
+            self.analog = AnalogArrays(config, (1, *wshape))
+            self.analog.clip_(self.weight.view(1, *wshape))
 
     def learnable_blobs(self):
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
+    def state_blobs(self):
+        return self.analog.state_blobs() if self.analog is not None else []
+
+    def load_state_blob(self, index, value):
+        blobs = self.state_blobs()
+        if not 0 <= index < len(blobs):
+            raise self.error(f"has no state blob {index}")
+        with torch.no_grad():
+            blobs[index].copy_(value.reshape(blobs[index].shape))
+
+    def apply_analog_update(self, lr: float) -> int:
+        with torch.no_grad():
+            return self.analog.apply_update(self.weight.view(1, *self.weight.shape), lr)
+
     def forward(self, x):
         x = x.flatten(self.axis)
+        if self.analog is not None:
+            lead = x.shape[:-1]
+            rows = x.reshape(-1, x.shape[-1])
+            tile = torch.zeros(rows.shape[0], dtype=torch.long, device=x.device)
+            out = self.analog.matmul(rows, self.weight.view(1, *self.weight.shape), tile)
+            if self.bias is not None:
+                out = out + self.bias
+            return (out.view(*lead, -1),)
         w = self.weight.t() if self.transpose else self.weight
         return (F.linear(x, w, self.bias),)

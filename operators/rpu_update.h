@@ -1,0 +1,134 @@
+// rapa::rpu_update, device-agnostic part: the pulsed update of analog arrays, in place.
+//
+// Each row m (one patch of one image) is a rank-one update -lr d_m x_m^T of the array
+// tile[m], applied in row order as the array would (Gokmen & Vlasov 2016):
+//   bit-length management: BL = clamp(ceil(lr |x|max |d|max / dw_min), 1, desired_bl),
+//     else BL = desired_bl;
+//   update management: x fires with probability A |x_j|, d with B |d_i|, where
+//     A |x|max = B |d|max and A B BL dw_min = lr (so the largest x and d fire with probability
+//     about 1); without it A = B = sqrt(lr / (BL dw_min));
+//   pulse trains: BL independent bits per x_j and per d_i, bit-packed; coincidences
+//     n = popcount(bits(x_j) & bits(d_i));
+//   each coincidence moves w_ij by its own up or down step (device-to-device draws, fixed per
+//     array) times (1 + dw_min_std * noise): n of them sum to step (n + dw_min_std sqrt(n) z),
+//     the same distribution as n separate draws; up when x_j and d_i differ in sign;
+//   the weight then stays within its own bounds [w_min_ij, w_max_ij].
+// Rows of different arrays never touch the same weight, and one weight's sequence depends only
+// on its own pulses, so kernels may run weights in parallel while each walks its rows in order.
+//
+// `Kernels` supplies pulses(...) (the bit trains) and apply(...) (the walk) for one device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "analog.h"
+
+namespace rapa {
+
+struct UpdateSettings {
+  double lr, dw_min, dw_min_std;
+  int64_t desired_bl;
+  bool update_management, bl_management;
+};
+
+// Pulse-train length and firing scales (A for x, B for d) of one row.
+struct RowPulses {
+  int bl;
+  double a, b;
+};
+
+RAPA_HD_RNG inline RowPulses row_pulses(double xmax, double dmax, const UpdateSettings& u) {
+  RowPulses p{static_cast<int>(u.desired_bl), 0.0, 0.0};
+  if (!(xmax > 0) || !(dmax > 0) || !(u.lr > 0)) return p;  // nothing fires
+  if (u.bl_management) {
+    const double need = ceil(u.lr * xmax * dmax / u.dw_min);
+    p.bl = static_cast<int>(need < 1 ? 1 : (need > u.desired_bl ? u.desired_bl : need));
+  }
+  const double unit = u.lr / (p.bl * u.dw_min);
+  if (u.update_management) {
+    p.a = sqrt(unit * dmax / xmax);
+    p.b = sqrt(unit * xmax / dmax);
+  } else {
+    p.a = p.b = sqrt(unit);
+  }
+  return p;
+}
+
+// `bl` bits, each set with probability min(1, scale |v|), from 32-bit uniform draws.
+RAPA_HD_RNG inline uint64_t pulse_train(double v, double scale, int bl, uint64_t key,
+    uint64_t index) {
+  const double p = scale * (v < 0 ? -v : v);
+  if (!(p > 0)) return 0;
+  const uint64_t threshold = p >= 1 ? (uint64_t(1) << 32) : static_cast<uint64_t>(p * 4294967296.0);
+  CounterRng r(key, index);
+  uint64_t bits = 0, word = 0;
+  for (int k = 0; k < bl; ++k) {
+    if ((k & 1) == 0) word = r.next();
+    const uint64_t u = (k & 1) ? (word >> 32) : (word & 0xFFFFFFFFull);
+    bits |= static_cast<uint64_t>(u < threshold) << k;
+  }
+  return bits;
+}
+
+// One weight's response to n coincidences: its new value, within its bounds.
+template <typename S>
+RAPA_HD_RNG inline S pulsed_step(S w, int n, bool up, S dw_up, S dw_down, S w_min, S w_max,
+    S dw_min_std, S z) {
+  S amount = static_cast<S>(n);
+  if (dw_min_std > S(0)) amount += dw_min_std * sqrt(static_cast<S>(n)) * z;
+  w += up ? dw_up * amount : -dw_down * amount;
+  return w < w_min ? w_min : (w > w_max ? w_max : w);
+}
+
+inline void check_rpu_update(const at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
+    const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
+    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
+    const UpdateSettings& u) {
+  check_floating(weight, "weight");
+  check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
+  TORCH_CHECK(weight.is_contiguous(), "rapa: argument 'weight' is updated in place and must be "
+      "contiguous");
+  check_analog_rows(x, "x", weight.size(2), "K, dim 2", weight, tile);
+  check_analog_rows(d, "d", weight.size(1), "O, dim 1", weight, tile);
+  const std::pair<const at::Tensor*, const char*> device_state[] = {
+      {&dw_up, "dw_up"}, {&dw_down, "dw_down"}, {&w_min, "w_min"}, {&w_max, "w_max"}};
+  for (const auto& [t, name] : device_state) {
+    check_floating(*t, name);
+    check_same_device(*t, name, weight, "weight");
+    TORCH_CHECK(t->sizes() == weight.sizes() && t->scalar_type() == weight.scalar_type(),
+        "rapa: argument '", name, "' must have the shape and dtype of 'weight' (", weight.sizes(),
+        ", ", weight.scalar_type(), "), got ", t->sizes(), ", ", t->scalar_type());
+  }
+  check_seed(seed);
+  check_same_device(seed, "seed", weight, "weight");
+  TORCH_CHECK(u.lr >= 0, "rapa: argument 'lr' must be >= 0, got ", u.lr);
+  TORCH_CHECK(u.dw_min > 0, "rapa: argument 'dw_min' must be > 0, got ", u.dw_min);
+  TORCH_CHECK(u.dw_min_std >= 0, "rapa: argument 'dw_min_std' must be >= 0, got ", u.dw_min_std);
+  TORCH_CHECK(u.desired_bl >= 1 && u.desired_bl <= 64,
+      "rapa: argument 'desired_bl' must be in [1, 64] (bits of one pulse word), got ", u.desired_bl);
+}
+
+template <class Kernels>
+void rpu_update_driver(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
+    const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
+    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
+    const UpdateSettings& u) {
+  check_rpu_update(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, u);
+  const int64_t M = x.size(0), T = weight.size(0);
+  if (M == 0 || u.lr == 0 || weight.numel() == 0) return;
+  const at::Tensor xc = x.contiguous(), dc = d.contiguous();
+  const at::Tensor xmax = xc.abs().amax(1).to(at::kDouble), dmax = dc.abs().amax(1).to(at::kDouble);
+  const TileGroups g = group_by_tile(tile, T);
+  std::vector<int64_t> offsets(T + 1, 0);
+  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + g.counts[t];
+  const at::Tensor offs = at::tensor(offsets, tile.options().device(at::kCPU)).to(tile.device());
+  at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
+  at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
+  Kernels::pulses(xc, dc, xmax, dmax, seed, u, bx, bd);
+  Kernels::apply(weight, xc, dc, bx, bd, g.order, offs, dw_up.contiguous(), dw_down.contiguous(),
+      w_min.contiguous(), w_max.contiguous(), seed, u);
+}
+
+}  // namespace rapa

@@ -1,0 +1,101 @@
+"""T analog arrays holding a layer's kernel matrices (T = 1 without tiling), one per replica.
+
+The layer keeps its weight as an ordinary Parameter (so .caffemodel files hold it as before);
+AnalogArrays holds what the hardware adds: each array's device-to-device draws (step sizes and
+bounds, saved with the model as state blobs) and the (x, d) rows of the last backward pass,
+which the solver turns into the pulsed update (apply_update) in place of SGD. Forward and
+backward products go through the array's periphery (rapa.analog_mvm); biases stay digital.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import RPUConfig
+from .ops import analog_mvm, rpu_update
+
+STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
+
+
+class AnalogArrays(torch.nn.Module):
+    def __init__(self, config: RPUConfig, shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        dev = config.device
+        gauss = lambda: torch.randn(shape)  # noqa: E731  (torch's generator: seeded runs repeat)
+        gain = 1 + dev.dw_min_dtod * gauss()
+        beta = dev.up_down + dev.up_down_dtod * gauss()
+        w_max = dev.w_max * (1 + dev.w_max_dtod * gauss())
+        w_min = dev.w_min * (1 + dev.w_min_dtod * gauss())
+        self.register_buffer("dw_up", dev.dw_min * (gain + beta).clamp_min(0))
+        self.register_buffer("dw_down", dev.dw_min * (gain - beta).clamp_min(0))
+        self.register_buffer("w_min", w_min)
+        self.register_buffer("w_max", torch.maximum(w_max, w_min))
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def state_blobs(self) -> list[Tensor]:
+        return [getattr(self, n) for n in STATE_NAMES]
+
+    @torch.no_grad()
+    def clip_(self, weight3: Tensor) -> None:
+        """Weights written to the arrays (fillers, loaded models) saturate at the bounds."""
+        weight3.copy_(torch.minimum(torch.maximum(weight3, self.w_min), self.w_max))
+
+    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
+        """Row m of `rows` (M, K) through array tile[m]: (M, O). Differentiable in `rows`; the
+        backward pass records the rows for the pulsed update instead of a weight gradient."""
+        return _AnalogProduct.apply(rows, weight3, tile, self)
+
+    @torch.no_grad()
+    def apply_update(self, weight3: Tensor, lr: float) -> int:
+        """The pulsed update of every recorded backward pass, in order; returns their count."""
+        done = len(self.pending)
+        state = {n: getattr(self, n) for n in STATE_NAMES}
+        for x, d, tile in self.pending:
+            rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
+        self.pending.clear()
+        return done
+
+
+class _AnalogProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, weight3, tile, arrays):
+        ctx.save_for_backward(rows, weight3, tile)
+        ctx.arrays = arrays
+        return analog_mvm(rows, weight3.detach(), tile, arrays.config.forward)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight3, tile = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_rows = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = analog_mvm(grad, weight3.detach(), tile, ctx.arrays.config.backward,
+                                   transposed=True)
+        if ctx.needs_input_grad[1]:
+            ctx.arrays.pending.append((rows, grad, tile))
+        return grad_rows, None, None, None
+
+
+def analog_conv(x: Tensor, weight: Tensor, bias, tile, kernel, stride, padding,
+                arrays: AnalogArrays) -> Tensor:
+    """A convolution on analog arrays: one array product per patch (im2col), patch (n, y, x) on
+    array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias)."""
+    n, _, h, w = x.shape
+    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    cols = F.unfold(x, kernel, padding=padding, stride=stride)        # (N, K, L), K = (c, ky, kx)
+    rows = cols.transpose(1, 2).reshape(n * ho * wo, -1)
+    weight3 = weight.view(-1, weight.shape[-4] if weight.dim() == 5 else weight.shape[0],
+                          rows.shape[1])
+    flat = (tile.reshape(-1) if tile is not None
+            else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
+    out = arrays.matmul(rows, weight3, flat)                           # (N*L, O)
+    if bias is not None:
+        b = bias.view(weight3.shape[0], -1)
+        if tile is None:
+            out = out + b[0]
+        else:
+            out = out + b[flat.clamp_min(0)] * (flat >= 0).unsqueeze(1).to(out.dtype)
+    return out.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)

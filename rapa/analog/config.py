@@ -1,0 +1,228 @@
+"""Configuration of simulated analog (RPU) arrays, as typed dataclasses.
+
+Field names and meanings follow IBM's aihwkit (ConstantStepDevice, IOParameters,
+UpdateParameters), so that its users find the knobs where they expect them. Defaults are the
+device and periphery of Gokmen & Vlasov (2016, "Acceleration of deep neural network training
+with resistive cross-point devices", Table 1 and section "RPU array": 7-bit DAC, 9-bit ADC,
+output noise 0.06, output bound 12, BL 31) as aihwkit and Gokmen et al. (2017, the CNN paper)
+use them. Presets are subclasses with other defaults; a prototxt's rpu_param picks a preset
+and overrides single fields (from_proto).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+NOISE_MANAGEMENT = ("none", "abs_max")
+BOUND_MANAGEMENT = ("none", "iterative")
+
+
+@dataclass
+class ConstantStepDevice:
+    """A device that moves by a constant step per pulse coincidence, within saturating bounds.
+
+    Each array draws, once, per cross-point ij (device-to-device variation):
+      up step   dw_min * (1 + beta_ij + dw_min_dtod xi),
+      down step dw_min * (1 - beta_ij + dw_min_dtod xi),  beta_ij = up_down + up_down_dtod xi',
+      bounds    w_max * (1 + w_max_dtod xi''), w_min * (1 + w_min_dtod xi''').
+    Steps are kept >= 0 and w_max_ij >= w_min_ij. Every coincidence then scales its step by
+    (1 + dw_min_std xi) (cycle-to-cycle variation).
+    """
+
+    dw_min: float = 0.001
+    """Mean weight change of one coincidence (Gokmen & Vlasov 2016: 0.001, about 1,200 states
+    between the bounds)."""
+    dw_min_dtod: float = 0.3
+    """Device-to-device spread of dw_min, relative (Gokmen & Vlasov 2016: 30%)."""
+    dw_min_std: float = 0.3
+    """Cycle-to-cycle spread of each step, relative (Gokmen & Vlasov 2016: 30%)."""
+    w_max: float = 0.6
+    """Mean upper bound (Gokmen & Vlasov 2016: +0.6)."""
+    w_min: float = -0.6
+    """Mean lower bound (Gokmen & Vlasov 2016: -0.6)."""
+    w_max_dtod: float = 0.3
+    """Device-to-device spread of w_max, relative (Gokmen & Vlasov 2016: 30%)."""
+    w_min_dtod: float = 0.3
+    """Device-to-device spread of w_min, relative (Gokmen & Vlasov 2016: 30%)."""
+    up_down: float = 0.0
+    """Mean up/down imbalance beta of the steps, relative to dw_min (0: symmetric)."""
+    up_down_dtod: float = 0.01
+    """Device-to-device spread of the imbalance, relative to dw_min (aihwkit's default 0.01;
+    Gokmen & Vlasov 2016 tolerate a few percent)."""
+
+    def check(self, where: str) -> None:
+        if not self.dw_min > 0:
+            raise ValueError(f"{where}: device.dw_min must be > 0, got {self.dw_min}")
+        if not self.w_max >= self.w_min:
+            raise ValueError(f"{where}: device.w_max ({self.w_max}) must be >= w_min "
+                             f"({self.w_min})")
+        for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{where}: device.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class IOParameters:
+    """The periphery of one direction of an array (forward W x or backward W^T d)."""
+
+    is_perfect: bool = False
+    """Exact products: no quantization, bounds, noise or management."""
+    inp_res: float = 1 / (2 ** 7 - 2)
+    """DAC resolution: the step as a fraction of the input range [-inp_bound, inp_bound]
+    (a value > 1 is read as a number of steps). 7 bits (Gokmen & Vlasov 2016); <= 0: none."""
+    inp_bound: float = 1.0
+    """DAC range: inputs (after noise management) are clipped to [-inp_bound, inp_bound]."""
+    out_res: float = 1 / (2 ** 9 - 2)
+    """ADC resolution, as inp_res, over [-out_bound, out_bound]. 9 bits (paper section 3.2)."""
+    out_bound: float = 12.0
+    """ADC range: outputs saturate at +-out_bound (Gokmen & Vlasov 2016: 12, in units of
+    a full input times one weight bound)."""
+    out_noise: float = 0.06
+    """Standard deviation of the Gaussian noise added to each output in the analog domain
+    (Gokmen & Vlasov 2016: 0.06)."""
+    noise_management: str = "abs_max"
+    """abs_max: each input vector is divided by its absolute maximum before the DAC, and the
+    output multiplied back (Gokmen et al. 2017, noise management); none: inputs as they are."""
+    bound_management: str = "iterative"
+    """iterative: while an output saturates, repeat with the input halved (Gokmen et al. 2017,
+    bound management); none: saturated outputs stay clipped."""
+    max_bm_factor: float = 1000
+    """Bound management stops once its total reduction exceeds this factor (aihwkit: 1000)."""
+    max_bm_res: float = 0.25
+    """... or once the reduction times the input step exceeds this fraction (aihwkit: 0.25):
+    a 7-bit input halved beyond 16 would keep fewer than 2 bits."""
+
+    def check(self, where: str) -> None:
+        if self.noise_management not in NOISE_MANAGEMENT:
+            raise ValueError(f"{where}: noise_management must be one of "
+                             f"{', '.join(NOISE_MANAGEMENT)}, got '{self.noise_management}'")
+        if self.bound_management not in BOUND_MANAGEMENT:
+            raise ValueError(f"{where}: bound_management must be one of "
+                             f"{', '.join(BOUND_MANAGEMENT)}, got '{self.bound_management}'")
+        for name in ("inp_bound", "out_bound"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
+        if self.out_noise < 0:
+            raise ValueError(f"{where}: out_noise must be >= 0, got {self.out_noise}")
+        if self.max_bm_factor < 1:
+            raise ValueError(f"{where}: max_bm_factor must be >= 1, got {self.max_bm_factor}")
+
+    def op_args(self) -> dict:
+        """The arguments of rapa.analog_mvm: steps and bounds in absolute units."""
+        if self.is_perfect:
+            return dict(inp_step=0.0, inp_bound=math.inf, out_step=0.0, out_bound=math.inf,
+                        out_noise=0.0, noise_management=False, bound_management=False,
+                        max_bm_factor=1.0)
+        inp_step = _step(self.inp_res, self.inp_bound)
+        reduction = float(self.max_bm_factor)
+        if inp_step > 0 and self.max_bm_res > 0:
+            reduction = min(reduction, self.max_bm_res / inp_step)
+        # The op takes the largest total reduction; a pass is repeated while the reduction so
+        # far is within the limits above, so the last allowed one is twice that.
+        return dict(inp_step=inp_step, inp_bound=float(self.inp_bound),
+                    out_step=_step(self.out_res, self.out_bound), out_bound=float(self.out_bound),
+                    out_noise=float(self.out_noise),
+                    noise_management=self.noise_management == "abs_max",
+                    bound_management=self.bound_management == "iterative",
+                    max_bm_factor=max(1.0, 2 * reduction))
+
+
+def _step(res: float, bound: float) -> float:
+    if res <= 0:
+        return 0.0
+    return (1 / res if res > 1 else res) * 2 * bound
+
+
+@dataclass
+class UpdateParameters:
+    """The pulsed update (Gokmen & Vlasov 2016; Gokmen et al. 2017, update management)."""
+
+    desired_bl: int = 31
+    """Length of the stochastic pulse trains, the largest when bit-length management is on
+    (Gokmen & Vlasov 2016: BL 10; Gokmen et al. 2017 and aihwkit: 31). At most 64."""
+    update_management: bool = True
+    """Balance the pulse probabilities of x and d so that their largest entries fire alike."""
+    update_bl_management: bool = True
+    """Shorten the trains to BL = ceil(lr |x|max |d|max / dw_min) where that is enough."""
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.desired_bl <= 64:
+            raise ValueError(f"{where}: update.desired_bl must be in [1, 64], got "
+                             f"{self.desired_bl}")
+
+
+@dataclass
+class RPUConfig:
+    """One array's device, periphery and update: aihwkit's SingleRPUConfig."""
+
+    device: ConstantStepDevice = field(default_factory=ConstantStepDevice)
+    forward: IOParameters = field(default_factory=IOParameters)
+    backward: IOParameters = field(default_factory=IOParameters)
+    update: UpdateParameters = field(default_factory=UpdateParameters)
+
+    def check(self, where: str = "rpu_param") -> None:
+        self.device.check(where)
+        self.forward.check(f"{where}: forward")
+        self.backward.check(f"{where}: backward")
+        self.update.check(where)
+
+
+class GokmenVlasov2016(RPUConfig):
+    """The device of Gokmen & Vlasov (2016): dw_min 0.001, bounds +-0.6, 30% device-to-device
+    and cycle-to-cycle variation; 7-bit DAC, 9-bit ADC, output noise 0.06, out_bound 12, BL 31."""
+
+
+@dataclass
+class Rasch2019Device(ConstantStepDevice):
+    """The paper's section 3.2: four times the states (dw_min 0.00025) and steps symmetric in
+    every device (we read "ideally symmetric on average" as no up/down imbalance at all)."""
+
+    dw_min: float = 0.00025
+    up_down: float = 0.0
+    up_down_dtod: float = 0.0
+
+
+@dataclass
+class Rasch2019(RPUConfig):
+    """The RPU arrays of the paper's section 3.2 (Gokmen & Vlasov 2016 with Rasch2019Device)."""
+
+    device: ConstantStepDevice = field(default_factory=Rasch2019Device)
+
+
+PRESETS = {"gokmen_vlasov_2016": GokmenVlasov2016, "rasch_2019": Rasch2019}
+
+
+def from_proto(msg, where: str = "rpu_param") -> RPUConfig:
+    """An RPUConfig from an RPUParameter message: its preset, then every field it sets."""
+    if msg.preset not in PRESETS:
+        raise ValueError(f"{where}: unknown preset '{msg.preset}'; known: "
+                         f"{', '.join(sorted(PRESETS))}")
+    config = PRESETS[msg.preset]()
+    for part in ("device", "forward", "backward", "update"):
+        if not msg.HasField(part):
+            continue
+        sub, target = getattr(msg, part), getattr(config, part)
+        for fd, value in sub.ListFields():
+            setattr(target, fd.name, type(getattr(target, fd.name))(value))
+    config.check(where)
+    return config
+
+
+def describe(config: RPUConfig) -> str:
+    """One line per part, for logs."""
+    parts = []
+    for part in ("device", "forward", "backward", "update"):
+        sub = getattr(config, part)
+        fields = ", ".join(f"{f.name}={getattr(sub, f.name)!r}" for f in dataclasses.fields(sub))
+        parts.append(f"{part}: {fields}")
+    return "\n".join(parts)
+
+
+def perfect(config: Optional[RPUConfig] = None) -> RPUConfig:
+    """A copy of `config` (default: the base one) with exact forward and backward products."""
+    config = dataclasses.replace(config or RPUConfig())
+    config.forward = dataclasses.replace(config.forward, is_perfect=True)
+    config.backward = dataclasses.replace(config.backward, is_perfect=True)
+    return config
