@@ -15,7 +15,7 @@ __global__ void prepare_kernel(const S* __restrict__ x, const int64_t* __restric
     const S* __restrict__ scale, int64_t R, int64_t In, S bound, S step, S* __restrict__ out) {
   RAPA_KERNEL_LOOP(idx, R * In) {
     const int64_t r = idx / In, k = idx % In;
-    out[idx] = clip_quantize<S>(x[rows[r] * In + k] / scale[r], bound, step);
+    out[idx] = clip_quantize<S>(x[rows[r] * In + k] * (S(1) / scale[r]), bound, step);
   }
 }
 
@@ -47,6 +47,8 @@ __global__ void write_out_kernel(const S* __restrict__ yr, const int64_t* __rest
 }
 
 struct CudaAnalogKernels {
+  static at::Tensor row_absmax(const at::Tensor& x) { return x.abs().amax(1); }
+
   static at::Tensor prepare(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& scale,
       const AnalogIO& io) {
     const int64_t R = rows.numel(), In = x.size(1);

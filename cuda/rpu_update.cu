@@ -47,6 +47,8 @@ __global__ void apply_kernel(S* __restrict__ w, const S* __restrict__ x, const S
 }
 
 struct CudaUpdateKernels {
+  static at::Tensor row_absmax(const at::Tensor& x) { return x.abs().amax(1); }
+
   static void pulses(const at::Tensor& x, const at::Tensor& d, const at::Tensor& xmax,
       const at::Tensor& dmax, const at::Tensor& seed, const UpdateSettings& u, at::Tensor& bx,
       at::Tensor& bd) {

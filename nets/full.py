@@ -58,7 +58,8 @@ def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
         layer.data_param.backend = pb.DataParameter.LMDB
 
 
-def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2)):
+def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
+         rpu: str | None = None):
     layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
     layer.param.add(lr_mult=lr_mults[0])
     layer.param.add(lr_mult=lr_mults[1])
@@ -69,6 +70,8 @@ def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2)):
     if tiling not in ("none", "enlarged") and tiles > 1:
         cp.tiling_param.scheme = tiling
         cp.tiling_param.num_tiles = tiles
+    if rpu:
+        cp.rpu_param.preset = rpu
     return name
 
 
@@ -96,21 +99,24 @@ def lrn(net, name, bottom):
 
 def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max",
              tiles=(16, 4, 1), batch: int = 10, test_batch: int = 100,
-             brightness: float = 20.0, strong: bool = False) -> pb.NetParameter:
+             brightness: float = 20.0, strong: bool = False,
+             rpu: str | None = None) -> pb.NetParameter:
+    """rpu: a preset of rapa.analog (e.g. rasch_2019): every Convolution and the InnerProduct
+    on simulated analog arrays, one array per kernel replica (section 3.2)."""
     ds = DATASETS[dataset]
     if tiling not in TILINGS:
         raise ValueError(f"tiling must be one of {TILINGS}")
     channels = (54, 64, 64) if tiling == "enlarged" else (32, 32, 64)
-    net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}")
+    net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}" + ("_rpu" if rpu else ""))
     data_layers(net, ds, batch, test_batch, brightness, strong)
     method = POOLS[pools]
-    x = conv(net, "conv1", "data", channels[0], 1e-4, tiling, tiles[0])
+    x = conv(net, "conv1", "data", channels[0], 1e-4, tiling, tiles[0], rpu=rpu)
     x = pool(net, "pool1", relu(net, "relu1", x), method)
     x = lrn(net, "norm1", x)
-    x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1])
+    x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1], rpu=rpu)
     x = pool(net, "pool2", relu(net, "relu2", x), method)
     x = lrn(net, "norm2", x)
-    x = conv(net, "conv3", x, channels[2], 0.01, tiling, tiles[2])
+    x = conv(net, "conv3", x, channels[2], 0.01, tiling, tiles[2], rpu=rpu)
     x = pool(net, "pool3", relu(net, "relu3", x), pb.PoolingParameter.AVE)
     ip = net.layer.add(name="ip1", type="InnerProduct", bottom=[x], top=["ip1"])
     ip.param.add(lr_mult=1, decay_mult=250)
@@ -118,6 +124,8 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
     ip.inner_product_param.num_output = ds.classes
     ip.inner_product_param.weight_filler.CopyFrom(_filler("gaussian", std=0.01))
     ip.inner_product_param.bias_filler.CopyFrom(_filler("constant"))
+    if rpu:
+        ip.inner_product_param.rpu_param.preset = rpu
     acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["ip1", "label"],
                         top=["accuracy"])
     acc.include.add(phase=pb.TEST)
@@ -128,7 +136,7 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
 def solver(net_path: str, dataset: str, tiled: bool, prefix: str, batch: int = 10,
            test_batch: int = 100, epochs: int = 700, step_epochs: int = 300,
            warmup_epochs: int = 1, test_every_epochs: float = 5, votes: int = 1,
-           base_lr: float | None = None) -> pb.SolverParameter:
+           base_lr: float | None = None, analog: bool = False) -> pb.SolverParameter:
     """Section 2.2: the rate 5 times larger tiled than untiled; x0.1 every step_epochs; warm-up
     at a 20th of the rate; weight decay 1e-4 (Caffe multiplies it by the rate); batch 10."""
     ds = DATASETS[dataset]
@@ -141,6 +149,11 @@ def solver(net_path: str, dataset: str, tiled: bool, prefix: str, batch: int = 1
     # range, fillers and momentum within an epoch after warm-up, and so does 0.0025 (README).
     sp.base_lr = base_lr if base_lr is not None else (0.0005 if tiled else 0.0001)
     sp.momentum = 0.9  # Caffe's example; the paper names none
+    if analog:
+        # Analog arrays update by pulses, without momentum: the same step size as momentum
+        # SGD's steady state, rate / (1 - momentum). Biases stay digital, without momentum too.
+        sp.base_lr = sp.base_lr / (1 - sp.momentum)
+        sp.momentum = 0.0
     sp.weight_decay = 1e-4
     sp.lr_policy = "step"
     sp.gamma = 0.1

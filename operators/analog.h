@@ -38,11 +38,16 @@ RAPA_HD_RNG inline S normal_draw(const S* table, uint64_t seed, uint64_t index) 
   return table[r.next() >> 48];
 }
 
+// Rounds half to even. On the host by the magic-number trick, exact for |v| < 2^22 (floats)
+// or 2^51 (doubles) and vectorizable; callers round values within a converter's range (a few
+// thousand steps), and larger ones only ever saturate.
 RAPA_HD_RNG inline float round_even(float v) {
 #if defined(__CUDA_ARCH__)
   return rintf(v);
 #else
-  return std::nearbyint(v);
+  if (!(std::fabs(v) < 4194304.0f)) return v;
+  const float m = 12582912.0f;  // 1.5 * 2^23 (IEEE arithmetic: never folded without fast-math)
+  return (v + m) - m;
 #endif
 }
 
@@ -50,7 +55,9 @@ RAPA_HD_RNG inline double round_even(double v) {
 #if defined(__CUDA_ARCH__)
   return rint(v);
 #else
-  return std::nearbyint(v);
+  if (!(std::fabs(v) < 2251799813685248.0)) return v;
+  const double m = 6755399441055744.0;  // 1.5 * 2^52
+  return (v + m) - m;
 #endif
 }
 

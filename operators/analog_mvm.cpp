@@ -2,16 +2,21 @@
 // (analog_mvm.h), each one pass over its rows, rows split over threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include "analog_mvm.h"
+#include "row_absmax_cpu.h"
 
 namespace rapa {
 namespace {
 
 struct CpuAnalogKernels {
+  static at::Tensor row_absmax(const at::Tensor& x) { return cpu_row_absmax(x); }
+
   static at::Tensor prepare(const at::Tensor& x, const at::Tensor& rows, const at::Tensor& scale,
       const AnalogIO& io) {
+    RECORD_FUNCTION("rapa::analog_mvm::prepare", std::vector<c10::IValue>());
     const int64_t R = rows.numel(), In = x.size(1);
     at::Tensor out = at::empty({R, In}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "analog_prepare", [&] {
@@ -23,8 +28,9 @@ struct CpuAnalogKernels {
       at::parallel_for(0, R, 16, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const scalar_t* xr = src + row[r] * In;
+          const scalar_t inv = scalar_t(1) / s[r];
           for (int64_t k = 0; k < In; ++k)
-            dst[r * In + k] = clip_quantize<scalar_t>(xr[k] / s[r], bound, step);
+            dst[r * In + k] = clip_quantize<scalar_t>(xr[k] * inv, bound, step);
         }
       });
     });
@@ -33,6 +39,7 @@ struct CpuAnalogKernels {
 
   static at::Tensor add_noise_and_test(at::Tensor& y, const at::Tensor& rows,
       const at::Tensor& seed, int64_t pass, int64_t M, const AnalogIO& io) {
+    RECORD_FUNCTION("rapa::analog_mvm::noise", std::vector<c10::IValue>());
     const int64_t R = y.size(0), Out = y.size(1);
     at::Tensor saturated = at::empty({R}, y.options().dtype(at::kBool));
     const uint64_t key = mix_seed(static_cast<uint64_t>(seed.item<int64_t>()), kStreamOutNoise);
@@ -61,6 +68,7 @@ struct CpuAnalogKernels {
 
   static void write_out(const at::Tensor& yr, const at::Tensor& rows, const at::Tensor& scale,
       const at::Tensor& redo, const AnalogIO& io, at::Tensor& y) {
+    RECORD_FUNCTION("rapa::analog_mvm::write_out", std::vector<c10::IValue>());
     const int64_t R = yr.size(0), Out = yr.size(1);
     const at::Tensor again = redo.contiguous();
     AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "analog_write_out", [&] {

@@ -13,6 +13,7 @@
 //   prepare(x, rows, scale, io) -> (R, In) scaled, clipped, quantized inputs of `rows`
 //   add_noise_and_test(y, rows, seed, pass, M, io) -> bool (R,): noise added in place, saturation
 //   write_out(y_rows, rows, scale, redo, io, y): outputs of the rows not redone, into y
+//   row_absmax(x) -> (M,) the largest |x| of each row
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,7 +44,7 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
   if (M == 0 || In == 0 || Out == 0) return y;
 
   at::Tensor rows = group_by_tile(tile, T).order;
-  at::Tensor scale = io.noise_management ? x.abs().amax(1) : at::ones({M}, x.options());
+  at::Tensor scale = io.noise_management ? Kernels::row_absmax(x) : at::ones({M}, x.options());
   if (io.noise_management) rows = rows.masked_select(scale.index_select(0, rows).gt(0));
   at::Tensor reduction = at::ones({M}, x.options());  // bound management's factor per row
   for (int64_t pass = 0; rows.numel() > 0; ++pass) {

@@ -4,19 +4,24 @@
 // as most are once update management scales the probabilities.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <vector>
 
+#include "row_absmax_cpu.h"
 #include "rpu_update.h"
 
 namespace rapa {
 namespace {
 
 struct CpuUpdateKernels {
+  static at::Tensor row_absmax(const at::Tensor& x) { return cpu_row_absmax(x); }
+
   static void pulses(const at::Tensor& x, const at::Tensor& d, const at::Tensor& xmax,
       const at::Tensor& dmax, const at::Tensor& seed, const UpdateSettings& u, at::Tensor& bx,
       at::Tensor& bd) {
+    RECORD_FUNCTION("rapa::rpu_update::pulses", std::vector<c10::IValue>());
     const int64_t M = x.size(0), K = x.size(1), O = d.size(1);
     const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
     const uint64_t key_x = mix_seed(s, kStreamPulseX), key_d = mix_seed(s, kStreamPulseD);
@@ -30,10 +35,14 @@ struct CpuUpdateKernels {
       at::parallel_for(0, M, 8, [&](int64_t b, int64_t e) {
         for (int64_t m = b; m < e; ++m) {
           const RowPulses p = row_pulses(xm[m], dm[m], u);
+          uint64_t any = 0;
+          for (int64_t i = 0; i < O; ++i)
+            any |= pd[m * O + i] = pulse_train(dv[m * O + i], p.b, p.bl, key_d, m * O + i);
+          // No d fires: x's trains could meet nothing (the same result, less work). The row of
+          // bx stays unwritten; apply() checks the d trains of a row before reading its x trains.
+          if (!any) continue;
           for (int64_t j = 0; j < K; ++j)
             px[m * K + j] = pulse_train(xv[m * K + j], p.a, p.bl, key_x, m * K + j);
-          for (int64_t i = 0; i < O; ++i)
-            pd[m * O + i] = pulse_train(dv[m * O + i], p.b, p.bl, key_d, m * O + i);
         }
       });
     });
@@ -44,6 +53,7 @@ struct CpuUpdateKernels {
       const at::Tensor& offsets, const at::Tensor& dw_up, const at::Tensor& dw_down,
       const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
       const UpdateSettings& u) {
+    RECORD_FUNCTION("rapa::rpu_update::apply", std::vector<c10::IValue>());
     const int64_t M = x.size(0), K = x.size(1), O = d.size(1), T = weight.size(0);
     const uint64_t* px = reinterpret_cast<const uint64_t*>(bx.data_ptr<int64_t>());
     const uint64_t* pd = reinterpret_cast<const uint64_t*>(bd.data_ptr<int64_t>());
@@ -60,6 +70,10 @@ struct CpuUpdateKernels {
       at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
         for (int64_t m = b; m < e; ++m) {
           int64_t n = 0;
+          fired_n[m] = 0;
+          bool any_d = false;
+          for (int64_t i = 0; i < O; ++i) any_d |= pd[m * O + i] != 0;
+          if (!any_d) continue;
           for (int64_t j = 0; j < K; ++j) {
             const uint64_t bits = px[m * K + j];
             if (!bits) continue;

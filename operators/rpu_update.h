@@ -16,7 +16,8 @@
 // Rows of different arrays never touch the same weight, and one weight's sequence depends only
 // on its own pulses, so kernels may run weights in parallel while each walks its rows in order.
 //
-// `Kernels` supplies pulses(...) (the bit trains) and apply(...) (the walk) for one device.
+// `Kernels` supplies row_absmax(x), pulses(...) (the bit trains) and apply(...) (the walk) for
+// one device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -119,7 +120,8 @@ void rpu_update_driver(at::Tensor& weight, const at::Tensor& x, const at::Tensor
   const int64_t M = x.size(0), T = weight.size(0);
   if (M == 0 || u.lr == 0 || weight.numel() == 0) return;
   const at::Tensor xc = x.contiguous(), dc = d.contiguous();
-  const at::Tensor xmax = xc.abs().amax(1).to(at::kDouble), dmax = dc.abs().amax(1).to(at::kDouble);
+  const at::Tensor xmax = Kernels::row_absmax(xc).to(at::kDouble);
+  const at::Tensor dmax = Kernels::row_absmax(dc).to(at::kDouble);
   const TileGroups g = group_by_tile(tile, T);
   std::vector<int64_t> offsets(T + 1, 0);
   for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + g.counts[t];

@@ -1,0 +1,102 @@
+"""Analog training throughput of the Full net: rapa against aihwkit and plain torch.
+
+    python bench/bench_analog.py [--batch 128] [--seconds 20] [--aihwkit-python PATH]
+
+Nets (one step = forward, backward, update; the same in-memory batch):
+  rapa none      prototxt/cifar10/none_max_rpu.prototxt: every Convolution and the
+                 InnerProduct on analog arrays (preset gokmen_vlasov_2016), pulsed updates
+  rapa random    prototxt/cifar10/random_max_rpu.prototxt: the same with random tiling
+                 (16, 4, 1): 21 arrays
+  aihwkit        the Full net of AnalogConv2d/AnalogLinear with aihwkit's ConstantStepDevice
+                 and default IO/update parameters (the same Gokmen & Vlasov values), AnalogSGD;
+                 run by bench/aihwkit_full.py under --aihwkit-python (aihwkit 1.1.0 needs
+                 torch 2.10.0: a separate environment), skipped without it
+  torch.nn       the hand-written floating-point Full net (bench_nets.py), torch.optim.SGD
+Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import rapa  # noqa: F401
+from rapa.net import Net
+from rapa.proto import pb
+from rapa.prototxt import read_text
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_nets import torch_step  # noqa: E402
+
+
+def analog_step(path, batch):
+    param = read_text(path, pb.NetParameter())
+    for layer in param.layer:
+        if layer.type == "Data":
+            layer.data_param.batch_size = batch
+    net = Net(param, pb.TRAIN, source=str(path))
+    net.train()
+    x = torch.rand(batch, 3, 32, 32) * 255 - 128
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        loss = net.loss(net({"data": x, "label": y}))
+        loss.backward()
+        for _, p, _ in net.learnable():  # biases: plain SGD
+            if p.grad is not None:
+                p.data.add_(p.grad, alpha=-1e-4)
+                p.grad = None
+        net.analog_update(1e-4)
+    return step
+
+
+def rate(step, batch, seconds):
+    step()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        count += batch
+    return count / (time.perf_counter() - t0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
+    args = p.parse_args()
+    torch.manual_seed(0)
+    steps = {
+        "rapa none": analog_step(ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch),
+        "rapa random": analog_step(ROOT / "prototxt/cifar10/random_max_rpu.prototxt", args.batch),
+        "torch.nn": torch_step(args.batch, torch.device("cpu")),
+    }
+    results = {k: [] for k in list(steps) + (["aihwkit"] if args.aihwkit_python else [])}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            results[name].append(rate(step, args.batch, args.seconds))
+        if args.aihwkit_python:
+            out = subprocess.run([args.aihwkit_python, str(ROOT / "bench/aihwkit_full.py"),
+                                  "speed", str(args.batch), str(args.seconds)],
+                                 capture_output=True, text=True, check=True)
+            results["aihwkit"].append(float(out.stdout.split()[-1]))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"Analog training throughput, images/s (cpu, {torch.get_num_threads()} threads, "
+          f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s)")
+    ref = med.get("aihwkit")
+    for name, value in med.items():
+        ratio = f"{value / ref:6.2f}x aihwkit" if ref else ""
+        print(f"  {name:<12} {value:9.1f}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+// The largest |x| of each row of a contiguous (M, K) tensor, for the analog CPU kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace rapa {
+
+// The largest |x| of each row, in one pass without a temporary.
+inline at::Tensor cpu_row_absmax(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor out = at::empty({M}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "row_absmax", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, M, 64, [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) {
+        scalar_t best = 0;
+        for (int64_t k = 0; k < K; ++k) best = std::max(best, std::abs(src[m * K + k]));
+        dst[m] = best;
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace rapa
