@@ -1,0 +1,160 @@
+"""Analog Convolution and InnerProduct layers (rpu_param): products, pulsed updates, prototxt,
+snapshots and resume."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rapa  # noqa: F401
+from rapa.analog import RPUConfig, from_proto, perfect
+from rapa.analog.arrays import AnalogArrays, analog_conv
+from rapa.layers.base import make_layer
+from rapa.proto import pb
+from rapa.prototxt import parse_text
+from rapa.solver import Solver
+from test_solver import NET, SOLVER, weights, workdir  # noqa: F401  (the fixture)
+
+
+def test_perfect_analog_conv_is_the_dense_conv_with_its_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64)
+    tile = torch.randint(-1, 4, (2, 5, 5))
+    arrays = AnalogArrays(perfect(), (4, 5, 27)).double()
+    out = analog_conv(x, w, b, tile, (3, 3), (2, 2), (1, 1), arrays)
+    ref = rapa.ops.tiled_conv(x, w, b, tile, 2, 1)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    gx, = torch.autograd.grad(out, x, g)
+    gx_ref, = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(gx, gx_ref)
+    assert len(arrays.pending) == 1            # the weight gets pulses, not a gradient
+    assert w.grad is None
+
+
+def test_pulsed_update_of_an_ideal_conv_is_sgd_on_average():
+    torch.manual_seed(1)
+    cfg = perfect()
+    cfg.device = dataclasses.replace(cfg.device, dw_min=2e-3, dw_min_dtod=0, dw_min_std=0,
+                                     up_down_dtod=0, w_max=1e6, w_min=-1e6, w_max_dtod=0,
+                                     w_min_dtod=0)
+    x = torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    w0 = torch.randn(3, 2, 3, 3, dtype=torch.float64) * 0.1
+    g = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    # The SGD step of one image at rate lr.
+    lr = 0.01
+    wd = w0.clone().requires_grad_()
+    F.conv2d(x, wd, padding=1).backward(g)
+    sgd = w0 - lr * wd.grad
+    draws = 400
+    total = torch.zeros_like(w0)
+    for s in range(draws):
+        w = w0.clone().requires_grad_()
+        arrays = AnalogArrays(cfg, (1, 3, 18)).double()
+        out = analog_conv(x, w, None, None, (3, 3), (1, 1), (1, 1), arrays)
+        out.backward(g)
+        with torch.no_grad():
+            arrays.apply_update(w.view(1, 3, 18), lr)
+        total += w.detach()
+    mean = total / draws
+    # dw_min is large enough that no patch asks for more than BL = 31 pulses can give
+    # (lr |x|max |d|max / dw_min < 31), so nothing is truncated. Within 5 standard errors:
+    # a draw's spread is at most dw_min sqrt(25 patches * BL / 4).
+    assert lr * x.max() * g.abs().max() / 2e-3 < 31
+    assert (mean - sgd).abs().max() < 5 * 2e-3 * (25 * 31 / 4) ** 0.5 / draws ** 0.5
+    assert (mean - w0).abs().max() > 10 * (mean - sgd).abs().max()
+
+
+def test_rpu_param_in_prototxt_overrides_the_preset():
+    msg = parse_text('preset: "rasch_2019" device { dw_min: 0.002 } '
+                     'forward { out_noise: 0.1 bound_management: "none" } '
+                     'update { desired_bl: 15 }', pb.RPUParameter())
+    cfg = from_proto(msg)
+    assert cfg.device.dw_min == pytest.approx(0.002) and cfg.device.up_down_dtod == 0
+    assert cfg.forward.out_noise == pytest.approx(0.1)
+    assert cfg.forward.bound_management == "none" and cfg.backward.bound_management == "iterative"
+    assert cfg.update.desired_bl == 15
+    assert from_proto(pb.RPUParameter(preset="rasch_2019")).device.dw_min == 0.00025
+    assert from_proto(pb.RPUParameter()).device.dw_min == 0.001
+    with pytest.raises(ValueError, match="unknown preset 'x'; known: gokmen_vlasov_2016"):
+        from_proto(pb.RPUParameter(preset="x"))
+
+
+def _layer(text, shape):
+    return make_layer(parse_text(text, pb.LayerParameter()), [shape], pb.TRAIN)
+
+
+def test_bad_rpu_params_name_the_layer():
+    from rapa.errors import RapaError
+    with pytest.raises(RapaError, match="layer 'c'.*noise_management must be one of none, abs_max"):
+        _layer('name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { '
+               'num_output: 2 kernel_size: 3 rpu_param { forward { noise_management: "max" } } }',
+               (1, 1, 5, 5))
+    with pytest.raises(RapaError, match="layer 'c'.*image_pad.*image_overlap"):
+        _layer('name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { '
+               'num_output: 2 kernel_size: 3 tiling_param { scheme: "image_pad" num_tiles: 4 } '
+               'rpu_param { } }', (1, 1, 8, 8))
+
+
+def test_weights_start_within_the_device_bounds():
+    torch.manual_seed(2)
+    layer = _layer('name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param {'
+                   ' num_output: 20 weight_filler { type: "gaussian" std: 2 } rpu_param { } }',
+                   (1, 30))
+    a = layer.analog
+    w = layer.weight.detach().view(1, 20, 30)
+    assert (w <= a.w_max).all() and (w >= a.w_min).all() and (w == a.w_max).any()
+
+
+ANALOG_NET = NET.replace(
+    'tiling_param { scheme: "%s" num_tiles: 4 } } }',
+    'tiling_param { scheme: "%s" num_tiles: 4 } rpu_param { preset: "rasch_2019" } } }').replace(
+    'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }',
+    'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } '
+    'rpu_param { } } }')
+
+
+def test_analog_net_trains_saves_and_resumes_exactly(workdir):  # noqa: F811
+    assert ANALOG_NET.count("rpu_param") == 2
+    (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
+    (workdir / "solver.prototxt").write_text(SOLVER % 12)
+    path = str(workdir / "solver.prototxt")
+    straight = Solver(path, say=lambda m: None, progress=False)
+    start = {n: w.clone() for n, w in weights(straight).items()}
+    straight.solve()
+    final = weights(straight)
+    assert not torch.equal(final["conv/0"], start["conv/0"])     # pulsed updates happened
+    arrays = straight.net.layer("conv").analog
+    assert (final["conv/0"].view(4, 4, -1) <= arrays.w_max).all()
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    Solver(path, max_iter=8, say=lambda m: None, progress=False).solve()
+    resumed = Solver(path, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    for n, w in weights(resumed).items():
+        torch.testing.assert_close(w, final[n], rtol=0, atol=0)
+    # The arrays' device draws come back with the snapshot, not from the seed.
+    again = resumed.net.layer("conv").analog
+    for name in ("dw_up", "dw_down", "w_min", "w_max"):
+        assert torch.equal(getattr(again, name), getattr(arrays, name))
+
+
+def test_generated_analog_nets_build():
+    from rapa.net import Net
+    from rapa.prototxt import read_text
+    for name in ("none_max_rpu", "random_max_rpu"):
+        param = read_text(f"prototxt/cifar10/{name}.prototxt", pb.NetParameter())
+        for layer in param.layer:
+            if layer.type == "Data":  # in-memory batches instead of the LMDB
+                layer.type = "Input"
+                layer.ClearField("data_param")
+                layer.ClearField("transform_param")
+                layer.input_param.shape.add(dim=[2, 3, 32, 32])
+                layer.input_param.shape.add(dim=[2])
+        net = Net(param, pb.TRAIN, source=name)
+        assert len(net.analog_layers()) == 4
+        out = net({"data": torch.randn(2, 3, 32, 32) * 50, "label": torch.tensor([1, 2])})
+        net.loss(out).backward()
+        net.analog_update(0.001)
