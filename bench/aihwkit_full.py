@@ -2,16 +2,14 @@
 
 Runs in an environment with aihwkit 1.1.0 (and its torch 2.10.0), never in rapa's:
     AIHWKIT_PYTHON=/path/to/env/bin/python python bench/bench_analog.py
-Modes:
-    speed BATCH SECONDS    training throughput (forward, backward, AnalogSGD) in images/s
-    update SEED            one pulsed update's weight change on a 32 x 64 array, as .npy
+    python bench/aihwkit_full.py speed BATCH SECONDS
+prints the training throughput (forward, backward, AnalogSGD) in images/s.
 The configuration is aihwkit's SingleRPUConfig with ConstantStepDevice and its default IO and
 update parameters: the Gokmen & Vlasov (2016) values that rapa's GokmenVlasov2016 preset uses.
 """
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from aihwkit.nn import AnalogConv2d, AnalogLinear
@@ -55,27 +53,7 @@ def speed(batch, seconds):
     print(count / (time.perf_counter() - t0))
 
 
-def update(seed, out):
-    """Weight change of one pulsed update (x, d, lr from update_inputs.npz), 1000 repeats."""
-    data = np.load(out + ".in.npz")
-    x, d, lr = (torch.tensor(data[k]) for k in ("x", "d", "lr"))
-    from aihwkit.simulator.tiles import AnalogTile
-    dev = ConstantStepDevice(dw_min_dtod=0.0, w_max_dtod=0.0, w_min_dtod=0.0, up_down_dtod=0.0)
-    changes = []
-    for r in range(int(data["repeats"])):
-        torch.manual_seed(seed + r)
-        tile = AnalogTile(d.shape[1], x.shape[1], SingleRPUConfig(device=dev))
-        tile.set_learning_rate(float(lr))
-        w0 = torch.zeros(d.shape[1], x.shape[1])
-        tile.set_weights(w0)
-        tile.update(x, d)
-        changes.append(tile.get_weights()[0].numpy())
-    np.save(out, np.stack(changes))
-
-
 if __name__ == "__main__":
-    torch.set_num_threads(int(torch.get_num_threads()))
-    if sys.argv[1] == "speed":
-        speed(int(sys.argv[2]), float(sys.argv[3]))
-    else:
-        update(int(sys.argv[2]), sys.argv[3])
+    if len(sys.argv) != 4 or sys.argv[1] != "speed":
+        sys.exit("usage: aihwkit_full.py speed BATCH SECONDS")
+    speed(int(sys.argv[2]), float(sys.argv[3]))
