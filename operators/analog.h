@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "checks.h"
 #include "counter_rng.h"
@@ -100,11 +101,9 @@ inline void check_analog_io(const AnalogIO& io) {
       io.max_bm_factor);
 }
 
-// Rows (M, In) of vectors, weights (T, O, K) of T arrays, the array of each row (M,).
+// Rows (M, In) of vectors for the arrays of `weight` (T, O, K).
 inline void check_analog_rows(const at::Tensor& rows, const char* rows_name, int64_t width,
-    const char* width_what, const at::Tensor& weight, const at::Tensor& tile) {
-  check_floating(weight, "weight");
-  check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
+    const char* width_what, const at::Tensor& weight) {
   check_floating(rows, rows_name);
   TORCH_CHECK(rows.dim() == 2 && rows.size(1) == width, "rapa: argument '", rows_name,
       "' must be (M, ", width, ") with ", width, " = ", width_what, " of 'weight' ",
@@ -112,11 +111,14 @@ inline void check_analog_rows(const at::Tensor& rows, const char* rows_name, int
   TORCH_CHECK(rows.scalar_type() == weight.scalar_type(), "rapa: argument '", rows_name,
       "' has dtype ", rows.scalar_type(), " but 'weight' has ", weight.scalar_type());
   check_same_device(rows, rows_name, weight, "weight");
+}
+
+// The array of each of M rows: (M,), entries in [0, T) or -1 (a row no array computes).
+inline void check_tile(const at::Tensor& tile, int64_t M, const at::Tensor& weight) {
   check_dtype(tile, at::kLong, "tile");
   check_same_device(tile, "tile", weight, "weight");
-  TORCH_CHECK(tile.dim() == 1 && tile.size(0) == rows.size(0), "rapa: argument 'tile' must be (M,)"
-      " = (", rows.size(0), ",), the array of each row of '", rows_name, "', got shape ",
-      tile.sizes());
+  TORCH_CHECK(tile.dim() == 1 && tile.size(0) == M, "rapa: argument 'tile' must be (M,) = (",
+      M, ",), the array of each row, got shape ", tile.sizes());
   if (tile.numel() > 0) {
     const at::Tensor range = at::stack({tile.min(), tile.max()}).cpu();
     const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
@@ -126,21 +128,17 @@ inline void check_analog_rows(const at::Tensor& rows, const char* rows_name, int
   }
 }
 
-// Rows grouped by array: `order` lists the rows with tile >= 0 sorted by tile (stable), and
-// `counts` (on the host) how many rows each array has.
-struct TileGroups {
-  at::Tensor order;
-  std::vector<int64_t> counts;
-};
-
-inline TileGroups group_by_tile(const at::Tensor& tile, int64_t T) {
-  TileGroups g;
+// The rows with tile >= 0, sorted by tile (stable): each array's rows in a contiguous run.
+inline at::Tensor rows_by_tile(const at::Tensor& tile) {
   const at::Tensor kept = at::nonzero(tile.ge(0)).squeeze(1);
   const at::Tensor sorted = std::get<1>(tile.index_select(0, kept).sort(true, 0, false));
-  g.order = kept.index_select(0, sorted);
-  const at::Tensor counts = at::bincount(tile.index_select(0, g.order), {}, T).cpu();
-  g.counts.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + T);
-  return g;
+  return kept.index_select(0, sorted);
+}
+
+// How many of `rows` each of the T arrays has (on the host).
+inline std::vector<int64_t> tile_counts(const at::Tensor& tile, const at::Tensor& rows, int64_t T) {
+  const at::Tensor c = at::bincount(tile.index_select(0, rows), {}, T).cpu();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + T);
 }
 
 }  // namespace rapa

@@ -22,11 +22,6 @@
 
 namespace rapa {
 
-inline std::vector<int64_t> tile_counts(const at::Tensor& tile, const at::Tensor& rows, int64_t T) {
-  const at::Tensor c = at::bincount(tile.index_select(0, rows), {}, T).cpu();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + T);
-}
-
 template <class Kernels>
 at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& tile, const at::Tensor& seed, bool transposed, const AnalogIO& io) {
@@ -34,7 +29,8 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
   check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
   const int64_t T = weight.size(0), O = weight.size(1), K = weight.size(2);
   const int64_t In = transposed ? O : K, Out = transposed ? K : O;
-  check_analog_rows(input, "input", In, transposed ? "O, dim 1" : "K, dim 2", weight, tile);
+  check_analog_rows(input, "input", In, transposed ? "O, dim 1" : "K, dim 2", weight);
+  check_tile(tile, input.size(0), weight);
   check_seed(seed);
   check_same_device(seed, "seed", weight, "weight");
   check_analog_io(io);
@@ -43,7 +39,7 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor y = at::zeros({M, Out}, x.options());
   if (M == 0 || In == 0 || Out == 0) return y;
 
-  at::Tensor rows = group_by_tile(tile, T).order;
+  at::Tensor rows = rows_by_tile(tile);
   at::Tensor scale = io.noise_management ? Kernels::row_absmax(x) : at::ones({M}, x.options());
   if (io.noise_management) rows = rows.masked_select(scale.index_select(0, rows).gt(0));
   at::Tensor reduction = at::ones({M}, x.options());  // bound management's factor per row

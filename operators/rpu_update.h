@@ -91,8 +91,11 @@ inline void check_rpu_update(const at::Tensor& weight, const at::Tensor& x, cons
   check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
   TORCH_CHECK(weight.is_contiguous(), "rapa: argument 'weight' is updated in place and must be "
       "contiguous");
-  check_analog_rows(x, "x", weight.size(2), "K, dim 2", weight, tile);
-  check_analog_rows(d, "d", weight.size(1), "O, dim 1", weight, tile);
+  check_analog_rows(x, "x", weight.size(2), "K, dim 2", weight);
+  check_analog_rows(d, "d", weight.size(1), "O, dim 1", weight);
+  TORCH_CHECK(d.size(0) == x.size(0), "rapa: arguments 'x' and 'd' must have one row per "
+      "update each, got ", x.size(0), " and ", d.size(0));
+  check_tile(tile, x.size(0), weight);
   const std::pair<const at::Tensor*, const char*> device_state[] = {
       {&dw_up, "dw_up"}, {&dw_down, "dw_down"}, {&w_min, "w_min"}, {&w_max, "w_max"}};
   for (const auto& [t, name] : device_state) {
@@ -122,14 +125,15 @@ void rpu_update_driver(at::Tensor& weight, const at::Tensor& x, const at::Tensor
   const at::Tensor xc = x.contiguous(), dc = d.contiguous();
   const at::Tensor xmax = Kernels::row_absmax(xc).to(at::kDouble);
   const at::Tensor dmax = Kernels::row_absmax(dc).to(at::kDouble);
-  const TileGroups g = group_by_tile(tile, T);
+  const at::Tensor order = rows_by_tile(tile);
+  const std::vector<int64_t> counts = tile_counts(tile, order, T);
   std::vector<int64_t> offsets(T + 1, 0);
-  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + g.counts[t];
+  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + counts[t];
   const at::Tensor offs = at::tensor(offsets, tile.options().device(at::kCPU)).to(tile.device());
   at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
   at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
   Kernels::pulses(xc, dc, xmax, dmax, seed, u, bx, bd);
-  Kernels::apply(weight, xc, dc, bx, bd, g.order, offs, dw_up.contiguous(), dw_down.contiguous(),
+  Kernels::apply(weight, xc, dc, bx, bd, order, offs, dw_up.contiguous(), dw_down.contiguous(),
       w_min.contiguous(), w_max.contiguous(), seed, u);
 }
 

@@ -258,7 +258,8 @@ class Net(torch.nn.Module):
         """The pulsed update of every analog layer's weight from its last backward pass(es),
         at rate * lr_mult of the weight (these weights get no SGD step: no gradient)."""
         for layer in self.analog_layers():
-            layer.apply_analog_update(rate * layer.param_specs()[0].lr_mult)
+            layer.analog.apply_update(layer.analog_weight(),
+                                      rate * layer.param_specs()[0].lr_mult)
 
     def layer(self, name: str) -> Layer:
         for e in self.entries:

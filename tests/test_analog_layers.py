@@ -23,7 +23,7 @@ def test_perfect_analog_conv_is_the_dense_conv_with_its_gradient():
     b = torch.randn(4, 5, dtype=torch.float64)
     tile = torch.randint(-1, 4, (2, 5, 5))
     arrays = AnalogArrays(perfect(), (4, 5, 27)).double()
-    out = analog_conv(x, w, b, tile, (3, 3), (2, 2), (1, 1), arrays)
+    out = analog_conv(x, w.view(4, 5, 27), b, tile, (3, 3), (2, 2), (1, 1), arrays)
     ref = rapa.ops.tiled_conv(x, w, b, tile, 2, 1)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
@@ -53,7 +53,7 @@ def test_pulsed_update_of_an_ideal_conv_is_sgd_on_average():
     for s in range(draws):
         w = w0.clone().requires_grad_()
         arrays = AnalogArrays(cfg, (1, 3, 18)).double()
-        out = analog_conv(x, w, None, None, (3, 3), (1, 1), (1, 1), arrays)
+        out = analog_conv(x, w.view(1, 3, 18), None, None, (3, 3), (1, 1), (1, 1), arrays)
         out.backward(g)
         with torch.no_grad():
             arrays.apply_update(w.view(1, 3, 18), lr)

@@ -182,7 +182,7 @@ def test_weights_stay_within_their_own_bounds():
     arrays = AnalogArrays(cfg, (T, O, K)).double()
     w = torch.randn(T, O, K, dtype=torch.float64) * 0.5
     arrays.clip_(w)
-    state = {n: getattr(arrays, n) for n in ("dw_up", "dw_down", "w_min", "w_max")}
+    state = arrays.device_state()
     for _ in range(5):
         x = torch.randn(M, K, dtype=torch.float64) * 3
         d = torch.randn(M, O, dtype=torch.float64) * 3
@@ -277,7 +277,7 @@ def test_cuda_kernels_match_the_cpu_ones():
     # that rounding crosses one).
     assert ((y_gpu.cpu() - y_cpu).abs() > 1e-3).float().mean() < 0.01
     arrays = AnalogArrays(cfg, (T, O, K))
-    state = {n: getattr(arrays, n) for n in ("dw_up", "dw_down", "w_min", "w_max")}
+    state = arrays.device_state()
     w_cpu, w_gpu = w.clone(), w.cuda()
     rpu_update(w_cpu, x, d, tile, 0.01, state, cfg.device, cfg.update, seed=seed)
     rpu_update(w_gpu, x.cuda(), d.cuda(), tile.cuda(), 0.01,

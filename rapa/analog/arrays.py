@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import RPUConfig
+from .config import RPUConfig, from_proto
 from .ops import analog_mvm, rpu_update
 
 STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
@@ -37,6 +37,10 @@ class AnalogArrays(torch.nn.Module):
     def state_blobs(self) -> list[Tensor]:
         return [getattr(self, n) for n in STATE_NAMES]
 
+    def device_state(self) -> dict[str, Tensor]:
+        """The per-device draws, by the names rapa.analog.rpu_update takes."""
+        return dict(zip(STATE_NAMES, self.state_blobs()))
+
     @torch.no_grad()
     def clip_(self, weight3: Tensor) -> None:
         """Weights written to the arrays (fillers, loaded models) saturate at the bounds."""
@@ -51,11 +55,23 @@ class AnalogArrays(torch.nn.Module):
     def apply_update(self, weight3: Tensor, lr: float) -> int:
         """The pulsed update of every recorded backward pass, in order; returns their count."""
         done = len(self.pending)
-        state = {n: getattr(self, n) for n in STATE_NAMES}
+        state = self.device_state()
         for x, d, tile in self.pending:
             rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
         self.pending.clear()
         return done
+
+
+def arrays_for(layer, msg, weight3: Tensor) -> AnalogArrays:
+    """The arrays of `layer` from its rpu_param `msg`, holding `weight3` (T, O, K), which is
+    clipped into the devices' bounds; a bad setting is the layer's error."""
+    try:
+        config = from_proto(msg, "rpu_param")
+    except ValueError as e:
+        raise layer.error(str(e)) from None
+    arrays = AnalogArrays(config, tuple(weight3.shape))
+    arrays.clip_(weight3)
+    return arrays
 
 
 class _AnalogProduct(torch.autograd.Function):
@@ -78,17 +94,16 @@ class _AnalogProduct(torch.autograd.Function):
         return grad_rows, None, None, None
 
 
-def analog_conv(x: Tensor, weight: Tensor, bias, tile, kernel, stride, padding,
+def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
                 arrays: AnalogArrays) -> Tensor:
     """A convolution on analog arrays: one array product per patch (im2col), patch (n, y, x) on
-    array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias)."""
+    array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias). weight3 is
+    (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None."""
     n, _, h, w = x.shape
     ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
     wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
     cols = F.unfold(x, kernel, padding=padding, stride=stride)        # (N, K, L), K = (c, ky, kx)
     rows = cols.transpose(1, 2).reshape(n * ho * wo, -1)
-    weight3 = weight.view(-1, weight.shape[-4] if weight.dim() == 5 else weight.shape[0],
-                          rows.shape[1])
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
     out = arrays.matmul(rows, weight3, flat)                           # (N*L, O)

@@ -88,7 +88,11 @@ class Layer(torch.nn.Module):
         return []
 
     def load_state_blob(self, index: int, value: torch.Tensor) -> None:
-        raise self.error(f"has no state blob {index}")
+        blobs = self.state_blobs()
+        if not 0 <= index < len(blobs):
+            raise self.error(f"has no state blob {index}")
+        with torch.no_grad():  # in place: a test net shares these very tensors
+            blobs[index].copy_(value.reshape(blobs[index].shape))
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

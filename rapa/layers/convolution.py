@@ -10,10 +10,12 @@ arrays' device draws follow the partition in the saved blobs. The bias stays dig
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from ..analog import AnalogArrays, analog_conv, from_proto
+from ..analog import analog_conv, arrays_for
 from ..fillers import fill
 from ..proto import pb
 from ..tiling import SCHEMES, make_scheme
@@ -98,21 +100,15 @@ class Convolution(Layer):
             if self.scheme is not None and self.scheme.region(h, w, torch.device("cpu")) is not None:
                 raise self.error(f"tiling '{self.scheme.name}' reads other regions as zero, "
                                  f"which analog arrays do not model; use image_overlap")
-            try:
-                config = from_proto(cp.rpu_param, f"layer '{self.layer_name}' rpu_param")
-            except ValueError as e:
-                raise self.error(str(e).removeprefix(f"layer '{self.layer_name}' ")) from None
-            self.analog = AnalogArrays(config, self._weight3().shape)
-            self.analog.clip_(self._weight3())
+            self.analog = arrays_for(self, cp.rpu_param, self.analog_weight())
 
     def learnable_blobs(self):
         return [self.weight] + ([self.bias] if self.bias is not None else [])
 
-    def _weight3(self):
+    def analog_weight(self):
         """The weight as T arrays of O x K, K in (c, ky, kx) order: a view."""
         w = self.weight
-        arrays = w.shape[0] if w.dim() == 5 else 1
-        return w.view(arrays, w.shape[-4], w.numel() // (arrays * w.shape[-4]))
+        return w.view(-1, w.shape[-4], math.prod(w.shape[-3:]))
 
     def state_blobs(self):
         blobs = []
@@ -122,25 +118,14 @@ class Convolution(Layer):
             blobs += self.analog.state_blobs()
         return blobs
 
-    def load_state_blob(self, index, value):
-        blobs = self.state_blobs()
-        if not 0 <= index < len(blobs):
-            raise self.error(f"has no state blob {index}")
-        with torch.no_grad():  # in place: a test net shares these very tensors
-            blobs[index].copy_(value.reshape(blobs[index].shape))
-
-    def apply_analog_update(self, lr: float) -> int:
-        with torch.no_grad():
-            return self.analog.apply_update(self._weight3(), lr)
-
     def forward(self, x):
         if self.analog is not None:
             assignment = None
             if self.scheme is not None:
                 assignment = self.scheme.assign(x.shape[0], *self.out_hw, training=self.training,
                                                 device=x.device)
-            return (analog_conv(x, self.weight, self.bias, assignment, self.kernel, self.stride,
-                                self.pad, self.analog),)
+            return (analog_conv(x, self.analog_weight(), self.bias, assignment, self.kernel,
+                                self.stride, self.pad, self.analog),)
         if self.scheme is None:
             return (F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation,
                              self.groups),)

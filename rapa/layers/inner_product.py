@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..analog import AnalogArrays, from_proto
+from ..analog import arrays_for
 from ..fillers import fill
 from ..proto import pb
 from .base import Layer, register
@@ -42,12 +42,7 @@ class InnerProduct(Layer):
         if ip.HasField("rpu_param"):
             if self.transpose:
                 raise self.error("an analog InnerProduct stores (O, K): transpose must be false")
-            try:
-                config = from_proto(ip.rpu_param, f"layer '{self.layer_name}' rpu_param")
-            except ValueError as e:
-                raise self.error(str(e).removeprefix(f"layer '{self.layer_name}' ")) from None
-            self.analog = AnalogArrays(config, (1, *wshape))
-            self.analog.clip_(self.weight.view(1, *wshape))
+            self.analog = arrays_for(self, ip.rpu_param, self.analog_weight())
 
     def learnable_blobs(self):
         return [self.weight] + ([self.bias] if self.bias is not None else [])
@@ -55,16 +50,9 @@ class InnerProduct(Layer):
     def state_blobs(self):
         return self.analog.state_blobs() if self.analog is not None else []
 
-    def load_state_blob(self, index, value):
-        blobs = self.state_blobs()
-        if not 0 <= index < len(blobs):
-            raise self.error(f"has no state blob {index}")
-        with torch.no_grad():
-            blobs[index].copy_(value.reshape(blobs[index].shape))
-
-    def apply_analog_update(self, lr: float) -> int:
-        with torch.no_grad():
-            return self.analog.apply_update(self.weight.view(1, *self.weight.shape), lr)
+    def analog_weight(self):
+        """The weight as one array of O x K: a view."""
+        return self.weight.view(1, *self.weight.shape)
 
     def forward(self, x):
         x = x.flatten(self.axis)
@@ -72,7 +60,7 @@ class InnerProduct(Layer):
             lead = x.shape[:-1]
             rows = x.reshape(-1, x.shape[-1])
             tile = torch.zeros(rows.shape[0], dtype=torch.long, device=x.device)
-            out = self.analog.matmul(rows, self.weight.view(1, *self.weight.shape), tile)
+            out = self.analog.matmul(rows, self.analog_weight(), tile)
             if self.bias is not None:
                 out = out + self.bias
             return (out.view(*lead, -1),)
