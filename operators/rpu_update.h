@@ -4,9 +4,11 @@
 // tile[m], applied in row order as the array would (Gokmen & Vlasov 2016):
 //   bit-length management: BL = clamp(ceil(lr |x|max |d|max / dw_min), 1, desired_bl),
 //     else BL = desired_bl;
-//   update management: x fires with probability A |x_j|, d with B |d_i|, where
-//     A |x|max = B |d|max and A B BL dw_min = lr (so the largest x and d fire with probability
-//     about 1); without it A = B = sqrt(lr / (BL dw_min));
+//   update management (implied by bit-length management, as in aihwkit): x fires with
+//     probability A |x_j|, d with B |d_i|, where A |x|max = B |d|max and A B BL dw_min = lr
+//     (so the largest x and d fire with probability about 1); when lr |x|max |d|max exceeds
+//     BL dw_min (BL capped), A |x|max = 1 and d's probabilities clip instead (aihwkit 1.1.0);
+//     without it A = B = sqrt(lr / (BL dw_min));
 //   pulse trains: BL independent bits per x_j and per d_i, bit-packed; coincidences
 //     n = popcount(bits(x_j) & bits(d_i));
 //   each coincidence moves w_ij by its own up or down step (device-to-device draws, fixed per
@@ -48,9 +50,18 @@ RAPA_HD_RNG inline RowPulses row_pulses(double xmax, double dmax, const UpdateSe
     p.bl = static_cast<int>(need < 1 ? 1 : (need > u.desired_bl ? u.desired_bl : need));
   }
   const double unit = u.lr / (p.bl * u.dw_min);
-  if (u.update_management) {
-    p.a = sqrt(unit * dmax / xmax);
-    p.b = sqrt(unit * xmax / dmax);
+  // Bit-length management implies update management (as in aihwkit).
+  if (u.update_management || u.bl_management) {
+    const double need = u.lr * xmax * dmax / u.dw_min;
+    if (need > p.bl) {
+      // The product needs more than BL coincidences: the largest x still fires every bit and
+      // d takes the clipping, so that x's pulses keep their proportions (aihwkit's rule).
+      p.a = 1 / xmax;
+      p.b = unit * xmax;
+    } else {
+      p.a = sqrt(unit * dmax / xmax);
+      p.b = sqrt(unit * xmax / dmax);
+    }
   } else {
     p.a = p.b = sqrt(unit);
   }

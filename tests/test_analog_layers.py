@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import rapa  # noqa: F401
-from rapa.analog import RPUConfig, from_proto, perfect
+from rapa.analog import MappingParameters, RPUConfig, from_proto, perfect
 from rapa.analog.arrays import AnalogArrays, analog_conv
 from rapa.layers.base import make_layer
 from rapa.proto import pb
@@ -67,6 +67,71 @@ def test_pulsed_update_of_an_ideal_conv_is_sgd_on_average():
     assert (mean - w0).abs().max() > 10 * (mean - sgd).abs().max()
 
 
+def _ideal(cfg, dw_min, bound=1e6):
+    cfg.device = dataclasses.replace(cfg.device, dw_min=dw_min, dw_min_dtod=0, dw_min_std=0,
+                                     up_down_dtod=0, w_max=bound, w_min=-bound, w_max_dtod=0,
+                                     w_min_dtod=0)
+    return cfg
+
+
+def test_weight_scaling_maps_each_array_and_computes_the_layers_product():
+    torch.manual_seed(3)
+    cfg = _ideal(perfect(), 1e-3, bound=0.6)
+    cfg.mapping = MappingParameters(weight_scaling_omega=0.6)
+    w = torch.randn(4, 5, 3, 3, 3, dtype=torch.float64)
+    w *= torch.tensor([1e-4, 1e-2, 1.0, 3.0], dtype=torch.float64).view(4, 1, 1, 1, 1)
+    wa = w.clone()
+    arrays = AnalogArrays(cfg, (4, 5, 27)).double()
+    arrays.map_(wa.view(4, 5, 27))
+    # Each array's largest conductance is omega; alpha times the conductances is the weight.
+    torch.testing.assert_close(wa.abs().amax(dim=(1, 2, 3, 4)),
+                               torch.full((4,), 0.6, dtype=torch.float64))
+    torch.testing.assert_close(arrays.out_scale.view(4, 1, 1, 1, 1) * wa, w)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64)
+    tile = torch.randint(-1, 4, (2, 5, 5))
+    out = analog_conv(x, wa.view(4, 5, 27), b, tile, (3, 3), (2, 2), (1, 1), arrays)
+    ref = rapa.ops.tiled_conv(x, w, b, tile, 2, 1)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0],
+                               torch.autograd.grad(ref, x, g)[0])
+
+
+def test_weight_scaled_update_is_sgd_on_the_layers_weights_on_average():
+    # Weights of 1e-3 mapped to conductances of up to 0.5: the arrays' rate is lr / alpha^2, so
+    # that alpha times the conductances takes the SGD step of the layer's weights.
+    torch.manual_seed(4)
+    dw_min = 0.25
+    cfg = _ideal(perfect(), dw_min)
+    cfg.mapping = MappingParameters(weight_scaling_omega=0.5)
+    x = torch.rand(1, 2, 5, 5, dtype=torch.float64)
+    w0 = torch.randn(3, 2, 3, 3, dtype=torch.float64) * 1e-3
+    g = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    lr = 5e-3
+    wd = w0.clone().requires_grad_()
+    F.conv2d(x, wd, padding=1).backward(g)
+    sgd = w0 - lr * wd.grad
+    draws = 400
+    total = torch.zeros_like(w0)
+    for _ in range(draws):
+        w = w0.clone()
+        arrays = AnalogArrays(cfg, (1, 3, 18)).double()
+        arrays.map_(w.view(1, 3, 18))
+        w.requires_grad_()  # the weight's backward records the rows for the pulses
+        out = analog_conv(x, w.view(1, 3, 18), None, None, (3, 3), (1, 1), (1, 1), arrays)
+        out.backward(g)
+        arrays.apply_update(w.view(1, 3, 18), lr)
+        total += arrays.out_scale * w.detach()
+    mean = total / draws
+    alpha = w0.abs().max().item() / 0.5
+    # No patch asks for more than BL = 31 pulses (nothing truncated); within 5 standard errors,
+    # a draw's spread being at most alpha dw_min sqrt(25 patches * BL / 4).
+    assert lr * x.max() * g.abs().max() / (alpha * dw_min) < 31
+    assert (mean - sgd).abs().max() < 5 * alpha * dw_min * (25 * 31 / 4) ** 0.5 / draws ** 0.5
+    assert (mean - w0).abs().max() > 10 * (mean - sgd).abs().max()
+
+
 def test_rpu_param_in_prototxt_overrides_the_preset():
     msg = parse_text('preset: "rasch_2019" device { dw_min: 0.002 } '
                      'forward { out_noise: 0.1 bound_management: "none" } '
@@ -77,6 +142,9 @@ def test_rpu_param_in_prototxt_overrides_the_preset():
     assert cfg.forward.bound_management == "none" and cfg.backward.bound_management == "iterative"
     assert cfg.update.desired_bl == 15
     assert from_proto(pb.RPUParameter(preset="rasch_2019")).device.dw_min == 0.00025
+    assert from_proto(pb.RPUParameter(preset="rasch_2019")).mapping.weight_scaling_omega == 0.6
+    assert from_proto(parse_text("mapping { weight_scaling_omega: 0.3 }", pb.RPUParameter())
+                      ).mapping.weight_scaling_omega == pytest.approx(0.3)
     assert from_proto(pb.RPUParameter()).device.dw_min == 0.001
     with pytest.raises(ValueError, match="unknown preset 'x'; known: gokmen_vlasov_2016"):
         from_proto(pb.RPUParameter(preset="x"))

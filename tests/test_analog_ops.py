@@ -127,12 +127,30 @@ def ideal_state(shape, dw_min, bound=1e9):
             "w_max": ones * bound}
 
 
-@pytest.mark.parametrize("management", [(True, True), (True, False), (False, False)])
-def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(management):
+def pulse_probabilities(x, d, lr, dw_min, desired_bl, um, blm):
+    """Theory of one row's pulse trains: (BL, P(x_j fires), P(d_i fires))."""
+    xmax, dmax = x.abs().max().item(), d.abs().max().item()
+    need = lr * xmax * dmax / dw_min
+    bl = int(min(max(math.ceil(need), 1), desired_bl)) if blm else desired_bl
+    unit = lr / (bl * dw_min)
+    if um or blm:  # bit-length management implies update management
+        if need > bl:  # BL capped: x keeps its proportions, d clips
+            a, b = 1 / xmax, unit * xmax
+        else:
+            a, b = math.sqrt(unit * dmax / xmax), math.sqrt(unit * xmax / dmax)
+    else:
+        a = b = math.sqrt(unit)
+    return bl, (a * x.abs()).clamp(max=1), (b * d.abs()).clamp(max=1)
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.2])
+@pytest.mark.parametrize("management", [(True, True), (True, False), (False, True),
+                                        (False, False)])
+def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(management, lr):
     um, blm = management
     torch.manual_seed(2)
     O, K, draws = 4, 6, 3000
-    dw_min, lr = 1e-3, 0.02
+    dw_min = 1e-3
     x = torch.randn(1, K, dtype=torch.float64)
     d = torch.randn(1, O, dtype=torch.float64) * 0.5
     device = ConstantStepDevice(dw_min=dw_min, dw_min_std=0.0)
@@ -144,20 +162,36 @@ def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(managem
                torch.arange(draws), lr, state, device, update)
     sgd = -lr * d[0][:, None] * x[0][None, :]
     # Theory: n ~ Binomial(BL, px pd), dw = -sign dw_min n.
-    xmax, dmax = x.abs().max(), d.abs().max()
-    bl = 31
-    if blm:
-        bl = int(min(max(math.ceil(lr * xmax * dmax / dw_min), 1), 31))
-    unit = lr / (bl * dw_min)
-    a, b = ((math.sqrt(unit * dmax / xmax), math.sqrt(unit * xmax / dmax)) if um
-            else (math.sqrt(unit), math.sqrt(unit)))
-    p = (a * x[0].abs()).clamp(max=1)[None, :] * (b * d[0].abs()).clamp(max=1)[:, None]
+    bl, px, pd = pulse_probabilities(x[0], d[0], lr, dw_min, 31, um, blm)
+    p = px[None, :] * pd[:, None]
     mean = -torch.sign(d[0])[:, None] * torch.sign(x[0])[None, :] * dw_min * bl * p
     var = dw_min ** 2 * bl * p * (1 - p)
-    torch.testing.assert_close(mean, sgd, rtol=1e-9, atol=1e-12)   # unclipped: exactly SGD
+    if (px < 1).all() and (pd < 1).all():
+        torch.testing.assert_close(mean, sgd, rtol=1e-9, atol=1e-12)  # unclipped: exactly SGD
+    else:
+        assert (mean.abs() <= sgd.abs() + 1e-12).all()  # clipped: never more than SGD
     se = (var / draws).sqrt()
     assert ((w.mean(0) - mean).abs() <= 5 * se + 1e-12).all()
     assert ((w.var(0) - var).abs() <= 6 * var * math.sqrt(2 / draws) + 1e-12).all()
+
+
+def test_a_capped_bit_length_clips_d_and_keeps_x_in_proportion():
+    # lr |x|max |d|max / dw_min = 1000 > BL 31: the largest x fires every bit, and the x
+    # trains keep their proportions (aihwkit's rule); d clips.
+    x = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    d = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    bl, px, pd = pulse_probabilities(x, d, 1.0, 1e-3, 31, True, True)
+    assert bl == 31
+    torch.testing.assert_close(px, x)
+    torch.testing.assert_close(pd, torch.tensor([1.0, 0.01 * 1.0 / (31e-3)],
+                                                 dtype=torch.float64))
+    draws = 2000
+    w = torch.zeros(draws, 2, 3, dtype=torch.float64)
+    rpu_update(w, x.expand(draws, 3).contiguous(), d.expand(draws, 2).contiguous(),
+               torch.arange(draws), 1.0, ideal_state((draws, 2, 3), 1e-3),
+               ConstantStepDevice(dw_min=1e-3, dw_min_std=0.0), UpdateParameters(desired_bl=31))
+    counts = -w.mean(0)[0] / 1e-3
+    torch.testing.assert_close(counts, 31 * x, rtol=0.05, atol=0)
 
 
 def test_cycle_to_cycle_variation_adds_the_predicted_spread():

@@ -32,14 +32,33 @@ class AnalogArrays(torch.nn.Module):
         self.register_buffer("dw_down", dev.dw_min * (gain - beta).clamp_min(0))
         self.register_buffer("w_min", w_min)
         self.register_buffer("w_max", torch.maximum(w_max, w_min))
+        # Digital output scale alpha of each array (weight scaling; 1 without it).
+        self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
+    @property
+    def scaled(self) -> bool:
+        return self.config.mapping.weight_scaling_omega > 0
+
     def state_blobs(self) -> list[Tensor]:
-        return [getattr(self, n) for n in STATE_NAMES]
+        """What a .caffemodel keeps besides the weights: the device draws, the scales."""
+        return [getattr(self, n) for n in STATE_NAMES] + [self.out_scale]
 
     def device_state(self) -> dict[str, Tensor]:
         """The per-device draws, by the names rapa.analog.rpu_update takes."""
-        return dict(zip(STATE_NAMES, self.state_blobs()))
+        return {n: getattr(self, n) for n in STATE_NAMES}
+
+    @torch.no_grad()
+    def map_(self, weight3: Tensor) -> None:
+        """Weights written at set-up (fillers): with weight scaling, each array's become
+        conductances whose largest magnitude is omega, and alpha keeps their scale."""
+        if self.scaled:
+            amax = weight3.abs().amax(dim=(1, 2))
+            alpha = torch.where(amax > 0, amax / self.config.mapping.weight_scaling_omega,
+                                torch.ones_like(amax))
+            weight3.div_(alpha.view(-1, 1, 1).to(weight3.dtype))
+            self.out_scale.copy_(alpha)
+        self.clip_(weight3)
 
     @torch.no_grad()
     def clip_(self, weight3: Tensor) -> None:
@@ -47,16 +66,25 @@ class AnalogArrays(torch.nn.Module):
         weight3.copy_(torch.minimum(torch.maximum(weight3, self.w_min), self.w_max))
 
     def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
-        """Row m of `rows` (M, K) through array tile[m]: (M, O). Differentiable in `rows`; the
-        backward pass records the rows for the pulsed update instead of a weight gradient."""
-        return _AnalogProduct.apply(rows, weight3, tile, self)
+        """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
+        scale. Differentiable in `rows`; the backward pass records the rows for the pulsed
+        update instead of a weight gradient."""
+        out = _AnalogProduct.apply(rows, weight3, tile, self)
+        if self.scaled:  # a tile of -1 gives a zero row whatever the scale
+            out = out * self.out_scale.to(out.dtype)[tile.clamp_min(0)].unsqueeze(1)
+        return out
 
     @torch.no_grad()
     def apply_update(self, weight3: Tensor, lr: float) -> int:
-        """The pulsed update of every recorded backward pass, in order; returns their count."""
+        """The pulsed update of every recorded backward pass, in order; returns their count.
+        With weight scaling, array t runs at the rate lr / alpha_t^2: the recorded d is
+        alpha_t times the layer's output gradient, so the layer's weights, alpha_t times the
+        conductances, move by -lr d x^T on average, as in SGD."""
         done = len(self.pending)
         state = self.device_state()
         for x, d, tile in self.pending:
+            if self.scaled:
+                d = d / self.out_scale.to(d.dtype)[tile.clamp_min(0)].square().unsqueeze(1)
             rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
         self.pending.clear()
         return done
@@ -64,13 +92,14 @@ class AnalogArrays(torch.nn.Module):
 
 def arrays_for(layer, msg, weight3: Tensor) -> AnalogArrays:
     """The arrays of `layer` from its rpu_param `msg`, holding `weight3` (T, O, K), which is
-    clipped into the devices' bounds; a bad setting is the layer's error."""
+    mapped onto conductances (weight scaling) and clipped into the devices' bounds; a bad
+    setting is the layer's error."""
     try:
         config = from_proto(msg, "rpu_param")
     except ValueError as e:
         raise layer.error(str(e)) from None
     arrays = AnalogArrays(config, tuple(weight3.shape))
-    arrays.clip_(weight3)
+    arrays.map_(weight3)
     return arrays
 
 

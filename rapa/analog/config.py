@@ -143,9 +143,12 @@ class UpdateParameters:
     """Length of the stochastic pulse trains, the largest when bit-length management is on
     (Gokmen & Vlasov 2016: BL 10; Gokmen et al. 2017 and aihwkit: 31). At most 64."""
     update_management: bool = True
-    """Balance the pulse probabilities of x and d so that their largest entries fire alike."""
+    """Balance the pulse probabilities of x and d so that their largest entries fire alike;
+    where BL pulses cannot reach lr |x|max |d|max (BL capped), the largest x fires every bit
+    and d's probabilities clip (aihwkit 1.1.0's rule, checked by bench/update_stats.py)."""
     update_bl_management: bool = True
-    """Shorten the trains to BL = ceil(lr |x|max |d|max / dw_min) where that is enough."""
+    """Shorten the trains to BL = ceil(lr |x|max |d|max / dw_min) where that is enough. Implies
+    update management, as in aihwkit."""
 
     def check(self, where: str) -> None:
         if not 1 <= self.desired_bl <= 64:
@@ -154,19 +157,42 @@ class UpdateParameters:
 
 
 @dataclass
+class MappingParameters:
+    """How a layer's weights map onto conductances (weight scaling: Rasch, Gokmen & Haensch
+    2019, "Training large-scale ANNs on simulated resistive crossbar arrays"; aihwkit's
+    MappingParameter)."""
+
+    weight_scaling_omega: float = 0.0
+    """When > 0, each array's weights are divided at set-up by a digital scale alpha so that
+    their largest magnitude is omega (in the devices' units: 0.6 is the nominal bound); the
+    array's outputs are multiplied by alpha, and its pulsed update runs at the rate
+    lr / alpha^2, so that the layer's weights (alpha times the conductances) compute and learn
+    as the digital layer would. A net's fillers (Caffe's std 1e-4 for conv1) would otherwise
+    leave the signal far below the output noise and the ADC step. 0: weights are conductances
+    as they are (aihwkit's default)."""
+
+    def check(self, where: str) -> None:
+        if not self.weight_scaling_omega >= 0:
+            raise ValueError(f"{where}: mapping.weight_scaling_omega must be >= 0, got "
+                             f"{self.weight_scaling_omega}")
+
+
+@dataclass
 class RPUConfig:
-    """One array's device, periphery and update: aihwkit's SingleRPUConfig."""
+    """One array's device, periphery, update and weight mapping: aihwkit's SingleRPUConfig."""
 
     device: ConstantStepDevice = field(default_factory=ConstantStepDevice)
     forward: IOParameters = field(default_factory=IOParameters)
     backward: IOParameters = field(default_factory=IOParameters)
     update: UpdateParameters = field(default_factory=UpdateParameters)
+    mapping: MappingParameters = field(default_factory=MappingParameters)
 
     def check(self, where: str = "rpu_param") -> None:
         self.device.check(where)
         self.forward.check(f"{where}: forward")
         self.backward.check(f"{where}: backward")
         self.update.check(where)
+        self.mapping.check(where)
 
 
 class GokmenVlasov2016(RPUConfig):
@@ -186,11 +212,16 @@ class Rasch2019Device(ConstantStepDevice):
 
 @dataclass
 class Rasch2019(RPUConfig):
-    """The RPU arrays of the paper's section 3.2 (Gokmen & Vlasov 2016 with Rasch2019Device)."""
+    """The RPU arrays of the paper's section 3.2 (Gokmen & Vlasov 2016 with Rasch2019Device),
+    with the weight scaling of the "compensatory measures" it cites (Rasch et al. 2019): each
+    array's largest initial weight maps to the nominal bound, omega = 0.6."""
 
     device: ConstantStepDevice = field(default_factory=Rasch2019Device)
+    mapping: MappingParameters = field(
+        default_factory=lambda: MappingParameters(weight_scaling_omega=0.6))
 
 
+PARTS = ("device", "forward", "backward", "update", "mapping")
 PRESETS = {"gokmen_vlasov_2016": GokmenVlasov2016, "rasch_2019": Rasch2019}
 
 
@@ -200,7 +231,7 @@ def from_proto(msg, where: str = "rpu_param") -> RPUConfig:
         raise ValueError(f"{where}: unknown preset '{msg.preset}'; known: "
                          f"{', '.join(sorted(PRESETS))}")
     config = PRESETS[msg.preset]()
-    for part in ("device", "forward", "backward", "update"):
+    for part in PARTS:
         if not msg.HasField(part):
             continue
         sub, target = getattr(msg, part), getattr(config, part)
@@ -213,7 +244,7 @@ def from_proto(msg, where: str = "rpu_param") -> RPUConfig:
 def describe(config: RPUConfig) -> str:
     """One line per part, for logs."""
     parts = []
-    for part in ("device", "forward", "backward", "update"):
+    for part in PARTS:
         sub = getattr(config, part)
         fields = ", ".join(f"{f.name}={getattr(sub, f.name)!r}" for f in dataclasses.fields(sub))
         parts.append(f"{part}: {fields}")
