@@ -4,7 +4,8 @@
 
 Nets (one step = forward, backward, update; the same in-memory batch):
   rapa none      prototxt/cifar10/none_max_rpu.prototxt: every Convolution and the
-                 InnerProduct on analog arrays (preset gokmen_vlasov_2016), pulsed updates
+                 InnerProduct on analog arrays, with the preset set to gokmen_vlasov_2016
+                 (the nets' own rasch_2019 has 4 times the states), pulsed updates
   rapa random    prototxt/cifar10/random_max_rpu.prototxt: the same with random tiling
                  (16, 4, 1): 21 arrays
   aihwkit        the Full net of AnalogConv2d/AnalogLinear with aihwkit's ConstantStepDevice
@@ -35,12 +36,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_nets import torch_step  # noqa: E402
 
+# The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
+# update takes, so the two must match.
+LR = 0.001
+
 
 def analog_step(path, batch):
     param = read_text(path, pb.NetParameter())
     for layer in param.layer:
         if layer.type == "Data":
             layer.data_param.batch_size = batch
+        # aihwkit's SingleRPUConfig defaults: the Gokmen & Vlasov device, no weight scaling.
+        for sub in (layer.convolution_param, layer.inner_product_param):
+            if sub.HasField("rpu_param"):
+                sub.rpu_param.Clear()
+                sub.rpu_param.preset = "gokmen_vlasov_2016"
     net = Net(param, pb.TRAIN, source=str(path))
     net.train()
     x = torch.rand(batch, 3, 32, 32) * 255 - 128
@@ -51,9 +61,9 @@ def analog_step(path, batch):
         loss.backward()
         for _, p, _ in net.learnable():  # biases: plain SGD
             if p.grad is not None:
-                p.data.add_(p.grad, alpha=-1e-4)
+                p.data.add_(p.grad, alpha=-LR)
                 p.grad = None
-        net.analog_update(1e-4)
+        net.analog_update(LR)
     return step
 
 
