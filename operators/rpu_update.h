@@ -45,14 +45,15 @@ struct RowPulses {
 RAPA_HD_RNG inline RowPulses row_pulses(double xmax, double dmax, const UpdateSettings& u) {
   RowPulses p{static_cast<int>(u.desired_bl), 0.0, 0.0};
   if (!(xmax > 0) || !(dmax > 0) || !(u.lr > 0)) return p;  // nothing fires
+  // Coincidences the largest x and d need between them.
+  const double need = u.lr * xmax * dmax / u.dw_min;
   if (u.bl_management) {
-    const double need = ceil(u.lr * xmax * dmax / u.dw_min);
-    p.bl = static_cast<int>(need < 1 ? 1 : (need > u.desired_bl ? u.desired_bl : need));
+    const double bl = ceil(need);
+    p.bl = static_cast<int>(bl < 1 ? 1 : (bl > u.desired_bl ? u.desired_bl : bl));
   }
   const double unit = u.lr / (p.bl * u.dw_min);
   // Bit-length management implies update management (as in aihwkit).
   if (u.update_management || u.bl_management) {
-    const double need = u.lr * xmax * dmax / u.dw_min;
     if (need > p.bl) {
       // The product needs more than BL coincidences: the largest x still fires every bit and
       // d takes the clipping, so that x's pulses keep their proportions (aihwkit's rule).

@@ -65,13 +65,18 @@ class AnalogArrays(torch.nn.Module):
         """Weights written to the arrays (fillers, loaded models) saturate at the bounds."""
         weight3.copy_(torch.minimum(torch.maximum(weight3, self.w_min), self.w_max))
 
+    def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
+        """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
+        (its row is zero whatever the scale)."""
+        return self.out_scale.to(dtype)[tile.clamp_min(0)].unsqueeze(1)
+
     def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
         """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
         scale. Differentiable in `rows`; the backward pass records the rows for the pulsed
         update instead of a weight gradient."""
         out = _AnalogProduct.apply(rows, weight3, tile, self)
-        if self.scaled:  # a tile of -1 gives a zero row whatever the scale
-            out = out * self.out_scale.to(out.dtype)[tile.clamp_min(0)].unsqueeze(1)
+        if self.scaled:
+            out = out * self.row_scales(tile, out.dtype)
         return out
 
     @torch.no_grad()
@@ -84,7 +89,7 @@ class AnalogArrays(torch.nn.Module):
         state = self.device_state()
         for x, d, tile in self.pending:
             if self.scaled:
-                d = d / self.out_scale.to(d.dtype)[tile.clamp_min(0)].square().unsqueeze(1)
+                d = d / self.row_scales(tile, d.dtype).square()
             rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
         self.pending.clear()
         return done
