@@ -14,6 +14,9 @@ Nets (one step = forward, backward, update; the same in-memory batch):
                  torch 2.10.0: a separate environment), skipped without it
   torch.nn       the hand-written floating-point Full net (bench_nets.py), torch.optim.SGD
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
+All of them, aihwkit's process included, run with freed memory kept for reuse (rapa.allocator,
+as the rapa command does; glibc's own settings for aihwkit), or with --system-malloc all with
+glibc's defaults.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 import torch
 
 import rapa  # noqa: F401
+from rapa.allocator import KEEP_FREED_ENV, keep_freed_memory
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
@@ -83,7 +87,11 @@ def main():
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
+    p.add_argument("--system-malloc", action="store_true",
+                   help="glibc's default allocation (every large buffer paged in anew)")
     args = p.parse_args()
+    kept = not args.system_malloc and keep_freed_memory()
+    aihwkit_env = dict(os.environ, **(KEEP_FREED_ENV if kept else {}))
     torch.manual_seed(0)
     steps = {
         "rapa none": analog_step(ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch),
@@ -97,11 +105,12 @@ def main():
         if args.aihwkit_python:
             out = subprocess.run([args.aihwkit_python, str(ROOT / "bench/aihwkit_full.py"),
                                   "speed", str(args.batch), str(args.seconds)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True, env=aihwkit_env)
             results["aihwkit"].append(float(out.stdout.split()[-1]))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"Analog training throughput, images/s (cpu, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s)")
+          f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s, "
+          f"{'freed memory kept' if kept else 'system malloc'})")
     ref = med.get("aihwkit")
     for name, value in med.items():
         ratio = f"{value / ref:6.2f}x aihwkit" if ref else ""

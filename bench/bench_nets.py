@@ -11,6 +11,8 @@ hand-written net: above 1 is faster.
 Data path: batches of the training LMDB (data/cifar10, or a synthetic one of the same shape)
 read, decoded and augmented (mirror, brightness, mean; and strong augmentation) by the
 background prefetcher, consumed as fast as it delivers them.
+Freed memory is kept for reuse, as the rapa command does (rapa.allocator); --system-malloc
+measures with glibc's defaults.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import rapa  # noqa: F401
+from rapa.allocator import keep_freed_memory
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
@@ -92,9 +95,9 @@ def torch_step(batch, device):
     return step
 
 
-def bench_nets(device, batches, repeat):
+def bench_nets(device, batches, repeat, kept):
     print(f"Training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
-          f"median of {repeat})")
+          f"median of {repeat}, {'freed memory kept' if kept else 'system malloc'})")
     print(f"{'batch':>5} {'rapa random':>12} {'rapa plain':>11} {'torch.nn':>9} "
           f"{'random/nn':>10} {'plain/nn':>9}")
     nets = []
@@ -146,11 +149,14 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[10, 100])
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="glibc's default allocation (every large buffer paged in anew)")
     args = p.parse_args()
+    kept = not args.system_malloc and keep_freed_memory()
     device = torch.device(args.device)
     torch.manual_seed(0)
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
-    bench_nets(device, args.batch, args.repeat)
+    bench_nets(device, args.batch, args.repeat, kept)
     if not args.skip_data:
         bench_data(args.batch)
 

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "launch.cuh"
 #include "rpu_update.h"
 
@@ -48,6 +50,23 @@ __global__ void apply_kernel(S* __restrict__ w, const S* __restrict__ x, const S
 
 struct CudaUpdateKernels {
   static at::Tensor row_absmax(const at::Tensor& x) { return x.abs().amax(1); }
+
+  // Every train as a word (bx, bd), then one thread per weight over its array's rows, sorted.
+  static void update(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
+      const at::Tensor& tile, const at::Tensor& xmax, const at::Tensor& dmax,
+      const at::Tensor& dw_up, const at::Tensor& dw_down, const at::Tensor& w_min,
+      const at::Tensor& w_max, const at::Tensor& seed, const UpdateSettings& u) {
+    const int64_t M = x.size(0), T = weight.size(0);
+    const at::Tensor order = rows_by_tile(tile);
+    const std::vector<int64_t> counts = tile_counts(tile, order, T);
+    std::vector<int64_t> offsets(T + 1, 0);
+    for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + counts[t];
+    const at::Tensor offs = at::tensor(offsets, tile.options().device(at::kCPU)).to(tile.device());
+    at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
+    at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
+    pulses(x, d, xmax, dmax, seed, u, bx, bd);
+    apply(weight, x, d, bx, bd, order, offs, dw_up, dw_down, w_min, w_max, seed, u);
+  }
 
   static void pulses(const at::Tensor& x, const at::Tensor& d, const at::Tensor& xmax,
       const at::Tensor& dmax, const at::Tensor& seed, const UpdateSettings& u, at::Tensor& bx,

@@ -18,8 +18,8 @@
 // Rows of different arrays never touch the same weight, and one weight's sequence depends only
 // on its own pulses, so kernels may run weights in parallel while each walks its rows in order.
 //
-// `Kernels` supplies row_absmax(x), pulses(...) (the bit trains) and apply(...) (the walk) for
-// one device.
+// `Kernels` supplies row_absmax(x) and update(...) (the pulse trains and the walk) for one
+// device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -132,20 +132,11 @@ void rpu_update_driver(at::Tensor& weight, const at::Tensor& x, const at::Tensor
     const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
     const UpdateSettings& u) {
   check_rpu_update(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, u);
-  const int64_t M = x.size(0), T = weight.size(0);
-  if (M == 0 || u.lr == 0 || weight.numel() == 0) return;
+  if (x.size(0) == 0 || u.lr == 0 || weight.numel() == 0) return;
   const at::Tensor xc = x.contiguous(), dc = d.contiguous();
   const at::Tensor xmax = Kernels::row_absmax(xc).to(at::kDouble);
   const at::Tensor dmax = Kernels::row_absmax(dc).to(at::kDouble);
-  const at::Tensor order = rows_by_tile(tile);
-  const std::vector<int64_t> counts = tile_counts(tile, order, T);
-  std::vector<int64_t> offsets(T + 1, 0);
-  for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + counts[t];
-  const at::Tensor offs = at::tensor(offsets, tile.options().device(at::kCPU)).to(tile.device());
-  at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
-  at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
-  Kernels::pulses(xc, dc, xmax, dmax, seed, u, bx, bd);
-  Kernels::apply(weight, xc, dc, bx, bd, order, offs, dw_up.contiguous(), dw_down.contiguous(),
+  Kernels::update(weight, xc, dc, tile, xmax, dmax, dw_up.contiguous(), dw_down.contiguous(),
       w_min.contiguous(), w_max.contiguous(), seed, u);
 }
 

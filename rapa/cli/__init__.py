@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..allocator import keep_freed_memory
 from ..errors import RapaError
 
 COMMANDS = ("train", "test", "time", "plot", "convert_cifar", "convert_svhn", "convert_imageset",
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.run(args) or 0
     except RapaError as e:
