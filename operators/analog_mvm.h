@@ -36,12 +36,19 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
   check_analog_io(io);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t M = x.size(0);
-  at::Tensor y = at::zeros({M, Out}, x.options());
-  if (M == 0 || In == 0 || Out == 0) return y;
+  if (M == 0 || In == 0 || Out == 0) return at::zeros({M, Out}, x.options());
 
   at::Tensor rows = rows_by_tile(tile);
   at::Tensor scale = io.noise_management ? Kernels::row_absmax(x) : at::ones({M}, x.options());
   if (io.noise_management) rows = rows.masked_select(scale.index_select(0, rows).gt(0));
+  // Every row in `rows` is written by some pass (bound management stops at its limit); the
+  // others are zero. Zeroing only those spares a pass over y, as large as the patch rows.
+  at::Tensor y = at::empty({M, Out}, x.options());
+  if (rows.numel() < M) {
+    at::Tensor unwritten = at::ones({M}, tile.options().dtype(at::kBool));
+    unwritten.index_fill_(0, rows, false);
+    y.index_fill_(0, at::nonzero(unwritten).squeeze(1), 0);
+  }
   at::Tensor reduction = at::ones({M}, x.options());  // bound management's factor per row
   for (int64_t pass = 0; rows.numel() > 0; ++pass) {
     const int64_t R = rows.numel();

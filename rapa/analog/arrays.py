@@ -146,5 +146,7 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
         if tile is None:
             out = out + b[0]
         else:
-            out = out + b[flat.clamp_min(0)] * (flat >= 0).unsqueeze(1).to(out.dtype)
+            # index_select: its backward adds rows (index_add_), where indexing's sorts them.
+            kept = (flat >= 0).unsqueeze(1).to(out.dtype)
+            out = out + b.index_select(0, flat.clamp_min(0)) * kept
     return out.view(n, ho * wo, -1).transpose(1, 2).reshape(n, -1, ho, wo)
