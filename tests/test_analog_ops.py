@@ -227,7 +227,7 @@ def test_weights_stay_within_their_own_bounds():
 
 def test_rows_update_only_their_array_in_order():
     torch.manual_seed(5)
-    T, O, K, M = 4, 3, 5, 30
+    T, O, K, M = 4, 3, 5, 300  # several blocks of rows in the CPU kernel
     w = torch.zeros(T, O, K, dtype=torch.float64)
     tile = torch.randint(-1, 2, (M,))                 # arrays 2 and 3 get no row
     x = torch.randn(M, K, dtype=torch.float64)
