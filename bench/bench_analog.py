@@ -31,14 +31,14 @@ import time
 import torch
 
 import rapa  # noqa: F401
-from rapa.allocator import KEEP_FREED_ENV, keep_freed_memory
+from rapa.allocator import KEEP_FREED_ENV
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_nets import torch_step  # noqa: E402
+from bench_nets import add_malloc_option, memory_setting, torch_step  # noqa: E402
 
 # The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
 # update takes, so the two must match.
@@ -87,10 +87,9 @@ def main():
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
-    p.add_argument("--system-malloc", action="store_true",
-                   help="glibc's default allocation (every large buffer paged in anew)")
+    add_malloc_option(p)
     args = p.parse_args()
-    kept = not args.system_malloc and keep_freed_memory()
+    kept, memory = memory_setting(args)
     aihwkit_env = dict(os.environ, **(KEEP_FREED_ENV if kept else {}))
     torch.manual_seed(0)
     steps = {
@@ -109,8 +108,7 @@ def main():
             results["aihwkit"].append(float(out.stdout.split()[-1]))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"Analog training throughput, images/s (cpu, {torch.get_num_threads()} threads, "
-          f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s, "
-          f"{'freed memory kept' if kept else 'system malloc'})")
+          f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s, {memory})")
     ref = med.get("aihwkit")
     for name, value in med.items():
         ratio = f"{value / ref:6.2f}x aihwkit" if ref else ""

@@ -95,9 +95,20 @@ def torch_step(batch, device):
     return step
 
 
-def bench_nets(device, batches, repeat, kept):
+def add_malloc_option(parser):
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="glibc's default allocation (every large buffer paged in anew)")
+
+
+def memory_setting(args) -> tuple[bool, str]:
+    """Freed memory kept for reuse unless --system-malloc: (whether it is, a label)."""
+    kept = not args.system_malloc and keep_freed_memory()
+    return kept, "freed memory kept" if kept else "system malloc"
+
+
+def bench_nets(device, batches, repeat, memory):
     print(f"Training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
-          f"median of {repeat}, {'freed memory kept' if kept else 'system malloc'})")
+          f"median of {repeat}, {memory})")
     print(f"{'batch':>5} {'rapa random':>12} {'rapa plain':>11} {'torch.nn':>9} "
           f"{'random/nn':>10} {'plain/nn':>9}")
     nets = []
@@ -149,14 +160,13 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[10, 100])
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--skip-data", action="store_true")
-    p.add_argument("--system-malloc", action="store_true",
-                   help="glibc's default allocation (every large buffer paged in anew)")
+    add_malloc_option(p)
     args = p.parse_args()
-    kept = not args.system_malloc and keep_freed_memory()
+    _, memory = memory_setting(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
-    bench_nets(device, args.batch, args.repeat, kept)
+    bench_nets(device, args.batch, args.repeat, memory)
     if not args.skip_data:
         bench_data(args.batch)
 
