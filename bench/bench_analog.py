@@ -1,6 +1,7 @@
 """Analog training throughput of the Full net: rapa against aihwkit and plain torch.
 
-    python bench/bench_analog.py [--batch 128] [--seconds 20] [--aihwkit-python PATH]
+    python bench/bench_analog.py [--device cpu|cuda] [--batch 128] [--seconds 20]
+                                 [--aihwkit-python PATH]
 
 Nets (one step = forward, backward, update; the same in-memory batch):
   rapa none      prototxt/cifar10/none_max_rpu.prototxt: every Convolution and the
@@ -11,7 +12,8 @@ Nets (one step = forward, backward, update; the same in-memory batch):
   aihwkit        the Full net of AnalogConv2d/AnalogLinear with aihwkit's ConstantStepDevice
                  and default IO/update parameters (the same Gokmen & Vlasov values), AnalogSGD;
                  run by bench/aihwkit_full.py under --aihwkit-python (aihwkit 1.1.0 needs
-                 torch 2.10.0: a separate environment), skipped without it
+                 torch 2.10.0: a separate environment, CPU only), skipped without it or on
+                 --device cuda
   torch.nn       the hand-written floating-point Full net (bench_nets.py), torch.optim.SGD
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
 All of them, aihwkit's process included, run with freed memory kept for reuse (rapa.allocator,
@@ -45,7 +47,7 @@ from bench_nets import add_malloc_option, memory_setting, torch_step  # noqa: E4
 LR = 0.001
 
 
-def analog_step(path, batch):
+def analog_step(path, batch, device):
     param = read_text(path, pb.NetParameter())
     for layer in param.layer:
         if layer.type == "Data":
@@ -55,10 +57,10 @@ def analog_step(path, batch):
             if sub.HasField("rpu_param"):
                 sub.rpu_param.Clear()
                 sub.rpu_param.preset = "gokmen_vlasov_2016"
-    net = Net(param, pb.TRAIN, source=str(path))
+    net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
     net.train()
-    x = torch.rand(batch, 3, 32, 32) * 255 - 128
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 3, 32, 32, device=device) * 255 - 128
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         loss = net.loss(net({"data": x, "label": y}))
@@ -71,47 +73,59 @@ def analog_step(path, batch):
     return step
 
 
-def rate(step, batch, seconds):
+def rate(step, batch, seconds, device):
     step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         step()
         count += batch
+        if count % (batch * 20) == 0:  # bounds the queue of launched work on a GPU
+            sync()
+    sync()
     return count / (time.perf_counter() - t0)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
     add_malloc_option(p)
     args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type != "cpu":
+        args.aihwkit_python = None
     kept, memory = memory_setting(args)
     aihwkit_env = dict(os.environ, **(KEEP_FREED_ENV if kept else {}))
     torch.manual_seed(0)
     steps = {
-        "rapa none": analog_step(ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch),
-        "rapa random": analog_step(ROOT / "prototxt/cifar10/random_max_rpu.prototxt", args.batch),
-        "torch.nn": torch_step(args.batch, torch.device("cpu")),
+        "rapa none": analog_step(ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch,
+                                 device),
+        "rapa random": analog_step(ROOT / "prototxt/cifar10/random_max_rpu.prototxt", args.batch,
+                                   device),
+        "torch.nn": torch_step(args.batch, device),
     }
     results = {k: [] for k in list(steps) + (["aihwkit"] if args.aihwkit_python else [])}
     for _ in range(args.rounds):
         for name, step in steps.items():
-            results[name].append(rate(step, args.batch, args.seconds))
+            results[name].append(rate(step, args.batch, args.seconds, device))
         if args.aihwkit_python:
             out = subprocess.run([args.aihwkit_python, str(ROOT / "bench/aihwkit_full.py"),
                                   "speed", str(args.batch), str(args.seconds)],
                                  capture_output=True, text=True, check=True, env=aihwkit_env)
             results["aihwkit"].append(float(out.stdout.split()[-1]))
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"Analog training throughput, images/s (cpu, {torch.get_num_threads()} threads, "
+    print(f"Analog training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s, {memory})")
-    ref = med.get("aihwkit")
+    ref_name = "aihwkit" if "aihwkit" in med else "torch.nn"
+    ref = med[ref_name]
     for name, value in med.items():
-        ratio = f"{value / ref:6.2f}x aihwkit" if ref else ""
+        ratio = f"{value / ref:6.2f}x {ref_name}"
         print(f"  {name:<12} {value:9.1f}  {ratio}")
 
 
