@@ -115,6 +115,10 @@ def random_assign(batch: int, height: int, width: int, num_tiles: int, *,
     if device is None and generator is not None:
         device = generator.device
     device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        # The op would start CUDA from C++, which skips the seeds that torch.manual_seed queues
+        # for CUDA's lazy start: starting it here applies them before the first draw.
+        torch.cuda.init()
     return torch.ops.rapa.random_assign(batch, height, width, num_tiles, generator=generator,
                                         device=device)
 
