@@ -1,13 +1,19 @@
 // CUDA kernels of rapa::tiled_conv and its backward.
 //
-// Patches are sorted by tile on the device (a stable argsort of the assignment); one kernel
-// gathers each kept patch into a tile-sorted im2col matrix, one cuBLAS product per tile (through
-// at::mm_out on row slices) multiplies it by that tile's kernel matrix, and one kernel writes
-// the output. The backward mirrors it; the input gradient is gathered per input pixel (no
-// atomics, so it is deterministic). The tile sizes reach the host in one small copy, which also
-// carries the range check of the assignment.
+// Patches are sorted by tile on the device (a stable argsort of the assignment) into a padded
+// layout: tile t owns rows [t * cap, t * cap + rows_t) of a (T, cap, K) im2col tensor, cap being
+// the largest tile's row count, and pad rows are zero. One kernel gathers the patches, one
+// batched cuBLAS product (bmm) multiplies every tile by its kernel matrix, and one kernel writes
+// the output: a fixed handful of launches whatever T is. The backward mirrors it (the weight
+// gradient is one bmm, the bias gradient one sum over rows, pad rows adding nothing); the input
+// gradient is gathered per input pixel (no atomics, so it is deterministic). The tile sizes
+// reach the host in one small copy, which also carries the range check of the assignment.
+// Balanced schemes pad little; the padding is at most T times the kept rows.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "checks.h"
 #include "single_tile.h"
@@ -24,7 +30,7 @@ Geometry geometry(const ConvShape& s) {
   return {s.C, s.H, s.W, s.O, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.Ho, s.Wo, s.K(), s.NP()};
 }
 
-// P[r, k] = input pixel k (in (c, ky, kx) order) of the r-th kept patch in tile order.
+// P[r, k] = input pixel k (in (c, ky, kx) order) of the patch on padded row r (0 on pad rows).
 template <typename scalar_t>
 __global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
     const int64_t* __restrict__ region, const int64_t* __restrict__ tiles,
@@ -32,6 +38,10 @@ __global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
   RAPA_KERNEL_LOOP(i, rows * g.K) {
     const int64_t r = i / g.K, k = i % g.K;
     const int64_t p = order[r], n = p / g.NP, q = p % g.NP;
+    if (p < 0) {
+      P[i] = scalar_t(0);
+      continue;
+    }
     const int64_t c = k / (g.kh * g.kw), ky = (k / g.kw) % g.kh, kx = k % g.kw;
     const int64_t iy = (q / g.Wo) * g.sh - g.ph + ky, ix = (q % g.Wo) * g.sw - g.pw + kx;
     scalar_t v = scalar_t(0);
@@ -54,13 +64,13 @@ __global__ void scatter_output_kernel(const scalar_t* __restrict__ Y,
   }
 }
 
-// G[r, o] = grad_output of the r-th kept patch in tile order.
+// G[r, o] = grad_output of the patch on padded row r (0 on pad rows).
 template <typename scalar_t>
 __global__ void gather_grad_kernel(const scalar_t* __restrict__ go,
     const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ G) {
   RAPA_KERNEL_LOOP(i, rows * g.O) {
     const int64_t r = i / g.O, o = i % g.O, p = order[r];
-    G[i] = go[((p / g.NP) * g.O + o) * g.NP + p % g.NP];
+    G[i] = p < 0 ? scalar_t(0) : go[((p / g.NP) * g.O + o) * g.NP + p % g.NP];
   }
 }
 
@@ -89,12 +99,12 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ dP, const int64_t* __
   }
 }
 
-// Patches sorted by tile: order (kept patches only), the row of each patch (-1 if dropped),
-// and the number of rows of each tile on the host.
+// Patches sorted by tile into the padded layout: order (the patch of each of the T * cap rows,
+// -1 on pad rows), the row of each patch (-1 if dropped), and the rows of each tile on the host.
 struct TileSort {
   at::Tensor order, row_of;
   std::vector<int64_t> rows;
-  int64_t kept = 0;
+  int64_t cap = 0;
 };
 
 TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
@@ -117,13 +127,16 @@ TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
   TORCH_CHECK(h[T + 2] >= -1, assignment_range_message(h[T + 2], T));
   TORCH_CHECK(h[T + 3] < T, assignment_range_message(h[T + 3], T));
   for (int64_t t = 0; t < T; ++t) ts.rows[t] = h[t + 1];
-  const int64_t dropped = h[0];
-  ts.kept = total - dropped;
-  const at::Tensor sorted = at::argsort(tiles, /*stable=*/true, 0, false);
-  ts.order = sorted.narrow(0, dropped, ts.kept);
-  ts.row_of = at::empty_like(tiles);
-  ts.row_of.scatter_(0, sorted, at::arange(-dropped, ts.kept, tiles.options()));
-  ts.row_of.clamp_min_(-1);
+  ts.cap = *std::max_element(ts.rows.begin(), ts.rows.end());
+  const int64_t dropped = h[0], kept = total - dropped;
+  // Kept patches in tile order; the j-th of them, on tile t, goes to row j - start_t + t * cap.
+  const at::Tensor sorted = at::argsort(tiles, /*stable=*/true, 0, false).narrow(0, dropped, kept);
+  const at::Tensor counts = stats.narrow(0, 1, T);
+  const at::Tensor shift = at::arange(T, tiles.options()) * ts.cap - (counts.cumsum(0) - counts);
+  const at::Tensor row =
+      at::arange(kept, tiles.options()) + shift.index_select(0, tiles.index_select(0, sorted));
+  ts.row_of = at::full({total}, -1, tiles.options()).index_copy_(0, sorted, row);
+  ts.order = at::full({T * ts.cap}, -1, tiles.options()).index_copy_(0, row, sorted);
   return ts;
 }
 
@@ -141,23 +154,17 @@ at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, x.options());
   if (out.numel() == 0) return out;
   const TileSort ts = sort_by_tile(tiles, s.T);
-  at::Tensor P = at::empty({ts.kept, g.K}, x.options());
-  at::Tensor Y = at::empty({ts.kept, g.O}, x.options());
+  at::Tensor P = at::empty({s.T, ts.cap, g.K}, x.options());
+  at::Tensor Y = at::empty({s.T, ts.cap, g.O}, x.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_cuda", [&] {
-    if (ts.kept > 0) {
-      gather_patches_kernel<scalar_t><<<grid_for(ts.kept * g.K), kThreads, 0, stream>>>(
+    if (ts.cap > 0) {
+      gather_patches_kernel<scalar_t><<<grid_for(P.numel()), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), reg.defined() ? reg.data_ptr<int64_t>() : nullptr,
-          tiles.data_ptr<int64_t>(), ts.order.data_ptr<int64_t>(), ts.kept, g,
+          tiles.data_ptr<int64_t>(), ts.order.data_ptr<int64_t>(), s.T * ts.cap, g,
           P.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    int64_t offset = 0;
-    for (int64_t t = 0; t < s.T; ++t) {
-      if (ts.rows[t] == 0) continue;
-      at::Tensor y_t = Y.narrow(0, offset, ts.rows[t]);
-      at::mm_out(y_t, P.narrow(0, offset, ts.rows[t]), kernels[t].t());
-      offset += ts.rows[t];
+      at::bmm_out(Y, P, kernels.transpose(1, 2));
     }
     scatter_output_kernel<scalar_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
         Y.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
@@ -196,39 +203,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
   const TileSort ts = sort_by_tile(tiles, s.T);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_backward_cuda", [&] {
-    at::Tensor G = at::empty({ts.kept, g.O}, opts);
-    at::Tensor P = mask[1] ? at::empty({ts.kept, g.K}, opts) : at::Tensor();
-    at::Tensor dP = mask[0] ? at::empty({ts.kept, g.K}, opts) : at::Tensor();
-    if (ts.kept > 0) {
-      gather_grad_kernel<scalar_t><<<grid_for(ts.kept * g.O), kThreads, 0, stream>>>(
-          go.data_ptr<scalar_t>(), ts.order.data_ptr<int64_t>(), ts.kept, g,
+    const int64_t rows = s.T * ts.cap;
+    at::Tensor G = at::empty({s.T, ts.cap, g.O}, opts);
+    at::Tensor P = mask[1] ? at::empty({s.T, ts.cap, g.K}, opts) : at::Tensor();
+    at::Tensor dP = mask[0] ? at::empty({s.T, ts.cap, g.K}, opts) : at::Tensor();
+    if (rows > 0) {
+      gather_grad_kernel<scalar_t><<<grid_for(G.numel()), kThreads, 0, stream>>>(
+          go.data_ptr<scalar_t>(), ts.order.data_ptr<int64_t>(), rows, g,
           G.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (mask[1]) {
-        gather_patches_kernel<scalar_t><<<grid_for(ts.kept * g.K), kThreads, 0, stream>>>(
+        gather_patches_kernel<scalar_t><<<grid_for(P.numel()), kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), reg_p, tiles.data_ptr<int64_t>(),
-            ts.order.data_ptr<int64_t>(), ts.kept, g, P.data_ptr<scalar_t>());
+            ts.order.data_ptr<int64_t>(), rows, g, P.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
+        at::bmm_out(gw, G.transpose(1, 2), P);
       }
-    }
-    int64_t offset = 0;
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t rows = ts.rows[t];
-      if (rows == 0) continue;
-      const at::Tensor g_t = G.narrow(0, offset, rows);
-      if (mask[2]) gb[t].copy_(g_t.sum(0));
-      if (mask[1]) {
-        at::Tensor gw_t = gw[t];
-        at::mm_out(gw_t, g_t.t(), P.narrow(0, offset, rows));
-      }
-      if (mask[0]) {
-        at::Tensor dp_t = dP.narrow(0, offset, rows);
-        at::mm_out(dp_t, g_t, kernels[t]);
-      }
-      offset += rows;
+      if (mask[2]) at::sum_out(gb, G, at::IntArrayRef{1});
+      if (mask[0]) at::bmm_out(dP, G, kernels);
     }
     if (mask[0]) {
-      if (ts.kept == 0) {
+      if (rows == 0) {
         gi.zero_();
       } else {
         col2im_kernel<scalar_t><<<grid_for(gi.numel()), kThreads, 0, stream>>>(
