@@ -40,7 +40,7 @@ from rapa.prototxt import read_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_nets import add_malloc_option, memory_setting, torch_step  # noqa: E402
+from bench_nets import add_malloc_option, data_tree, memory_setting, torch_step  # noqa: E402
 
 # The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
 # update takes, so the two must match.
@@ -103,6 +103,7 @@ def main():
     kept, memory = memory_setting(args)
     aihwkit_env = dict(os.environ, **(KEEP_FREED_ENV if kept else {}))
     torch.manual_seed(0)
+    os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
     steps = {
         "rapa none": analog_step(ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch,
                                  device),
