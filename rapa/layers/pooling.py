@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops import _pool_out, mixed_pool, stochastic_pool
+from ..ops import _pool_out, max_pool, mixed_pool, stochastic_pool
 from ..proto import pb
 from .base import Layer, register
 
@@ -71,7 +71,7 @@ class Pooling(Layer):
     def forward(self, x):
         k, s, p = self.kernel, self.stride, self.pad
         if self.method == P.MAX:
-            return (F.max_pool2d(x, k, s, p, ceil_mode=True),)
+            return (max_pool(x, k, s, p),)
         if self.method == P.AVE:
             return (F.avg_pool2d(x, k, s, p, ceil_mode=True, count_include_pad=True),)
         if self.method == P.STOCHASTIC:
