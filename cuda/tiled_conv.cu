@@ -13,7 +13,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "checks.h"
 #include "single_tile.h"
@@ -36,12 +35,12 @@ __global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
     const int64_t* __restrict__ region, const int64_t* __restrict__ tiles,
     const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ P) {
   RAPA_KERNEL_LOOP(i, rows * g.K) {
-    const int64_t r = i / g.K, k = i % g.K;
-    const int64_t p = order[r], n = p / g.NP, q = p % g.NP;
+    const int64_t r = i / g.K, k = i % g.K, p = order[r];
     if (p < 0) {
       P[i] = scalar_t(0);
       continue;
     }
+    const int64_t n = p / g.NP, q = p % g.NP;
     const int64_t c = k / (g.kh * g.kw), ky = (k / g.kw) % g.kh, kx = k % g.kw;
     const int64_t iy = (q / g.Wo) * g.sh - g.ph + ky, ix = (q % g.Wo) * g.sw - g.pw + kx;
     scalar_t v = scalar_t(0);
@@ -100,10 +99,9 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ dP, const int64_t* __
 }
 
 // Patches sorted by tile into the padded layout: order (the patch of each of the T * cap rows,
-// -1 on pad rows), the row of each patch (-1 if dropped), and the rows of each tile on the host.
+// -1 on pad rows), the row of each patch (-1 if dropped), and cap, the largest tile's rows.
 struct TileSort {
   at::Tensor order, row_of;
-  std::vector<int64_t> rows;
   int64_t cap = 0;
 };
 
@@ -111,7 +109,6 @@ TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
   TileSort ts;
   const at::Tensor tiles = assignment.reshape({-1});
   const int64_t total = tiles.numel();
-  ts.rows.assign(T, 0);
   if (total == 0) {
     ts.order = tiles;
     ts.row_of = tiles;
@@ -126,8 +123,7 @@ TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
   const int64_t* h = host.data_ptr<int64_t>();
   TORCH_CHECK(h[T + 2] >= -1, assignment_range_message(h[T + 2], T));
   TORCH_CHECK(h[T + 3] < T, assignment_range_message(h[T + 3], T));
-  for (int64_t t = 0; t < T; ++t) ts.rows[t] = h[t + 1];
-  ts.cap = *std::max_element(ts.rows.begin(), ts.rows.end());
+  ts.cap = *std::max_element(h + 1, h + T + 1);
   const int64_t dropped = h[0], kept = total - dropped;
   // Kept patches in tile order; the j-th of them, on tile t, goes to row j - start_t + t * cap.
   const at::Tensor sorted = at::argsort(tiles, /*stable=*/true, 0, false).narrow(0, dropped, kept);
