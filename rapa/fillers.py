@@ -45,6 +45,8 @@ def fill(tensor: torch.Tensor, param: pb.FillerParameter, where: str) -> None:
             raise RapaError(f"{where}: uniform filler needs min <= max, got {param.min} > {param.max}")
         tensor.uniform_(param.min, param.max)
     elif kind == "gaussian":
+        if not param.std >= 0:  # also catches nan
+            raise RapaError(f"{where}: gaussian filler needs std >= 0, got {param.std:g}")
         tensor.normal_(param.mean, param.std)
         if param.sparse >= 0:
             # Caffe: each weight is kept with probability sparse / num_outputs.

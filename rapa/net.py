@@ -135,6 +135,7 @@ class Net(torch.nn.Module):
                     raise RapaError(f"layer '{lp.name}': parameter sharing (param {{ name: "
                                     f"'{spec.name}' }}) is not supported")
         self.blob_shapes = shapes
+        self._limit_labels(producer)
         # Outputs, as Caffe finds them: blobs still available after the last layer, i.e. tops
         # that no later layer reads (an in-place layer makes its blob available again).
         available: dict[str, None] = {}
@@ -144,6 +145,20 @@ class Net(torch.nn.Module):
             for t in e.tops:
                 available[t] = None
         self.output_names = list(available)
+
+    def _limit_labels(self, producer: dict[str, str]) -> None:
+        """Data layers check each record's label against the layers that read it, so that a
+        label outside the classifier names its database and key instead of failing in a
+        gather (or, on a GPU, in a device-side assertion)."""
+        for e in self.entries:
+            limits = e.layer.label_range()
+            if limits is None or len(e.bottoms) < 2:
+                continue
+            source = next((x.layer for x in self.entries
+                           if x.layer.layer_name == producer.get(e.bottoms[1])), None)
+            if hasattr(source, "limit_labels"):
+                source.limit_labels(*limits, f"layer '{e.layer.layer_name}' "
+                                             f"({e.layer.type_name})")
 
     @classmethod
     def from_file(cls, path, phase: int, **kwargs) -> "Net":

@@ -26,6 +26,7 @@ import torch
 from .device import device_named
 from .errors import RapaError
 from .evaluate import test_net
+from .fileio import make_folder
 from .lr_policy import check_policy, learning_rate
 from .net import Net, NetContext
 from .progress import Progress
@@ -73,6 +74,23 @@ def sgd_step(params, history, rate: float, momentum: float, weight_decay: float,
         p.grad = None
 
 
+def check_ranges(sp: pb.SolverParameter, where: str) -> None:
+    """Values that Caffe would take and then train badly or divide by zero with."""
+    rules = [("base_lr", sp.base_lr, math.isfinite(sp.base_lr) and sp.base_lr >= 0, "finite and >= 0"),
+             ("momentum", sp.momentum, 0 <= sp.momentum < 1, "in [0, 1)"),
+             ("weight_decay", sp.weight_decay,
+              math.isfinite(sp.weight_decay) and sp.weight_decay >= 0, "finite and >= 0"),
+             ("iter_size", sp.iter_size, sp.iter_size >= 1, ">= 1"),
+             ("warmup_iter", sp.warmup_iter, sp.warmup_iter >= 0, ">= 0"),
+             ("warmup_factor", sp.warmup_factor,
+              math.isfinite(sp.warmup_factor) and sp.warmup_factor > 0, "finite and > 0"),
+             ("test_votes", sp.test_votes, sp.test_votes >= 1, ">= 1")]
+    rules += [("test_iter", n, n >= 1, ">= 1") for n in sp.test_iter]
+    for field, value, ok, rule in rules:
+        if not ok:
+            raise RapaError(f"{where}: {field} must be {rule}, got {value:g}")
+
+
 class Solver:
     def __init__(self, solver_path: str, *, device: Optional[str] = None,
                  max_iter: Optional[int] = None, say: Callable[[str], None] = print,
@@ -93,6 +111,7 @@ class Solver:
             raise RapaError(f"{where}: max_iter must be > 0")
         if sp.regularization_type not in ("L1", "L2"):
             raise RapaError(f"{where}: regularization_type must be L1 or L2")
+        check_ranges(sp, where)
         check_policy(sp, where)
         if sp.snapshot_format == pb.SolverParameter.HDF5:
             say("snapshot_format HDF5 is not supported: snapshots are written as BINARYPROTO")
@@ -268,6 +287,9 @@ class Solver:
             else:
                 self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
         log_path = sp.log_file or f"{self.prefix}_log.jsonl"
+        # Made now, so that an unwritable place fails before the first snapshot, not at it.
+        make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
+        make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
         log = TrainLog(log_path, resumed)
         batch = sum(e.layer.batch_size for e in self.net.entries
                     if hasattr(e.layer, "batch_size")) or 1

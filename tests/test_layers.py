@@ -218,6 +218,15 @@ def test_relu_dropout_in_place_and_phases():
      "unknown tiling scheme 'diagonal'"),
     ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 20 } }',
      "layer 'p' (Pooling): kernel (20, 20) is larger than the padded input"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MIXED '
+     'kernel_size: 3 stride: 2 mu: 0 } }', "layer 'p' (Pooling): mu must be finite and > 0"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MIXED '
+     'kernel_size: 3 stride: 2 beta_init: nan } }', "layer 'p' (Pooling): beta_init must be finite"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 3 kernel_size: 3 group: 0 } }', "layer 'c' (Convolution): group must be >= 1"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: -1 } } }',
+     "layer 'c' weight_filler: gaussian filler needs std >= 0, got -1"),
 ])
 def test_set_up_errors_name_the_layer(text, message):
     with pytest.raises(RapaError, match=re.escape(message)):

@@ -2,6 +2,7 @@
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from datasets import random_images, write_lmdb
 from rapa.cli import main
+from rapa.errors import RapaError
 from rapa.lr_policy import learning_rate
 from rapa.proto import pb
 from rapa.prototxt import parse_text, read_binary
@@ -170,6 +172,61 @@ def test_nan_loss_stops_and_keeps_last_snapshot(workdir):
         solver.solve()
     assert e.value.code == 3
     assert latest_snapshot("snap/tiny").name == "tiny_iter_4.solverstate"
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("base_lr: 0.05", "base_lr: -0.05", "base_lr must be finite and >= 0, got -0.05"),
+    ("base_lr: 0.05", "base_lr: inf", "base_lr must be finite and >= 0, got inf"),
+    ("momentum: 0.9", "momentum: 9", "momentum must be in [0, 1), got 9"),
+    ("weight_decay: 0.001", "weight_decay: nan", "weight_decay must be finite and >= 0, got nan"),
+    ("test_iter: 2", "test_iter: 0", "test_iter must be >= 1, got 0"),
+    ("test_votes: 3", "test_votes: 0", "test_votes must be >= 1, got 0"),
+    ("warmup_iter: 2", "warmup_iter: -1", "warmup_iter must be >= 0, got -1"),
+    ("warmup_factor: 0.1", "warmup_factor: 0", "warmup_factor must be finite and > 0, got 0"),
+    ("display: 2", "display: 2\niter_size: 0", "iter_size must be >= 1, got 0"),
+])
+def test_solver_values_out_of_range_name_the_field(workdir, old, new, message):
+    path = pathlib.Path(setup_files(workdir))
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(RapaError, match=re.escape(f"{path}: {message}")):
+        Solver(str(path), say=lambda m: None, progress=False)
+
+
+def test_unusable_snapshot_folder_fails_before_training(workdir):
+    path = pathlib.Path(setup_files(workdir))
+    path.write_text(path.read_text().replace('snapshot_prefix: "snap/tiny"',
+                                             'snapshot_prefix: "net.prototxt/tiny"'))
+    solver = Solver(str(path), say=lambda m: None, progress=False)
+    with pytest.raises(RapaError, match=re.escape(
+            "snapshot_prefix: net.prototxt is a file, where a folder is needed")):
+        solver.solve()
+    assert solver.iter == 0
+    solver.close()
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_label_outside_the_classifier_names_database_and_key(workdir, ignore):
+    images, labels = random_images(40, h=8, w=8, classes=3)
+    labels[6] = 7  # the second batch of 4 holds it; the net has 3 classes
+    write_lmdb(workdir / "train_lmdb", images, labels)
+    path = setup_files(workdir, max_iter=3)
+    if ignore:  # the loss skips label 7 then, and training runs
+        net = workdir / "net.prototxt"
+        net.write_text(net.read_text().replace(
+            'type: "SoftmaxWithLoss" bottom: "ip"',
+            'type: "SoftmaxWithLoss" loss_param { ignore_label: 7 } bottom: "ip"'))
+    solver = Solver(path, say=lambda m: None, progress=False)
+    try:
+        if ignore:
+            assert solver.solve() == 3
+        else:
+            with pytest.raises(RapaError, match=re.escape(
+                    "train_lmdb, key '00006': label 7, but layer 'loss' (SoftmaxWithLoss) takes "
+                    "labels in [0, 3)")):
+                solver.solve()
+            assert solver.iter == 1
+    finally:
+        solver.close()
 
 
 def _train_cmd(workdir, *extra):

@@ -137,6 +137,13 @@ def test_time_prints_layers_and_the_analog_model(tree, capsys):
                                            'max_iter: 2\nlr_policy: "cosine"'},
      "s.prototxt: unknown lr_policy 'cosine'; known: fixed, step"),
     (["test", "--model", "missing.prototxt", "--weights", "w"], {}, "missing.prototxt: no such"),
+    (["convert-svhn", "train_32x32.mat", "out"], {}, "train_32x32.mat: No such file or directory"),
+    (["plot", "run_log.jsonl", "--out", "curves.foo"],
+     {"run_log.jsonl": '{"iter": 1, "phase": "train", "loss": 2.3}\n'},
+     "--out curves.foo: cannot draw '.foo' files; use one of"),
+    (["plot", "run_log.jsonl", "--out", "run_log.jsonl/curves.png"],
+     {"run_log.jsonl": '{"iter": 1, "phase": "train", "loss": 2.3}\n'},
+     "run_log.jsonl/curves.png: Not a directory"),
 ])
 def test_user_errors_are_one_line(tmp_path, monkeypatch, args, files, message):
     monkeypatch.chdir(tmp_path)

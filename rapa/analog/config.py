@@ -59,7 +59,7 @@ class ConstantStepDevice:
             raise ValueError(f"{where}: device.w_max ({self.w_max}) must be >= w_min "
                              f"({self.w_min})")
         for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # nan too
                 raise ValueError(f"{where}: device.{name} must be >= 0, got {getattr(self, name)}")
 
 
@@ -104,9 +104,9 @@ class IOParameters:
         for name in ("inp_bound", "out_bound"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
-        if self.out_noise < 0:
+        if not self.out_noise >= 0:
             raise ValueError(f"{where}: out_noise must be >= 0, got {self.out_noise}")
-        if self.max_bm_factor < 1:
+        if not self.max_bm_factor >= 1:
             raise ValueError(f"{where}: max_bm_factor must be >= 1, got {self.max_bm_factor}")
 
     def op_args(self) -> dict:

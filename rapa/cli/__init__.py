@@ -28,6 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(e: OSError) -> str:
+    """'path: reason' (both paths for a rename), without Python's '[Errno N]'."""
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return reason
+    if e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {reason}"
+    return f"{e.filename}: {reason}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
@@ -35,6 +45,9 @@ def main(argv=None) -> int:
         return args.run(args) or 0
     except RapaError as e:
         print(f"rapa {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named: missing, unwritable, a folder, a full disk
+        print(f"rapa {args.command}: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nrapa {args.command}: interrupted", file=sys.stderr)

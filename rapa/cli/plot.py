@@ -23,6 +23,11 @@ def run(args):
     except ImportError:
         raise RapaError("rapa plot needs matplotlib (pip install matplotlib)") from None
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+    kind = pathlib.Path(args.out).suffix.lstrip(".").lower()
+    known = fig.canvas.get_supported_filetypes()
+    if kind and kind not in known:  # no suffix: matplotlib writes PNG
+        raise RapaError(f"--out {args.out}: cannot draw '.{kind}' files; use one of "
+                        f"{', '.join('.' + k for k in sorted(known))}")
     drew = False
     for log in args.logs:
         if not pathlib.Path(log).is_file():

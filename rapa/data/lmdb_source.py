@@ -47,6 +47,10 @@ class LmdbSource:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def key_at(self, position: int) -> str:
+        """The key of the record at `position` (wrapping around), for messages."""
+        return self.keys[position % len(self.keys)].decode(errors="replace")
+
     def _record(self, txn, key: bytes) -> tuple[np.ndarray, int]:
         """The decoded record under `key`; errors name the database and the key."""
         try:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Optional
 
+import numpy as np
 import torch
+
+from ..errors import RapaError
 
 from .lmdb_source import LmdbSource
 from .transform import Transformer
@@ -32,10 +36,27 @@ class Prefetcher:
         self._thread = None
         self._queue = None
         self._stop = threading.Event()
+        self._label_limits: list[tuple[int, Optional[int], str]] = []
+
+    def limit_labels(self, classes: int, ignore: Optional[int], reader: str) -> None:
+        """Every label must lie in [0, classes) or equal `ignore`, as `reader` (a layer) needs."""
+        self._label_limits.append((classes, ignore, reader))
+
+    def _check_labels(self, labels: np.ndarray, start: int) -> None:
+        for classes, ignore, reader in self._label_limits:
+            bad = (labels < 0) | (labels >= classes)
+            if ignore is not None:
+                bad &= labels != ignore
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise RapaError(f"database {self.source.path}, key "
+                                f"{self.source.key_at(start + i)!r}: label {labels[i]}, but "
+                                f"{reader} takes labels in [0, {classes})")
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = (self.skip + index * self.batch_size) % len(self.source)
         images, labels = self.source.read_many(start, self.batch_size)
+        self._check_labels(labels, start)
         gen = torch.Generator().manual_seed(batch_seed(self.seed, index))
         return self.transform(images, gen), torch.from_numpy(labels)
 

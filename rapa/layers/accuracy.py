@@ -24,6 +24,9 @@ class Accuracy(Layer):
         if len(param.top) == 2:
             raise self.error("the per-class accuracy top is not supported")
 
+    def label_range(self):
+        return self.bottom_shapes[0][self.axis], self.ignore
+
     @torch.no_grad()
     def forward(self, scores, labels):
         s = scores.movedim(self.axis, -1).reshape(-1, scores.shape[self.axis])

@@ -59,6 +59,11 @@ class Layer(torch.nn.Module):
                                                   else f"{low} to {high}")
             raise self.error(f"needs {want} {what} blob(s), has {count}")
 
+    def label_range(self):
+        """(classes, ignore_label) for a layer that reads class labels from bottom[1]: a label
+        must lie in [0, classes) or equal ignore_label (None: none). Other layers: None."""
+        return None
+
     def check_labels(self, axis: int) -> None:
         """bottom[1] must hold one label per prediction of bottom[0] along `axis`."""
         scores, labels = self.bottom_shapes[:2]

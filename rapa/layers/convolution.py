@@ -51,6 +51,8 @@ class Convolution(Layer):
             raise self.error("stride and dilation must be >= 1")
         n, c, h, w = shape
         self.groups = cp.group
+        if self.groups < 1:
+            raise self.error(f"group must be >= 1, got {self.groups}")
         out_c = cp.num_output
         if c % self.groups or out_c % self.groups:
             raise self.error(f"group {self.groups} must divide the input channels ({c}) and "

@@ -72,6 +72,9 @@ class Data(Layer):
         self.batch_size = dp.batch_size
         self._device = None
 
+    def limit_labels(self, classes: int, ignore, reader: str) -> None:
+        self.prefetcher.limit_labels(classes, ignore, reader)
+
     def top_shapes(self):
         shapes = [(self.batch_size, *self.transformer.out_shape)]
         return shapes + [(self.batch_size,)] * (len(self.param.top) - 1)

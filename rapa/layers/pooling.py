@@ -3,6 +3,8 @@ left padding): MAX, AVE (divided by the window clipped to the padded input), STO
 RAPA's MIXED (a*max + (1-a)*ave, a = 1/(1+exp(-mu beta)) with beta learned per channel)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -60,7 +62,11 @@ class Pooling(Layer):
         self.beta = None
         if self.method == P.MIXED:
             self.mu = pp.mu
+            if not (math.isfinite(pp.mu) and pp.mu > 0):
+                raise self.error(f"mu must be finite and > 0 (the paper: 10), got {pp.mu:g}")
             start = pp.beta_init if pp.HasField("beta_init") else 2.0 / pp.mu
+            if not math.isfinite(start):
+                raise self.error(f"beta_init must be finite, got {start:g}")
             self.beta = torch.nn.Parameter(torch.full((c,), float(start)))
         elif self.method not in METHODS:
             raise self.error(f"unknown pooling method {self.method}")

@@ -30,6 +30,9 @@ class SoftmaxWithLoss(Layer):
         else:
             self.norm = N.VALID
 
+    def label_range(self):
+        return self.bottom_shapes[0][self.axis], self.ignore
+
     def forward(self, scores, labels):
         logp = F.log_softmax(scores, self.axis).movedim(self.axis, -1)
         logp = logp.reshape(-1, logp.shape[-1])
