@@ -76,7 +76,8 @@ def sgd_step(params, history, rate: float, momentum: float, weight_decay: float,
 
 def check_ranges(sp: pb.SolverParameter, where: str) -> None:
     """Values that Caffe would take and then train badly or divide by zero with."""
-    rules = [("base_lr", sp.base_lr, math.isfinite(sp.base_lr) and sp.base_lr >= 0, "finite and >= 0"),
+    rules = [("base_lr", sp.base_lr,
+              math.isfinite(sp.base_lr) and sp.base_lr >= 0, "finite and >= 0"),
              ("momentum", sp.momentum, 0 <= sp.momentum < 1, "in [0, 1)"),
              ("weight_decay", sp.weight_decay,
               math.isfinite(sp.weight_decay) and sp.weight_decay >= 0, "finite and >= 0"),

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import RapaError
-
 from .lmdb_source import LmdbSource
 from .transform import Transformer
 
