@@ -4,9 +4,9 @@ glibc serves every allocation above 32 MB (and, until its threshold adapts, abov
 a fresh mmap and returns it with munmap when freed, so each of a training step's large buffers
 (conv2's patch rows at batch 128 are 105 MB) is paged in again on every step: zeroed by the
 kernel one 4 kB page fault at a time. On a 2-core CPU that was more than half of an analog
-training step (a step took 1.0 s, and 0.45 s without it). With mmap off and the heap never trimmed, a freed buffer is
-reused as it is (torch's 64-byte aligned buffers after a few steps, once glibc's bins hold
-some). The process keeps its peak memory and a few freed buffers besides, as a caching
+training step (a step took 1.0 s, and 0.45 s without it). With mmap off and the heap never
+trimmed, a freed buffer is reused as it is (torch's 64-byte aligned buffers after a few steps,
+once glibc's bins hold some). The process keeps its peak memory and a few freed buffers besides, as a caching
 allocator would: the analog Full net's benchmark at batch 128 peaked at 1.49 GB resident
 instead of 1.14 GB, and ran 2.3 times as fast.
 

@@ -76,7 +76,8 @@ def sgd_step(params, history, rate: float, momentum: float, weight_decay: float,
 
 def check_ranges(sp: pb.SolverParameter, where: str) -> None:
     """Values that Caffe would take and then train badly or divide by zero with."""
-    rules = [("base_lr", sp.base_lr,
+    rules = [("max_iter", sp.max_iter, sp.max_iter > 0, "> 0"),
+             ("base_lr", sp.base_lr,
               math.isfinite(sp.base_lr) and sp.base_lr >= 0, "finite and >= 0"),
              ("momentum", sp.momentum, 0 <= sp.momentum < 1, "in [0, 1)"),
              ("weight_decay", sp.weight_decay,
@@ -108,8 +109,6 @@ class Solver:
             raise RapaError(f"{where}: solver type '{sp.type}' is not supported (only SGD)")
         if not sp.HasField("base_lr"):
             raise RapaError(f"{where}: base_lr is missing")
-        if sp.max_iter <= 0:
-            raise RapaError(f"{where}: max_iter must be > 0")
         if sp.regularization_type not in ("L1", "L2"):
             raise RapaError(f"{where}: regularization_type must be L1 or L2")
         check_ranges(sp, where)
