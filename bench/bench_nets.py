@@ -142,6 +142,8 @@ def bench_data(batches, seconds=3.0):
             if strong:
                 tp.strong_augmentation.max_scale = 1.3
             net = Net(param, pb.TRAIN)
+            # As a net with a 10-class loss has it: each batch's labels are range-checked.
+            net.layer("data").limit_labels(10, None, "the loss")
             for _ in range(3):
                 net.read_data()
             count, t0 = 0, time.perf_counter()
