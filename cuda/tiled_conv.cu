@@ -21,19 +21,13 @@
 namespace rapa {
 namespace {
 
-struct Geometry {
-  int64_t C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, NP;
-};
-
-Geometry geometry(const ConvShape& s) {
-  return {s.C, s.H, s.W, s.O, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.Ho, s.Wo, s.K(), s.NP()};
-}
+// The kernels take the ConvGeometry (geometry.h) of check_tiled_conv by value.
 
 // P[r, k] = input pixel k (in (c, ky, kx) order) of the patch on padded row r (0 on pad rows).
 template <typename scalar_t>
 __global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
     const int64_t* __restrict__ region, const int64_t* __restrict__ tiles,
-    const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ P) {
+    const int64_t* __restrict__ order, int64_t rows, ConvGeometry g, scalar_t* __restrict__ P) {
   RAPA_KERNEL_LOOP(i, rows * g.K) {
     const int64_t r = i / g.K, k = i % g.K, p = order[r];
     if (p < 0) {
@@ -55,7 +49,7 @@ __global__ void gather_patches_kernel(const scalar_t* __restrict__ x,
 template <typename scalar_t>
 __global__ void scatter_output_kernel(const scalar_t* __restrict__ Y,
     const scalar_t* __restrict__ bias, const int64_t* __restrict__ tiles,
-    const int64_t* __restrict__ row_of, int64_t total, Geometry g, scalar_t* __restrict__ out) {
+    const int64_t* __restrict__ row_of, int64_t total, ConvGeometry g, scalar_t* __restrict__ out) {
   RAPA_KERNEL_LOOP(i, total) {
     const int64_t q = i % g.NP, o = (i / g.NP) % g.O, n = i / (g.NP * g.O);
     const int64_t p = n * g.NP + q, r = row_of[p];
@@ -66,7 +60,7 @@ __global__ void scatter_output_kernel(const scalar_t* __restrict__ Y,
 // G[r, o] = grad_output of the patch on padded row r (0 on pad rows).
 template <typename scalar_t>
 __global__ void gather_grad_kernel(const scalar_t* __restrict__ go,
-    const int64_t* __restrict__ order, int64_t rows, Geometry g, scalar_t* __restrict__ G) {
+    const int64_t* __restrict__ order, int64_t rows, ConvGeometry g, scalar_t* __restrict__ G) {
   RAPA_KERNEL_LOOP(i, rows * g.O) {
     const int64_t r = i / g.O, o = i % g.O, p = order[r];
     G[i] = p < 0 ? scalar_t(0) : go[((p / g.NP) * g.O + o) * g.NP + p % g.NP];
@@ -77,7 +71,7 @@ __global__ void gather_grad_kernel(const scalar_t* __restrict__ go,
 template <typename scalar_t>
 __global__ void col2im_kernel(const scalar_t* __restrict__ dP, const int64_t* __restrict__ region,
     const int64_t* __restrict__ tiles, const int64_t* __restrict__ row_of, int64_t total,
-    Geometry g, scalar_t* __restrict__ grad_input) {
+    ConvGeometry g, scalar_t* __restrict__ grad_input) {
   RAPA_KERNEL_LOOP(i, total) {
     const int64_t ix = i % g.W, iy = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C;
     const int64_t n = i / (g.W * g.H * g.C);
@@ -139,32 +133,31 @@ TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
 at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
-  const ConvShape s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
   if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   const c10::cuda::CUDAGuard guard(input.device());
-  const Geometry g = geometry(s);
   const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
-  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, g.K});
+  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, s.K});
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, x.options());
   if (out.numel() == 0) return out;
   const TileSort ts = sort_by_tile(tiles, s.T);
-  at::Tensor P = at::empty({s.T, ts.cap, g.K}, x.options());
-  at::Tensor Y = at::empty({s.T, ts.cap, g.O}, x.options());
+  at::Tensor P = at::empty({s.T, ts.cap, s.K}, x.options());
+  at::Tensor Y = at::empty({s.T, ts.cap, s.O}, x.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_cuda", [&] {
     if (ts.cap > 0) {
       gather_patches_kernel<scalar_t><<<grid_for(P.numel()), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), reg.defined() ? reg.data_ptr<int64_t>() : nullptr,
-          tiles.data_ptr<int64_t>(), ts.order.data_ptr<int64_t>(), s.T * ts.cap, g,
+          tiles.data_ptr<int64_t>(), ts.order.data_ptr<int64_t>(), s.T * ts.cap, s,
           P.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::bmm_out(Y, P, kernels.transpose(1, 2));
     }
     scatter_output_kernel<scalar_t><<<grid_for(out.numel()), kThreads, 0, stream>>>(
         Y.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-        tiles.data_ptr<int64_t>(), ts.row_of.data_ptr<int64_t>(), out.numel(), g,
+        tiles.data_ptr<int64_t>(), ts.row_of.data_ptr<int64_t>(), out.numel(), s,
         out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -175,16 +168,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
     const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
-  const ConvShape s =
+  const ConvGeometry s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
   if (s.T == 1)
     return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
   const c10::cuda::CUDAGuard guard(input.device());
-  const Geometry g = geometry(s);
   const auto opts = input.options();
   at::Tensor gi = mask[0] ? at::empty_like(input, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
-  at::Tensor gw = mask[1] ? at::zeros({s.T, s.O, g.K}, opts) : at::empty({0}, opts);
+  at::Tensor gw = mask[1] ? at::zeros({s.T, s.O, s.K}, opts) : at::empty({0}, opts);
   at::Tensor gb = mask[2] ? at::zeros({s.T, s.O}, opts) : at::empty({0}, opts);
   if (!(mask[0] || mask[1] || mask[2]) || s.N == 0) {
     if (mask[0]) gi.zero_();
@@ -193,25 +185,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
   }
   const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
   const at::Tensor go = grad_output.contiguous();
-  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, g.K});
+  const at::Tensor kernels = weight.contiguous().view({s.T, s.O, s.K});
   const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
   const int64_t* reg_p = reg.defined() ? reg.data_ptr<int64_t>() : nullptr;
   const TileSort ts = sort_by_tile(tiles, s.T);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_backward_cuda", [&] {
     const int64_t rows = s.T * ts.cap;
-    at::Tensor G = at::empty({s.T, ts.cap, g.O}, opts);
-    at::Tensor P = mask[1] ? at::empty({s.T, ts.cap, g.K}, opts) : at::Tensor();
-    at::Tensor dP = mask[0] ? at::empty({s.T, ts.cap, g.K}, opts) : at::Tensor();
+    at::Tensor G = at::empty({s.T, ts.cap, s.O}, opts);
+    at::Tensor P = mask[1] ? at::empty({s.T, ts.cap, s.K}, opts) : at::Tensor();
+    at::Tensor dP = mask[0] ? at::empty({s.T, ts.cap, s.K}, opts) : at::Tensor();
     if (rows > 0) {
       gather_grad_kernel<scalar_t><<<grid_for(G.numel()), kThreads, 0, stream>>>(
-          go.data_ptr<scalar_t>(), ts.order.data_ptr<int64_t>(), rows, g,
+          go.data_ptr<scalar_t>(), ts.order.data_ptr<int64_t>(), rows, s,
           G.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (mask[1]) {
         gather_patches_kernel<scalar_t><<<grid_for(P.numel()), kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), reg_p, tiles.data_ptr<int64_t>(),
-            ts.order.data_ptr<int64_t>(), rows, g, P.data_ptr<scalar_t>());
+            ts.order.data_ptr<int64_t>(), rows, s, P.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         at::bmm_out(gw, G.transpose(1, 2), P);
       }
@@ -224,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
       } else {
         col2im_kernel<scalar_t><<<grid_for(gi.numel()), kThreads, 0, stream>>>(
             dP.data_ptr<scalar_t>(), reg_p, tiles.data_ptr<int64_t>(),
-            ts.row_of.data_ptr<int64_t>(), gi.numel(), g, gi.data_ptr<scalar_t>());
+            ts.row_of.data_ptr<int64_t>(), gi.numel(), s, gi.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }

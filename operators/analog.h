@@ -16,6 +16,7 @@
 
 #include "checks.h"
 #include "counter_rng.h"
+#include "host_device.h"
 
 namespace rapa {
 
@@ -27,14 +28,14 @@ constexpr uint64_t kStreamPulseX = 0x70756C736578ull;
 constexpr uint64_t kStreamPulseD = 0x70756C736564ull;
 constexpr uint64_t kStreamStepNoise = 0x737465706E6Full;
 
-RAPA_HD_RNG inline uint64_t mix_seed(uint64_t seed, uint64_t family) {
+RAPA_HD inline uint64_t mix_seed(uint64_t seed, uint64_t family) {
   CounterRng r(seed, family);
   return r.next();
 }
 
 // The Gaussian draw number `index` of the stream keyed by `seed` (already mixed with a family).
 template <typename S>
-RAPA_HD_RNG inline S normal_draw(const S* table, uint64_t seed, uint64_t index) {
+RAPA_HD inline S normal_draw(const S* table, uint64_t seed, uint64_t index) {
   CounterRng r(seed, index);
   return table[r.next() >> 48];
 }
@@ -42,7 +43,7 @@ RAPA_HD_RNG inline S normal_draw(const S* table, uint64_t seed, uint64_t index) 
 // Rounds half to even. On the host by the magic-number trick, exact for |v| < 2^22 (floats)
 // or 2^51 (doubles) and vectorizable; callers round values within a converter's range (a few
 // thousand steps), and larger ones only ever saturate.
-RAPA_HD_RNG inline float round_even(float v) {
+RAPA_HD inline float round_even(float v) {
 #if defined(__CUDA_ARCH__)
   return rintf(v);
 #else
@@ -52,7 +53,7 @@ RAPA_HD_RNG inline float round_even(float v) {
 #endif
 }
 
-RAPA_HD_RNG inline double round_even(double v) {
+RAPA_HD inline double round_even(double v) {
 #if defined(__CUDA_ARCH__)
   return rint(v);
 #else
@@ -64,7 +65,7 @@ RAPA_HD_RNG inline double round_even(double v) {
 
 // Clips v to [-bound, bound], then rounds it to a multiple of step (step 0: no rounding).
 template <typename S>
-RAPA_HD_RNG inline S clip_quantize(S v, S bound, S step) {
+RAPA_HD inline S clip_quantize(S v, S bound, S step) {
   v = v > bound ? bound : (v < -bound ? -bound : v);
   return step > S(0) ? round_even(v / step) * step : v;
 }

@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "geometry.h"
+
 namespace rapa {
 
 inline void check_defined(const at::Tensor& t, const char* name) {
@@ -47,17 +49,9 @@ inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
       min_value, ", got ", v);
 }
 
-// Geometry of a tiled convolution, checked once and shared by forward and backward.
-struct ConvShape {
-  int64_t N, C, H, W;       // input
-  int64_t T, O, kh, kw;     // weight (T, O, C, kh, kw)
-  int64_t sh, sw, ph, pw;   // stride, padding
-  int64_t Ho, Wo;           // output size
-  int64_t K() const { return C * kh * kw; }
-  int64_t NP() const { return Ho * Wo; }
-};
-
-inline ConvShape check_tiled_conv(
+// Checks the arguments of a tiled convolution and returns its geometry (geometry.h), shared by
+// forward and backward.
+inline ConvGeometry check_tiled_conv(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
     const std::optional<at::Tensor>& region) {
@@ -71,7 +65,7 @@ inline ConvShape check_tiled_conv(
       weight.scalar_type(), " but 'input' has ", input.scalar_type());
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
-  ConvShape s;
+  ConvGeometry s;
   s.N = input.size(0); s.C = input.size(1); s.H = input.size(2); s.W = input.size(3);
   s.T = weight.size(0); s.O = weight.size(1); s.kh = weight.size(3); s.kw = weight.size(4);
   s.sh = stride[0]; s.sw = stride[1]; s.ph = padding[0]; s.pw = padding[1];
@@ -81,11 +75,13 @@ inline ConvShape check_tiled_conv(
       input.sizes(), ")");
   TORCH_CHECK(s.T >= 1 && s.O >= 1 && s.kh >= 1 && s.kw >= 1,
       "rapa: argument 'weight' must have no empty dimension, got shape ", weight.sizes());
-  s.Ho = (s.H + 2 * s.ph - s.kh) / s.sh + 1;
-  s.Wo = (s.W + 2 * s.pw - s.kw) / s.sw + 1;
+  s.Ho = conv_out_size(s.H, s.kh, s.sh, s.ph);
+  s.Wo = conv_out_size(s.W, s.kw, s.sw, s.pw);
   TORCH_CHECK(
       s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, "rapa: kernel ", s.kh, "x", s.kw,
       " is larger than the padded input ", s.H + 2 * s.ph, "x", s.W + 2 * s.pw);
+  s.K = s.C * s.kh * s.kw;
+  s.NP = s.Ho * s.Wo;
   if (bias.has_value() && bias->defined()) {
     check_floating(*bias, "bias");
     check_same_device(*bias, "bias", input, "input");
@@ -115,7 +111,7 @@ inline ConvShape check_tiled_conv(
   return s;
 }
 
-inline void check_conv_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvShape& s) {
+inline void check_conv_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvGeometry& s) {
   check_floating(grad_output, "grad_output");
   check_same_device(grad_output, "grad_output", input, "input");
   TORCH_CHECK(

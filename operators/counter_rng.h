@@ -4,26 +4,22 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define RAPA_HD_RNG __host__ __device__
-#else
-#define RAPA_HD_RNG
-#endif
+#include "host_device.h"
 
 namespace rapa {
 
 struct CounterRng {
   uint64_t state;
-  RAPA_HD_RNG CounterRng(uint64_t seed, uint64_t stream)
+  RAPA_HD CounterRng(uint64_t seed, uint64_t stream)
       : state(seed ^ (stream * 0xD1B54A32D192ED03ull + 0x9E3779B97F4A7C15ull)) {}
-  RAPA_HD_RNG uint64_t next() {
+  RAPA_HD uint64_t next() {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
   // An integer in [0, n): the high word of a 64x64 product (bias below 2^-40 for n < 2^24).
-  RAPA_HD_RNG uint64_t below(uint64_t n) {
+  RAPA_HD uint64_t below(uint64_t n) {
 #if defined(__CUDA_ARCH__)
     return __umul64hi(next(), n);
 #else
@@ -36,7 +32,7 @@ struct CounterRng {
 // groups that get one patch more are a uniform random subset (selection sampling), then a
 // Fisher-Yates shuffle orders the labels. The same draws on host and device.
 template <typename Label>
-RAPA_HD_RNG inline void balanced_partition(Label* labels, int64_t P, int64_t T, CounterRng& rng) {
+RAPA_HD inline void balanced_partition(Label* labels, int64_t P, int64_t T, CounterRng& rng) {
   const int64_t base = P / T;
   int64_t extra = P % T, pos = 0;
   for (int64_t t = 0; t < T; ++t) {

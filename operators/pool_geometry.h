@@ -8,12 +8,8 @@
 #include <cstdint>
 
 #include "checks.h"
-
-#if defined(__CUDACC__)
-#define RAPA_HD __host__ __device__
-#else
-#define RAPA_HD
-#endif
+#include "geometry.h"
+#include "host_device.h"
 
 namespace rapa {
 
@@ -61,12 +57,6 @@ RAPA_HD inline void for_each_window_containing(const PoolShape& s, int64_t h, in
     for (int64_t ox = x0; ox <= x1; ++ox) f(oy, ox);
 }
 
-inline int64_t caffe_pooled_size(int64_t in, int64_t k, int64_t stride, int64_t pad) {
-  int64_t out = (in + 2 * pad - k + stride - 1) / stride + 1;  // ceil
-  if (pad > 0 && (out - 1) * stride >= in + pad) --out;         // last window starts inside
-  return out;
-}
-
 inline PoolShape check_pool(
     const at::Tensor& input, at::IntArrayRef kernel, at::IntArrayRef stride,
     at::IntArrayRef padding) {
@@ -85,8 +75,14 @@ inline PoolShape check_pool(
   TORCH_CHECK(
       s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, "rapa: pooling kernel ", kernel,
       " is larger than the padded input ", s.H + 2 * s.ph, "x", s.W + 2 * s.pw);
-  s.Ho = caffe_pooled_size(s.H, s.kh, s.sh, s.ph);
-  s.Wo = caffe_pooled_size(s.W, s.kw, s.sw, s.pw);
+  const bool padded = s.ph > 0 || s.pw > 0;
+  s.Ho = caffe_pooled_size(s.H, s.kh, s.sh, s.ph, padded);
+  s.Wo = caffe_pooled_size(s.W, s.kw, s.sw, s.pw, padded);
+  TORCH_CHECK(
+      (s.Ho - 1) * s.sh < s.H + s.ph && (s.Wo - 1) * s.sw < s.W + s.pw,
+      "rapa: 'stride' ", stride, " larger than 'kernel' ", kernel, " without 'padding' leaves "
+      "the last window of the ", s.Ho, "x", s.Wo, " output outside the ", s.H, "x", s.W,
+      " input (an empty window)");
   return s;
 }
 

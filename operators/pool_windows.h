@@ -1,6 +1,7 @@
 // Per-window statistics of the pooling ops, written once for host and device kernels.
 #pragma once
 
+#include "host_device.h"
 #include "pool_geometry.h"
 
 namespace rapa {

@@ -27,6 +27,7 @@
 #include <cmath>
 
 #include "analog.h"
+#include "host_device.h"
 
 namespace rapa {
 
@@ -42,7 +43,7 @@ struct RowPulses {
   double a, b;
 };
 
-RAPA_HD_RNG inline RowPulses row_pulses(double xmax, double dmax, const UpdateSettings& u) {
+RAPA_HD inline RowPulses row_pulses(double xmax, double dmax, const UpdateSettings& u) {
   RowPulses p{static_cast<int>(u.desired_bl), 0.0, 0.0};
   if (!(xmax > 0) || !(dmax > 0) || !(u.lr > 0)) return p;  // nothing fires
   // Coincidences the largest x and d need between them.
@@ -70,7 +71,7 @@ RAPA_HD_RNG inline RowPulses row_pulses(double xmax, double dmax, const UpdateSe
 }
 
 // `bl` bits, each set with probability min(1, scale |v|), from 32-bit uniform draws.
-RAPA_HD_RNG inline uint64_t pulse_train(double v, double scale, int bl, uint64_t key,
+RAPA_HD inline uint64_t pulse_train(double v, double scale, int bl, uint64_t key,
     uint64_t index) {
   const double p = scale * (v < 0 ? -v : v);
   if (!(p > 0)) return 0;
@@ -87,7 +88,7 @@ RAPA_HD_RNG inline uint64_t pulse_train(double v, double scale, int bl, uint64_t
 
 // One weight's response to n coincidences: its new value, within its bounds.
 template <typename S>
-RAPA_HD_RNG inline S pulsed_step(S w, int n, bool up, S dw_up, S dw_down, S w_min, S w_max,
+RAPA_HD inline S pulsed_step(S w, int n, bool up, S dw_up, S dw_down, S w_min, S w_max,
     S dw_min_std, S z) {
   S amount = static_cast<S>(n);
   if (dw_min_std > S(0)) amount += dw_min_std * sqrt(static_cast<S>(n)) * z;

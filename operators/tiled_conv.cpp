@@ -70,11 +70,9 @@ at::Tensor kernels_hwc(const at::Tensor& weight) {
 }
 
 template <typename S>
-FusedConv<S> fused_geometry(const ConvShape& s, bool has_region) {
+FusedConv<S> fused_geometry(const ConvGeometry& s, bool has_region) {
   FusedConv<S> a{};
-  a.N = s.N; a.C = s.C; a.H = s.H; a.W = s.W; a.T = s.T; a.O = s.O;
-  a.kh = s.kh; a.kw = s.kw; a.sh = s.sh; a.sw = s.sw; a.ph = s.ph; a.pw = s.pw;
-  a.Ho = s.Ho; a.Wo = s.Wo; a.K = s.K();
+  static_cast<ConvGeometry&>(a) = s;
   a.Kpad = round_up(a.K, kFusedPad);
   a.Opad = round_up(a.O, kFusedPad);
   // The kernels' unit copies are padded unless a region map needs per-pixel tests.
@@ -106,7 +104,7 @@ std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
 at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
-  const ConvShape s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
   if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
@@ -131,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
     const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
-  const ConvShape s =
+  const ConvGeometry s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
   if (s.T == 1)
@@ -140,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
   const int64_t T = s.T, O = s.O;
   const auto reg = defined_or_none(region);
   at::Tensor grad_input = mask[0] ? at::empty({s.N, s.C, s.H, s.W}, opts) : at::empty({0}, opts);
-  at::Tensor grad_k = mask[1] ? at::zeros({T, O, s.K()}, opts) : at::Tensor();
+  at::Tensor grad_k = mask[1] ? at::zeros({T, O, s.K}, opts) : at::Tensor();
   at::Tensor grad_b = mask[2] ? at::zeros({T, O}, opts) : at::empty({0}, opts);
   if (s.N > 0 && (mask[0] || mask[1] || mask[2])) {
     const at::Tensor x = input.contiguous(), assign = assignment.contiguous();

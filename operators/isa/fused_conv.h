@@ -4,9 +4,13 @@
 
 #include <cstdint>
 
+#include "../geometry.h"
+
 namespace rapa {
 
-// Everything one call of the fused kernels needs. Layouts:
+// Everything one call of the fused kernels needs: the convolution's geometry (the ConvGeometry
+// base: N, C, H, W, T, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, NP), padded sizes and pointers.
+// Layouts:
 //   x           (N, C, H, W)            input
 //   kernels_ko  (T, K, Opad)            per tile, K x O padded with zeros to Opad columns
 //   kernels_ok  (T, O, Kpad)            per tile, O x K padded with zeros to Kpad columns
@@ -25,8 +29,8 @@ namespace rapa {
 constexpr int64_t kFusedPad = 32;
 
 template <typename S>
-struct FusedConv {
-  int64_t N, C, H, W, T, O, kh, kw, sh, sw, ph, pw, Ho, Wo, K, Kpad, Opad, Hp, Wp;
+struct FusedConv : ConvGeometry {
+  int64_t Kpad, Opad, Hp, Wp;
   const S* x;
   const S* kernels_ko;
   const S* kernels_ok;
