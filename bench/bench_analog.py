@@ -37,6 +37,7 @@ from rapa.allocator import KEEP_FREED_ENV
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
+from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -62,14 +63,12 @@ def analog_step(path, batch, device):
     x = torch.rand(batch, 3, 32, 32, device=device) * 255 - 128
     y = torch.randint(0, 10, (batch,), device=device)
 
+    sgd = SGD(net.learnable())  # biases: plain SGD; weights: the arrays' pulsed update
+
     def step():
         loss = net.loss(net({"data": x, "label": y}))
         loss.backward()
-        for _, p, _ in net.learnable():  # biases: plain SGD
-            if p.grad is not None:
-                p.data.add_(p.grad, alpha=-LR)
-                p.grad = None
-        net.analog_update(LR)
+        sgd.step(LR)
     return step
 
 

@@ -31,7 +31,7 @@ from rapa.allocator import keep_freed_memory
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
-from rapa.solver import sgd_step
+from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -70,15 +70,14 @@ def net_step(path, batch, device):
             layer.data_param.batch_size = batch
     net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
     net.train()
-    params = net.learnable()
-    history = [torch.zeros_like(p) for _, p, _ in params]
+    sgd = SGD(net.learnable(), momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch, 3, 32, 32, device=device) * 50
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         loss = net.loss(net({"data": x, "label": y}))
         loss.backward()
-        sgd_step(params, history, 1e-4, 0.9, 1e-4)
+        sgd.step(1e-4)
     return step, net
 
 

@@ -2,8 +2,10 @@
 
 Voting (paper section 3.1): each batch is run `votes` times, each pass with its own random
 tile assignment; every pass votes for its top class and the class with most votes wins (a tie
-goes to the class with the larger mean softmax probability). The single-assignment accuracy is
-that of the first pass, so both come from the same run.
+goes to the class with the larger mean softmax probability; rapa.nn.loss.vote_ranking). Each
+layer that scores predictions (the layer contract's `votes`: Accuracy) scores the vote as it
+scores one pass (its top_k and ignore_label). The single-assignment accuracy is that of the
+first pass, so both come from the same run.
 """
 from __future__ import annotations
 
@@ -22,24 +24,16 @@ class TestResult:
     images: int = 0
 
 
-def vote(scores: list[torch.Tensor]) -> torch.Tensor:
-    """Majority vote over passes: scores of shape (N, K) per pass -> predicted classes (N,)."""
-    probs = torch.stack([torch.softmax(s.float(), 1) for s in scores])  # (P, N, K)
-    counts = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).sum(0).float()
-    # Probabilities are below 1, so they only break ties between equal counts.
-    return (counts + probs.mean(0) * 0.5).argmax(1)
-
-
 @torch.no_grad()
 def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = "",
              progress: bool | None = None) -> TestResult:
     net.eval()
     for layer in net.data_layers():
-        layer.prefetcher.seek(0)  # every test sees the same images
+        layer.seek(0)  # every test sees the same images
     sums: dict[str, float] = {}
     vote_hits: dict[str, float] = {}
-    voters = [(e.bottoms[0], e.bottoms[1], e.tops[0]) for e in net.entries
-              if e.layer.type_name == "Accuracy"]
+    voters = [(e.layer, e.bottoms[0], e.bottoms[1], e.tops[0]) for e in net.entries
+              if e.layer.votes]
     bar = Progress(iterations, progress_label or "test", enabled=progress)
     images = 0
     for i in range(iterations):
@@ -48,15 +42,13 @@ def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = ""
         for name in net.output_names:
             sums[name] = sums.get(name, 0.0) + float(blobs[name].float().sum())
         if votes > 1 and voters:
-            passes = {scores: [blobs[scores]] for scores, _, _ in voters}
+            passes = {scores: [blobs[scores]] for _, scores, _, _ in voters}
             for _ in range(votes - 1):
                 more = net(dict(data))
                 for scores in passes:
                     passes[scores].append(more[scores])
-            for scores, label, top in voters:
-                s = [p.flatten(2).transpose(1, 2).reshape(-1, p.shape[1]) if p.dim() > 2 else p
-                     for p in passes[scores]]
-                hit = (vote(s) == blobs[label].reshape(-1).long()).float().mean()
+            for layer, scores, label, top in voters:
+                hit = layer.vote_accuracy(passes[scores], blobs[label])
                 vote_hits[top] = vote_hits.get(top, 0.0) + float(hit)
         images += next(iter(data.values())).shape[0] if data else 0
         bar.update(i + 1)

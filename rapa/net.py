@@ -2,9 +2,11 @@
 
 Building follows Caffe's Net::Init: layers are filtered by the net state (phase, level,
 stages) with include/exclude rules, set up in order with the shapes of their bottoms, and each
-top becomes a named blob; a layer whose top repeats its bottom works in place. Losses are the
-tops with a loss weight (loss layers weigh their first top 1 unless told otherwise); blobs that
-no layer consumes are the net's outputs (loss, accuracy, ...).
+top becomes a named blob whose shape the layer computed at set-up (nothing runs); a layer
+whose top repeats its bottom works in place. Losses are the tops with a loss weight (loss
+layers weigh their first top 1 unless told otherwise); blobs that no layer consumes are the
+net's outputs (loss, accuracy, ...). The net asks its layers only what the layer contract of
+rapa/layers/base.py declares.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Iterable, Optional
 import torch
 
 from .errors import RapaError
-from .layers import Layer, make_layer
+from .layers import DataLayer, Layer, Learnable, make_layer
 from .proto import pb
 
 
@@ -116,7 +118,10 @@ class Net(torch.nn.Module):
                                     f"no earlier layer (blobs so far: {known})")
             bottom_shapes = [shapes[b] for b in lp.bottom]
             layer = make_layer(lp, bottom_shapes, phase, self.context)
-            top_shapes = self._infer_top_shapes(layer, lp, bottom_shapes)
+            top_shapes = layer.top_shapes()
+            if len(top_shapes) != len(lp.top):
+                raise RapaError(f"layer '{lp.name}' ({lp.type}): gives {len(top_shapes)} tops, "
+                                f"the prototxt names {len(lp.top)}")
             for t, s in zip(lp.top, top_shapes):
                 if t in shapes and t not in lp.bottom:
                     raise RapaError(f"layer '{lp.name}' ({lp.type}): top '{t}' is already "
@@ -135,6 +140,12 @@ class Net(torch.nn.Module):
                     raise RapaError(f"layer '{lp.name}': parameter sharing (param {{ name: "
                                     f"'{spec.name}' }}) is not supported")
         self.blob_shapes = shapes
+        # Blobs the caller feeds: net inputs, and the tops of layers without bottoms that read
+        # no database (Input).
+        self.fed_shapes = {name: shapes[name] for name in param.input}
+        for e in self.entries:
+            if not e.bottoms and not isinstance(e.layer, DataLayer):
+                self.fed_shapes.update((t, shapes[t]) for t in e.tops)
         self._limit_labels(producer)
         # Outputs, as Caffe finds them: blobs still available after the last layer, i.e. tops
         # that no later layer reads (an in-place layer makes its blob available again).
@@ -156,7 +167,7 @@ class Net(torch.nn.Module):
                 continue
             source = next((x.layer for x in self.entries
                            if x.layer.layer_name == producer.get(e.bottoms[1])), None)
-            if hasattr(source, "limit_labels"):
+            if isinstance(source, DataLayer):
                 source.limit_labels(*limits, f"layer '{e.layer.layer_name}' "
                                              f"({e.layer.type_name})")
 
@@ -168,30 +179,6 @@ class Net(torch.nn.Module):
         return cls(read_text(path, pb.NetParameter()), phase, source=str(path),
                    base_dir=path.parent, **kwargs)
 
-    @staticmethod
-    def _infer_top_shapes(layer: Layer, lp: pb.LayerParameter, bottom_shapes):
-        if hasattr(layer, "top_shapes"):
-            return layer.top_shapes()
-        # Run the layer once on a one-image batch of zeros and read the shapes off its tops.
-        dummies = [torch.zeros((1, *s[1:]) if s else ()) for s in bottom_shapes]
-        was_training = layer.training
-        layer.eval()
-        try:
-            with torch.no_grad():
-                tops = layer(*dummies)
-        except RapaError:
-            raise
-        except (RuntimeError, ValueError, IndexError) as e:
-            raise RapaError(f"layer '{lp.name}' ({lp.type}): bottom shapes {bottom_shapes} do "
-                            f"not fit: {str(e).splitlines()[0]}") from None
-        finally:
-            layer.train(was_training)
-        if len(tops) != len(lp.top):
-            raise RapaError(f"layer '{lp.name}' ({lp.type}): gives {len(tops)} tops, the "
-                            f"prototxt names {len(lp.top)}")
-        n = bottom_shapes[0][0] if bottom_shapes and bottom_shapes[0] else 1
-        return [(n, *t.shape[1:]) if t.dim() > 0 else () for t in tops]
-
     # -- running -------------------------------------------------------------------------------
 
     def forward(self, inputs: Optional[dict[str, torch.Tensor]] = None
@@ -199,14 +186,14 @@ class Net(torch.nn.Module):
         """Run the net; `inputs` feeds net inputs and Input layers. Returns every blob."""
         blobs: dict[str, torch.Tensor] = dict(inputs or {})
         for e in self.entries:
-            if not e.bottoms and e.tops and all(t in blobs for t in e.tops):
-                continue  # data handed in (read_data, or fed inputs)
-            if not e.bottoms and e.layer.type_name == "Input":
-                missing = [t for t in e.tops if t not in blobs]
-                if missing:
-                    raise RapaError(f"layer '{e.layer.layer_name}' (Input): no value fed for "
-                                    f"{missing}")
-                continue
+            if not e.bottoms:
+                fed = [t for t in e.tops if t in blobs]
+                if len(fed) == len(e.tops):
+                    continue  # data handed in (read_data, or fed inputs)
+                if fed:
+                    raise RapaError(f"layer '{e.layer.layer_name}' ({e.layer.type_name}): "
+                                    f"{', '.join(fed)} fed but not "
+                                    f"{', '.join(t for t in e.tops if t not in blobs)}")
             tops = e.layer(*[blobs[b] for b in e.bottoms])
             for name, value in zip(e.tops, tops):
                 blobs[name] = value
@@ -216,7 +203,7 @@ class Net(torch.nn.Module):
         """The next batch of every Data layer, by top name (to run the rest more than once)."""
         data = {}
         for e in self.entries:
-            if hasattr(e.layer, "prefetcher"):
+            if isinstance(e.layer, DataLayer):
                 data.update(zip(e.tops, e.layer()))
         return data
 
@@ -244,37 +231,22 @@ class Net(torch.nn.Module):
 
     def to_device(self, device: torch.device) -> "Net":
         self.to(device)
-        for e in self.entries:
-            if hasattr(e.layer, "to_device"):
-                e.layer.to_device(device)
+        for layer in self.data_layers():
+            layer.output_device = device
         return self
 
-    def data_layers(self) -> list[Layer]:
-        return [e.layer for e in self.entries if hasattr(e.layer, "prefetcher")]
+    def data_layers(self) -> list[DataLayer]:
+        return [e.layer for e in self.entries if isinstance(e.layer, DataLayer)]
 
     def close(self) -> None:
         for layer in self.data_layers():
-            layer.prefetcher.close()
+            layer.close()
 
     # -- parameters ----------------------------------------------------------------------------
 
-    def learnable(self) -> list[tuple[str, torch.nn.Parameter, pb.ParamSpec]]:
-        """(name, parameter, ParamSpec) of every learnable blob, in layer order."""
-        out = []
-        for e in self.entries:
-            for i, (p, spec) in enumerate(zip(e.layer.learnable_blobs(), e.layer.param_specs())):
-                out.append((f"{e.layer.layer_name}/{i}", p, spec))
-        return out
-
-    def analog_layers(self) -> list[Layer]:
-        return [e.layer for e in self.entries if getattr(e.layer, "analog", None) is not None]
-
-    def analog_update(self, rate: float) -> None:
-        """The pulsed update of every analog layer's weight from its last backward pass(es),
-        at rate * lr_mult of the weight (these weights get no SGD step: no gradient)."""
-        for layer in self.analog_layers():
-            layer.analog.apply_update(layer.analog_weight(),
-                                      rate * layer.param_specs()[0].lr_mult)
+    def learnable(self) -> list[Learnable]:
+        """Every learnable blob, in layer order: its name, ParamSpec and analog arrays."""
+        return [blob for e in self.entries for blob in e.layer.learnable()]
 
     def layer(self, name: str) -> Layer:
         for e in self.entries:
@@ -284,10 +256,16 @@ class Net(torch.nn.Module):
 
 
 def _tie(dst: torch.nn.Module, src: torch.nn.Module) -> None:
-    for k, p in list(dst._parameters.items()):
-        q = src._parameters.get(k)
-        if p is not None and q is not None and p.shape == q.shape:
-            dst._parameters[k] = q
-    for k, m in list(dst._modules.items()):
-        if k in src._modules and type(src._modules[k]) is type(m):
-            dst._modules[k] = src._modules[k]
+    """Make dst's parameters and buffers (what is learned or drawn: weights, a fixed partition,
+    the arrays' device draws) src's own tensors, where the shapes agree, through submodules of
+    the same type; dst keeps its settings (e.g. its own analog periphery)."""
+    for table in ("_parameters", "_buffers"):
+        mine, theirs = getattr(dst, table), getattr(src, table)
+        for k, p in list(mine.items()):
+            q = theirs.get(k)
+            if p is not None and q is not None and p.shape == q.shape:
+                mine[k] = q
+    for k, m in dst._modules.items():
+        other = src._modules.get(k)
+        if m is not None and type(other) is type(m):
+            _tie(m, other)

@@ -6,38 +6,20 @@ pytorch/extension-cpp. Each wrapper accepts an int where the op takes a pair.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import _library
+from .geometry import IntPair, conv_out, pair, pool_out
 
 _library.load()
 
-IntPair = Union[int, Sequence[int]]
-
 
 def _pair(value: IntPair, name: str) -> list:
-    if isinstance(value, int):
-        return [value, value]
-    value = list(value)
-    if len(value) != 2 or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"rapa: argument '{name}' must be an int or two ints, got {value!r}")
-    return value
-
-
-def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
-
-
-def _pool_out(size: int, kernel: int, stride: int, pad: int) -> int:
-    # Caffe: ceil mode, and the last window must start inside the input or its left padding.
-    out = -(-(size + 2 * pad - kernel) // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+    return list(pair(value, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,8 +32,8 @@ def _tiled_conv_fake(input, weight, bias, assignment, stride, padding, region=No
                  lambda: "rapa: tiled_conv wants input (N, C, H, W) and weight (T, O, C, kh, kw)")
     n, _, h, w = input.shape
     _, o, _, kh, kw = weight.shape
-    return input.new_empty((n, o, _conv_out(h, kh, stride[0], padding[0]),
-                            _conv_out(w, kw, stride[1], padding[1])))
+    return input.new_empty((n, o, conv_out(h, kh, stride[0], padding[0]),
+                            conv_out(w, kw, stride[1], padding[1])))
 
 
 @torch.library.register_fake("rapa::tiled_conv_backward")
@@ -131,8 +113,7 @@ def random_assign(batch: int, height: int, width: int, num_tiles: int, *,
 @torch.library.register_fake("rapa::mixed_pool")
 def _mixed_pool_fake(input, beta, kernel, stride, padding, *, mu=10.0):
     n, c, h, w = input.shape
-    return input.new_empty((n, c, _pool_out(h, kernel[0], stride[0], padding[0]),
-                            _pool_out(w, kernel[1], stride[1], padding[1])))
+    return input.new_empty((n, c, *pool_out((h, w), kernel, stride, padding)))
 
 
 @torch.library.register_fake("rapa::mixed_pool_backward")
@@ -210,8 +191,7 @@ def max_pool(input: Tensor, kernel: IntPair, stride: IntPair = 1, padding: IntPa
 
 def _pool_fake_shape(input, kernel, stride, padding):
     n, c, h, w = input.shape
-    return (n, c, _pool_out(h, kernel[0], stride[0], padding[0]),
-            _pool_out(w, kernel[1], stride[1], padding[1]))
+    return (n, c, *pool_out((h, w), kernel, stride, padding))
 
 
 @torch.library.register_fake("rapa::stochastic_pool_train")

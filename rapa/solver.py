@@ -1,12 +1,9 @@
 """Caffe's SGD solver, with RAPA's warm-up, test-time voting, exact resume and safe stops.
 
-Update (Caffe's SGDSolver): for each learnable blob w with gradient g (averaged over iter_size
-passes), rate r = lr * lr_mult and decay d = weight_decay * decay_mult:
-    g += d * w   (L2; d * sign(w) for L1)
-    h  = momentum * h + r * g
-    w -= h
-The order of one iteration is Caffe's: test if due, forward/backward/update, then snapshot if
-due. Interrupt (Ctrl-C, SIGTERM): finish the iteration, snapshot, stop. A NaN or infinite loss:
+One iteration, in Caffe's order: test if due; iter_size forward/backward passes; gradients
+averaged over them and clipped (clip_gradients); one update per learnable blob (rapa.sgd.SGD:
+Caffe's SGD for digital blobs, the arrays' pulsed update for analog ones); snapshot if due.
+Interrupt (Ctrl-C, SIGTERM): finish the iteration, snapshot, stop. A NaN or infinite loss:
 stop without a snapshot, so that the newest snapshot is the last good state.
 """
 from __future__ import annotations
@@ -15,7 +12,6 @@ import math
 import os
 import pathlib
 import signal
-import sys
 import time
 from collections import deque
 from typing import Callable, Optional
@@ -31,6 +27,7 @@ from .lr_policy import check_policy, learning_rate
 from .net import Net, NetContext
 from .progress import Progress
 from .proto import pb
+from .sgd import SGD
 from .prototxt import read_binary, read_text, write_binary
 from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, save_weights,
                        snapshot_paths, tensor_to_blob)
@@ -56,22 +53,6 @@ def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) 
         say("solver_mode GPU, but no CUDA device is available: training on the CPU")
         return torch.device("cpu")
     return device_named(f"cuda:{sp.device_id}")
-
-
-@torch.no_grad()
-def sgd_step(params, history, rate: float, momentum: float, weight_decay: float,
-             regularization: str = "L2") -> None:
-    """Caffe's SGD update of (name, parameter, ParamSpec) triples; clears the gradients."""
-    for (_, p, spec), h, in zip(params, history):
-        g = p.grad
-        if g is None or spec.lr_mult == 0:
-            continue
-        decay = weight_decay * spec.decay_mult
-        if decay:
-            g.add_(p.sign() if regularization == "L1" else p, alpha=decay)
-        h.mul_(momentum).add_(g, alpha=rate * spec.lr_mult)
-        p.sub_(h)
-        p.grad = None
 
 
 def check_ranges(sp: pb.SolverParameter, where: str) -> None:
@@ -141,7 +122,7 @@ class Solver:
         if self.test_nets and sp.test_interval <= 0:
             raise RapaError(f"{where}: test nets need test_interval > 0")
         self.params = self.net.learnable()
-        self.history = [torch.zeros_like(p) for _, p, _ in self.params]
+        self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type)
         self.iter = 0
         self.losses: deque = deque(maxlen=max(1, sp.average_loss))
         self._interrupted = None
@@ -188,9 +169,9 @@ class Solver:
                                rng_state=torch.get_rng_state().numpy().tobytes())
         if self.device.type == "cuda":
             state.cuda_rng_state = torch.cuda.get_rng_state(self.device).numpy().tobytes()
-        state.history.extend(tensor_to_blob(h) for h in self.history)
+        state.history.extend(tensor_to_blob(h) for h in self.sgd.history)
         for layer in self.net.data_layers():
-            state.data_cursor.add(layer=layer.layer_name, batches=layer.prefetcher.next_index)
+            state.data_cursor.add(layer=layer.layer_name, batches=layer.position)
         state.loss_window.extend(self.losses)
         write_binary(state_path, state)
         return state_path
@@ -202,11 +183,16 @@ class Solver:
         if not state.learned_net or not model.is_file():
             raise RapaError(f"{state_path}: its weights file '{state.learned_net}' is missing")
         load_weights(self.net, model)
-        if len(state.history) != len(self.history):
+        history = list(state.history)
+        if len(history) == len(self.params) != len(self.sgd.history):
+            # Written before analog weights stopped keeping (unused) momentum: skip theirs.
+            history = [h for h, b in zip(history, self.params) if b.arrays is None]
+        if len(history) != len(self.sgd.history):
             raise RapaError(f"{state_path}: holds {len(state.history)} momentum blobs, the net "
-                            f"has {len(self.history)} learnable blobs (a different net?)")
+                            f"has {len(self.sgd.history)} digital learnable blobs (a different "
+                            f"net?)")
         with torch.no_grad():
-            for i, (h, blob) in enumerate(zip(self.history, state.history)):
+            for i, (h, blob) in enumerate(zip(self.sgd.history, history)):
                 value = blob_to_tensor(blob)
                 if value.numel() != h.numel():
                     raise RapaError(f"{state_path}: momentum blob {i} does not fit the net")
@@ -216,7 +202,7 @@ class Solver:
             self.seed = state.seed
             for layer in self.net.data_layers() + [l for n in self.test_nets
                                                    for l in n.data_layers()]:
-                layer.prefetcher.seed = state.seed + layer.seed_offset
+                layer.reseed(state.seed)
         if state.rng_state:
             torch.set_rng_state(torch.from_numpy(np.frombuffer(state.rng_state, np.uint8).copy()))
         if state.cuda_rng_state and self.device.type == "cuda":
@@ -225,7 +211,7 @@ class Solver:
                 self.device)
         cursors = {c.layer: c.batches for c in state.data_cursor}
         for layer in self.net.data_layers():
-            layer.prefetcher.seek(cursors.get(layer.layer_name, 0))
+            layer.seek(cursors.get(layer.layer_name, 0))
         self.losses.clear()
         self.losses.extend(state.loss_window)
 
@@ -233,7 +219,7 @@ class Solver:
 
     def _update(self, rate: float) -> None:
         sp = self.sp
-        grads = [p.grad for _, p, _ in self.params]
+        grads = [b.blob.grad for b in self.params]
         if sp.iter_size > 1:
             for g in grads:
                 if g is not None:
@@ -244,10 +230,7 @@ class Solver:
                 for g in grads:
                     if g is not None:
                         g.mul_(sp.clip_gradients / norm)
-        sgd_step(self.params, self.history, rate, sp.momentum, sp.weight_decay,
-                 sp.regularization_type)
-        # Analog weights have no gradient: their arrays update by pulses (no momentum, no decay).
-        self.net.analog_update(rate / sp.iter_size)
+        self.sgd.step(rate, sp.iter_size)
 
     def _test_all(self, log: Optional[TrainLog]) -> None:
         for i, tn in enumerate(self.test_nets):
@@ -291,8 +274,7 @@ class Solver:
         make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
         make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
         log = TrainLog(log_path, resumed)
-        batch = sum(e.layer.batch_size for e in self.net.entries
-                    if hasattr(e.layer, "batch_size")) or 1
+        batch = sum(layer.batch_size for layer in self.net.data_layers()) or 1
         self.say(f"Training {self.net.name or self.net.source} on {self.device} to iteration "
                  f"{sp.max_iter} (batch {batch} x iter_size {sp.iter_size}, seed {self.seed}); "
                  f"log {log_path}")

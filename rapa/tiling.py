@@ -24,6 +24,8 @@ class TilingScheme(torch.nn.Module):
     """Base class. `num_tiles` is the paper's nt; `num_kernels` the replicas the weight holds."""
 
     name = "base"
+    # Whether a tile reads the pixels of other regions as zero (region() gives a map).
+    reads_regions = False
 
     def __init__(self, num_tiles: int):
         super().__init__()
@@ -34,6 +36,20 @@ class TilingScheme(torch.nn.Module):
     @property
     def num_kernels(self) -> int:
         return self.num_tiles
+
+    def check(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        """ValueError naming what does not fit when the scheme cannot tile a convolution with
+        input size in_hw and output size out_hw (e.g. a block scheme and indivisible sides)."""
+
+    def prepare(self, out_hw: tuple[int, int], device: torch.device = torch.device("cpu"),
+                generator: Optional[torch.Generator] = None) -> None:
+        """Draw what the scheme keeps for this output size, once: random_fixed's partition
+        (a layer's set-up calls it, so that the partition exists before it is saved or
+        loaded); other schemes keep nothing."""
+
+    def state_blobs(self) -> list[Tensor]:
+        """What the scheme keeps and a model file saves (random_fixed's partition)."""
+        return []
 
     def assign(self, batch: int, out_h: int, out_w: int, *, training: bool,
                device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -69,11 +85,15 @@ class NoTiling(TilingScheme):
         return torch.zeros((batch, out_h, out_w), dtype=torch.int64, device=device)
 
 
-def _block_map(height: int, width: int, q: int, what: str, scheme: str, device) -> Tensor:
+def _check_blocks(height: int, width: int, q: int, what: str, scheme: str) -> None:
     if height % q or width % q:
         raise ValueError(
             f"rapa: tiling '{scheme}' with {q * q} tiles needs the {what} sides divisible by "
             f"{q}, got {height}x{width}")
+
+
+def _block_map(height: int, width: int, q: int, what: str, scheme: str, device) -> Tensor:
+    _check_blocks(height, width, q, what, scheme)
     y = torch.arange(height, device=device) * q // height
     x = torch.arange(width, device=device) * q // width
     return x.view(1, width) + q * y.view(height, 1)
@@ -85,6 +105,9 @@ class ImageOverlap(TilingScheme):
 
     name = "image_overlap"
 
+    def check(self, in_hw, out_hw):
+        _check_blocks(*out_hw, self._square_side(), "output", self.name)
+
     def assign(self, batch, out_h, out_w, *, training, device, generator=None):
         tiles = _block_map(out_h, out_w, self._square_side(), "output", self.name, device)
         return tiles.expand(batch, out_h, out_w).contiguous()
@@ -95,6 +118,11 @@ class ImagePad(ImageOverlap):
     were a separate padded sub-image ("image w/pad")."""
 
     name = "image_pad"
+    reads_regions = True
+
+    def check(self, in_hw, out_hw):
+        super().check(in_hw, out_hw)
+        _check_blocks(*in_hw, self._square_side(), "input", self.name)
 
     def region(self, in_h, in_w, device):
         return _block_map(in_h, in_w, self._square_side(), "input", self.name, device)
@@ -104,6 +132,9 @@ class Alternate(TilingScheme):
     """Neighbouring patches go to different tiles: t = (x mod q) + q (y mod q)."""
 
     name = "alternate"
+
+    def check(self, in_hw, out_hw):
+        self._square_side()
 
     def assign(self, batch, out_h, out_w, *, training, device, generator=None):
         q = self._square_side()
@@ -121,14 +152,23 @@ class RandomFixed(TilingScheme):
         super().__init__(num_tiles)
         self.register_buffer("partition", torch.empty((0,), dtype=torch.int64))
 
-    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
-        if self.partition.numel() == 0:
-            self.partition = random_assign(1, out_h, out_w, self.num_tiles,
-                                           generator=generator, device=device)[0]
-        if tuple(self.partition.shape) != (out_h, out_w):
+    def check(self, in_hw, out_hw):
+        if self.partition.numel() and tuple(self.partition.shape) != tuple(out_hw):
             raise ValueError(
                 f"rapa: tiling 'random_fixed' drew its partition for a {tuple(self.partition.shape)}"
-                f" output, but this input gives {out_h}x{out_w}")
+                f" output, but this input gives {out_hw[0]}x{out_hw[1]}")
+
+    def prepare(self, out_hw, device=torch.device("cpu"), generator=None):
+        if self.partition.numel() == 0:
+            self.partition = random_assign(1, *out_hw, self.num_tiles, generator=generator,
+                                           device=device)[0]
+
+    def state_blobs(self):
+        return [self.partition]
+
+    def assign(self, batch, out_h, out_w, *, training, device, generator=None):
+        self.prepare((out_h, out_w), device, generator)  # used outside a net: the first call
+        self.check((0, 0), (out_h, out_w))
         return self.partition.to(device).expand(batch, out_h, out_w).contiguous()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

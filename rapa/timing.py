@@ -37,9 +37,9 @@ def time_layers(net: Net, iterations: int, device: torch.device, backward: bool 
     """Mean time per iteration of each layer's forward and backward pass, measured by hooks on
     the layers while the net runs as it always does (Data layers read one batch, reused)."""
     feed = net.read_data() if net.data_layers() else {}
-    for e in net.entries:  # Input layers get random values of their shapes
-        if e.layer.type_name == "Input":
-            feed.update({t: torch.randn(s, device=device) for t, s in zip(e.tops, e.layer.shapes)})
+    # Blobs the caller feeds (Input layers, net inputs) get random values of their shapes.
+    feed.update({name: torch.randn(shape, device=device)
+                 for name, shape in net.fed_shapes.items()})
     names = [e.layer.layer_name for e in net.entries]
     fwd, bwd = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     started: dict[str, float] = {}
@@ -110,20 +110,14 @@ class AnalogLayer:
 
 
 def analog_model(net: Net) -> list[AnalogLayer]:
+    """The analog time model of every layer that runs on crossbar arrays (its array_work)."""
     out = []
     for e in net.entries:
-        layer = e.layer
-        if layer.type_name == "Convolution":
-            ho, wo = layer.out_hw
-            w = layer.weight
-            o, c, kh, kw = w.shape[-4:]
-            patches = ho * wo
-            scheme = layer.scheme
-            tiles = scheme.num_tiles if scheme is not None else 1
-            # Perforated computes only np/nt patches with its one kernel: fewer, not parallel.
-            per_tile = math.ceil(patches / tiles)
-            out.append(AnalogLayer(layer.layer_name, patches, patches * c * kh * kw * o, tiles,
-                                   per_tile, patches / per_tile))
-        elif layer.type_name == "InnerProduct":
-            out.append(AnalogLayer(layer.layer_name, 1, layer.weight.numel(), 1, 1, 1.0))
+        work = e.layer.array_work()
+        if work is None:
+            continue
+        # Perforated computes only np/nt patches with its one kernel: fewer, not parallel.
+        per_tile = math.ceil(work.patches / work.tiles)
+        out.append(AnalogLayer(e.layer.layer_name, work.patches, work.macs, work.tiles,
+                               per_tile, work.patches / per_tile))
     return out

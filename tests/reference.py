@@ -22,12 +22,13 @@ def mixed_pool(x, beta, kernel, stride, padding, mu=10.0):
 
 def caffe_windows(h, w, kernel, stride, padding):
     """Caffe's pooling windows as ((h0, h1, w0, w1), divisor) per output position."""
-    def pooled(size, k, s, p):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+
+    def pooled(size, k, s, p):  # pooling_layer.cpp: the correction when either side is padded
         out = -(-(size + 2 * p - k) // s) + 1
-        if p > 0 and (out - 1) * s >= size + p:
+        if (ph or pw) and (out - 1) * s >= size + p:
             out -= 1
         return out
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     ho, wo = pooled(h, kh, sh, ph), pooled(w, kw, sw, pw)
     windows = {}
     for oy in range(ho):

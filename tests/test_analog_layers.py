@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import rapa  # noqa: F401
-from rapa.analog import MappingParameters, RPUConfig, from_proto, perfect
+from rapa.analog import MappingParameters, from_proto, perfect
 from rapa.analog.arrays import AnalogArrays, analog_conv
 from rapa.layers.base import make_layer
 from rapa.proto import pb
 from rapa.prototxt import parse_text
+from rapa.sgd import SGD
 from rapa.solver import Solver
 from test_solver import NET, SOLVER, weights, workdir  # noqa: F401  (the fixture)
 
@@ -138,8 +139,8 @@ def test_weights_start_within_the_device_bounds():
     layer = _layer('name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param {'
                    ' num_output: 20 weight_filler { type: "gaussian" std: 2 } rpu_param { } }',
                    (1, 30))
-    a = layer.analog
-    w = layer.weight.detach().view(1, 20, 30)
+    a = layer.module.arrays
+    w = layer.module.weight.detach().view(1, 20, 30)
     assert (w <= a.w_max).all() and (w >= a.w_min).all() and (w == a.w_max).any()
 
 
@@ -161,7 +162,7 @@ def test_analog_net_trains_saves_and_resumes_exactly(workdir):  # noqa: F811
     straight.solve()
     final = weights(straight)
     assert not torch.equal(final["conv/0"], start["conv/0"])     # pulsed updates happened
-    arrays = straight.net.layer("conv").analog
+    arrays = straight.net.layer("conv").module.arrays
     assert (final["conv/0"].view(4, 4, -1) <= arrays.w_max).all()
     for f in (workdir / "snap").iterdir():
         f.unlink()
@@ -171,7 +172,7 @@ def test_analog_net_trains_saves_and_resumes_exactly(workdir):  # noqa: F811
     for n, w in weights(resumed).items():
         torch.testing.assert_close(w, final[n], rtol=0, atol=0)
     # The arrays' device draws come back with the snapshot, not from the seed.
-    again = resumed.net.layer("conv").analog
+    again = resumed.net.layer("conv").module.arrays
     for name in ("dw_up", "dw_down", "w_min", "w_max"):
         assert torch.equal(getattr(again, name), getattr(arrays, name))
 
@@ -189,7 +190,11 @@ def test_generated_analog_nets_build():
                 layer.input_param.shape.add(dim=[2, 3, 32, 32])
                 layer.input_param.shape.add(dim=[2])
         net = Net(param, pb.TRAIN, source=name)
-        assert len(net.analog_layers()) == 4
+        blobs = net.learnable()
+        assert sum(b.arrays is not None for b in blobs) == 4
+        before = [b.blob.detach().clone() for b in blobs]
         out = net({"data": torch.randn(2, 3, 32, 32) * 50, "label": torch.tensor([1, 2])})
         net.loss(out).backward()
-        net.analog_update(0.001)
+        SGD(blobs).step(0.001)
+        for b, old in zip(blobs, before):  # every blob took a step, analog ones by pulses
+            assert not torch.equal(b.blob.detach(), old), b.name

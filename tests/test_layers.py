@@ -60,7 +60,7 @@ def test_global_and_mixed_pooling():
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     blobs = run(net, x)
     torch.testing.assert_close(blobs["g"], x.mean((2, 3), keepdim=True))
-    beta = net.layer("m").beta
+    beta = net.layer("m").module.beta
     torch.testing.assert_close(beta, torch.full((4,), 0.2, dtype=torch.float64))  # 2 / mu
     torch.testing.assert_close(blobs["m"], reference.mixed_pool(x, beta, (3, 3), (2, 2), (0, 0)))
 
@@ -97,7 +97,7 @@ def test_convolution_untiled_is_conv2d_and_caffe_shaped():
     net = build('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {'
                 ' num_output: 6 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "xavier" }'
                 ' bias_filler { type: "constant" value: 0.5 } } }', (2, 3, 9, 9))
-    layer = net.layer("c")
+    layer = net.layer("c").module
     assert tuple(layer.weight.shape) == (6, 3, 3, 3)  # Caffe's blob shape
     torch.testing.assert_close(layer.bias, torch.full((6,), 0.5, dtype=torch.float64))
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
@@ -111,7 +111,7 @@ def test_convolution_tiled(scheme, tiles):
                 f'convolution_param {{ num_output: 5 kernel_size: 5 pad: 2 weight_filler {{ '
                 f'type: "gaussian" std: 0.1 }} tiling_param {{ scheme: "{scheme}" num_tiles: '
                 f'{tiles} }} }} }}', (2, 3, 8, 8))
-    layer = net.layer("c")
+    layer = net.layer("c").module
     assert tuple(layer.weight.shape) == (tiles, 5, 3, 5, 5)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     assignment = layer.scheme.assign(2, 8, 8, training=False, device=x.device)
@@ -125,7 +125,7 @@ def test_tiled_replicas_are_drawn_independently():
     net = build('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {'
                 ' num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } '
                 'tiling_param { scheme: "random" num_tiles: 3 } } }', (1, 2, 6, 6))
-    w = net.layer("c").weight
+    w = net.layer("c").module.weight
     w = w.detach()
     assert not torch.equal(w[0], w[1]) and abs(float(w.std()) - 1) < 0.2
 
@@ -140,7 +140,7 @@ def test_inner_product_softmax_loss_accuracy():
     x = torch.randn(6, 2, 3, 3, dtype=torch.float64)
     label = torch.randint(0, 7, (6,))
     blobs = run(net, x, label=label)
-    ip = net.layer("ip")
+    ip = net.layer("ip").module
     scores = x.flatten(1) @ ip.weight.t() + ip.bias
     torch.testing.assert_close(blobs["s"], scores)
     torch.testing.assert_close(blobs["loss"], F.cross_entropy(scores, label))
@@ -179,7 +179,7 @@ def test_fillers(kind, check):
     net = build(f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" '
                 f'convolution_param {{ num_output: 400 kernel_size: 5 weight_filler {{ {params} }}'
                 f' }} }}', (1, 3, 5, 5))
-    assert check(net.layer("c").weight.detach())  # fan_in = 3 * 5 * 5 = 75
+    assert check(net.layer("c").module.weight.detach())  # fan_in = 3 * 5 * 5 = 75
 
 
 def test_relu_dropout_in_place_and_phases():
@@ -231,4 +231,112 @@ def test_relu_dropout_in_place_and_phases():
 ])
 def test_set_up_errors_name_the_layer(text, message):
     with pytest.raises(RapaError, match=re.escape(message)):
+        build(text, (2, 3, 8, 8))
+
+
+ALL_TYPES = """
+layer { name: "c1" type: "Convolution" bottom: "x" top: "c1" convolution_param { num_output: 6
+  kernel_size: 3 stride: 2 pad: 1 tiling_param { scheme: "random" num_tiles: 3 } } }
+layer { name: "c2" type: "Convolution" bottom: "x" top: "c2" convolution_param { num_output: 4
+  kernel_h: 3 kernel_w: 5 pad_h: 0 pad_w: 2 dilation: 2 group: 2 } }
+layer { name: "c3" type: "Convolution" bottom: "x" top: "c3" convolution_param { num_output: 4
+  kernel_size: 3 pad: 1 tiling_param { scheme: "image_pad" num_tiles: 4 } } }
+layer { name: "c4" type: "Convolution" bottom: "x" top: "c4" convolution_param { num_output: 3
+  kernel_size: 2 tiling_param { scheme: "perforated" num_tiles: 2 } rpu_param { } } }
+layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "pmax" type: "Pooling" bottom: "c1" top: "pmax" pooling_param { pool: MAX
+  kernel_size: 3 stride: 2 } }
+layer { name: "pave" type: "Pooling" bottom: "c3" top: "pave" pooling_param { pool: AVE
+  kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "psto" type: "Pooling" bottom: "c2" top: "psto" pooling_param { pool: STOCHASTIC
+  kernel_h: 2 kernel_w: 3 stride: 2 } }
+layer { name: "pmix" type: "Pooling" bottom: "c4" top: "pmix" pooling_param { pool: MIXED
+  kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "pg" type: "Pooling" bottom: "c3" top: "pg" pooling_param { pool: AVE
+  global_pooling: true } }
+layer { name: "n1" type: "LRN" bottom: "pave" top: "n1" lrn_param { local_size: 3 } }
+layer { name: "n2" type: "LRN" bottom: "pmax" top: "n2" lrn_param { local_size: 3
+  norm_region: WITHIN_CHANNEL } }
+layer { name: "d" type: "Dropout" bottom: "n2" top: "d" }
+layer { name: "ip" type: "InnerProduct" bottom: "d" top: "ip" inner_product_param {
+  num_output: 5 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "n1" top: "ip2" inner_product_param {
+  num_output: 7 axis: 2 } }
+layer { name: "ip3" type: "InnerProduct" bottom: "pg" top: "ip3" inner_product_param {
+  num_output: 5 rpu_param { } } }
+layer { name: "sm" type: "Softmax" bottom: "ip2" top: "sm" softmax_param { axis: -1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss"
+  top: "prob" }
+layer { name: "acc" type: "Accuracy" bottom: "ip3" bottom: "label" top: "acc"
+  accuracy_param { top_k: 2 } }
+"""
+
+
+@pytest.mark.parametrize("phase", [pb.TRAIN, pb.TEST])
+def test_declared_top_shapes_are_the_computed_ones(phase):
+    """The net takes every top shape from the layers' answers at set-up; each must be the shape
+    the layer's forward then gives."""
+    net = build(ALL_TYPES, (2, 4, 10, 10), phase, label_shape=(2,))
+    net.train(phase == pb.TRAIN)
+    blobs = run(net, torch.randn(2, 4, 10, 10, dtype=torch.float64),
+                label=torch.tensor([1, 3]))
+    assert len(blobs) == len(net.blob_shapes) == 21
+    for name, value in blobs.items():
+        assert net.blob_shapes[name] == tuple(value.shape), name
+    assert net.blob_shapes["pmax"] == (2, 6, 2, 2) and net.blob_shapes["psto"] == (2, 4, 3, 3)
+    assert net.blob_shapes["ip2"] == (2, 4, 7) and net.blob_shapes["loss"] == ()
+
+
+def test_layer_contract_answers():
+    net = build(ALL_TYPES, (2, 4, 10, 10), label_shape=(2,))
+    blobs = {b.name: b for b in net.learnable()}
+    # Analog arrays hold the weights of c4 and ip3 only; their biases and the rest are digital.
+    assert sorted(n for n, b in blobs.items() if b.arrays is not None) == ["c4/0", "ip3/0"]
+    assert blobs["c4/0"].arrays is net.layer("c4").module.arrays
+    assert blobs["pmix/0"].blob is net.layer("pmix").module.beta
+    assert len([n for n in blobs if n.startswith("c1/")]) == 2
+    # State blobs: the arrays' four device draws and their scale; none for digital layers.
+    assert len(net.layer("c4").state_blobs()) == 5 and net.layer("c1").state_blobs() == []
+    assert [e.layer.layer_name for e in net.entries if e.layer.votes] == ["acc"]
+    works = {e.layer.layer_name: e.layer.array_work() for e in net.entries
+             if e.layer.array_work() is not None}
+    assert sorted(works) == ["c1", "c2", "c3", "c4", "ip", "ip2", "ip3"]
+    assert (works["c1"].patches, works["c1"].tiles, works["c1"].macs) == (25, 3, 25 * 36 * 6)
+    assert net.layer("loss").default_loss_weight == 1
+    assert net.layer("acc").label_range() == (5, None)
+    assert net.fed_shapes == {"x": (2, 4, 10, 10), "label": (2,)}
+
+
+def test_blobs_not_fed_are_named():
+    net = build('layer { name: "r" type: "ReLU" bottom: "x" top: "y" }', (2, 3, 4, 4),
+                label_shape=(2,))
+    with pytest.raises(RapaError, match=r"layer 'in' \(Input\): no value fed for its tops x, "
+                                        r"label"):
+        net({})
+    with pytest.raises(RapaError, match=r"layer 'in' \(Input\): x fed but not label"):
+        net({"x": torch.zeros(2, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("text,message", [
+    ('layer { name: "s" type: "Softmax" bottom: "x" top: "y" softmax_param { axis: 4 } }',
+     r"layer 's' \(Softmax\): softmax_param.axis 4 is out of range for bottom shape "
+     r"\(2, 3, 8, 8\)"),
+    ('layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '
+     'num_output: 2 axis: -5 } }', r"layer 'ip' \(InnerProduct\): axis -5 is out of range"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 3 kernel_size: 3 group: 2 } }',
+     r"layer 'c' \(Convolution\): group 2 must divide the input channels \(3\)"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { '
+     'kernel_size: 1 stride: 3 } }', r"layer 'p' \(Pooling\): a stride larger than the kernel"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 3 kernel_size: 3 pad: 1 tiling_param { scheme: "image_overlap" '
+     'num_tiles: 9 } } }',
+     r"layer 'c' \(Convolution\): tiling 'image_overlap' with 9 tiles needs the output sides "
+     r"divisible by 3, got 8x8"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 3 kernel_size: 3 rpu_param { device { dw_min: -1 } } } }',
+     r"layer 'c' \(Convolution\): rpu_param: device.dw_min must be > 0"),
+])
+def test_shape_and_setting_mismatches_name_the_layer(text, message):
+    with pytest.raises(RapaError, match=message):
         build(text, (2, 3, 8, 8))

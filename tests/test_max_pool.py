@@ -64,9 +64,10 @@ def test_gradcheck_and_non_contiguous_input(device):
 
 def test_pooling_layer_max_uses_it(monkeypatch):
     from rapa.layers import pooling
+    from rapa.nn import pooling as pool_module
     from rapa.proto import pb
     calls = []
-    monkeypatch.setattr(pooling, "max_pool", lambda *a: calls.append(a) or reference(*a))
+    monkeypatch.setattr(pool_module, "max_pool", lambda *a: calls.append(a) or reference(*a))
     lp = pb.LayerParameter(name="pool1", type="Pooling", bottom=["x"], top=["y"])
     lp.pooling_param.pool = pb.PoolingParameter.MAX
     lp.pooling_param.kernel_size, lp.pooling_param.stride = 3, 2

@@ -64,7 +64,7 @@ def test_opcheck_and_compile(device):
 
 
 def test_module_starts_biased_to_max(device):
-    pool = rapa.MixedPool2d(4, 3, 2).to(device)
+    pool = rapa.nn.Pool2d("mixed", 3, 2, channels=4).to(device)
     torch.testing.assert_close(pool.beta.detach(), torch.full((4,), 0.2, device=device))
 
 

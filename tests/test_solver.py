@@ -1,6 +1,5 @@
 """The solver: Caffe's rate policies and update, exact resume, and safe stops."""
 import math
-import os
 import pathlib
 import re
 import signal
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from datasets import random_images, write_lmdb
-from rapa.cli import main
 from rapa.errors import RapaError
 from rapa.lr_policy import learning_rate
 from rapa.proto import pb
@@ -81,7 +79,7 @@ def setup_files(workdir, max_iter=12, scheme="random_fixed", solver_extra=""):
 
 
 def weights(solver):
-    return {n: p.detach().clone() for n, p, _ in solver.net.learnable()}
+    return {b.name: b.blob.detach().clone() for b in solver.net.learnable()}
 
 
 @pytest.mark.parametrize("policy,fields,expect", [
@@ -110,15 +108,15 @@ def test_sgd_update_is_caffes(workdir):
     batch = solver.net.layer("data").prefetcher.batch(0)
     loss = solver.net.loss(solver.net(dict(zip(["data", "label"], batch))))
     loss.backward()
-    grads = {n: p.grad.clone() for n, p, _ in solver.net.learnable()}
+    grads = {b.name: b.blob.grad.clone() for b in solver.net.learnable()}
     solver.net.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
     solver.solve()
     rate = 0.05 * 0.1  # warm-up
-    for n, p, spec in solver.net.learnable():
-        decay = 0.001 * spec.decay_mult
-        expected = before[n] - rate * spec.lr_mult * (grads[n] + decay * before[n])
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+    for b in solver.net.learnable():
+        decay = 0.001 * b.spec.decay_mult
+        expected = before[b.name] - rate * b.spec.lr_mult * (grads[b.name] + decay * before[b.name])
+        torch.testing.assert_close(b.blob.detach(), expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("scheme", ["random_fixed", "random"])
@@ -147,16 +145,16 @@ def test_resume_continues_exactly(workdir, scheme):
 def test_weights_include_the_fixed_partition(workdir):
     solver = Solver(setup_files(workdir, max_iter=4), say=lambda m: None, progress=False)
     solver.solve()
-    partition = solver.net.layer("conv").scheme.partition.clone()
+    partition = solver.net.layer("conv").module.scheme.partition.clone()
     # The test net shares the train net's partition, not a draw of its own.
-    assert solver.test_nets[0].layer("conv").scheme.partition is \
-        solver.net.layer("conv").scheme.partition
+    assert solver.test_nets[0].layer("conv").module.scheme.partition is \
+        solver.net.layer("conv").module.scheme.partition
     from rapa.net import Net
     from rapa.snapshot import load_weights
     net = Net(parse_text(NET % "random_fixed", pb.NetParameter()), pb.TEST)
-    assert not torch.equal(net.layer("conv").scheme.partition, partition)
+    assert not torch.equal(net.layer("conv").module.scheme.partition, partition)
     load_weights(net, workdir / "snap/tiny_iter_4.caffemodel")
-    assert torch.equal(net.layer("conv").scheme.partition, partition)
+    assert torch.equal(net.layer("conv").module.scheme.partition, partition)
     net.close()
 
 

@@ -46,6 +46,45 @@ def test_side_divisible_required(name):
         assign(tiling.make_scheme(name, 16), h=10, w=10)
 
 
+@pytest.mark.parametrize("name,tiles,in_hw,out_hw,message", [
+    ("image_overlap", 6, (8, 8), (8, 8), "needs a square number of tiles"),
+    ("alternate", 6, (8, 8), (8, 8), "needs a square number of tiles"),
+    ("image_overlap", 4, (9, 9), (7, 8), "needs the output sides divisible by 2, got 7x8"),
+    ("image_pad", 4, (9, 8), (8, 8), "needs the input sides divisible by 2, got 9x8"),
+    ("image_pad", 9, (9, 9), (8, 9), "needs the output sides divisible by 3, got 8x9"),
+])
+def test_check_refuses_what_the_scheme_cannot_tile(name, tiles, in_hw, out_hw, message):
+    scheme = tiling.make_scheme(name, tiles)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match=message):
+        scheme.check(in_hw, out_hw)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name,tiles", [("none", 1), ("image_overlap", 4), ("image_pad", 4),
+                                        ("alternate", 9), ("random", 5), ("random_fixed", 3),
+                                        ("perforated", 4)])
+def test_check_accepts_what_assign_computes(name, tiles):
+    scheme = tiling.make_scheme(name, tiles)
+    scheme.check((12, 12), (6, 6))
+    assert assign(scheme, h=6, w=6).shape == (2, 6, 6)
+    assert (scheme.region(12, 12, "cpu") is not None) == scheme.reads_regions
+
+
+def test_random_fixed_prepare_draws_once_and_is_checked():
+    scheme = tiling.make_scheme("random_fixed", 3)
+    assert scheme.state_blobs()[0].numel() == 0
+    scheme.prepare((4, 5))
+    partition = scheme.partition.clone()
+    assert partition.shape == (4, 5) and sorted(torch.bincount(partition.flatten()).tolist()) == [6, 7, 7]
+    scheme.prepare((4, 5))
+    assert torch.equal(scheme.partition, partition) and scheme.state_blobs()[0] is scheme.partition
+    with pytest.raises(ValueError, match=r"drew its partition for a \(4, 5\) output, but this "
+                                         r"input gives 6x6"):
+        scheme.check((6, 6), (6, 6))
+    assert tiling.make_scheme("random", 3).state_blobs() == []
+
+
 def test_random_any_count_and_new_each_call():
     scheme = tiling.make_scheme("random", 7)
     a, b = assign(scheme, h=10, w=10), assign(scheme, h=10, w=10)
@@ -58,12 +97,12 @@ def test_random_fixed_is_drawn_once_and_saved():
     scheme = tiling.make_scheme("random_fixed", 4)
     a = assign(scheme, n=3)
     assert torch.equal(a[0], a[2]) and torch.equal(a, assign(scheme, n=3, training=False))
-    conv = rapa.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
+    conv = rapa.nn.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
     conv(torch.randn(2, 3, 8, 8))
     buffer = io.BytesIO()
     torch.save(conv.state_dict(), buffer)
     buffer.seek(0)
-    restored = rapa.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
+    restored = rapa.nn.TiledConv2d(3, 4, 3, padding=1, tiling="random_fixed", num_tiles=4)
     restored.load_state_dict(torch.load(buffer))
     assert torch.equal(restored.scheme.partition, conv.scheme.partition)
     x = torch.randn(2, 3, 8, 8)
@@ -89,16 +128,21 @@ def test_unknown_scheme_lists_known_ones():
 @pytest.mark.parametrize("name,nt", [("none", 1), ("image_overlap", 4), ("alternate", 4),
                                      ("random_fixed", 4), ("random", 5), ("perforated", 4)])
 def test_identical_replicas_recover_the_convolution(device, name, nt):
-    conv = rapa.TiledConv2d(3, 6, 5, padding=2, tiling=name, num_tiles=nt).to(device).double().eval()
-    with torch.no_grad():
-        conv.weight.copy_(conv.weight[:1].expand_as(conv.weight))
-        conv.bias.copy_(conv.bias[:1].expand_as(conv.bias))
+    conv = rapa.nn.TiledConv2d(3, 6, 5, padding=2, tiling=name, num_tiles=nt).to(device).double().eval()
+    if conv.tiled:
+        with torch.no_grad():
+            conv.weight.copy_(conv.weight[:1].expand_as(conv.weight))
+            conv.bias.copy_(conv.bias[:1].expand_as(conv.bias))
+        weight, bias = conv.weight[0], conv.bias[0]
+    else:  # untiled: torch's (O, C, kh, kw) weight and (O,) bias
+        weight, bias = conv.weight, conv.bias
+        assert weight.shape == (6, 3, 5, 5) and bias.shape == (6,)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
-    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight[0], conv.bias[0], padding=2))
+    torch.testing.assert_close(conv(x), F.conv2d(x, weight, bias, padding=2))
 
 
 def test_module_trains_every_scheme(device):
     for name, nt in [("image_pad", 4), ("random", 16), ("perforated", 4)]:
-        conv = rapa.TiledConv2d(3, 4, 3, padding=1, tiling=name, num_tiles=nt).to(device)
+        conv = rapa.nn.TiledConv2d(3, 4, 3, padding=1, tiling=name, num_tiles=nt).to(device)
         conv(torch.randn(2, 3, 8, 8, device=device)).square().sum().backward()
         assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()

@@ -11,7 +11,7 @@ import torch
 
 from datasets import cifar_python_archive, cifar_tree
 from rapa.cli import main
-from rapa.evaluate import vote
+from rapa.nn import vote
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import read_text
@@ -83,6 +83,8 @@ def test_every_committed_net_builds_and_runs(tree):
             classes = 100 if "cifar100" in str(path) else 10
             assert blobs["ip1"].shape[1] == classes
             assert torch.isfinite(net.loss(blobs))
+            for name, value in blobs.items():  # the shapes set-up computed are the real ones
+                assert net.blob_shapes[name] == tuple(value.shape), (path.name, name)
             net.close()
 
 

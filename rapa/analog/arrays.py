@@ -1,10 +1,12 @@
-"""T analog arrays holding a layer's kernel matrices (T = 1 without tiling), one per replica.
+"""T analog arrays holding a module's kernel matrices (T = 1 without tiling), one per replica.
 
-The layer keeps its weight as an ordinary Parameter (so .caffemodel files hold it as before);
-AnalogArrays holds what the hardware adds: each array's device-to-device draws (step sizes and
-bounds, saved with the model as state blobs) and the (x, d) rows of the last backward pass,
-which the solver turns into the pulsed update (apply_update) in place of SGD. Forward and
-backward products go through the array's periphery (rapa.analog_mvm); biases stay digital.
+The module (rapa.nn.TiledConv2d, rapa.nn.Linear) keeps its weight as an ordinary Parameter (so
+.caffemodel files hold it as before); AnalogArrays holds what the hardware adds: each array's
+device-to-device draws (step sizes and bounds, saved with the model as state blobs) and the
+(x, d) rows of the backward passes since the last update, which the optimizer's step turns into
+the pulsed update of that weight (apply_update) in place of SGD, as aihwkit's AnalogSGD asks
+each analog tile to update. Forward and backward products go through the array's periphery
+(rapa.analog_mvm); biases stay digital.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import RPUConfig, from_proto
+from ..geometry import conv_out
+from .config import RPUConfig
 from .ops import analog_mvm, rpu_update
 
 STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
@@ -80,11 +83,13 @@ class AnalogArrays(torch.nn.Module):
         return out
 
     @torch.no_grad()
-    def apply_update(self, weight3: Tensor, lr: float) -> int:
-        """The pulsed update of every recorded backward pass, in order; returns their count.
-        With weight scaling, array t runs at the rate lr / alpha_t^2: the recorded d is
-        alpha_t times the layer's output gradient, so the layer's weights, alpha_t times the
-        conductances, move by -lr d x^T on average, as in SGD."""
+    def apply_update(self, weight: Tensor, lr: float) -> int:
+        """The pulsed update of `weight` (the T x O x K conductances, in any shape of that
+        size: a view is updated in place) from every recorded backward pass, in order; returns
+        their count. With weight scaling, array t runs at the rate lr / alpha_t^2: the recorded
+        d is alpha_t times the layer's output gradient, so the layer's weights, alpha_t times
+        the conductances, move by -lr d x^T on average, as in SGD."""
+        weight3 = weight.view(self.dw_up.shape)
         done = len(self.pending)
         state = self.device_state()
         for x, d, tile in self.pending:
@@ -93,19 +98,6 @@ class AnalogArrays(torch.nn.Module):
             rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
         self.pending.clear()
         return done
-
-
-def arrays_for(layer, msg, weight3: Tensor) -> AnalogArrays:
-    """The arrays of `layer` from its rpu_param `msg`, holding `weight3` (T, O, K), which is
-    mapped onto conductances (weight scaling) and clipped into the devices' bounds; a bad
-    setting is the layer's error."""
-    try:
-        config = from_proto(msg, "rpu_param")
-    except ValueError as e:
-        raise layer.error(str(e)) from None
-    arrays = AnalogArrays(config, tuple(weight3.shape))
-    arrays.map_(weight3)
-    return arrays
 
 
 class _AnalogProduct(torch.autograd.Function):
@@ -159,8 +151,8 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias). weight3 is
     (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None."""
     n, _, h, w = x.shape
-    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    ho, wo = conv_out(h, kernel[0], stride[0], padding[0]), conv_out(w, kernel[1], stride[1],
+                                                                  padding[1])
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))

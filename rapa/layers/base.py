@@ -1,17 +1,36 @@
-"""The layer base class and the registry of layer types.
+"""The layer contract, the data-layer base, and the registry of layer types.
 
-A layer is set up once from its LayerParameter and the shapes of its bottoms (Caffe's
-LayerSetUp + Reshape), checks every invariant there with an error that names the layer, and
-then maps bottom tensors to top tensors in forward. Learnable blobs are nn.Parameters listed
-in Caffe's blob order, so that .caffemodel files map onto them one to one.
+A layer is a thin Caffe adapter: set up once from its LayerParameter and the shapes of its
+bottoms (Caffe's LayerSetUp + Reshape), it parses its `*_param`, checks every invariant with an
+error that names the layer, builds one module (rapa.nn, or torch.nn where torch's is Caffe's),
+fills its blobs with Caffe's fillers, and forwards through that module.
+
+What the net, the solver and the tools may ask a layer (and nothing else; no one asks a layer
+what type it is):
+  top_shapes()         the shape of every top, computed at set-up from the bottom shapes
+  learnable()          its learnable blobs in Caffe's order (weight, bias, ...), each with its
+                       ParamSpec and the analog arrays that hold it, if any (`Learnable`)
+  state_blobs()        blobs a model file saves that are not learned (a fixed tile partition,
+                       the arrays' device draws), after the learnable ones
+  load_state_blob()    puts one of them back
+  default_loss_weight  the weight of its first top when the prototxt gives none (loss layers: 1)
+  label_range()        (classes, ignore_label) when it reads class labels from bottom[1]
+  votes                whether it scores predictions and can score a majority vote over
+                       several passes (vote_accuracy), as test-time voting asks
+  array_work()         for layers on crossbar arrays: matrix-vector products per image, MACs,
+                       tiles (the paper's analog time model, Fig. 1)
+A DataLayer (below) reads its tops from a database; a layer without bottoms that is not a
+DataLayer has its tops fed by the caller (Input).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
+from ..analog import AnalogArrays
 from ..errors import RapaError
 from ..proto import pb
 
@@ -27,6 +46,23 @@ def register(type_name: str):
     return wrap
 
 
+@dataclass
+class Learnable:
+    """One learnable blob of a net and how the solver updates it."""
+    name: str                                # "<layer>/<index>"
+    blob: torch.nn.Parameter
+    spec: pb.ParamSpec                       # lr_mult, decay_mult (Caffe's defaults if unset)
+    arrays: Optional[AnalogArrays] = None    # set: updated by these arrays' pulses, not SGD
+
+
+@dataclass
+class ArrayWork:
+    """A layer's work on crossbar arrays per image (paper Fig. 1)."""
+    patches: int   # np: matrix-vector products (output pixels of a convolution)
+    macs: int      # multiply-accumulates
+    tiles: int     # nt: arrays working on them in parallel
+
+
 class Layer(torch.nn.Module):
     type_name = ""
     # (fewest, most) bottoms and tops; None = any number.
@@ -34,11 +70,11 @@ class Layer(torch.nn.Module):
     tops: tuple[int, int | None] = (1, 1)
     # Tops that are losses by default (Caffe: loss layers weigh their first top 1).
     default_loss_weight = 0.0
-    # Layers that read files or seeds from the net (Data) take a NetContext.
-    needs_context = False
+    # Scores predictions against labels and answers vote_accuracy (test-time voting).
+    votes = False
 
-    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape],
-                 phase: int):
+    def __init__(self, param: pb.LayerParameter, bottom_shapes: Sequence[Shape], phase: int,
+                 context=None):
         super().__init__()
         self.param = param
         self.layer_name = param.name
@@ -46,11 +82,19 @@ class Layer(torch.nn.Module):
         self._check_counts("bottom", len(param.bottom), self.bottoms)
         self._check_counts("top", len(param.top), self.tops)
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
+        self.module: Optional[torch.nn.Module] = None
 
     # -- set-up helpers ------------------------------------------------------------------------
 
     def error(self, message: str) -> RapaError:
         return RapaError(f"layer '{self.layer_name}' ({self.type_name}): {message}")
+
+    def build(self, factory, *args, **kwargs):
+        """factory(*args, **kwargs), a module's ValueError becoming this layer's error."""
+        try:
+            return factory(*args, **kwargs)
+        except ValueError as e:
+            raise self.error(str(e).removeprefix("rapa: ")) from None
 
     def _check_counts(self, what: str, count: int, limits: tuple[int, int | None]) -> None:
         low, high = limits
@@ -59,10 +103,12 @@ class Layer(torch.nn.Module):
                                                   else f"{low} to {high}")
             raise self.error(f"needs {want} {what} blob(s), has {count}")
 
-    def label_range(self):
-        """(classes, ignore_label) for a layer that reads class labels from bottom[1]: a label
-        must lie in [0, classes) or equal ignore_label (None: none). Other layers: None."""
-        return None
+    def axis_of(self, axis: int, shape: Shape, field: str) -> int:
+        """A Caffe axis (negative counts from the end) as an index into `shape`."""
+        index = axis + len(shape) if axis < 0 else axis
+        if not 0 <= index < len(shape):
+            raise self.error(f"{field} {axis} is out of range for bottom shape {shape}")
+        return index
 
     def check_labels(self, axis: int) -> None:
         """bottom[1] must hold one label per prediction of bottom[0] along `axis`."""
@@ -76,17 +122,29 @@ class Layer(torch.nn.Module):
     def param_specs(self) -> list[pb.ParamSpec]:
         """The ParamSpec of each learnable blob (Caffe's defaults where the prototxt has none)."""
         specs = list(self.param.param)
-        learnable = self.learnable_blobs()
-        if len(specs) > len(learnable):
-            raise self.error(f"has {len(specs)} param {{ }} entries but only "
-                             f"{len(learnable)} learnable blob(s)")
-        return specs + [pb.ParamSpec() for _ in range(len(learnable) - len(specs))]
+        count = len(self.learnable_blobs())
+        if len(specs) > count:
+            raise self.error(f"has {len(specs)} param {{ }} entries but only {count} "
+                             f"learnable blob(s)")
+        return specs + [pb.ParamSpec() for _ in range(count - len(specs))]
 
-    # -- what subclasses provide ---------------------------------------------------------------
+    # -- the contract --------------------------------------------------------------------------
+
+    def top_shapes(self) -> list[Shape]:
+        """The shape of each top, from the bottom shapes; every layer answers."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its top shapes")
 
     def learnable_blobs(self) -> list[torch.nn.Parameter]:
         """Learnable blobs in Caffe's order (weight, bias, ...)."""
         return []
+
+    def blob_arrays(self, index: int) -> Optional[AnalogArrays]:
+        """The analog arrays holding learnable blob `index`, or None (digital)."""
+        return None
+
+    def learnable(self) -> list[Learnable]:
+        return [Learnable(f"{self.layer_name}/{i}", blob, spec, self.blob_arrays(i))
+                for i, (blob, spec) in enumerate(zip(self.learnable_blobs(), self.param_specs()))]
 
     def state_blobs(self) -> list[torch.Tensor]:
         """Blobs saved with the model that are not learned (e.g. a fixed tile partition)."""
@@ -99,8 +157,62 @@ class Layer(torch.nn.Module):
         with torch.no_grad():  # in place: a test net shares these very tensors
             blobs[index].copy_(value.reshape(blobs[index].shape))
 
-    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def label_range(self) -> Optional[tuple[int, Optional[int]]]:
+        """(classes, ignore_label) for a layer that reads class labels from bottom[1]: a label
+        must lie in [0, classes) or equal ignore_label (None: none). Other layers: None."""
+        return None
+
+    def vote_accuracy(self, passes: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The accuracy of the majority vote over `passes` (bottom[0] of several passes),
+        scored as one pass is; only layers with `votes` answer."""
         raise NotImplementedError
+
+    def array_work(self) -> Optional[ArrayWork]:
+        return None
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(*bottoms)
+        return out if isinstance(out, tuple) else (out,)
+
+
+class DataLayer(Layer):
+    """A layer that reads its tops from a database through a background prefetcher: batch
+    size, position (batches read), reseeding, label limits, the device of its tops."""
+    bottoms = (0, 0)
+
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase, context)
+        # Train and test readers draw from different streams of the run's seed.
+        self.seed_offset = 7919 * (1 + phase)
+        self.batch_size = 0
+        self.prefetcher = None      # set by the subclass: a rapa.data.prefetch.Prefetcher
+        self.output_device: Optional[torch.device] = None
+
+    @property
+    def position(self) -> int:
+        """The index of the next batch it will read."""
+        return self.prefetcher.next_index
+
+    def seek(self, batches: int) -> None:
+        """The next batch read will be batch `batches` (a resumed run; every test pass)."""
+        self.prefetcher.seek(batches)
+
+    def reseed(self, seed: int) -> None:
+        """Draw the augmentation from the run seed `seed` (a resumed run keeps the original)."""
+        self.prefetcher.seed = seed + self.seed_offset
+
+    def limit_labels(self, classes: int, ignore: Optional[int], reader: str) -> None:
+        """Every label must lie in [0, classes) or equal `ignore`, as `reader` needs."""
+        self.prefetcher.limit_labels(classes, ignore, reader)
+
+    def close(self) -> None:
+        self.prefetcher.close()
+
+    def forward(self):
+        tops = next(self.prefetcher)
+        if self.output_device is not None and self.output_device.type != "cpu":
+            tops = tuple(t.to(self.output_device, non_blocking=True) for t in tops)
+        return tuple(tops)[:len(self.param.top)]
 
 
 def pair_from(values: Sequence[int], h: int | None, w: int | None, default: int,
@@ -128,6 +240,4 @@ def make_layer(param: pb.LayerParameter, bottom_shapes: Sequence[Shape], phase: 
     if cls is None:
         raise RapaError(f"layer '{param.name}': unknown type '{param.type}'; known types: "
                         f"{', '.join(sorted(LAYER_TYPES))}")
-    if cls.needs_context:
-        return cls(param, bottom_shapes, phase, context=context)
-    return cls(param, bottom_shapes, phase)
+    return cls(param, bottom_shapes, phase, context)

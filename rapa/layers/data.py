@@ -12,7 +12,7 @@ from ..proto import pb
 from ..data.lmdb_source import LmdbSource
 from ..data.prefetch import Prefetcher
 from ..data.transform import Transformer
-from .base import Layer, register
+from .base import DataLayer, register
 
 
 def read_mean(path) -> np.ndarray:
@@ -29,13 +29,11 @@ def read_mean(path) -> np.ndarray:
 
 
 @register("Data")
-class Data(Layer):
-    bottoms = (0, 0)
+class Data(DataLayer):
     tops = (1, 2)
-    needs_context = True
 
     def __init__(self, param, bottom_shapes, phase, context=None):
-        super().__init__(param, bottom_shapes, phase)
+        super().__init__(param, bottom_shapes, phase, context)
         dp, tp = param.data_param, param.transform_param
         if dp.HasField("backend") and dp.backend != pb.DataParameter.LMDB:
             raise self.error("only LMDB databases are supported (backend: LMDB)")
@@ -62,29 +60,13 @@ class Data(Layer):
         train = phase == pb.TRAIN
         self.transformer = Transformer(tp, source.shape, train, mean,
                                        f"layer '{self.layer_name}' transform_param")
-        # Train and test readers draw from different streams of the run's seed.
-        self.seed_offset = 7919 * (1 + phase)
         seed = (context.seed if context is not None else 0) + self.seed_offset
         self.prefetcher = Prefetcher(source, self.transformer, dp.batch_size,
                                      seed=seed, depth=dp.prefetch,
                                      skip=dp.rand_skip)
         self.source = source
         self.batch_size = dp.batch_size
-        self._device = None
-
-    def limit_labels(self, classes: int, ignore, reader: str) -> None:
-        self.prefetcher.limit_labels(classes, ignore, reader)
 
     def top_shapes(self):
         shapes = [(self.batch_size, *self.transformer.out_shape)]
         return shapes + [(self.batch_size,)] * (len(self.param.top) - 1)
-
-    def to_device(self, device):
-        self._device = device
-
-    def forward(self):
-        images, labels = next(self.prefetcher)
-        if self._device is not None and self._device.type != "cpu":
-            images = images.to(self._device, non_blocking=True)
-            labels = labels.to(self._device, non_blocking=True)
-        return (images, labels)[:len(self.param.top)]

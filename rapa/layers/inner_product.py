@@ -1,68 +1,53 @@
-"""InnerProduct (Caffe's fully connected layer): weight (O, K), or (K, O) with transpose.
-
-With rpu_param the weight lives on one simulated analog array (rapa.analog); the bias stays
+"""InnerProduct (Caffe's fully connected layer) as one rapa.nn.Linear: weight (O, K), or (K, O)
+with transpose; the bottom is flattened from `axis` on. With rpu_param the weight lives on one
+simulated analog array (its device draws and scale are saved after the bias); the bias stays
 digital."""
 from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
-from ..analog import arrays_for
+from ..analog import from_proto
 from ..fillers import fill
+from ..nn import Linear
 from ..proto import pb
-from .base import Layer, register
+from .base import ArrayWork, Layer, register
 
 
 @register("InnerProduct")
 class InnerProduct(Layer):
-    def __init__(self, param, bottom_shapes, phase):
-        super().__init__(param, bottom_shapes, phase)
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase, context)
         ip = param.inner_product_param
         shape = self.bottom_shapes[0]
         if not ip.HasField("num_output") or ip.num_output == 0:
             raise self.error("inner_product_param.num_output must be given and > 0")
-        axis = ip.axis if ip.axis >= 0 else ip.axis + len(shape)
-        if not 0 <= axis < len(shape):
-            raise self.error(f"axis {ip.axis} is out of range for bottom shape {shape}")
-        self.axis = axis
-        k = math.prod(shape[axis:])
-        self.transpose = ip.transpose
-        wshape = (k, ip.num_output) if ip.transpose else (ip.num_output, k)
-        self.weight = torch.nn.Parameter(torch.empty(wshape))
-        self.bias = torch.nn.Parameter(torch.empty(ip.num_output)) if ip.bias_term else None
+        self.axis = self.axis_of(ip.axis, shape, "axis")
+        rpu = self.build(from_proto, ip.rpu_param, "rpu_param") \
+            if ip.HasField("rpu_param") else None
         where = f"layer '{self.layer_name}'"
-        fill(self.weight, ip.weight_filler if ip.HasField("weight_filler") else pb.FillerParameter(),
-             f"{where} weight_filler")
-        if self.bias is not None:
-            fill(self.bias, ip.bias_filler if ip.HasField("bias_filler") else pb.FillerParameter(),
-                 f"{where} bias_filler")
-        self.analog = None
-        if ip.HasField("rpu_param"):
-            if self.transpose:
-                raise self.error("an analog InnerProduct stores (O, K): transpose must be false")
-            self.analog = arrays_for(self, ip.rpu_param, self.analog_weight())
+        wf = ip.weight_filler if ip.HasField("weight_filler") else pb.FillerParameter()
+        bf = ip.bias_filler if ip.HasField("bias_filler") else pb.FillerParameter()
+        self.module = self.build(
+            Linear, math.prod(shape[self.axis:]), ip.num_output, ip.bias_term,
+            transpose=ip.transpose, rpu_config=rpu,
+            weight_filler=lambda w: fill(w, wf, f"{where} weight_filler"),
+            bias_filler=lambda b: fill(b, bf, f"{where} bias_filler"))
+
+    def top_shapes(self):
+        return [(*self.bottom_shapes[0][:self.axis], self.module.out_features)]
 
     def learnable_blobs(self):
-        return [self.weight] + ([self.bias] if self.bias is not None else [])
+        m = self.module
+        return [m.weight] + ([m.bias] if m.bias is not None else [])
+
+    def blob_arrays(self, index):
+        return self.module.arrays if index == 0 else None
 
     def state_blobs(self):
-        return self.analog.state_blobs() if self.analog is not None else []
+        return self.module.state_blobs()
 
-    def analog_weight(self):
-        """The weight as one array of O x K: a view."""
-        return self.weight.view(1, *self.weight.shape)
+    def array_work(self):
+        return ArrayWork(1, self.module.weight.numel(), 1)
 
     def forward(self, x):
-        x = x.flatten(self.axis)
-        if self.analog is not None:
-            lead = x.shape[:-1]
-            rows = x.reshape(-1, x.shape[-1])
-            tile = torch.zeros(rows.shape[0], dtype=torch.long, device=x.device)
-            out = self.analog.matmul(rows, self.analog_weight(), tile)
-            if self.bias is not None:
-                out = out + self.bias
-            return (out.view(*lead, -1),)
-        w = self.weight.t() if self.transpose else self.weight
-        return (F.linear(x, w, self.bias),)
+        return (self.module(x.flatten(self.axis)),)

@@ -9,8 +9,8 @@ class Input(Layer):
     bottoms = (0, 0)
     tops = (1, None)
 
-    def __init__(self, param, bottom_shapes, phase):
-        super().__init__(param, bottom_shapes, phase)
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase, context)
         shapes = [tuple(int(d) for d in s.dim) for s in param.input_param.shape]
         if len(shapes) not in (1, len(param.top)):
             raise self.error(f"input_param gives {len(shapes)} shapes for {len(param.top)} tops")
@@ -18,3 +18,6 @@ class Input(Layer):
 
     def top_shapes(self):
         return self.shapes
+
+    def forward(self):
+        raise self.error(f"no value fed for its tops {', '.join(self.param.top)}")

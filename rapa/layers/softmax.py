@@ -1,4 +1,4 @@
-"""Softmax over the channel axis (for deploy nets)."""
+"""Softmax over the channel axis (for deploy nets): torch.nn.Softmax."""
 import torch
 
 from .base import Layer, register
@@ -6,9 +6,10 @@ from .base import Layer, register
 
 @register("Softmax")
 class Softmax(Layer):
-    def __init__(self, param, bottom_shapes, phase):
-        super().__init__(param, bottom_shapes, phase)
-        self.axis = param.softmax_param.axis
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase, context)
+        axis = self.axis_of(param.softmax_param.axis, self.bottom_shapes[0], "softmax_param.axis")
+        self.module = torch.nn.Softmax(axis)
 
-    def forward(self, x):
-        return (torch.softmax(x, self.axis),)
+    def top_shapes(self):
+        return [self.bottom_shapes[0]]

@@ -1,14 +1,16 @@
 """SoftmaxWithLoss: cross-entropy of softmax(bottom[0]) over the channel axis against the
-integer labels of bottom[1], normalized as Caffe's LossParameter says (default VALID)."""
+integer labels of bottom[1], normalized as Caffe's LossParameter says (default VALID); a second
+top, if named, is the softmax."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..nn import SoftmaxWithLoss as SoftmaxWithLossModule
 from ..proto import pb
 from .base import Layer, register
 
 N = pb.LossParameter
+NORMALIZATIONS = {N.FULL: "full", N.VALID: "valid", N.BATCH_SIZE: "batch_size", N.NONE: "none"}
 
 
 @register("SoftmaxWithLoss")
@@ -17,38 +19,30 @@ class SoftmaxWithLoss(Layer):
     tops = (1, 2)
     default_loss_weight = 1.0
 
-    def __init__(self, param, bottom_shapes, phase):
-        super().__init__(param, bottom_shapes, phase)
-        self.axis = param.softmax_param.axis
+    def __init__(self, param, bottom_shapes, phase, context=None):
+        super().__init__(param, bottom_shapes, phase, context)
+        self.axis = self.axis_of(param.softmax_param.axis, self.bottom_shapes[0],
+                                 "softmax_param.axis")
         self.check_labels(self.axis)
         lp = param.loss_param
         self.ignore = lp.ignore_label if lp.HasField("ignore_label") else None
         if lp.HasField("normalization"):
-            self.norm = lp.normalization
-        elif lp.HasField("normalize"):
-            self.norm = N.VALID if lp.normalize else N.BATCH_SIZE
+            norm = lp.normalization
+        elif lp.HasField("normalize"):  # Caffe's deprecated boolean
+            norm = N.VALID if lp.normalize else N.BATCH_SIZE
         else:
-            self.norm = N.VALID
+            norm = N.VALID
+        self.module = self.build(SoftmaxWithLossModule, self.axis, self.ignore,
+                                 NORMALIZATIONS[norm])
 
     def label_range(self):
         return self.bottom_shapes[0][self.axis], self.ignore
 
+    def top_shapes(self):
+        return [()] + [self.bottom_shapes[0]] * (len(self.param.top) - 1)
+
     def forward(self, scores, labels):
-        logp = F.log_softmax(scores, self.axis).movedim(self.axis, -1)
-        logp = logp.reshape(-1, logp.shape[-1])
-        target = labels.reshape(-1).long()
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore is None \
-            else target != self.ignore
-        picked = logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
-        total = -(picked * valid).sum()
-        if self.norm == N.VALID:
-            loss = total / valid.sum().clamp_min(1)
-        elif self.norm == N.FULL:
-            loss = total / target.numel()
-        elif self.norm == N.BATCH_SIZE:
-            loss = total / scores.shape[0]
-        else:
-            loss = total
+        loss = self.module(scores, labels)
         if len(self.param.top) == 2:
             return loss, torch.softmax(scores, self.axis)
         return (loss,)

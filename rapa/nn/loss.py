@@ -1,0 +1,96 @@
+"""SoftmaxWithLoss and Accuracy with Caffe's semantics (softmax_loss_layer.cpp,
+accuracy_layer.cpp), and RAPA's majority vote over several passes (paper section 3.1)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NORMALIZATIONS = ("full", "valid", "batch_size", "none")
+
+
+def _flat(scores: Tensor, labels: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    """Scores (M, K) with the class axis last, and labels (M,) as int64."""
+    s = scores.movedim(axis, -1)
+    return s.reshape(-1, s.shape[-1]), labels.reshape(-1).long()
+
+
+class SoftmaxWithLoss(torch.nn.Module):
+    """Cross-entropy of softmax(scores) over `axis` against integer labels, as Caffe's
+    SoftmaxWithLoss: scores (N, K, ...) and labels holding one class per prediction
+    (N * ... values) -> a scalar. Labels equal to `ignore_label` add nothing. The sum is divided
+    by the number of predictions ("full"), of those not ignored ("valid", Caffe's default), by
+    N ("batch_size"), or not at all ("none")."""
+
+    def __init__(self, axis: int = 1, ignore_label: Optional[int] = None,
+                 normalization: str = "valid"):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"rapa: unknown normalization {normalization!r}; known: "
+                             f"{', '.join(NORMALIZATIONS)}")
+        self.axis, self.ignore_label, self.normalization = axis, ignore_label, normalization
+
+    def forward(self, scores: Tensor, labels: Tensor) -> Tensor:
+        logp = F.log_softmax(scores, self.axis).movedim(self.axis, -1)
+        logp = logp.reshape(-1, logp.shape[-1])
+        target = labels.reshape(-1).long()
+        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None \
+            else target != self.ignore_label
+        picked = logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+        total = -(picked * valid).sum()
+        if self.normalization == "valid":
+            return total / valid.sum().clamp_min(1)
+        if self.normalization == "full":
+            return total / target.numel()
+        if self.normalization == "batch_size":
+            return total / scores.shape[0]
+        return total
+
+
+def vote_ranking(passes: list[Tensor]) -> Tensor:
+    """Majority vote over passes: scores (M, K) per pass -> a ranking (M, K) of the classes
+    whose order is the vote's: most votes first (each pass votes for its top class), a tie going
+    to the larger mean softmax probability (below 1, so it only breaks ties)."""
+    probs = torch.stack([torch.softmax(s.float(), 1) for s in passes])  # (P, M, K)
+    counts = F.one_hot(probs.argmax(2), probs.shape[2]).sum(0).float()
+    return counts + probs.mean(0) * 0.5
+
+
+def vote(passes: list[Tensor]) -> Tensor:
+    """The class each prediction's majority vote picks: (M,)."""
+    return vote_ranking(passes).argmax(1)
+
+
+class Accuracy(torch.nn.Module):
+    """Caffe's Accuracy: the fraction of predictions whose `top_k` scores along `axis` hold the
+    label, predictions labelled `ignore_label` left out; scores (N, K, ...) and labels (one per
+    prediction) -> a scalar of the scores' dtype. `vote_accuracy` scores the majority vote of
+    several passes the same way."""
+
+    def __init__(self, top_k: int = 1, axis: int = 1, ignore_label: Optional[int] = None):
+        super().__init__()
+        if top_k < 1:
+            raise ValueError(f"rapa: top_k must be >= 1, got {top_k}")
+        self.top_k, self.axis, self.ignore_label = top_k, axis, ignore_label
+
+    def _score(self, ranking: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
+        hit = (ranking.topk(self.top_k, dim=1).indices == target.unsqueeze(1)).any(1)
+        if self.ignore_label is None:
+            return hit.to(dtype).mean()
+        valid = target != self.ignore_label
+        return ((hit & valid).sum() / valid.sum().clamp_min(1)).to(dtype)
+
+    @torch.no_grad()
+    def forward(self, scores: Tensor, labels: Tensor) -> Tensor:
+        s, target = _flat(scores, labels, self.axis)
+        return self._score(s, target, scores.dtype)
+
+    @torch.no_grad()
+    def vote_accuracy(self, passes: list[Tensor], labels: Tensor) -> Tensor:
+        """The accuracy of the majority vote (vote_ranking) over `passes`, each the scores of
+        one pass, with the same top_k and ignore_label as one pass."""
+        flat = [_flat(s, labels, self.axis)[0] for s in passes]
+        target = labels.reshape(-1).long()
+        return self._score(vote_ranking(flat), target, passes[0].dtype)
