@@ -5,17 +5,34 @@ conv1 5x5 (32) -> ReLU -> pool1 3/2 -> LRN -> conv2 5x5 (32) -> ReLU -> pool2 3/
 
 ReLU comes before every pooling (footnote 1: "pooling is done after the activation"); LRN is
 Caffe's WITHIN_CHANNEL (local_size 3, alpha 5e-5, beta 0.75); fillers and multipliers are those
-of Caffe's example (raw pixels minus the mean). The first two pools are MAX, AVE, MIXED or STOCHASTIC; each conv layer may
-be tiled with its own tile count (the paper: 16, 4, 1).
+of Caffe's example (raw pixels minus the mean). The first two pools are MAX, AVE, MIXED or
+STOCHASTIC; each conv layer may be tiled with its own tile count (the paper: 16, 4, 1).
+Needs only protobuf (see _load_schema); nets/generate.py writes the files.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rapa.proto import pb  # noqa: E402
+
+def _load_schema():
+    """The schema's protoc code, rapa/proto/rapa_pb2.py, loaded by its path: it imports only
+    google.protobuf, whereas importing it through the rapa package would load torch and the
+    compiled operator library, which writing the nets does not need. It is registered as
+    rapa.proto.rapa_pb2, the name the package gives it, so that one process loads it once
+    (protobuf refuses a second rapa.proto): the package, imported before or after, shares it."""
+    name = "rapa.proto.rapa_pb2"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "rapa" / "proto" / "rapa_pb2.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+pb = _load_schema()
 
 TILINGS = ("none", "enlarged", "perforated", "image_overlap", "image_pad", "alternate",
            "random_fixed", "random")

@@ -59,16 +59,56 @@ def tree(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_generated_prototxt_is_current(tmp_path):
-    generate.generate(tmp_path / "prototxt")
-    ours = sorted(p.relative_to(tmp_path / "prototxt") for p in
-                  (tmp_path / "prototxt").rglob("*.prototxt"))
-    committed = sorted(p.relative_to(ROOT / "prototxt") for p in
-                       (ROOT / "prototxt").rglob("*.prototxt"))
-    assert ours == committed, "run python nets/generate.py"
-    for rel in ours:
-        assert (tmp_path / "prototxt" / rel).read_text() == (ROOT / "prototxt" / rel) \
-            .read_text(), f"{rel} is stale: run python nets/generate.py"
+def test_committed_nets_are_the_generators(tmp_path):
+    """prototxt/ holds exactly the generator's committed set, as the generator writes it now
+    (its solvers name their nets as from the repository root, prototxt/...)."""
+    out = tmp_path / "prototxt"
+    ours = {p.relative_to(out): p.read_text()
+            for p in generate.generate(out, only_committed=True, root=tmp_path)}
+    committed = {p.relative_to(ROOT / "prototxt"): p
+                 for p in (ROOT / "prototxt").rglob("*") if p.is_file()}
+    missing = sorted(str(r) for r in set(ours) - set(committed))
+    extra = sorted(str(r) for r in set(committed) - set(ours))
+    assert not missing, f"prototxt/ lacks {missing}: run python nets/generate.py --committed"
+    assert not extra, f"prototxt/ has {extra}, which nets/generate.py --committed does not " \
+        "write: git rm them, or add them to the committed set in nets/generate.py"
+    for rel, text in ours.items():
+        assert committed[rel].read_text() == text, \
+            f"prototxt/{rel} is stale: run python nets/generate.py --committed"
+
+
+def test_generator_needs_only_protobuf(tmp_path):
+    """nets/generate.py --out writes the whole family with torch unimportable and without the
+    rapa package; its solvers name nets outside the repository by their absolute path."""
+    out = tmp_path / "nets"
+    code = ("import sys\n"
+            "sys.modules['torch'] = None  # import torch raises ImportError\n"
+            f"sys.path.insert(0, {str(ROOT / 'nets')!r})\n"
+            "import generate\n"
+            f"generate.main(['--out', {str(out)!r}])\n"
+            "assert 'rapa' not in sys.modules and 'rapa.proto' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    files = list(out.rglob("*.prototxt"))
+    # CIFAR-10: 8 tilings x 4 poolings (net, solver), the short solver, 2 analog nets (net,
+    # 2 solvers); CIFAR-100 and SVHN: 8 tilings with max pooling (net, solver).
+    assert len(files) == 8 * 4 * 2 + 1 + 2 * 3 + 2 * 8 * 2  # 103
+    net = re.search(r'net: "(.*)"', (out / "cifar10/random_max_short_solver.prototxt")
+                    .read_text()).group(1)
+    assert (ROOT / net).resolve() == (out / "cifar10/random_max.prototxt").resolve()
+
+
+def test_every_generated_net_sets_up(tree):
+    """Every net of the whole family, all datasets, builds in both phases (running them is
+    test_every_committed_net_builds_and_runs's, on the committed ones)."""
+    paths = [p for p in generate.generate(tree / "nets")
+             if not p.name.endswith("_solver.prototxt")]
+    assert len(paths) == 50
+    for path in paths:
+        param = read_text(path, pb.NetParameter())
+        for phase in (pb.TRAIN, pb.TEST):
+            Net(param, phase, source=str(path)).close()  # close: the Data layers' threads
 
 
 def test_every_committed_net_builds_and_runs(tree):
