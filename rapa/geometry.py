@@ -5,19 +5,34 @@ Sizes are ints; a "pair" is (height, width).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence, Union
 
 IntPair = Union[int, Sequence[int]]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def pair(value: IntPair, name: str) -> tuple[int, int]:
     """An int or two ints as (height, width); ValueError naming `name` otherwise."""
-    if isinstance(value, int):
-        return value, value
-    value = list(value)
-    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+    if _is_int(value):
+        return int(value), int(value)
+    try:
+        values = list(value)
+    except TypeError:
+        values = None
+    if values is None or len(values) != 2 or not all(_is_int(v) for v in values):
         raise ValueError(f"rapa: argument '{name}' must be an int or two ints, got {value!r}")
-    return value[0], value[1]
+    return int(values[0]), int(values[1])
+
+
+def count(value, name: str, minimum: int = 1) -> int:
+    """An int >= minimum (channels, features, tiles); ValueError naming `name` otherwise."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"rapa: {name} must be >= {minimum} (an int), got {value!r}")
+    return int(value)
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, pad: int = 0, dilation: int = 1) -> int:

@@ -140,6 +140,10 @@ class Net(torch.nn.Module):
                     raise RapaError(f"layer '{lp.name}': parameter sharing (param {{ name: "
                                     f"'{spec.name}' }}) is not supported")
         self.blob_shapes = shapes
+        # Caffe computes no gradient for a blob with lr_mult 0 (Net::Init): neither does torch.
+        for blob in self.learnable():
+            if blob.spec.lr_mult == 0:
+                blob.blob.requires_grad_(False)
         # Blobs the caller feeds: net inputs, and the tops of layers without bottoms that read
         # no database (Input).
         self.fed_shapes = {name: shapes[name] for name in param.input}
@@ -185,6 +189,12 @@ class Net(torch.nn.Module):
                 ) -> dict[str, torch.Tensor]:
         """Run the net; `inputs` feeds net inputs and Input layers. Returns every blob."""
         blobs: dict[str, torch.Tensor] = dict(inputs or {})
+        for name, value in blobs.items():
+            want = self.blob_shapes.get(name)
+            if want and tuple(value.shape[1:]) != tuple(want[1:]):
+                raise RapaError(f"{self.source}: blob '{name}' is fed with shape "
+                                f"{tuple(value.shape)}, but the net was set up for {want} "
+                                f"(only the batch size may differ)")
         for e in self.entries:
             if not e.bottoms:
                 fed = [t for t in e.tops if t in blobs]
@@ -215,8 +225,18 @@ class Net(torch.nn.Module):
                 src = other.layer(e.layer.layer_name)
             except KeyError:
                 continue
-            if type(src) is type(e.layer):
-                _tie(e.layer, src)
+            if type(src) is not type(e.layer):
+                continue
+            mine = e.layer.learnable_blobs() + e.layer.state_blobs()
+            theirs = src.learnable_blobs() + src.state_blobs()
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                if a.shape != b.shape:  # Caffe's ShareTrainedLayersWith refuses them too
+                    raise RapaError(
+                        f"layer '{e.layer.layer_name}' ({e.layer.type_name}): blob {i} has "
+                        f"shape {tuple(a.shape)} in {self.source} but {tuple(b.shape)} in "
+                        f"{other.source}, whose blobs it shares (a random_fixed partition is "
+                        f"drawn for one output size: give both phases one input size)")
+            _tie(e.layer, src)
 
     def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         total = None

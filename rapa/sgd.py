@@ -39,7 +39,10 @@ class SGD:
         passes since the last step (their gradients already averaged by the caller)."""
         for b, h in zip(self.digital, self.history):
             g = b.blob.grad
-            if g is None or b.spec.lr_mult == 0:
+            if b.spec.lr_mult == 0:  # frozen (the net computes no gradient for it, as Caffe)
+                b.blob.grad = None
+                continue
+            if g is None:
                 continue
             decay = self.weight_decay * b.spec.decay_mult
             if decay:

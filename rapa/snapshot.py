@@ -42,6 +42,10 @@ def blob_to_tensor(blob: pb.BlobProto) -> torch.Tensor:
     return torch.from_numpy(data.reshape(shape))
 
 
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
 def net_to_proto(net: Net) -> pb.NetParameter:
     out = pb.NetParameter(name=net.name)
     for e in net.entries:
@@ -83,14 +87,18 @@ def load_weights(net: Net, path) -> list[str]:
                 value = blob_to_tensor(blob)
             except ValueError as err:
                 raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i}: {err}") from None
+            target = learn[i] if i < len(learn) else state[i - len(learn)]
+            # Caffe's legacy 4-D shapes (1, C, 1, 1) hold what (C,) holds now; a state blob
+            # (a fixed partition, statistics) must have the same shape but for such 1s.
+            if value.numel() != target.numel() or (
+                    i < len(learn) and tuple(value.shape) != tuple(target.shape)
+                    and blob.HasField("shape")) or (
+                    i >= len(learn) and _squeezed(value.shape) != _squeezed(target.shape)):
+                raise RapaError(
+                    f"{path}: layer '{layer.layer_name}' blob {i} has shape "
+                    f"{tuple(value.shape)}, the net's layer wants {tuple(target.shape)} (a "
+                    f"different num_output, kernel, channel count, or tiling?)")
             if i < len(learn):
-                target = learn[i]
-                if value.numel() != target.numel() or (
-                        tuple(value.shape) != tuple(target.shape) and blob.HasField("shape")):
-                    raise RapaError(
-                        f"{path}: layer '{layer.layer_name}' blob {i} has shape "
-                        f"{tuple(value.shape)}, the net's layer wants {tuple(target.shape)} (a "
-                        f"different num_output, kernel, or tiling?)")
                 target.copy_(value.reshape(target.shape))
             else:
                 layer.load_state_blob(i - len(learn), value)

@@ -81,6 +81,9 @@ class Solver:
         self.path = pathlib.Path(solver_path)
         self.sp = read_text(self.path, pb.SolverParameter())
         self.say = say
+        # The command-line overrides a resume must repeat to continue the same run.
+        self.overrides = "".join(f" --{flag} {value}" for flag, value in
+                                 (("max-iter", max_iter), ("device", device)) if value is not None)
         self.progress = progress
         sp = self.sp
         if max_iter is not None:
@@ -325,7 +328,7 @@ class Solver:
                 if self._interrupted:
                     raise Stop(f"{self._interrupted} at iteration {self.iter}: stopped after "
                                f"writing {last_snapshot}; resume with: rapa train --solver "
-                               f"{self.path} --snapshot {last_snapshot}", 130)
+                               f"{self.path} --snapshot {last_snapshot}{self.overrides}", 130)
             bar.close()
             if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")

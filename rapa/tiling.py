@@ -105,6 +105,10 @@ class ImageOverlap(TilingScheme):
 
     name = "image_overlap"
 
+    def __init__(self, num_tiles: int):
+        super().__init__(num_tiles)
+        self._square_side()  # refused now, not at the first call
+
     def check(self, in_hw, out_hw):
         _check_blocks(*out_hw, self._square_side(), "output", self.name)
 
@@ -132,6 +136,10 @@ class Alternate(TilingScheme):
     """Neighbouring patches go to different tiles: t = (x mod q) + q (y mod q)."""
 
     name = "alternate"
+
+    def __init__(self, num_tiles: int):
+        super().__init__(num_tiles)
+        self._square_side()
 
     def check(self, in_hw, out_hw):
         self._square_side()

@@ -101,7 +101,11 @@ def test_default_initialisation_is_torchs():
     torch.manual_seed(0)
     conv = TiledConv2d(8, 16, 3, tiling="random", num_tiles=4)
     bound = 1 / math.sqrt(8 * 9)
-    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.97 * bound
+    linear = Linear(50, 200)
+    bound = 1 / math.sqrt(50)  # torch.nn.Linear's: kaiming_uniform(a=sqrt 5), bias 1/sqrt(fan_in)
+    assert bound * 0.97 < linear.weight.abs().max() <= bound
+    assert bound * 0.9 < linear.bias.abs().max() <= bound
     assert conv.bias.abs().max() <= bound and not torch.equal(conv.weight[0], conv.weight[1])
 
 
@@ -187,7 +191,7 @@ def test_lrn_module_shapes():
     (lambda: Linear(6, 4, transpose=True, rpu_config=perfect()), "transpose must be false"),
     (lambda: Pool2d("median", 3), "unknown pooling method 'median'"),
     (lambda: Pool2d("max", 3, 2, 3), r"pad \(3, 3\) must be >= 0 and smaller than the kernel"),
-    (lambda: Pool2d("mixed", 3, 2), "mixed pooling needs channels >= 1"),
+    (lambda: Pool2d("mixed", 3, 2), "mixed pooling needs channels"),
     (lambda: Pool2d("mixed", 3, 2, channels=2, mu=float("inf")), "mu must be finite and > 0"),
     (lambda: LRN(4), "local_size must be odd"),
 ])
@@ -239,3 +243,106 @@ def test_modules_train_in_a_plain_torch_loop():
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
     assert rapa.nn.TiledConv2d is TiledConv2d
+
+
+def test_asymmetric_pooling_geometry_and_small_mixtures():
+    pool = Pool2d("ave", (3, 1), 1, (1, 0))
+    x = torch.randn(2, 3, 1, 5, dtype=F64)
+    assert pool.output_shape((2, 3, 1, 5)) == tuple(pool(x).shape) == (2, 3, 1, 5)
+    torch.testing.assert_close(pool(x), x / 3)  # each window: the pixel and two pad rows
+    mixed = Pool2d("mixed", 2, 2, channels=1)  # float32 beta, float64 input
+    y = mixed(torch.randn(1, 1, 4, 4, dtype=F64))
+    assert y.dtype == F64 and mixed.beta.shape == (1,)
+
+
+def test_stochastic_pooling_draws_from_the_generator_given():
+    pool = Pool2d("stochastic", 2, 2).train()
+    x = torch.rand(2, 3, 8, 8) + 0.1
+    a = pool(x, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    b = pool(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+
+
+def test_lrn_defaults_are_caffes():
+    x = torch.randn(2, 7, 4, 4, dtype=F64)
+    torch.testing.assert_close(LRN()(x), torch.nn.LocalResponseNorm(5, 1.0, 0.75, 1.0)(x))
+    torch.testing.assert_close(LRN(1, 2.0, 0.5, 3.0)(x), x / (3 + 2 * x * x) ** 0.5)
+    with pytest.raises(ValueError, match="alpha, beta and k must be finite"):
+        LRN(3, beta=float("nan"))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: TiledConv2d(3, 4, 3.0), "'kernel_size' must be an int or two ints, got 3.0"),
+    (lambda: TiledConv2d(3, 4, 3, stride=(1, 2, 3)), "'stride' must be an int or two ints"),
+    (lambda: TiledConv2d(3, 4, 3, stride=None), "'stride' must be an int or two ints"),
+    (lambda: TiledConv2d(3.5, 4, 3), r"in_channels must be >= 1 \(an int\), got 3.5"),
+    (lambda: Linear(3.0, 2), r"in_features must be >= 1 \(an int\), got 3.0"),
+    (lambda: Pool2d("max", 2.0), "'kernel_size' must be an int or two ints"),
+    (lambda: LRN(5.0), r"local_size must be >= 1 \(an int\)"),
+])
+def test_sizes_must_be_ints(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_numpy_ints_are_ints():
+    import numpy as np
+    conv = TiledConv2d(np.int64(3), 4, np.int64(3), stride=(np.int32(1), 2))
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 2)
+
+
+def test_tiled_conv_names_an_input_of_the_wrong_rank():
+    conv = TiledConv2d(3, 4, 3, tiling="random", num_tiles=2)
+    with pytest.raises(RuntimeError, match="argument 'input' must be 4-D"):
+        conv(torch.randn(3, 8, 8))
+
+
+def test_analog_linear_of_an_empty_batch():
+    lin = Linear(6, 4, rpu_config=perfect())
+    assert lin(torch.randn(0, 6)).shape == (0, 4)
+
+
+def test_modules_describe_themselves():
+    assert repr(TiledConv2d(3, 4, 3, padding=1, bias=False, rpu_config=perfect())).endswith(
+        "TiledConv2d(\n  3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False, "
+        "analog\n  (scheme): NoTiling(num_tiles=1)\n  (arrays): AnalogArrays()\n)")
+    assert "dilation=(2, 2), groups=2" in repr(TiledConv2d(4, 4, 3, dilation=2, groups=2))
+    assert repr(Linear(3, 2)) == "Linear(in_features=3, out_features=2, bias=True)"
+    assert repr(Pool2d("mixed", 3, 2, channels=4)) == \
+        "Pool2d(mixed, kernel_size=(3, 3), stride=(2, 2), padding=(0, 0), mu=10)"
+    assert repr(LRN(3, 0.5, 0.75, 2.0, "within_channel")) == \
+        "LRN(3, alpha=0.5, beta=0.75, k=2, within_channel)"
+
+
+def test_softmax_loss_normalizations_over_another_axis():
+    from rapa.nn import SoftmaxWithLoss
+    scores = torch.randn(2, 3, 4, dtype=F64)        # 2 x 3 predictions over 4 classes (axis 2)
+    labels = torch.tensor([[0, 1, 5], [3, 5, 2]])   # 5 = ignored
+    logp = torch.log_softmax(scores, 2)
+    picked = torch.stack([logp[i, j, labels[i, j]] for i in range(2) for j in range(3)
+                          if labels[i, j] != 5])
+    total = -picked.sum()
+    for norm, divisor in (("valid", 4), ("full", 6), ("batch_size", 6), ("none", 1)):
+        got = SoftmaxWithLoss(axis=2, ignore_label=5, normalization=norm)(scores, labels)
+        torch.testing.assert_close(got, total / divisor)  # batch_size: Caffe's outer_num, 2 x 3
+    x, y = torch.randn(5, 4, dtype=F64), torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(SoftmaxWithLoss()(x, y), F.cross_entropy(x, y))
+
+
+def test_accuracy_and_its_vote_over_another_axis():
+    from rapa.nn import Accuracy
+    assert Accuracy()(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1])) == 0.5
+    acc = Accuracy(top_k=1, axis=2)
+    scores = torch.zeros(2, 3, 4, dtype=F64)
+    scores[..., 2] = 1  # every prediction says class 2
+    labels = torch.tensor([[2, 2, 0], [2, 1, 2]])
+    assert acc(scores, labels) == pytest.approx(4 / 6) and acc(scores, labels).dtype == F64
+    # Three passes: the first says class 0 everywhere, the other two class 2: the vote is 2.
+    first = torch.zeros(2, 3, 4, dtype=F64)
+    first[..., 0] = 5
+    vote = acc.vote_accuracy([first, scores, scores], labels)
+    assert vote == pytest.approx(4 / 6) and vote.dtype == F64
+    ignoring = Accuracy(axis=2, ignore_label=0)
+    assert ignoring.vote_accuracy([first, scores, scores], labels) == pytest.approx(4 / 5)
+    assert ignoring(first, labels).dtype == F64 and ignoring(first, labels) == 0

@@ -110,3 +110,16 @@ def test_older_solverstates_with_analog_momentum_resume_exactly(workdir):  # noq
     with pytest.raises(RapaError, match="tiny_iter_4.solverstate: holds 4 momentum blobs, the "
                                         "net has 3 digital learnable blobs"):
         Solver(path, say=lambda m: None, progress=False).restore(state_path)
+
+
+def test_defaults_are_plain_sgd():
+    w = blob([1.0, 2.0], grad=[0.5, -1.0])
+    SGD([w]).step(0.1)
+    torch.testing.assert_close(w.blob.detach(), torch.tensor([0.95, 2.1], dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+
+
+def test_frozen_blobs_lose_any_gradient():
+    frozen = blob([1.0], lr_mult=0, grad=[3.0])
+    SGD([frozen], momentum=0.9).step(0.1)
+    assert frozen.blob.grad is None and float(frozen.blob.detach()) == 1.0

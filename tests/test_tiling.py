@@ -47,8 +47,6 @@ def test_side_divisible_required(name):
 
 
 @pytest.mark.parametrize("name,tiles,in_hw,out_hw,message", [
-    ("image_overlap", 6, (8, 8), (8, 8), "needs a square number of tiles"),
-    ("alternate", 6, (8, 8), (8, 8), "needs a square number of tiles"),
     ("image_overlap", 4, (9, 9), (7, 8), "needs the output sides divisible by 2, got 7x8"),
     ("image_pad", 4, (9, 8), (8, 8), "needs the input sides divisible by 2, got 9x8"),
     ("image_pad", 9, (9, 9), (8, 9), "needs the output sides divisible by 3, got 8x9"),
@@ -59,6 +57,14 @@ def test_check_refuses_what_the_scheme_cannot_tile(name, tiles, in_hw, out_hw, m
     with pytest.raises(ValueError, match=message):
         scheme.check(in_hw, out_hw)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", ["image_overlap", "image_pad", "alternate"])
+def test_square_counts_are_checked_when_the_scheme_is_made(name):
+    with pytest.raises(ValueError, match="needs a square number of tiles"):
+        tiling.make_scheme(name, 6)
+    with pytest.raises(ValueError, match="needs a square number of tiles"):
+        rapa.nn.TiledConv2d(3, 4, 3, tiling=name, num_tiles=5)
 
 
 @pytest.mark.parametrize("name,tiles", [("none", 1), ("image_overlap", 4), ("image_pad", 4),
@@ -146,3 +152,20 @@ def test_module_trains_every_scheme(device):
         conv = rapa.nn.TiledConv2d(3, 4, 3, padding=1, tiling=name, num_tiles=nt).to(device)
         conv(torch.randn(2, 3, 8, 8, device=device)).square().sum().backward()
         assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def test_none_and_perforated_assignments():
+    a = tiling.make_scheme("none").assign(2, 3, 4, training=True, device=torch.device("cpu"))
+    assert a.dtype == torch.int64 and a.shape == (2, 3, 4) and not a.any()
+    perforated = tiling.make_scheme("perforated", 3)
+    draws = [perforated.assign(2, 6, 6, training=True, device=torch.device("cpu"),
+                               generator=torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(*draws) and draws[0].dtype == torch.int64
+    one = tiling.make_scheme("perforated", 1)  # keeps every patch
+    assert not one.assign(2, 6, 6, training=True, device=torch.device("cpu")).any()
+
+
+def test_image_pad_module_names_input_sides_that_do_not_divide():
+    conv = rapa.nn.TiledConv2d(3, 4, 2, tiling="image_pad", num_tiles=4)
+    with pytest.raises(ValueError, match="needs the input sides divisible by 2, got 9x9"):
+        conv(torch.randn(1, 3, 9, 9))

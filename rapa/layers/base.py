@@ -154,6 +154,9 @@ class Layer(torch.nn.Module):
         blobs = self.state_blobs()
         if not 0 <= index < len(blobs):
             raise self.error(f"has no state blob {index}")
+        if value.numel() != blobs[index].numel():
+            raise self.error(f"state blob {index} has shape {tuple(blobs[index].shape)}, the "
+                             f"value given {tuple(value.shape)}")
         with torch.no_grad():  # in place: a test net shares these very tensors
             blobs[index].copy_(value.reshape(blobs[index].shape))
 

@@ -20,9 +20,15 @@ class Pooling(Layer):
             raise self.error(f"needs a 4D bottom (N, C, H, W), got shape {shape}")
         if pp.pool not in METHODS:
             raise self.error(f"unknown pooling method {pp.pool}")
+        for side in ("kernel", "pad", "stride"):
+            if pp.HasField(f"{side}_h") != pp.HasField(f"{side}_w"):
+                raise self.error(f"give both {side}_h and {side}_w")
         if pp.global_pooling:
             if pp.HasField("kernel_size") or pp.HasField("kernel_h"):
                 raise self.error("global_pooling takes no kernel size")
+            if pp.pad or pp.pad_h or pp.pad_w or pp.stride != 1 or pp.HasField("stride_h") and (
+                    pp.stride_h, pp.stride_w) != (1, 1):
+                raise self.error("global_pooling takes only pad 0 and stride 1 (Caffe)")
             kernel, stride, pad = shape[2:], 1, 0
         else:
             if pp.HasField("kernel_size") == (pp.HasField("kernel_h") or pp.HasField("kernel_w")):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..analog import AnalogArrays, RPUConfig, analog_conv
-from ..geometry import IntPair, conv_out, pair
+from ..geometry import IntPair, conv_out, count, pair
 from ..ops import tiled_conv
 from ..tiling import NoTiling, TilingScheme, make_scheme
 
@@ -54,20 +54,17 @@ class TiledConv2d(torch.nn.Module):
                  rpu_config: Optional[RPUConfig] = None,
                  weight_filler: Optional[Filler] = None, bias_filler: Optional[Filler] = None):
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.in_channels = in_channels = count(in_channels, "in_channels")
+        self.out_channels = out_channels = count(out_channels, "out_channels")
+        self.groups = groups = count(groups, "group")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
-        if min(in_channels, out_channels) < 1:
-            raise ValueError(f"rapa: in_channels and out_channels must be >= 1, got "
-                             f"{in_channels} and {out_channels}")
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1:
             raise ValueError("rapa: kernel_size, stride and dilation must be >= 1")
         if min(self.padding) < 0:
             raise ValueError(f"rapa: padding must be >= 0, got {self.padding}")
-        if groups < 1:
-            raise ValueError(f"rapa: group must be >= 1, got {groups}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"rapa: group {groups} must divide the input channels "
                              f"({in_channels}) and num_output ({out_channels})")
@@ -134,7 +131,8 @@ class TiledConv2d(torch.nn.Module):
         if not self.tiled and self.arrays is None:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                             self.groups)
-        n, _, h, w = x.shape
+        # Shapes by index, so that a wrong input reaches the op's check, which names it.
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         out_h, out_w = (conv_out(s, k, st, p) for s, k, st, p in
                         zip((h, w), self.kernel_size, self.stride, self.padding))
         assignment = None

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..analog import AnalogArrays, RPUConfig
+from ..geometry import count
 
 Filler = Callable[[Tensor], None]
 
@@ -29,9 +30,8 @@ class Linear(torch.nn.Module):
                  transpose: bool = False, rpu_config: Optional[RPUConfig] = None,
                  weight_filler: Optional[Filler] = None, bias_filler: Optional[Filler] = None):
         super().__init__()
-        if min(in_features, out_features) < 1:
-            raise ValueError(f"rapa: in_features and out_features must be >= 1, got "
-                             f"{in_features} and {out_features}")
+        in_features, out_features = count(in_features, "in_features"), count(out_features,
+                                                                            "out_features")
         if rpu_config is not None and transpose:
             raise ValueError("rapa: an analog InnerProduct stores (O, K): transpose must be "
                              "false")
@@ -75,7 +75,7 @@ class Linear(torch.nn.Module):
         out = self.arrays.matmul(rows, self.weight.view(1, *self.weight.shape), tile)
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*lead, -1)
+        return out.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -2,6 +2,7 @@
 accuracy_layer.cpp), and RAPA's majority vote over several passes (paper section 3.1)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,7 +23,8 @@ class SoftmaxWithLoss(torch.nn.Module):
     SoftmaxWithLoss: scores (N, K, ...) and labels holding one class per prediction
     (N * ... values) -> a scalar. Labels equal to `ignore_label` add nothing. The sum is divided
     by the number of predictions ("full"), of those not ignored ("valid", Caffe's default), by
-    N ("batch_size"), or not at all ("none")."""
+    the number of predictions per class position, i.e. the product of the dimensions before
+    `axis` (N for axis 1: "batch_size"), or not at all ("none")."""
 
     def __init__(self, axis: int = 1, ignore_label: Optional[int] = None,
                  normalization: str = "valid"):
@@ -44,8 +46,8 @@ class SoftmaxWithLoss(torch.nn.Module):
             return total / valid.sum().clamp_min(1)
         if self.normalization == "full":
             return total / target.numel()
-        if self.normalization == "batch_size":
-            return total / scores.shape[0]
+        if self.normalization == "batch_size":  # Caffe's outer_num: the axes before `axis`
+            return total / math.prod(scores.shape[:self.axis])
         return total
 
 

@@ -1,9 +1,13 @@
 """LRN: Caffe's local response normalization, across channels or within a channel."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..geometry import count
 
 NORM_REGIONS = ("across_channels", "within_channel")
 
@@ -22,8 +26,10 @@ class LRN(torch.nn.Module):
     def __init__(self, local_size: int = 5, alpha: float = 1.0, beta: float = 0.75,
                  k: float = 1.0, norm_region: str = "across_channels"):
         super().__init__()
-        if local_size < 1 or local_size % 2 == 0:
+        if count(local_size, "local_size") % 2 == 0:
             raise ValueError(f"rapa: local_size must be odd, got {local_size}")
+        if not all(math.isfinite(v) for v in (alpha, beta, k)):
+            raise ValueError(f"rapa: alpha, beta and k must be finite, got {alpha}, {beta}, {k}")
         if norm_region not in NORM_REGIONS:
             raise ValueError(f"rapa: unknown norm_region {norm_region!r}; known: "
                              f"{', '.join(NORM_REGIONS)}")

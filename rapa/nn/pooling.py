@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..geometry import IntPair, pair, pool_empty_window, pool_out
+from ..geometry import IntPair, count, pair, pool_empty_window, pool_out
 from ..ops import max_pool, mixed_pool, stochastic_pool
 
 METHODS = ("max", "ave", "stochastic", "mixed")
@@ -48,6 +48,12 @@ class Pool2d(torch.nn.Module):
         if min(self.padding) < 0 or any(p >= k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"rapa: pad {self.padding} must be >= 0 and smaller than the "
                              f"kernel {self.kernel_size}")
+        if method in ("max", "ave") and any(2 * p > k for p, k in zip(self.padding,
+                                                                     self.kernel_size)):
+            raise ValueError(f"rapa: pad {self.padding} is more than half the kernel "
+                             f"{self.kernel_size}: torch's max and average pooling, which "
+                             f"{method.upper()} uses, refuse it (Caffe allows it; STOCHASTIC "
+                             f"and MIXED do too)")
         self.beta = None
         if method == "mixed":
             if not (math.isfinite(mu) and mu > 0):
@@ -55,9 +61,9 @@ class Pool2d(torch.nn.Module):
             start = 2.0 / mu if beta_init is None else beta_init
             if not math.isfinite(start):
                 raise ValueError(f"rapa: beta_init must be finite, got {start:g}")
-            if channels is None or channels < 1:
-                raise ValueError(f"rapa: mixed pooling needs channels >= 1 (one beta each), "
-                                 f"got {channels}")
+            if channels is None:
+                raise ValueError("rapa: mixed pooling needs channels (one beta each)")
+            channels = count(channels, "channels")
             self.mu = mu
             self.beta = torch.nn.Parameter(torch.full((channels,), float(start)))
 
