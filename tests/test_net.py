@@ -40,6 +40,10 @@ def test_paths_start_at_the_working_directory_then_the_prototxt_folder(tmp_path,
     with pytest.raises(RapaError, match=re.escape(f"layer 'd' data_param.source: nodb not found "
                                                   f"(looked in {elsewhere} and {nets})")):
         Net.from_file(nets / "other.prototxt", pb.TRAIN)
+    # Built without a file, relative paths start at the working directory alone.
+    with pytest.raises(RapaError, match=f"database {re.escape(str('db'))} does not exist"):
+        Net(parse_text('layer { name: "d" type: "Data" top: "x" data_param { source: "db" '
+                       'batch_size: 2 } }', pb.NetParameter()), pb.TRAIN)
     (nets / "nameless.prototxt").write_text('layer { type: "ReLU" }')
     with pytest.raises(RapaError, match=re.escape(f"{nets / 'nameless.prototxt'}: a layer of "
                                                   f"type 'ReLU' has no name")):
@@ -122,6 +126,13 @@ def test_a_model_for_another_output_size_is_refused(tmp_path):
         layer.load_state_blob(0, torch.zeros(5, 5))
 
 
+def test_param_specs_default_to_caffes():
+    net = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                 'param { lr_mult: 3 } inner_product_param { num_output: 2 } }')
+    specs = net.layer("ip").param_specs()
+    assert [(s.lr_mult, s.decay_mult) for s in specs] == [(3, 1), (1, 1)]
+
+
 def test_frozen_blobs_get_no_gradient():
     net = net_of(INPUT + 'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
                  'param { lr_mult: 0 } param { lr_mult: 1 } convolution_param { '
@@ -138,6 +149,11 @@ def test_frozen_blobs_get_no_gradient():
 @pytest.mark.parametrize("text,message", [
     ('layer { name: "r" type: "ReLU" bottom: "x" bottom: "label" top: "y" }',
      "layer 'r' (ReLU): needs 1 bottom blob(s), has 2"),
+    ('layer { name: "r" type: "ReLU" bottom: "z" top: "y" }',
+     "layer 'r' (ReLU): bottom 'z' is produced by no earlier layer (blobs so far: label, x)"),
+    ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+     'num_output: 2 kernel_size: 1 stride: 1 stride_h: 1 stride_w: 1 } }',
+     "layer 'c' (Convolution): give either stride or stride_h/stride_w, not both"),
     ('layer { name: "r" type: "ReLU" bottom: "x" top: "y" top: "z" }',
      "layer 'r' (ReLU): needs 1 top blob(s), has 2"),
     ('layer { name: "i" type: "Input" }', "layer 'i' (Input): needs at least 1 top blob(s), "
@@ -191,6 +207,7 @@ def test_layer_parameters_as_caffe_reads_them():
     assert net.blob_shapes["one"] == (4, 2, 6, 6)
     ip = net.layer("ip").module
     assert ip.weight.shape == (3, 4 * 3 * 6 * 6) and ip.bias is None
+    assert len(net.layer("ip").learnable_blobs()) == 1
     assert net.blob_shapes["ip"] == (3,)
     assert torch.all(net.layer("ip2").module.bias == 0)  # Caffe's default filler: constant 0
     assert net.blob_shapes["p"] == (4, 3, 6, 6)

@@ -26,6 +26,10 @@ def test_conv_out_is_torchs(size, kernel, stride, pad, dilation):
                            conv_out(size + 1, kernel, stride, pad, dilation))
 
 
+def test_conv_out_defaults():
+    assert conv_out(5, 3) == 3 and conv_out(5, 3, dilation=2) == 1
+
+
 @pytest.mark.parametrize("hw,kernel,stride,pad", [
     ((32, 34), (3, 3), (2, 2), (0, 0)), ((16, 18), (3, 3), (2, 2), (1, 1)),
     ((8, 10), (2, 2), (2, 2), (0, 0)), ((9, 11), (3, 3), (3, 3), (1, 1)),
@@ -105,7 +109,7 @@ def test_default_initialisation_is_torchs():
     linear = Linear(50, 200)
     bound = 1 / math.sqrt(50)  # torch.nn.Linear's: kaiming_uniform(a=sqrt 5), bias 1/sqrt(fan_in)
     assert bound * 0.97 < linear.weight.abs().max() <= bound
-    assert bound * 0.9 < linear.bias.abs().max() <= bound
+    assert bound * 0.9 < linear.bias.abs().max() <= bound and linear.bias.min() < 0
     assert conv.bias.abs().max() <= bound and not torch.equal(conv.weight[0], conv.weight[1])
 
 
@@ -208,6 +212,8 @@ def test_bad_arguments_raise_value_errors_naming_them(make, message):
     (TiledConv2d(4, 6, 2, tiling="image_pad", num_tiles=4), (2, 4, 9, 9),
      "needs the input sides divisible by 2, got 9x9"),
     (Pool2d("max", 3, 2), (2, 3, 2, 2), r"kernel \(3, 3\) is larger than the padded input"),
+    (Pool2d("max", (1, 6), 1, (0, 2)), (1, 1, 1, 1), r"kernel \(1, 6\) is larger than the "
+                                                     r"padded input"),
     (Pool2d("max", 1, 3), (2, 3, 6, 6), r"a stride larger than the kernel without padding "
                                         r"leaves Caffe's last window \(3, 3\) outside"),
     (Pool2d("stochastic", 1, 3), (2, 3, 6, 6), "without padding leaves"),
@@ -279,6 +285,7 @@ def test_lrn_defaults_are_caffes():
     (lambda: TiledConv2d(3.5, 4, 3), r"in_channels must be >= 1 \(an int\), got 3.5"),
     (lambda: Linear(3.0, 2), r"in_features must be >= 1 \(an int\), got 3.0"),
     (lambda: Pool2d("max", 2.0), "'kernel_size' must be an int or two ints"),
+    (lambda: Pool2d("max", 3, (1, 2, 3)), "'stride' must be an int or two ints"),
     (lambda: LRN(5.0), r"local_size must be >= 1 \(an int\)"),
 ])
 def test_sizes_must_be_ints(make, message):
@@ -313,6 +320,14 @@ def test_modules_describe_themselves():
         "Pool2d(mixed, kernel_size=(3, 3), stride=(2, 2), padding=(0, 0), mu=10)"
     assert repr(LRN(3, 0.5, 0.75, 2.0, "within_channel")) == \
         "LRN(3, alpha=0.5, beta=0.75, k=2, within_channel)"
+    assert repr(LRN()) == "LRN(5, alpha=1, beta=0.75, k=1, across_channels)"
+    assert repr(Pool2d("max", 2, 2)) == \
+        "Pool2d(max, kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
+    assert repr(Linear(3, 2, bias=False, rpu_config=perfect())).startswith(
+        "Linear(\n  in_features=3, out_features=2, bias=False, analog")
+    assert repr(TiledConv2d(3, 4, 3, tiling="random", num_tiles=2)).startswith(
+        "TiledConv2d(\n  3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0)\n  (scheme): "
+        "Random(num_tiles=2)")
 
 
 def test_softmax_loss_normalizations_over_another_axis():
@@ -343,6 +358,10 @@ def test_accuracy_and_its_vote_over_another_axis():
     first[..., 0] = 5
     vote = acc.vote_accuracy([first, scores, scores], labels)
     assert vote == pytest.approx(4 / 6) and vote.dtype == F64
+    # A tie of votes goes to the larger mean probability, whichever class index it has.
+    tie = [torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([[0.0, 1.0, 0.0]])]
+    assert Accuracy().vote_accuracy(tie, torch.tensor([2])) == 1
+    assert Accuracy().vote_accuracy(tie[::-1], torch.tensor([2])) == 1
     ignoring = Accuracy(axis=2, ignore_label=0)
     assert ignoring.vote_accuracy([first, scores, scores], labels) == pytest.approx(4 / 5)
     assert ignoring(first, labels).dtype == F64 and ignoring(first, labels) == 0

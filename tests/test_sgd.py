@@ -114,8 +114,13 @@ def test_older_solverstates_with_analog_momentum_resume_exactly(workdir):  # noq
 
 def test_defaults_are_plain_sgd():
     w = blob([1.0, 2.0], grad=[0.5, -1.0])
-    SGD([w]).step(0.1)
+    sgd = SGD([w])
+    sgd.step(0.1)
     torch.testing.assert_close(w.blob.detach(), torch.tensor([0.95, 2.1], dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+    w.blob.grad = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    sgd.step(0.1)  # no momentum: the first step leaves nothing behind
+    torch.testing.assert_close(w.blob.detach(), torch.tensor([0.85, 2.0], dtype=torch.float64),
                                rtol=0, atol=1e-15)
 
 

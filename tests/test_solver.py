@@ -142,6 +142,25 @@ def test_resume_continues_exactly(workdir, scheme):
     assert state.iter == 12 and state.learned_net == "tiny_iter_12.caffemodel"
 
 
+def test_a_resume_keeps_the_first_run_s_seed(workdir):
+    """Without random_seed every run draws its own seed; a resumed one takes the snapshot's
+    (the data layers reseed), so it continues exactly as the first run would have."""
+    solver_path = setup_files(workdir, scheme="random")
+    text = (workdir / "solver.prototxt").read_text().replace("random_seed: 3\n", "")
+    (workdir / "solver.prototxt").write_text(text)
+    first = Solver(solver_path, say=lambda m: None, progress=False)
+    first.solve()
+    final = weights(first)
+    for f in (workdir / "snap").glob("tiny_iter_12.*"):
+        f.unlink()
+    resumed = Solver(solver_path, say=lambda m: None, progress=False)
+    assert resumed.seed != first.seed
+    resumed.solve(resume="auto")
+    assert resumed.seed == first.seed and resumed.iter == 12
+    for n, w in weights(resumed).items():
+        torch.testing.assert_close(w, final[n], rtol=0, atol=0)
+
+
 def test_weights_include_the_fixed_partition(workdir):
     solver = Solver(setup_files(workdir, max_iter=4), say=lambda m: None, progress=False)
     solver.solve()

@@ -165,6 +165,13 @@ def test_none_and_perforated_assignments():
     assert not one.assign(2, 6, 6, training=True, device=torch.device("cpu")).any()
 
 
+def test_random_fixed_draws_from_the_generator_given():
+    draws = [tiling.make_scheme("random_fixed", 3).assign(
+        1, 4, 4, training=True, device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(2)) for _ in range(2)]
+    assert torch.equal(*draws)
+
+
 def test_image_pad_module_names_input_sides_that_do_not_divide():
     conv = rapa.nn.TiledConv2d(3, 4, 2, tiling="image_pad", num_tiles=4)
     with pytest.raises(ValueError, match="needs the input sides divisible by 2, got 9x9"):
