@@ -73,6 +73,8 @@ class LayerEntry:
     bottoms: list[str]
     tops: list[str]
     loss_weights: list[float] = field(default_factory=list)
+    # Computed by the layer before it (absorb_affine): forward passes the bottom through.
+    absorbed: bool = False
 
 
 class Net(torch.nn.Module):
@@ -151,6 +153,7 @@ class Net(torch.nn.Module):
             if not e.bottoms and not isinstance(e.layer, DataLayer):
                 self.fed_shapes.update((t, shapes[t]) for t in e.tops)
         self._limit_labels(producer)
+        self._absorb_affines()
         # Outputs, as Caffe finds them: blobs still available after the last layer, i.e. tops
         # that no later layer reads (an in-place layer makes its blob available again).
         available: dict[str, None] = {}
@@ -175,6 +178,20 @@ class Net(torch.nn.Module):
                 source.limit_labels(*limits, f"layer '{e.layer.layer_name}' "
                                              f"({e.layer.type_name})")
 
+    def _absorb_affines(self) -> None:
+        """A channel affine (Scale) working in place right after a layer that can apply it in
+        its own pass (BatchNorm) becomes part of that pass (Caffe's in-place BatchNorm + Scale
+        pairs): the same numbers, one kernel instead of two, as torch's BatchNorm2d computes
+        them. In place, no layer can read the blob between the two."""
+        for i in range(len(self.entries) - 1):
+            a, b = self.entries[i], self.entries[i + 1]
+            if (len(a.tops) != 1 or not (b.bottoms == b.tops == a.tops) or a.absorbed
+                    or any(w for w in a.loss_weights)):
+                continue
+            affine = b.layer.channel_affine()
+            if affine is not None and a.layer.absorb_affine(affine):
+                b.absorbed = True
+
     @classmethod
     def from_file(cls, path, phase: int, **kwargs) -> "Net":
         """The net of a prototxt file; relative paths in it may also start at its folder."""
@@ -196,6 +213,9 @@ class Net(torch.nn.Module):
                                 f"{tuple(value.shape)}, but the net was set up for {want} "
                                 f"(only the batch size may differ)")
         for e in self.entries:
+            if e.absorbed:
+                blobs[e.tops[0]] = blobs[e.bottoms[0]]
+                continue
             if not e.bottoms:
                 fed = [t for t in e.tops if t in blobs]
                 if len(fed) == len(e.tops):

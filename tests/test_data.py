@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from datasets import random_images, write_lmdb
 from rapa.data.datum import decode, encode_raw
@@ -126,3 +127,27 @@ def test_prefetcher_batches_depend_on_index_alone(tmp_path):
     c = Prefetcher(src, t, batch_size=10, seed=6)
     assert not torch.equal(next(c)[0], first[0][0])
     a.close(), b.close(), c.close()
+
+
+def test_transform_pad_then_random_crop_pads_with_zero_after_the_mean():
+    images, _ = random_images(24, h=6, w=6)
+    mean = np.random.default_rng(1).uniform(0, 255, (3, 6, 6)).astype(np.float32)
+    x = torch.from_numpy(images).float()
+    padded = F.pad(x - torch.from_numpy(mean), (2, 2, 2, 2))  # (24, 3, 10, 10)
+    t = transformer("crop_size: 6 pad: 2 mirror: true scale: 0.5", shape=(3, 6, 6), mean=mean)
+    out = t(images, torch.Generator().manual_seed(3))
+    assert out.shape == (24, 3, 6, 6)
+    seen = set()
+    for i in range(24):
+        windows = {(oy, ox, flip): (padded[i, :, oy:oy + 6, ox:ox + 6].flip(2) if flip else
+                                    padded[i, :, oy:oy + 6, ox:ox + 6]) * 0.5
+                   for oy in range(5) for ox in range(5) for flip in (False, True)}
+        match = [k for k, v in windows.items() if torch.allclose(out[i], v, atol=1e-4)]
+        assert match, f"image {i} is no window of the padded, mean-subtracted image"
+        seen.update(match)
+    assert len({(oy, ox) for oy, ox, _ in seen}) > 8 and {f for _, _, f in seen} == {False, True}
+    # At test time there is no padding: the centred crop of the image itself.
+    test = transformer("crop_size: 6 pad: 2", shape=(3, 6, 6), train=False, mean=mean)
+    torch.testing.assert_close(test(images, torch.Generator()), x - torch.from_numpy(mean))
+    with pytest.raises(RapaError, match="pad 2 needs crop_size"):
+        transformer("pad: 2")

@@ -202,7 +202,7 @@ def test_relu_dropout_in_place_and_phases():
 
 @pytest.mark.parametrize("text,message", [
     ('layer { name: "c" type: "Convolutio" bottom: "x" top: "y" }',
-     "unknown type 'Convolutio'; known types: Accuracy, Convolution, Data"),
+     "unknown type 'Convolutio'; known types: Accuracy, BatchNorm, Concat, Convolution, Data"),
     ('layer { name: "c" type: "ReLU" bottom: "z" top: "y" }',
      "layer 'c' (ReLU): bottom 'z' is produced by no earlier layer"),
     ('layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '

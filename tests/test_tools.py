@@ -92,8 +92,9 @@ def test_generator_needs_only_protobuf(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = list(out.rglob("*.prototxt"))
     # CIFAR-10: 8 tilings x 4 poolings (net, solver), the short solver, 2 analog nets (net,
-    # 2 solvers); CIFAR-100 and SVHN: 8 tilings with max pooling (net, solver).
-    assert len(files) == 8 * 4 * 2 + 1 + 2 * 3 + 2 * 8 * 2  # 103
+    # 2 solvers); CIFAR-100 and SVHN: 8 tilings with max pooling (net, solver); residual nets
+    # for CIFAR-10 and -100: 3 depths x 3 widths x 2 tilings (net, 2 solvers).
+    assert len(files) == 8 * 4 * 2 + 1 + 2 * 3 + 2 * 8 * 2 + 2 * 3 * 3 * 2 * 3  # 211
     net = re.search(r'net: "(.*)"', (out / "cifar10/random_max_short_solver.prototxt")
                     .read_text()).group(1)
     assert (ROOT / net).resolve() == (out / "cifar10/random_max.prototxt").resolve()
@@ -104,7 +105,7 @@ def test_every_generated_net_sets_up(tree):
     test_every_committed_net_builds_and_runs's, on the committed ones)."""
     paths = [p for p in generate.generate(tree / "nets")
              if not p.name.endswith("_solver.prototxt")]
-    assert len(paths) == 50
+    assert len(paths) == 50 + 36
     for path in paths:
         param = read_text(path, pb.NetParameter())
         for phase in (pb.TRAIN, pb.TEST):
@@ -116,12 +117,17 @@ def test_every_committed_net_builds_and_runs(tree):
         if path.name.endswith("_solver.prototxt"):
             continue
         param = read_text(path, pb.NetParameter())
+        train = None
         for phase in (pb.TRAIN, pb.TEST):
             net = Net(param, phase, source=str(path))
+            if train is None:
+                train = net
+            else:  # as the solver's test net: the train net's weights and statistics
+                net.share_from(train)
             net.train(phase == pb.TRAIN)
             blobs = net()
-            classes = 100 if "cifar100" in str(path) else 10
-            assert blobs["ip1"].shape[1] == classes
+            scores = next(e.bottoms[0] for e in net.entries if e.layer.default_loss_weight)
+            assert blobs[scores].shape[1] == 10
             assert torch.isfinite(net.loss(blobs))
             for name, value in blobs.items():  # the shapes set-up computed are the real ones
                 assert net.blob_shapes[name] == tuple(value.shape), (path.name, name)

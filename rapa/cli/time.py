@@ -1,7 +1,8 @@
 """Time a net layer by layer (Caffe's `caffe time`) and print the paper's analog time model.
 
 Forward and backward times per layer, averaged over --iterations passes of the TRAIN phase
-(its data layers read one batch, reused). The analog model (paper Fig. 1): per conv layer the
+(its data layers read one batch, reused); a Scale whose BatchNorm applies it in its own pass
+shows 0 (its time is the BatchNorm's). The analog model (paper Fig. 1): per conv layer the
 patches np per image, the MACs, the tiles nt, the array operations per tile ceil(np/nt), and
 the resulting speed-up; the net's analog time is the slowest layer's count when layers are
 pipelined, or their sum when not.
@@ -39,21 +40,22 @@ def run(args):
     batch = next((s[0] for s in net.blob_shapes.values() if s), 1)
     print(f"{net.name or args.model}: {args.phase}, batch {batch}, {device}, mean of "
           f"{args.iterations} iterations")
-    print(f"{'layer':<12} {'type':<16} {'forward ms':>11} {'backward ms':>12}")
+    width = max([12] + [len(t.name) for t in times])
+    print(f"{'layer':<{width}} {'type':<16} {'forward ms':>11} {'backward ms':>12}")
     for t in times:
-        print(f"{t.name:<12} {t.type:<16} {t.forward_ms:>11.3f} {t.backward_ms:>12.3f}")
+        print(f"{t.name:<{width}} {t.type:<16} {t.forward_ms:>11.3f} {t.backward_ms:>12.3f}")
     total_f = sum(t.forward_ms for t in times)
     total_b = sum(t.backward_ms for t in times)
-    print(f"{'total':<29} {total_f:>11.3f} {total_b:>12.3f}   "
+    print(f"{'total':<{width + 17}} {total_f:>11.3f} {total_b:>12.3f}   "
           f"({batch / (total_f + total_b) * 1e3:.0f} images/s)")
     analog = analog_model(net)
     if analog:
         print("\nanalog arrays (one matrix-vector product per patch, constant time each):")
-        print(f"{'layer':<12} {'patches np':>10} {'MACs':>12} {'tiles nt':>9} "
+        print(f"{'layer':<{width}} {'patches np':>10} {'MACs':>12} {'tiles nt':>9} "
               f"{'np per tile':>12} {'speed-up':>9}")
         for a in analog:
-            print(f"{a.name:<12} {a.patches:>10} {a.macs:>12} {a.tiles:>9} {a.per_tile:>12} "
-                  f"{a.speedup:>9.1f}")
+            print(f"{a.name:<{width}} {a.patches:>10} {a.macs:>12} {a.tiles:>9} "
+                  f"{a.per_tile:>12} {a.speedup:>9.1f}")
         base = [x.patches for x in analog]
         tiled = [x.per_tile for x in analog]
         print(f"per image: {sum(tiled)} array operations in sequence ({sum(base)} untiled, "

@@ -1,7 +1,8 @@
 """Caffe's data transformation, batched in torch, plus RAPA's augmentations.
 
-Order, per image: strong augmentation (train), crop (random in training, centred at test),
-mirror (train, probability 1/2), brightness (train), mean subtraction (file or values), scale.
+Order, per image: strong augmentation (train), padding (train), crop (random in training,
+centred at test), mirror (train, probability 1/2), brightness (train), mean subtraction (file
+or values), scale.
 Caffe's own order is crop, mirror, mean, scale; the additions slot in before the mean so that
 brightness is in raw pixel units. All randomness comes from the generator handed in, so a batch
 is a function of (seed, batch index) alone and a resumed run draws the same augmentations.
@@ -28,8 +29,12 @@ class Transformer:
         self.crop = (tp.crop_size, tp.crop_size) if tp.crop_size else (tp.crop_h, tp.crop_w)
         if (self.crop[0] == 0) != (self.crop[1] == 0):
             raise RapaError(f"{where}: give both crop_h and crop_w")
-        if self.crop[0] > h or self.crop[1] > w:
+        if self.crop[0] > h + 2 * tp.pad * train or self.crop[1] > w + 2 * tp.pad * train:
             raise RapaError(f"{where}: crop {self.crop} is larger than the images ({h}x{w})")
+        self.pad = tp.pad if train else 0
+        if self.pad and not self.crop[0]:
+            raise RapaError(f"{where}: pad {self.pad} needs crop_size (a crop back to the image "
+                            f"size, as in He et al. 2016: pad 4, crop_size 32)")
         self.brightness = tp.brightness
         self.strong = tp.strong_augmentation if tp.HasField("strong_augmentation") else None
         if self.strong is not None and self.strong.max_scale < 1:
@@ -56,6 +61,14 @@ class Transformer:
         mean = self.mean.expand(c, h, w) if self.mean is not None else None
         if self.train and self.strong is not None:
             x = _strong_augment(x, self.strong, gen)
+        mean_varies = self.mean is not None and self.mean.shape[-1] > 1
+        if self.pad:
+            # Padded pixels are 0 after mean subtraction: the image and the mean both get zeros.
+            p = self.pad
+            x = F.pad(x, (p, p, p, p))
+            if mean is not None:
+                mean, mean_varies = F.pad(mean, (p, p, p, p)), True
+            h, w = h + 2 * p, w + 2 * p
         if self.crop[0]:
             ch, cw = self.crop
             if self.train:
@@ -72,7 +85,7 @@ class Transformer:
         if self.train and self.mirror:
             flip = torch.rand(n, generator=gen) < 0.5
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-            if self.mean is not None and self.mean.shape[-1] > 1:  # a mean file flips along
+            if mean_varies:  # a mean file (or a padded mean) flips along
                 mean = mean.expand(n, *x.shape[1:])
                 mean = torch.where(flip.view(n, 1, 1, 1), mean.flip(3), mean)
         if self.train and self.brightness:

@@ -19,6 +19,10 @@ what type it is):
                        several passes (vote_accuracy), as test-time voting asks
   array_work()         for layers on crossbar arrays: matrix-vector products per image, MACs,
                        tiles (the paper's analog time model, Fig. 1)
+  channel_affine()     a layer that only multiplies each channel by a learned weight and adds
+                       a learned bias (Scale) offers them, and a layer before it that can apply
+                       them in its own pass (BatchNorm) takes them with absorb_affine(); the
+                       net then skips the first (Caffe's BatchNorm + Scale, in one kernel)
 A DataLayer (below) reads its tops from a database; a layer without bottoms that is not a
 DataLayer has its tops fed by the caller (Input).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,6 +39,8 @@ from ..errors import RapaError
 from ..proto import pb
 
 Shape = tuple[int, ...]
+# A function giving a channel affine's current (weight, bias): see channel_affine.
+Affine = Callable[[], tuple[torch.Tensor, Optional[torch.Tensor]]]
 LAYER_TYPES: dict[str, type["Layer"]] = {}
 
 
@@ -172,6 +178,16 @@ class Layer(torch.nn.Module):
 
     def array_work(self) -> Optional[ArrayWork]:
         return None
+
+    def channel_affine(self) -> Optional[Affine]:
+        """A function giving this layer's current (weight, bias), each (C,), when all it does is
+        top = bottom * weight + bias per channel (axis 1); else None."""
+        return None
+
+    def absorb_affine(self, affine: Affine) -> bool:
+        """Apply the channel affine that `affine()` gives to this layer's top from now on;
+        True if the layer can (then the net skips the layer that offered it)."""
+        return False
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.module(*bottoms)
