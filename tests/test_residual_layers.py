@@ -441,3 +441,52 @@ def test_batch_norm_applies_the_scale_after_it_in_its_own_pass():
     expected = (x - mean.view(1, 4, 1, 1)) / torch.sqrt(var.view(1, 4, 1, 1) + EPS) \
         * scale.weight.view(1, 4, 1, 1) + scale.bias.view(1, 4, 1, 1)
     torch.testing.assert_close(test({"x0": x})["x0"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_net_with_batch_norm_resumes_exactly(tmp_path, monkeypatch):
+    """The accumulated statistics are in the snapshot: a resumed run ends bit for bit where
+    the uninterrupted one does, statistics included."""
+    from datasets import random_images, write_lmdb
+    from rapa.solver import Solver
+
+    write_lmdb(tmp_path / "train_lmdb", *random_images(40, h=8, w=8, classes=3))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "Data" top: "data" top: "label" transform_param { '
+        'mirror: true crop_size: 8 pad: 2 scale: 0.01 } data_param { source: "train_lmdb" '
+        'batch_size: 4 } }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        'convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false '
+        'weight_filler { type: "msra" } } }\n'
+        'layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" '
+        'batch_norm_param { moving_average_fraction: 0.9 } }\n'
+        'layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { '
+        'bias_term: true } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }\n'
+        'layer { name: "sum" type: "Eltwise" bottom: "conv" bottom: "conv" top: "sum" '
+        'eltwise_param { coeff: 1 coeff: 0.5 } }\n'
+        'layer { name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param { '
+        'pool: AVE global_pooling: true } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip" '
+        'inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+        'top: "loss" }')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "net.prototxt" base_lr: 0.1 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" '
+        'max_iter: 10 snapshot: 5 snapshot_prefix: "snap/bn" random_seed: 5')
+
+    def state(solver):
+        net = solver.net
+        return [b.blob.detach().clone() for b in net.learnable()] + \
+            [t.clone() for t in net.layer("bn").state_blobs()]
+
+    straight = Solver("solver.prototxt", say=lambda m: None, progress=False)
+    straight.solve()
+    final = state(straight)
+    assert float(final[-1][0]) == pytest.approx(sum(0.9 ** k for k in range(10)), rel=1e-6)
+    for f in (tmp_path / "snap").glob("bn_iter_10.*"):
+        f.unlink()
+    resumed = Solver("solver.prototxt", say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    for a, b in zip(state(resumed), final):
+        assert torch.equal(a, b)
