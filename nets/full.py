@@ -58,13 +58,15 @@ def _filler(kind: str, **kw) -> pb.FillerParameter:
 
 
 def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
-                brightness: float, strong: bool) -> None:
+                brightness: float, strong: bool, scale: float = 1.0) -> None:
     root = f"data/{ds.name}"
     for phase, split, size in ((pb.TRAIN, "train", batch), (pb.TEST, "test", test_batch)):
         layer = net.layer.add(name="data", type="Data", top=["data", "label"])
         layer.include.add(phase=phase)
         tp = layer.transform_param
         tp.mean_file = f"{root}/mean.binaryproto"
+        if scale != 1.0:
+            tp.scale = scale
         if phase == pb.TRAIN:
             tp.mirror = ds.name != "svhn"  # mirrored digits are other digits
             tp.brightness = brightness
@@ -114,20 +116,36 @@ def lrn(net, name, bottom):
     return name
 
 
+# Section 2.2's rates at batch 10 (no tiling, tiling) and Fig. 5's rate for the tile sweep.
+PAPER_RATE = {False: 0.005, True: 0.025}
+SWEEP_RATE = 0.05
+# Our rates are the paper's times this, with momentum 0.9: Caffe's rate for this net (0.001 at
+# batch 100) scaled to batch 10 is 0.0001, a 50th of the paper's 0.005. With Caffe's input
+# range (raw pixels minus the mean) the paper's own rates diverge (README, "The paper's nets").
+OUR_RATE_FACTOR = 0.02
+OUR_MOMENTUM = 0.9  # Caffe's example; the paper names none
+# paper_rates: the input range under which the paper's rates train (README): pixels / 256, and
+# conv1's filler 256 times wider, so that conv1's outputs at the start are the raw range's.
+PAPER_INPUT_SCALE = 1 / 256
+
+
 def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max",
              tiles=(16, 4, 1), batch: int = 10, test_batch: int = 100,
              brightness: float = 20.0, strong: bool = False,
-             rpu: str | None = None) -> pb.NetParameter:
+             rpu: str | None = None, paper_rates: bool = False) -> pb.NetParameter:
     """rpu: a preset of rapa.analog (e.g. rasch_2019): every Convolution and the InnerProduct
-    on simulated analog arrays, one array per kernel replica (section 3.2)."""
+    on simulated analog arrays, one array per kernel replica (section 3.2). paper_rates: the
+    input (pixels minus the mean) scaled by PAPER_INPUT_SCALE and conv1's filler widened to
+    match, for solver(paper_rates=True)."""
+    scale = PAPER_INPUT_SCALE if paper_rates else 1.0
     ds = DATASETS[dataset]
     if tiling not in TILINGS:
         raise ValueError(f"tiling must be one of {TILINGS}")
     channels = (54, 64, 64) if tiling == "enlarged" else (32, 32, 64)
     net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}" + ("_rpu" if rpu else ""))
-    data_layers(net, ds, batch, test_batch, brightness, strong)
+    data_layers(net, ds, batch, test_batch, brightness, strong, scale)
     method = POOLS[pools]
-    x = conv(net, "conv1", "data", channels[0], 1e-4, tiling, tiles[0], rpu=rpu)
+    x = conv(net, "conv1", "data", channels[0], 1e-4 / scale, tiling, tiles[0], rpu=rpu)
     x = pool(net, "pool1", relu(net, "relu1", x), method)
     x = lrn(net, "norm1", x)
     x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1], rpu=rpu)
@@ -152,28 +170,30 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
 
 def solver(net_path: str, dataset: str, tiled: bool, prefix: str, batch: int = 10,
            test_batch: int = 100, epochs: int = 700, step_epochs: int = 300,
-           warmup_epochs: int = 1, test_every_epochs: float = 5, votes: int = 1,
-           base_lr: float | None = None, analog: bool = False) -> pb.SolverParameter:
-    """Section 2.2: the rate 5 times larger tiled than untiled; x0.1 every step_epochs; warm-up
-    at a 20th of the rate; weight decay 1e-4 (Caffe multiplies it by the rate); batch 10."""
+           warmup_epochs: int = 1, test_every_epochs: float = 1, votes: int = 1,
+           paper_rate: float | None = None, analog: bool = False, paper_rates: bool = False,
+           gamma: float = 0.1, weight_decay: float = 1e-4) -> pb.SolverParameter:
+    """Section 2.2: the rate 5 times larger tiled than untiled (paper_rate, default
+    PAPER_RATE[tiled]); x gamma every step_epochs; warm-up at a 20th of the rate; weight decay
+    1e-4 (Caffe multiplies it by the rate); batch 10. The rate is the paper's without momentum
+    if paper_rates (for a full_net(paper_rates=True)), else ours: the paper's times
+    OUR_RATE_FACTOR with momentum OUR_MOMENTUM."""
     ds = DATASETS[dataset]
     epoch = -(-ds.train_images // batch)
     sp = pb.SolverParameter(net=net_path)
     sp.test_iter.append(-(-ds.test_images // test_batch))
     sp.test_interval = int(test_every_epochs * epoch)
-    # Caffe's rate for this net (0.001 at batch 100) scaled to batch 10, times the paper's
-    # ratio of 5 for tiled nets: the paper's own 0.025 and 0.005 diverge with Caffe's input
-    # range, fillers and momentum within an epoch after warm-up, and so does 0.0025 (README).
-    sp.base_lr = base_lr if base_lr is not None else (0.0005 if tiled else 0.0001)
-    sp.momentum = 0.9  # Caffe's example; the paper names none
-    if analog:
+    rate = PAPER_RATE[tiled] if paper_rate is None else paper_rate
+    sp.base_lr, sp.momentum = (rate, 0.0) if paper_rates else (rate * OUR_RATE_FACTOR,
+                                                                OUR_MOMENTUM)
+    if analog and sp.momentum:
         # Analog arrays update by pulses, without momentum: the same step size as momentum
         # SGD's steady state, rate / (1 - momentum). Biases stay digital, without momentum too.
         sp.base_lr = sp.base_lr / (1 - sp.momentum)
         sp.momentum = 0.0
-    sp.weight_decay = 1e-4
+    sp.weight_decay = weight_decay
     sp.lr_policy = "step"
-    sp.gamma = 0.1
+    sp.gamma = gamma
     sp.stepsize = step_epochs * epoch
     sp.warmup_iter = warmup_epochs * epoch
     sp.warmup_factor = 0.05

@@ -2,7 +2,8 @@
 not torch or rapa).
 
 python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10 ...]
-                        [--family full resnet] [--resnet-tilings none random] [--shortcut A]
+                        [--family full resnet sweep] [--resnet-tilings none random]
+                        [--shortcut A] [--epochs E] [--paper-rates]
     the whole family into DIR (or the datasets and families named):
     DIR/<dataset>/<tiling>_<pools>.prototxt          the Full net (train and test phases)
     DIR/<dataset>/<tiling>_<pools>_solver.prototxt   section 2.2's schedule (700 epochs)
@@ -13,9 +14,16 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
                                                      CIFAR ResNet-20/32/56, widths 1, 2, 4
                                                      (nets/resnet.py), He et al.'s schedule
                                                      and a short one (CIFAR-10 and -100)
+    DIR/<dataset>/random_max_x<k>{,_solver}.prototxt  Fig. 5's tile sweep (--family sweep):
+                                                     random tiling, tiles times k = 1 ... 64,
+                                                     rate 0.05 halved every 100 epochs, no
+                                                     weight decay, 9 votes
     Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (103 files;
     with --strong, the nets named *_strong and their solvers, without the short, analog and
-    residual ones); the residual nets add 108 files.
+    residual ones); the residual nets add 108 files. --epochs E: the Full nets' and the
+    sweep's solvers train E epochs, the steps at the same fraction of the run (snapshots
+    *_eE). --paper-rates: the paper's rates without momentum, the input scaled by 1/256
+    (README, "The paper's nets"; snapshots *_paper_rates).
 python nets/generate.py --committed
     rewrites the nets committed under prototxt/ (run it after editing nets/full.py or
     nets/resnet.py): CIFAR-10, each tiling of the paper's Table 1 with max pooling and its
@@ -35,7 +43,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full import DATASETS, POOLS, TILINGS, full_net, solver  # noqa: E402
+from full import DATASETS, POOLS, SWEEP_RATE, TILINGS, full_net, solver  # noqa: E402
 from resnet import DEPTHS, SHORTCUTS, WIDTHS, resnet_net, resnet_solver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +59,12 @@ RPU_PRESET = "rasch_2019"
 SHORT_RPU = dict(epochs=2, step_epochs=2, warmup_epochs=1, test_every_epochs=1)
 # The residual nets' short schedule for a 2-core CPU (README, "Residual nets").
 SHORT_RESNET = dict(epochs=10)
-FAMILIES = ("full", "resnet")
+FAMILIES = ("full", "resnet", "sweep")
+DEFAULT_FAMILIES = ("full", "resnet")
+# Fig. 5: the tiles of (16, 4, 1) (or --tiles) times each factor; 700 epochs, the rate halved
+# every 100, no weight decay (Fig. 5's caption).
+SWEEP_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+SWEEP = dict(epochs=700, step_epochs=100, gamma=0.5, weight_decay=0.0)
 # Datasets and tilings of the residual family (--resnet-tilings takes any scheme).
 RESNET_DATASETS = ("cifar10", "cifar100")
 RESNET_TILINGS = ("none", "random")
@@ -88,32 +101,81 @@ def resnet_family(tiles=(16, 4, 1), datasets=RESNET_DATASETS, tilings=RESNET_TIL
                             resnet_solver(net, f"snapshots/{d}/{n}_short", d, **SHORT_RESNET)))
 
 
-def family(tiles=(16, 4, 1), strong=False, datasets=DATASETS, families=FAMILIES,
-           resnet_tilings=RESNET_TILINGS, shortcut="A"):
+def schedule(epochs=None, full=None) -> tuple[dict, str]:
+    """A schedule (full.solver's arguments: epochs, step_epochs, ...; default section 2.2's)
+    and its description, shortened to `epochs` epochs if given: the steps at the same fraction
+    of the run, warm-up 1 epoch."""
+    full = dict(full or dict(epochs=700, step_epochs=300))
+    about = f"{full['epochs']} epochs, step every {full['step_epochs']}"
+    if epochs is not None:
+        full["step_epochs"] = max(1, round(full["step_epochs"] * epochs / full["epochs"]))
+        full["epochs"] = epochs
+        about = f"{epochs} epochs, step every {full['step_epochs']} (shortened from {about})"
+    return full, about
+
+
+def full_family(dataset, tiles, strong, epochs, paper_rates):
+    """The Full nets of one dataset (every tiling, and every pooling for CIFAR-10) with their
+    main solvers; entries as family()'s. Solvers of random tiling test with 9 votes (Table 1's
+    vote column)."""
+    main, about = schedule(epochs)
+    suffix = (f"_e{epochs}" if epochs else "") + ("_paper_rates" if paper_rates else "")
+    about = ("section 2.2 schedule" if epochs is None else about) + (
+        ", the paper's rates" if paper_rates else "")
+    for tiling in TILINGS:
+        for pools in (POOLS if dataset == "cifar10" else ("max",)):
+            name = f"{tiling}_{pools}" + ("_strong" if strong else "")
+            yield (dataset, name,
+                   f"Full net, {dataset}, tiling {tiling}, pools {pools}, tiles {tiles}",
+                   full_net(dataset, tiling, pools, tiles, strong=strong,
+                            paper_rates=paper_rates))
+            tiled = tiling not in ("none", "enlarged")
+            yield (dataset, f"{name}_solver", about,
+                   (name, lambda net, d=dataset, t=tiled, n=name, v=9 if tiling == "random"
+                    else 1: solver(net, d, t, f"snapshots/{d}/{n}{suffix}", votes=v,
+                                   paper_rates=paper_rates, **main)))
+
+
+def sweep_family(dataset, tiles, epochs, paper_rates):
+    """Fig. 5's tile sweep: random tiling with tiles times k for k in SWEEP_FACTORS, its
+    schedule (SWEEP), 9 votes; entries as family()'s."""
+    main, about = schedule(epochs, SWEEP)
+    suffix = (f"_e{epochs}" if epochs else "") + ("_paper_rates" if paper_rates else "")
+    about = f"Fig. 5 schedule, {about}, rate {SWEEP_RATE} x gamma {SWEEP['gamma']}" + (
+        ", the paper's rates" if paper_rates else "")
+    for k in SWEEP_FACTORS:
+        name = f"random_max_x{k}"
+        scaled = tuple(t * k for t in tiles)
+        yield (dataset, name, f"Full net, {dataset}, tiling random, pools max, tiles {scaled}",
+               full_net(dataset, "random", "max", scaled, paper_rates=paper_rates))
+        yield (dataset, f"{name}_solver", about,
+               (name, lambda net, d=dataset, n=name: solver(
+                   net, d, True, f"snapshots/{d}/{n}{suffix}", votes=9, paper_rate=SWEEP_RATE,
+                   paper_rates=paper_rates, **main)))
+
+
+def family(tiles=(16, 4, 1), strong=False, datasets=DATASETS, families=DEFAULT_FAMILIES,
+           resnet_tilings=RESNET_TILINGS, shortcut="A", epochs=None, paper_rates=False):
     """(dataset, file name without .prototxt, what, message) of every file, where a solver's
-    message is (its net's file name, a function of the net's path as the solver names it)."""
+    message is (its net's file name, a function of the net's path as the solver names it).
+    epochs and paper_rates apply to the Full nets and the sweep (not to the short, analog and
+    residual solvers, which keep their own schedules)."""
     if "resnet" in families and not strong:
         yield from resnet_family(tiles, [d for d in datasets if d in RESNET_DATASETS],
                                  resnet_tilings, shortcut)
+    if "sweep" in families and not strong:
+        for dataset in datasets:
+            yield from sweep_family(dataset, tiles, epochs, paper_rates)
     if "full" not in families:
         return
     for dataset in datasets:
-        for tiling in TILINGS:
-            for pools in (POOLS if dataset == "cifar10" else ("max",)):
-                name = f"{tiling}_{pools}" + ("_strong" if strong else "")
-                yield (dataset, name,
-                       f"Full net, {dataset}, tiling {tiling}, pools {pools}, tiles {tiles}",
-                       full_net(dataset, tiling, pools, tiles, strong=strong))
-                tiled = tiling not in ("none", "enlarged")
-                yield (dataset, f"{name}_solver", "section 2.2 schedule",
-                       (name, lambda net, d=dataset, t=tiled, n=name:
-                        solver(net, d, t, f"snapshots/{d}/{n}")))
-                if (dataset, tiling, pools) == ("cifar10", "random", "max") and not strong:
-                    yield (dataset, f"{name}_short_solver",
-                           f"short schedule: {SHORT['epochs']} epochs",
-                           (name, lambda net, d=dataset, n=name:
-                            solver(net, d, True, f"snapshots/{d}/{n}_short", **SHORT)))
-        if dataset == "cifar10" and not strong:
+        yield from full_family(dataset, tiles, strong, epochs, paper_rates)
+        if dataset == "cifar10" and not strong and not paper_rates:
+            yield (dataset, "random_max_short_solver", f"short schedule: {SHORT['epochs']} epochs",
+                   ("random_max", lambda net: solver(net, "cifar10", True,
+                                                      "snapshots/cifar10/random_max_short",
+                                                      **SHORT)))
+        if dataset == "cifar10" and not strong and not paper_rates:
             for tiling in ("none", "random"):
                 name = f"{tiling}_max_rpu"
                 tiled = tiling != "none"
@@ -138,13 +200,15 @@ def net_reference(path: Path, root: Path = ROOT) -> str:
 
 
 def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
-             only_committed=False, root: Path = ROOT, families=FAMILIES,
-             resnet_tilings=RESNET_TILINGS, shortcut="A") -> list[Path]:
+             only_committed=False, root: Path = ROOT, families=DEFAULT_FAMILIES,
+             resnet_tilings=RESNET_TILINGS, shortcut="A", epochs=None,
+             paper_rates=False) -> list[Path]:
     """Write the family (or its committed part) into out/<dataset>/; return the files written.
     Solvers name their nets relative to root when under it (see net_reference)."""
     written = []
     for dataset, name, what, message in family(tiles, strong, datasets, families,
-                                               resnet_tilings, shortcut):
+                                               resnet_tilings, shortcut, epochs,
+                                               paper_rates):
         if only_committed and not committed(dataset, name):
             continue
         path = Path(out) / dataset / f"{name}.prototxt"
@@ -167,24 +231,35 @@ def main(argv=None):
     p.add_argument("--tiles", default="16,4,1", help="tiles of conv1,conv2,conv3")
     p.add_argument("--strong", action="store_true", help="strong augmentation (section 3.4.1)")
     p.add_argument("--dataset", nargs="+", choices=list(DATASETS), help="only these datasets")
-    p.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES),
-                   help="the Full nets (full), the residual nets (resnet), or both")
+    p.add_argument("--family", nargs="+", choices=FAMILIES, default=list(DEFAULT_FAMILIES),
+                   help="the Full nets (full), the residual nets (resnet), Fig. 5's tile sweep "
+                        "(sweep); default full and resnet")
     p.add_argument("--resnet-tilings", nargs="+", choices=[t for t in TILINGS if t != "enlarged"],
                    default=list(RESNET_TILINGS), help="tilings of the residual nets")
     p.add_argument("--shortcut", choices=SHORTCUTS, default="A",
                    help="residual shortcut where the shape changes: A zero padding, B projection")
+    p.add_argument("--epochs", type=int,
+                   help="the Full nets' and the sweep's solvers train this many epochs (the steps "
+                        "at the same fraction of the run; snapshots *_eE)")
+    p.add_argument("--paper-rates", action="store_true",
+                   help="the paper's rates without momentum, the input scaled by 1/256 "
+                        "(snapshots *_paper_rates)")
     args = p.parse_args(argv)
     tiles = tuple(int(t) for t in args.tiles.split(","))
     if len(tiles) != 3 or min(tiles) < 1:
         p.error("--tiles takes three counts >= 1, e.g. 16,4,1")
     if args.committed and (tiles != (16, 4, 1) or args.strong or args.dataset or
-                           args.family != list(FAMILIES) or args.shortcut != "A" or
-                           args.resnet_tilings != list(RESNET_TILINGS)):
+                           args.family != list(DEFAULT_FAMILIES) or args.shortcut != "A" or
+                           args.resnet_tilings != list(RESNET_TILINGS) or args.epochs or
+                           args.paper_rates):
         p.error("--committed writes the committed set as it is; use --out DIR for others")
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be >= 1")
     out = COMMITTED if args.committed else args.out
     paths = generate(out, tiles, args.strong, args.dataset or DATASETS, args.committed,
                      families=args.family, resnet_tilings=args.resnet_tilings,
-                     shortcut=args.shortcut)
+                     shortcut=args.shortcut, epochs=args.epochs,
+                     paper_rates=args.paper_rates)
     print(f"wrote {len(paths)} files under {out}")
     if args.committed:
         extra = sorted(set(COMMITTED.rglob("*.prototxt")) - set(paths))

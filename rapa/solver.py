@@ -126,6 +126,12 @@ class Solver:
             raise RapaError(f"{where}: test nets need test_interval > 0")
         self.params = self.net.learnable()
         self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type)
+        # The training error of Table 1: top-1 hits of the scores the first layer reading
+        # labels takes (class axis 1), counted over the training batches between tests.
+        self.scored = next(((e.bottoms[0], e.bottoms[1], e.layer.label_range()[1])
+                            for e in self.net.entries if e.layer.label_range() is not None
+                            and len(e.bottoms) >= 2), None)
+        self.train_hits = self.train_predictions = 0
         self.iter = 0
         self.losses: deque = deque(maxlen=max(1, sp.average_loss))
         self._interrupted = None
@@ -176,6 +182,7 @@ class Solver:
         for layer in self.net.data_layers():
             state.data_cursor.add(layer=layer.layer_name, batches=layer.position)
         state.loss_window.extend(self.losses)
+        state.train_predictions, state.train_hits = self.train_predictions, self.train_hits
         write_binary(state_path, state)
         return state_path
 
@@ -217,6 +224,7 @@ class Solver:
             layer.seek(cursors.get(layer.layer_name, 0))
         self.losses.clear()
         self.losses.extend(state.loss_window)
+        self.train_predictions, self.train_hits = state.train_predictions, state.train_hits
 
     # -- training ------------------------------------------------------------------------------
 
@@ -235,7 +243,31 @@ class Solver:
                         g.mul_(sp.clip_gradients / norm)
         self.sgd.step(rate, sp.iter_size)
 
+    def epoch(self) -> Optional[float]:
+        """Epochs of the training database behind the current iteration (None without one)."""
+        data = self.net.data_layers()
+        if not data or not data[0].records:
+            return None
+        images = self.iter * data[0].batch_size * self.sp.iter_size
+        return round(images / data[0].records, 4)
+
+    def _count_hits(self, blobs: dict) -> None:
+        if self.scored is None:
+            return
+        scores, labels, ignore = self.scored
+        with torch.no_grad():
+            predicted = blobs[scores].argmax(1).reshape(-1)
+            target = blobs[labels].reshape(-1).long()
+            valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=bool)
+            self.train_hits += int(((predicted == target) & valid).sum())
+            self.train_predictions += int(valid.sum())
+
     def _test_all(self, log: Optional[TrainLog]) -> None:
+        train = {}
+        if self.train_predictions:
+            train["train_accuracy"] = self.train_hits / self.train_predictions
+        self.train_hits = self.train_predictions = 0
+        epoch = self.epoch()
         for i, tn in enumerate(self.test_nets):
             t0 = time.monotonic()
             result = test_net(tn, self.sp.test_iter[i], max(1, self.sp.test_votes),
@@ -248,6 +280,7 @@ class Solver:
             if log:
                 entry = {"iter": self.iter, "phase": "test", "net": i, **result.outputs}
                 entry.update({f"{k}_vote": v for k, v in result.vote_accuracy.items()})
+                entry.update(train if epoch is None else {"epoch": epoch, **train})
                 log.write(**entry)
 
     def _on_signal(self, signum, frame):
@@ -296,6 +329,7 @@ class Solver:
                 loss_sum = 0.0
                 for _ in range(sp.iter_size):
                     blobs = self.net()
+                    self._count_hits(blobs)
                     loss = self.net.loss(blobs)
                     loss.backward()
                     loss_sum += float(loss.detach())
@@ -319,8 +353,8 @@ class Solver:
                     bar.clear()
                     self.say(f"Iteration {self.iter}, loss = {smoothed:.6g}, lr = {rate:.6g}, "
                              f"{speed:.0f} images/s")
-                    log.write(iter=self.iter, phase="train", loss=smoothed, lr=rate,
-                              images_per_s=round(speed, 1))
+                    log.write(iter=self.iter, phase="train", epoch=self.epoch(), loss=smoothed,
+                              lr=rate, images_per_s=round(speed, 1))
                 if (sp.snapshot and self.iter % sp.snapshot == 0) or self._interrupted:
                     last_snapshot = self.snapshot()
                     bar.clear()

@@ -293,3 +293,31 @@ def test_kill_9_mid_run_loses_nothing(workdir):
                    capture_output=True)
     again = read_binary(workdir / "snap/tiny_iter_30.caffemodel", pb.NetParameter())
     assert again == final
+
+
+def test_log_has_epochs_and_the_training_accuracy_between_tests(workdir):
+    """Table 1's training error: top-1 hits of the training batches' scores since the last
+    test, against the scores and labels the net produced; epochs = images seen / records."""
+    solver = Solver(setup_files(workdir, max_iter=10, scheme="random"), say=lambda m: None,
+                    progress=False)
+    seen = []
+    forward = solver.net.forward
+
+    def spy(*args, **kw):
+        blobs = forward(*args, **kw)
+        if solver.net.training:
+            seen.append((blobs["ip"].detach().argmax(1) == blobs["label"].long()).tolist())
+        return blobs
+    solver.net.forward = spy
+    solver.solve()
+    assert len(seen) == 10 and len(seen[0]) == 4
+    tests = [e for e in read_log_lines(workdir / "snap/tiny_log.jsonl") if e["phase"] == "test"]
+    assert [e["iter"] for e in tests] == [0, 5, 10]
+    assert "train_accuracy" not in tests[0]  # nothing trained before the first test
+    for entry, batches in zip(tests[1:], (seen[:5], seen[5:])):
+        hits = [h for batch in batches for h in batch]
+        assert entry["train_accuracy"] == sum(hits) / len(hits)
+    assert 0 < sum(sum(b) for b in seen) < 40  # the two halves can differ
+    assert [e["epoch"] for e in tests] == [0.0, 0.5, 1.0]  # 5 batches of 4 of 40 records
+    train = [e for e in read_log_lines(workdir / "snap/tiny_log.jsonl") if e["phase"] == "train"]
+    assert [e["epoch"] for e in train] == [e["iter"] * 4 / 40 for e in train]

@@ -112,6 +112,46 @@ def test_every_generated_net_sets_up(tree):
             Net(param, phase, source=str(path)).close()  # close: the Data layers' threads
 
 
+def test_tile_sweep_and_the_paper_s_rates(tree):
+    """Fig. 5's family: tiles times 1 ... 64, its schedule shortened in proportion, 9 votes;
+    --paper-rates: section 2.2's rates without momentum on an input scaled by 1/256 with
+    conv1's filler widened to match; ours are the paper's times 0.02 with momentum 0.9."""
+    generate.main(["--out", str(tree / "s"), "--family", "sweep", "--dataset", "cifar10",
+                   "--epochs", "14"])
+    solvers = {p.stem: read_text(p, pb.SolverParameter())
+               for p in (tree / "s/cifar10").glob("*_solver.prototxt")}
+    assert sorted(solvers) == sorted(f"random_max_x{k}_solver" for k in (1, 2, 4, 8, 16, 32, 64))
+    sp = solvers["random_max_x64_solver"]
+    assert (sp.base_lr, sp.momentum, sp.gamma, sp.weight_decay) == (
+        pytest.approx(0.05 * 0.02), pytest.approx(0.9), 0.5, 0.0)
+    assert (sp.stepsize, sp.max_iter, sp.test_votes) == (2 * 5000, 14 * 5000, 9)
+    assert sp.snapshot_prefix == "snapshots/cifar10/random_max_x64_e14"
+    for k, tiles in ((1, [16, 4, 1]), (64, [1024, 256, 64])):
+        param = read_text(tree / f"s/cifar10/random_max_x{k}.prototxt", pb.NetParameter())
+        assert [lp.convolution_param.tiling_param.num_tiles for lp in param.layer
+                if lp.type == "Convolution"] == tiles
+    net = Net(param, pb.TRAIN, source="x64")  # 1024 tiles of conv1: one patch each per image
+    assert net()["ip1"].shape == (10, 10)
+    net.close()
+
+    generate.main(["--out", str(tree / "p"), "--family", "full", "--dataset", "cifar10",
+                   "--paper-rates"])
+    names = {p.name for p in (tree / "p/cifar10").iterdir()}
+    assert not any("rpu" in n or "short" in n for n in names)  # those keep their own rates
+    for tiling, rate in (("none", 0.005), ("random", 0.025)):
+        sp = read_text(tree / f"p/cifar10/{tiling}_max_solver.prototxt", pb.SolverParameter())
+        assert (sp.base_lr, sp.momentum) == (pytest.approx(rate), 0.0)
+        assert sp.snapshot_prefix.endswith(f"{tiling}_max_paper_rates")
+        ours = read_text(ROOT / f"prototxt/cifar10/{tiling}_max_solver.prototxt",
+                         pb.SolverParameter())
+        assert (ours.base_lr, ours.momentum) == (pytest.approx(rate * 0.02), pytest.approx(0.9))
+    param = read_text(tree / "p/cifar10/random_max.prototxt", pb.NetParameter())
+    data = [lp for lp in param.layer if lp.type == "Data"]
+    assert [lp.transform_param.scale for lp in data] == [1 / 256] * 2
+    conv1 = next(lp for lp in param.layer if lp.name == "conv1")
+    assert conv1.convolution_param.weight_filler.std == pytest.approx(1e-4 * 256)
+
+
 def test_every_committed_net_builds_and_runs(tree):
     for path in sorted((ROOT / "prototxt").rglob("*.prototxt")):
         if path.name.endswith("_solver.prototxt"):

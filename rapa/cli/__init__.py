@@ -9,8 +9,8 @@ import sys
 from ..allocator import keep_freed_memory
 from ..errors import RapaError
 
-COMMANDS = ("train", "test", "time", "plot", "convert_cifar", "convert_svhn", "convert_imageset",
-            "compute_mean")
+COMMANDS = ("train", "test", "time", "plot", "table", "sweep", "similarity", "filters", "reduce",
+            "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
 
 
 def build_parser() -> argparse.ArgumentParser:

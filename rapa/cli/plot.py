@@ -1,7 +1,8 @@
 """Draw learning curves from training logs (JSON lines) to a PNG.
 
 Training loss against iteration (left), test error against iteration (right; with the
-majority-vote error where the log has it). Several logs are drawn into one figure.
+majority-vote error where the log has it); --epochs draws against epochs instead (logs of
+`rapa train` record them). Several logs are drawn into one figure (Fig. 5's tile sweep).
 """
 import pathlib
 
@@ -13,6 +14,7 @@ def add_arguments(p):
     p.add_argument("logs", nargs="+", help="training logs (*_log.jsonl)")
     p.add_argument("--out", default="learning_curves.png", help="PNG file to write")
     p.add_argument("--title", default="")
+    p.add_argument("--epochs", action="store_true", help="epochs on the x axis")
 
 
 def run(args):
@@ -36,11 +38,15 @@ def run(args):
         label = pathlib.Path(log).name.removesuffix("_log.jsonl")
         train = [x for x in lines if x.get("phase") == "train"]
         test = [x for x in lines if x.get("phase") == "test"]
+        if args.epochs and any(x.get("epoch") is None for x in train + test):
+            raise RapaError(f"{log}: has no epochs (a log of an older rapa, or of a net "
+                            f"without a Data layer); draw it against iterations")
+        xkey = "epoch" if args.epochs else "iter"
         if train:
-            ax_loss.plot([x["iter"] for x in train], [x["loss"] for x in train], label=label)
+            ax_loss.plot([x[xkey] for x in train], [x["loss"] for x in train], label=label)
             drew = True
         for key in ("accuracy", "accuracy_vote"):
-            pts = [(x["iter"], 100 * (1 - x[key])) for x in test if key in x]
+            pts = [(x[xkey], 100 * (1 - x[key])) for x in test if key in x]
             if pts:
                 style = "-" if key == "accuracy" else "--"
                 ax_err.plot(*zip(*pts), style, marker=".",
@@ -48,8 +54,9 @@ def run(args):
                 drew = True
     if not drew:
         raise RapaError(f"{', '.join(args.logs)}: no training or test entries to draw")
-    ax_loss.set(xlabel="iteration", ylabel="training loss (smoothed)", yscale="log")
-    ax_err.set(xlabel="iteration", ylabel="test error [%]")
+    xlabel = "epoch" if args.epochs else "iteration"
+    ax_loss.set(xlabel=xlabel, ylabel="training loss (smoothed)", yscale="log")
+    ax_err.set(xlabel=xlabel, ylabel="test error [%]")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

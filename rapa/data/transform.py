@@ -54,6 +54,19 @@ class Transformer:
             self.mean = torch.tensor(values * (c if len(values) == 1 else 1),
                                      dtype=torch.float32).view(c, 1, 1)
         self.out_shape = (c, *(self.crop if self.crop[0] else (h, w)))
+        self.image_shape = (c, h, w)
+
+    def test_normalization(self) -> tuple[torch.Tensor, float]:
+        """(mean, scale) of the test-time transform: an image's net input is (pixels - mean)
+        * scale, mean (C, H', W') the centred crop of the mean file or the mean values (zeros
+        without a mean). What the FGSM analysis needs to go back to pixel values."""
+        c, h, w = self.image_shape
+        mean = self.mean.expand(c, h, w) if self.mean is not None else torch.zeros(c, h, w)
+        if self.crop[0]:
+            ch, cw = self.crop
+            y, x = (h - ch) // 2, (w - cw) // 2
+            mean = mean[:, y:y + ch, x:x + cw]
+        return mean.contiguous(), self.scale
 
     def __call__(self, images: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         x = torch.from_numpy(images).float()

@@ -19,6 +19,8 @@ what type it is):
                        several passes (vote_accuracy), as test-time voting asks
   array_work()         for layers on crossbar arrays: matrix-vector products per image, MACs,
                        tiles (the paper's analog time model, Fig. 1)
+  kernel_replicas()    a tiled layer's kernel replicas (T, O, C, kh, kw) and biases (T, O): what
+                       the analyses of the replicas read (rapa.analysis)
   channel_affine()     a layer that only multiplies each channel by a learned weight and adds
                        a learned bias (Scale) offers them, and a layer before it that can apply
                        them in its own pass (BatchNorm) takes them with absorb_affine(); the
@@ -179,6 +181,11 @@ class Layer(torch.nn.Module):
     def array_work(self) -> Optional[ArrayWork]:
         return None
 
+    def kernel_replicas(self) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """(weight (T, O, C, kh, kw), bias (T, O) or None) of a layer whose kernel is
+        replicated onto tiles (T may be 1: perforated); None for other layers."""
+        return None
+
     def channel_affine(self) -> Optional[Affine]:
         """A function giving this layer's current (weight, bias), each (C,), when all it does is
         top = bottom * weight + bias per channel (axis 1); else None."""
@@ -226,6 +233,16 @@ class DataLayer(Layer):
 
     def close(self) -> None:
         self.prefetcher.close()
+
+    @property
+    def records(self) -> int:
+        """The records in its database (an epoch's worth of images)."""
+        raise NotImplementedError
+
+    def input_normalization(self) -> tuple[torch.Tensor, float]:
+        """(mean, scale): the first top is (pixels - mean) * scale, mean of the top's
+        (C, H, W), as at test time (no augmentation)."""
+        raise NotImplementedError
 
     def forward(self):
         tops = next(self.prefetcher)

@@ -76,6 +76,10 @@ class Convolution(Layer):
     def state_blobs(self):
         return self.module.state_blobs()
 
+    def kernel_replicas(self):
+        m = self.module
+        return (m.weight, m.bias) if m.tiled else None
+
     def array_work(self):
         m = self.module
         patches = self.top_shape[2] * self.top_shape[3]

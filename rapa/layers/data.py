@@ -67,6 +67,13 @@ class Data(DataLayer):
         self.source = source
         self.batch_size = dp.batch_size
 
+    @property
+    def records(self):
+        return len(self.source)
+
+    def input_normalization(self):
+        return self.transformer.test_normalization()
+
     def top_shapes(self):
         shapes = [(self.batch_size, *self.transformer.out_shape)]
         return shapes + [(self.batch_size,)] * (len(self.param.top) - 1)

@@ -1,0 +1,163 @@
+"""Robustness to the fast gradient sign method (Goodfellow et al. 2014), as the paper's section
+3.5 and Fig. 7 use it (after Cisse et al. 2017).
+
+For the test images the net classifies correctly, each image's pixels x (the values before mean
+subtraction and scaling, 0-255 for Caffe's image databases) are perturbed to
+    x' = clip(x + epsilon sign(grad_x loss), 0, 255),
+with the cross-entropy of the scores the net's Accuracy layer reads; the result is the
+fraction of those images still classified correctly, and the signal-to-noise ratio
+    SNR = 20 log10(||x|| / ||x' - x||)  [dB], averaged over the images.
+With random tiling the gradient is taken through one random assignment and every
+classification (before and after the attack) draws fresh ones: one, or the majority of
+`votes` (the choice the README documents).
+Against a baseline (another net's result), the reduction of the gap to perfect robustness at
+each SNR is (acc - acc_base) / (1 - acc_base), acc_base interpolated at that SNR.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import RapaError
+from ..layers import DataLayer
+from ..net import Net
+from ..nn.loss import vote
+from ..progress import Progress
+
+
+@dataclass
+class FgsmPoint:
+    epsilon: float
+    snr_db: float      # mean over the attacked images (inf at epsilon 0)
+    accuracy: float    # of the attacked images, still classified correctly
+
+
+@dataclass
+class FgsmResult:
+    images: int        # test images seen
+    attacked: int      # of them classified correctly before the attack
+    clean_accuracy: float
+    votes: int
+    points: list[FgsmPoint] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "FgsmResult":
+        points = [FgsmPoint(**p) for p in data["points"]]
+        return FgsmResult(data["images"], data["attacked"], data["clean_accuracy"],
+                          data["votes"], points)
+
+
+def gap_reduction(result: FgsmResult, baseline: FgsmResult) -> list[float]:
+    """Per point of `result`: (acc - acc_base) / (1 - acc_base), the baseline's accuracy
+    interpolated at the point's SNR (NaN outside the baseline's SNR range or where the
+    baseline is perfect)."""
+    base = sorted((p.snr_db, p.accuracy) for p in baseline.points if math.isfinite(p.snr_db))
+    if len(base) < 2:
+        raise RapaError("the baseline needs at least two points with a finite SNR")
+    snrs, accs = zip(*base)
+    out = []
+    for p in result.points:
+        if not (math.isfinite(p.snr_db) and snrs[0] <= p.snr_db <= snrs[-1]):
+            out.append(float("nan"))
+            continue
+        acc_base = float(np.interp(p.snr_db, snrs, accs))
+        out.append((p.accuracy - acc_base) / (1 - acc_base) if acc_base < 1 else float("nan"))
+    return out
+
+
+def _roles(net: Net) -> tuple[DataLayer, str, str, str]:
+    """The data layer, its image top, and the scores and labels the Accuracy layer reads."""
+    data = [e for e in net.entries if isinstance(e.layer, DataLayer)]
+    voters = [e for e in net.entries if e.layer.votes]
+    if len(data) != 1 or not voters:
+        raise RapaError(f"{net.source}: FGSM needs one Data layer and an Accuracy layer in the "
+                        f"TEST phase (found {len(data)} and {len(voters)})")
+    return data[0].layer, data[0].tops[0], voters[0].bottoms[0], voters[0].bottoms[1]
+
+
+def _classify(net, feed, image, x, scores, labels, votes) -> torch.Tensor:
+    passes = []
+    for _ in range(votes):
+        out = net({**feed, image: x})
+        passes.append(out[scores].movedim(1, -1).reshape(-1, out[scores].shape[1]))
+    predicted = vote(passes) if votes > 1 else passes[0].argmax(1)
+    return predicted == feed[labels].reshape(-1).long()
+
+
+def snr_db(pixels: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """20 log10(||x|| / ||x' - x||) per image (batch first), in dB; inf where x' = x."""
+    signal = pixels.flatten(1).norm(dim=1)
+    noise = (moved - pixels).flatten(1).norm(dim=1)
+    return 20 * torch.log10(signal / noise)
+
+
+def loss_sign(net: Net, feed: dict, image: str, scores: str, labels: str) -> torch.Tensor:
+    """sign(grad of the summed cross-entropy of `scores` against `labels` with respect to the
+    net's input `image`), one forward and backward pass (one random assignment)."""
+    x = feed[image].detach().clone().requires_grad_()
+    out = net({**feed, image: x})
+    s = out[scores].movedim(1, -1).reshape(-1, out[scores].shape[1])
+    loss = F.cross_entropy(s.float(), feed[labels].reshape(-1).long(), reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad.sign()
+
+
+def fgsm(net: Net, iterations: int, epsilons: list[float], votes: int = 1,
+         pixel_range: tuple[float, float] = (0.0, 255.0), progress=None) -> FgsmResult:
+    """The attack over `iterations` test batches of `net` (TEST phase, weights loaded)."""
+    if min(epsilons) < 0:
+        raise RapaError(f"--epsilon must be >= 0, got {min(epsilons):g}")
+    data_layer, image, scores, labels = _roles(net)
+    mean, scale = data_layer.input_normalization()
+    if scale <= 0:
+        raise RapaError(f"layer '{data_layer.layer_name}': FGSM needs transform_param.scale > 0")
+    net.eval()
+    data_layer.seek(0)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    mean = mean.to(device)
+    low, high = pixel_range
+    hits = [0] * len(epsilons)
+    snr_sums, snr_counts = [0.0] * len(epsilons), [0] * len(epsilons)
+    seen = attacked = 0
+    bar = Progress(iterations, "fgsm", enabled=progress)
+    for it in range(iterations):
+        feed = net.read_data()
+        x = feed[image]
+        with torch.no_grad():
+            correct = _classify(net, feed, image, x, scores, labels, votes)
+        seen += x.shape[0]
+        if correct.numel() != x.shape[0]:
+            raise RapaError(f"{net.source}: FGSM needs one prediction per image")
+        sign = loss_sign(net, feed, image, scores, labels)
+        pixels = x.detach() / scale + mean
+        keep = correct.nonzero().squeeze(1)
+        attacked += int(keep.numel())
+        if keep.numel() == 0:
+            bar.update(it + 1)
+            continue
+        pixels, sign = pixels[keep], sign[keep]
+        sub = {k: v[keep] for k, v in feed.items()}
+        for i, eps in enumerate(epsilons):
+            moved = (pixels + eps * sign).clamp(low, high)
+            with torch.no_grad():
+                hits[i] += int(_classify(net, sub, image, (moved - mean) * scale, scores,
+                                         labels, votes).sum())
+            snr = snr_db(pixels, moved)
+            finite = torch.isfinite(snr)
+            snr_sums[i] += float(snr[finite].sum())
+            snr_counts[i] += int(finite.sum())
+        bar.update(it + 1)
+    bar.close()
+    if attacked == 0:
+        raise RapaError(f"{net.source}: no test image was classified correctly: nothing to "
+                        f"attack")
+    points = [FgsmPoint(eps, snr_sums[i] / snr_counts[i] if snr_counts[i] else math.inf,
+                        hits[i] / attacked) for i, eps in enumerate(epsilons)]
+    return FgsmResult(seen, attacked, attacked / seen, votes, points)

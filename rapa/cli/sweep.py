@@ -1,0 +1,97 @@
+"""Run several solvers, N at a time, each in its own process; then the results table.
+
+Each solver runs as `rapa train --solver S --snapshot auto --no-progress` (its output in
+PREFIX_train.out next to its snapshots), so a rerun of the same command continues unfinished
+runs from their newest snapshots and skips finished ones. N > 1 suits a GPU that one batch-10
+net leaves mostly idle; on a CPU each process gets cores / N threads. On a cluster, submit one
+`rapa train --solver S --snapshot auto` per solver to the scheduler instead, then run
+`rapa table` on the logs.
+"""
+import concurrent.futures
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+from ..analysis.table import format_table, table_row
+from ..errors import RapaError
+from ..proto import pb
+from ..prototxt import read_text
+from ..snapshot import latest_snapshot
+
+
+def add_arguments(p):
+    p.add_argument("solvers", nargs="+", help="solver prototxt files")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--device", help="passed to every rapa train (cpu, cuda, cuda:N)")
+    p.add_argument("--window", type=int, default=5, help="rapa table's window (default 5)")
+
+
+def run_files(solver: str) -> tuple[str, pathlib.Path, int]:
+    """(snapshot prefix, log path, max_iter) of a solver file, as rapa train names them."""
+    sp = read_text(solver, pb.SolverParameter())
+    prefix = sp.snapshot_prefix or str(pathlib.Path(solver).with_suffix(""))
+    return prefix, pathlib.Path(sp.log_file or f"{prefix}_log.jsonl"), sp.max_iter
+
+
+def finished(prefix: str, max_iter: int) -> bool:
+    newest = latest_snapshot(prefix)
+    if newest is None:
+        return False
+    state = pb.SolverState.FromString(newest.read_bytes())
+    return state.iter >= max_iter
+
+
+def run(args):
+    if args.jobs < 1:
+        raise RapaError("--jobs must be >= 1")
+    if len(set(args.solvers)) != len(args.solvers):
+        raise RapaError("a solver is named twice")
+    runs = [(s, *run_files(s)) for s in args.solvers]
+    prefixes = [r[1] for r in runs]
+    if len(set(prefixes)) != len(prefixes):
+        raise RapaError("two solvers write to the same snapshot_prefix: they would overwrite "
+                        "each other's snapshots")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    lock = threading.Lock()
+
+    def say(message):
+        with lock:
+            print(message, flush=True)
+
+    def one(solver, prefix, log, max_iter):
+        if finished(prefix, max_iter):
+            say(f"{solver}: finished already")
+            return 0
+        out = pathlib.Path(f"{prefix}_train.out")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "rapa", "train", "--solver", solver, "--snapshot",
+                   "auto", "--no-progress"] + (["--device", args.device] if args.device else [])
+        say(f"{solver}: started (output {out})")
+        t0 = time.monotonic()
+        with open(out, "a") as f:
+            code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        say(f"{solver}: {'finished' if code == 0 else f'stopped with exit code {code}'} after "
+            f"{time.monotonic() - t0:.0f} s")
+        return code
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        codes = list(pool.map(lambda r: one(*r), runs))
+    logs = [r[2] for r in runs if r[2].is_file()]
+    if logs:
+        rows = []
+        for log in logs:
+            try:
+                rows.append(table_row(log, args.window))
+            except RapaError as e:
+                say(f"(no table row: {e})")
+        if rows:
+            print(format_table(rows))
+    failed = [r[0] for r, c in zip(runs, codes) if c]
+    if failed:
+        raise RapaError(f"{len(failed)} run(s) did not finish: {', '.join(failed)}; rerun the "
+                        f"same command to continue them")
+    return 0
