@@ -20,10 +20,12 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
                                                      weight decay, 9 votes
     Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (103 files;
     with --strong, the nets named *_strong and their solvers, without the short, analog and
-    residual ones); the residual nets add 108 files. --epochs E: the Full nets' and the
-    sweep's solvers train E epochs, the steps at the same fraction of the run (snapshots
-    *_eE). --paper-rates: the paper's rates without momentum, the input scaled by 1/256
-    (README, "The paper's nets"; snapshots *_paper_rates).
+    residual ones); the residual nets add 108 files.
+    --epochs E: the Full nets' and the sweep's solvers shortened to E epochs (see schedule()),
+    written as *_eE_solver.prototxt. --paper-rates: the paper's rates without momentum on nets
+    whose input is scaled by 1/256, written as *_paper_rates[_eE][_solver].prototxt (README,
+    "The paper's nets"). A solver's snapshot prefix is snapshots/<dataset>/ and its file name
+    without _solver.
 python nets/generate.py --committed
     rewrites the nets committed under prototxt/ (run it after editing nets/full.py or
     nets/resnet.py): CIFAR-10, each tiling of the paper's Table 1 with max pooling and its
@@ -43,7 +45,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from full import DATASETS, POOLS, SWEEP_RATE, TILINGS, full_net, solver  # noqa: E402
+from full import (DATASETS, OUR_MOMENTUM, OUR_RATE_FACTOR, POOLS, SWEEP_RATE,  # noqa: E402
+                  TILINGS, full_net, solver)
 from resnet import DEPTHS, SHORTCUTS, WIDTHS, resnet_net, resnet_solver  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,56 +104,67 @@ def resnet_family(tiles=(16, 4, 1), datasets=RESNET_DATASETS, tilings=RESNET_TIL
                             resnet_solver(net, f"snapshots/{d}/{n}_short", d, **SHORT_RESNET)))
 
 
-def schedule(epochs=None, full=None) -> tuple[dict, str]:
-    """A schedule (full.solver's arguments: epochs, step_epochs, ...; default section 2.2's)
-    and its description, shortened to `epochs` epochs if given: the steps at the same fraction
-    of the run, warm-up 1 epoch."""
+def schedule(epochs=None, full=None, step_fraction=0.8) -> tuple[dict, str]:
+    """A schedule (full.solver's arguments; default section 2.2's, 700 epochs, x0.1 at 300) and
+    its description, or, given `epochs`, its short form: that many epochs with a step every
+    `step_fraction` of them, never before the end of the 1-epoch warm-up. Section 2.2's one
+    step goes to 80% as in the README's short run (at 300/700 it would cut a 10-epoch run's
+    learning short); Fig. 5's halvings keep their 1/7 (100 of 700 epochs)."""
     full = dict(full or dict(epochs=700, step_epochs=300))
     about = f"{full['epochs']} epochs, step every {full['step_epochs']}"
     if epochs is not None:
-        full["step_epochs"] = max(1, round(full["step_epochs"] * epochs / full["epochs"]))
+        full["step_epochs"] = max(2, round(step_fraction * epochs))
         full["epochs"] = epochs
-        about = f"{epochs} epochs, step every {full['step_epochs']} (shortened from {about})"
+        about = f"shortened to {epochs} epochs, step every {full['step_epochs']}"
     return full, about
 
 
 def full_family(dataset, tiles, strong, epochs, paper_rates):
     """The Full nets of one dataset (every tiling, and every pooling for CIFAR-10) with their
     main solvers; entries as family()'s. Solvers of random tiling test with 9 votes (Table 1's
-    vote column)."""
+    vote column). Nets for the paper's rates are named *_paper_rates, shortened solvers
+    *_e<epochs>_solver; the snapshot prefix is the solver's name without _solver."""
     main, about = schedule(epochs)
-    suffix = (f"_e{epochs}" if epochs else "") + ("_paper_rates" if paper_rates else "")
+    net_suffix = "_paper_rates" if paper_rates else ""
+    run_suffix = net_suffix + (f"_e{epochs}" if epochs else "")
     about = ("section 2.2 schedule" if epochs is None else about) + (
         ", the paper's rates" if paper_rates else "")
     for tiling in TILINGS:
         for pools in (POOLS if dataset == "cifar10" else ("max",)):
-            name = f"{tiling}_{pools}" + ("_strong" if strong else "")
-            yield (dataset, name,
-                   f"Full net, {dataset}, tiling {tiling}, pools {pools}, tiles {tiles}",
+            base = f"{tiling}_{pools}" + ("_strong" if strong else "")
+            yield (dataset, base + net_suffix,
+                   f"Full net, {dataset}, tiling {tiling}, pools {pools}, tiles {tiles}"
+                   + (", input scaled by 1/256 for the paper's rates" if paper_rates else ""),
                    full_net(dataset, tiling, pools, tiles, strong=strong,
                             paper_rates=paper_rates))
             tiled = tiling not in ("none", "enlarged")
-            yield (dataset, f"{name}_solver", about,
-                   (name, lambda net, d=dataset, t=tiled, n=name, v=9 if tiling == "random"
-                    else 1: solver(net, d, t, f"snapshots/{d}/{n}{suffix}", votes=v,
-                                   paper_rates=paper_rates, **main)))
+            run = base + run_suffix
+            yield (dataset, f"{run}_solver", about,
+                   (base + net_suffix, lambda net, d=dataset, t=tiled, r=run,
+                    v=9 if tiling == "random" else 1: solver(
+                        net, d, t, f"snapshots/{d}/{r}", votes=v, paper_rates=paper_rates,
+                        **main)))
 
 
 def sweep_family(dataset, tiles, epochs, paper_rates):
     """Fig. 5's tile sweep: random tiling with tiles times k for k in SWEEP_FACTORS, its
-    schedule (SWEEP), 9 votes; entries as family()'s."""
-    main, about = schedule(epochs, SWEEP)
-    suffix = (f"_e{epochs}" if epochs else "") + ("_paper_rates" if paper_rates else "")
-    about = f"Fig. 5 schedule, {about}, rate {SWEEP_RATE} x gamma {SWEEP['gamma']}" + (
-        ", the paper's rates" if paper_rates else "")
+    schedule (SWEEP), 9 votes; entries and names as full_family's."""
+    main, about = schedule(epochs, SWEEP, step_fraction=1 / 7)
+    net_suffix = "_paper_rates" if paper_rates else ""
+    run_suffix = net_suffix + (f"_e{epochs}" if epochs else "")
+    rate = (f"rate {SWEEP_RATE}" if paper_rates else
+            f"the paper's rate {SWEEP_RATE} times {OUR_RATE_FACTOR} with momentum {OUR_MOMENTUM}")
+    about = f"Fig. 5 schedule, {about}, x{SWEEP['gamma']}, {rate}, no weight decay"
     for k in SWEEP_FACTORS:
-        name = f"random_max_x{k}"
+        net = f"random_max_x{k}{net_suffix}"
         scaled = tuple(t * k for t in tiles)
-        yield (dataset, name, f"Full net, {dataset}, tiling random, pools max, tiles {scaled}",
+        yield (dataset, net, f"Full net, {dataset}, tiling random, pools max, tiles {scaled}"
+               + (", input scaled by 1/256 for the paper's rates" if paper_rates else ""),
                full_net(dataset, "random", "max", scaled, paper_rates=paper_rates))
-        yield (dataset, f"{name}_solver", about,
-               (name, lambda net, d=dataset, n=name: solver(
-                   net, d, True, f"snapshots/{d}/{n}{suffix}", votes=9, paper_rate=SWEEP_RATE,
+        run = f"random_max_x{k}{run_suffix}"
+        yield (dataset, f"{run}_solver", about,
+               (net, lambda net, d=dataset, r=run: solver(
+                   net, d, True, f"snapshots/{d}/{r}", votes=9, paper_rate=SWEEP_RATE,
                    paper_rates=paper_rates, **main)))
 
 
@@ -239,11 +253,11 @@ def main(argv=None):
     p.add_argument("--shortcut", choices=SHORTCUTS, default="A",
                    help="residual shortcut where the shape changes: A zero padding, B projection")
     p.add_argument("--epochs", type=int,
-                   help="the Full nets' and the sweep's solvers train this many epochs (the steps "
-                        "at the same fraction of the run; snapshots *_eE)")
+                   help="the Full nets' and the sweep's solvers shortened to this many epochs "
+                        "(*_eE_solver.prototxt)")
     p.add_argument("--paper-rates", action="store_true",
-                   help="the paper's rates without momentum, the input scaled by 1/256 "
-                        "(snapshots *_paper_rates)")
+                   help="the paper's rates without momentum, on nets whose input is scaled by "
+                        "1/256 (*_paper_rates*.prototxt)")
     args = p.parse_args(argv)
     tiles = tuple(int(t) for t in args.tiles.split(","))
     if len(tiles) != 3 or min(tiles) < 1:

@@ -41,10 +41,14 @@ def parse_text(text: str, message: M, source: str = "<string>") -> M:
 def read_text(path: str | os.PathLike, message: M) -> M:
     """Read a .prototxt file into `message` (a fresh instance of the expected type)."""
     path = pathlib.Path(path)
+    data = _read(path)
+    if b"\0" in data:
+        raise RapaError(f"{path}: not a text file (it holds NUL bytes: a binary file?)")
     try:
-        text = _read(path).decode()
-    except UnicodeDecodeError as e:
-        raise RapaError(f"{path}: not a text file ({e})") from None
+        text = data.decode()
+    except UnicodeDecodeError:
+        # Caffe reads bytes: a Latin-1 comment (an accent in an author's name) is fine there.
+        text = data.decode("latin-1")
     return parse_text(text, message, str(path))
 
 

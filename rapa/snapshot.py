@@ -12,34 +12,13 @@ from __future__ import annotations
 import pathlib
 import re
 
-import numpy as np
 import torch
 
+from .blobs import blob_to_tensor, tensor_to_blob  # noqa: F401  (also this module's API)
 from .errors import RapaError
 from .net import Net
 from .proto import pb
 from .prototxt import read_binary, write_binary
-
-
-def tensor_to_blob(t: torch.Tensor) -> pb.BlobProto:
-    blob = pb.BlobProto()
-    blob.shape.dim.extend(t.shape)
-    t = t.detach().cpu()
-    if t.dtype == torch.float64:
-        blob.double_data.extend(t.reshape(-1).tolist())
-    else:
-        blob.data.extend(t.float().reshape(-1).numpy().tolist())
-    return blob
-
-
-def blob_to_tensor(blob: pb.BlobProto) -> torch.Tensor:
-    shape = tuple(blob.shape.dim) if blob.HasField("shape") else tuple(
-        d for d in (blob.num, blob.channels, blob.height, blob.width))
-    data = np.asarray(blob.double_data if len(blob.double_data) else blob.data,
-                      dtype=np.float64 if len(blob.double_data) else np.float32)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"a blob of shape {shape} holds {data.size} values")
-    return torch.from_numpy(data.reshape(shape))
 
 
 def _squeezed(shape) -> tuple[int, ...]:
@@ -79,7 +58,9 @@ def load_weights(net: Net, path) -> list[str]:
         if lp is None:
             missing.append(layer.layer_name)
             continue
-        if len(lp.blobs) not in (len(learn), len(learn) + len(state)):
+        # State blobs may be left out (a fixed partition: a Caffe model of the untiled net),
+        # but not all blobs of a layer (a BatchNorm without its statistics, as Caffe refuses).
+        if len(lp.blobs) not in {len(learn) or None, len(learn) + len(state)}:
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
                             f"net's layer has {len(learn)} learnable (+{len(state)} state)")
         for i, blob in enumerate(lp.blobs):

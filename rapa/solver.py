@@ -68,6 +68,10 @@ def check_ranges(sp: pb.SolverParameter, where: str) -> None:
              ("warmup_factor", sp.warmup_factor,
               math.isfinite(sp.warmup_factor) and sp.warmup_factor > 0, "finite and > 0"),
              ("test_votes", sp.test_votes, sp.test_votes >= 1, ">= 1")]
+    # NaN would pass any comparison below it unnoticed (Caffe too): the policies' numbers and
+    # the clipping threshold must at least be finite.
+    rules += [(field, getattr(sp, field), math.isfinite(getattr(sp, field)), "finite")
+              for field in ("gamma", "power", "clip_gradients")]
     rules += [("test_iter", n, n >= 1, ">= 1") for n in sp.test_iter]
     for field, value, ok, rule in rules:
         if not ok:
@@ -189,8 +193,11 @@ class Solver:
     def restore(self, state_path) -> None:
         state_path = pathlib.Path(state_path)
         state = read_binary(state_path, pb.SolverState())
+        if not state.learned_net:
+            raise RapaError(f"{state_path}: not a solver state (no learned_net): --snapshot "
+                            f"takes a .solverstate, --weights a .caffemodel")
         model = state_path.parent / state.learned_net
-        if not state.learned_net or not model.is_file():
+        if not model.is_file():
             raise RapaError(f"{state_path}: its weights file '{state.learned_net}' is missing")
         load_weights(self.net, model)
         history = list(state.history)
@@ -207,18 +214,27 @@ class Solver:
                 if value.numel() != h.numel():
                     raise RapaError(f"{state_path}: momentum blob {i} does not fit the net")
                 h.copy_(value.reshape(h.shape))
+        if state.iter < 0:
+            raise RapaError(f"{state_path}: iter is {state.iter}; a snapshot's iteration is >= 0")
         self.iter = state.iter
         if state.HasField("seed") and state.seed != self.seed:
             self.seed = state.seed
             for layer in self.net.data_layers() + [l for n in self.test_nets
                                                    for l in n.data_layers()]:
                 layer.reseed(state.seed)
-        if state.rng_state:
-            torch.set_rng_state(torch.from_numpy(np.frombuffer(state.rng_state, np.uint8).copy()))
-        if state.cuda_rng_state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(
-                torch.from_numpy(np.frombuffer(state.cuda_rng_state, np.uint8).copy()),
-                self.device)
+        for field in ("rng_state", "cuda_rng_state"):
+            saved = getattr(state, field)
+            if not saved or (field == "cuda_rng_state" and self.device.type != "cuda"):
+                continue
+            value = torch.from_numpy(np.frombuffer(saved, np.uint8).copy())
+            try:
+                if field == "rng_state":
+                    torch.set_rng_state(value)
+                else:
+                    torch.cuda.set_rng_state(value, self.device)
+            except RuntimeError:  # torch checks the generator state's size and contents
+                raise RapaError(f"{state_path}: {field} is damaged ({len(saved)} bytes that "
+                                f"are no generator state)") from None
         cursors = {c.layer: c.batches for c in state.data_cursor}
         for layer in self.net.data_layers():
             layer.seek(cursors.get(layer.layer_name, 0))
@@ -231,16 +247,17 @@ class Solver:
     def _update(self, rate: float) -> None:
         sp = self.sp
         grads = [b.blob.grad for b in self.params]
-        if sp.iter_size > 1:
-            for g in grads:
-                if g is not None:
-                    g.div_(sp.iter_size)
+        # Caffe's ApplyUpdate: clip the gradients summed over iter_size passes, then average.
         if sp.clip_gradients > 0:
             norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
             if norm > sp.clip_gradients:
                 for g in grads:
                     if g is not None:
                         g.mul_(sp.clip_gradients / norm)
+        if sp.iter_size > 1:
+            for g in grads:
+                if g is not None:
+                    g.div_(sp.iter_size)
         self.sgd.step(rate, sp.iter_size)
 
     def epoch(self) -> Optional[float]:
@@ -295,7 +312,17 @@ class Solver:
             raise RapaError("give --snapshot or --weights, not both")
         if weights:
             for w in weights.split(","):
-                load_weights(self.net, w)
+                # Caffe's fine-tuning: layers the file lacks keep their fillers' values; a
+                # file that has none of the net's layers is a mistake, not a fine-tuning.
+                missing = load_weights(self.net, w)
+                with_blobs = [e.layer.layer_name for e in self.net.entries
+                              if e.layer.learnable_blobs() or e.layer.state_blobs()]
+                if with_blobs and len(missing) == len(with_blobs):
+                    raise RapaError(f"{w}: holds none of the net's layers with weights "
+                                    f"({', '.join(with_blobs)})")
+                if missing:
+                    self.say(f"{w}: no weights for {', '.join(missing)}: they start from "
+                             f"their fillers")
         resumed = None
         if resume:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
@@ -324,7 +351,9 @@ class Solver:
                 if sp.test_interval and self.iter % sp.test_interval == 0 and (
                         self.iter > 0 or sp.test_initialization) and self.test_nets:
                     bar.clear()
+                    t_test = time.monotonic()
                     self._test_all(log)
+                    t_display += time.monotonic() - t_test  # images/s: training time only
                 rate = self.rate()
                 loss_sum = 0.0
                 for _ in range(sp.iter_size):
@@ -356,7 +385,9 @@ class Solver:
                     log.write(iter=self.iter, phase="train", epoch=self.epoch(), loss=smoothed,
                               lr=rate, images_per_s=round(speed, 1))
                 if (sp.snapshot and self.iter % sp.snapshot == 0) or self._interrupted:
+                    t_snapshot = time.monotonic()
                     last_snapshot = self.snapshot()
+                    t_display += time.monotonic() - t_snapshot
                     bar.clear()
                     self.say(f"Snapshot: {last_snapshot}")
                 if self._interrupted:

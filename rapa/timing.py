@@ -50,6 +50,12 @@ def time_layers(net: Net, iterations: int, device: torch.device, backward: bool 
         def hook(module, args):
             _sync(device)
             started[name] = time.perf_counter()
+            if backward and torch.is_grad_enabled():
+                # An alias per input: its gradient is this layer's share alone, whereas the
+                # input's own gradient waits for every consumer (a residual block's shortcut
+                # would count the whole branch as the Eltwise's backward).
+                return tuple(a.view_as(a) if isinstance(a, torch.Tensor) and a.requires_grad
+                             else a for a in args)
         return hook
 
     def after(name):

@@ -36,6 +36,12 @@ def test_similarity_of_identical_and_of_random_replicas():
         assert got[o].item() == pytest.approx(expected, abs=1e-12)
     anti = torch.stack([w[0], -w[0]])
     torch.testing.assert_close(filter_similarity(anti), torch.full((3,), -1.0, dtype=F64))
+    # Replicas without spread: equal ones count as 1, others as 0 (filter 0: two equal
+    # constants and a random replica; filter 1: constants 2, 3, 3; both (1 + 0 + 0) / 3).
+    flat = torch.randn(3, 2, 4)
+    flat[:2, 0], flat[0, 1], flat[1, 1], flat[2, 1] = 0.5, 2.0, 3.0, 3.0
+    torch.testing.assert_close(filter_similarity(flat),
+                               torch.tensor([1 / 3, 1 / 3], dtype=F64))
 
 
 def test_reductions_choose_replicas_per_filter():
@@ -166,10 +172,31 @@ def test_fgsm_at_zero_changes_nothing_and_follows_the_gradient_sign(trained, cap
     assert main(["fgsm", "--model", "plain.prototxt", "--weights", "snap/plain_iter_6.caffemodel",
                  "--iterations", "2", "--epsilon", "0", "2", "50", "--json", "a.json",
                  "--plot", "a.png", "--no-progress"]) == 0
-    result = json.loads((trained / "a.json").read_text())
+    def strict(text):  # JSON without Infinity and NaN, which strict parsers refuse
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    result = strict((trained / "a.json").read_text())
     points = result["points"]
     assert result["attacked"] > 0 and points[0]["accuracy"] == 1.0
-    assert math.isinf(points[0]["snr_db"]) and points[1]["snr_db"] > points[2]["snr_db"]
+    assert points[0]["snr_db"] is None and points[1]["snr_db"] > points[2]["snr_db"]
+    for args, message in ((["--pixel-range", "0", "1", "--iterations", "1"],
+                           "--pixel-range 0 1: the test images' "
+                           "pixels (before mean subtraction and scale) span [0"),
+                          (["--iterations", "3"], "--iterations 3: the test database holds 10 "
+                           "images, 2 batches of 5")):
+        assert main(["fgsm", "--model", "plain.prototxt", "--weights",
+                     "snap/plain_iter_6.caffemodel", "--epsilon", "1", *args]) == 2
+        assert message in capsys.readouterr().err
+    # A baseline (as --json writes it, null SNR included) at 0.5 from 10 to 50 dB: the gap
+    # reduction (acc - 0.5) / 0.5 at each finite SNR.
+    base = dict(result, points=[{"epsilon": 0.0, "snr_db": None, "accuracy": 1.0},
+                                {"epsilon": 9.0, "snr_db": 10.0, "accuracy": 0.5},
+                                {"epsilon": 1.0, "snr_db": 50.0, "accuracy": 0.5}])
+    (trained / "base.json").write_text(json.dumps(base))
+    assert main(["fgsm", "--model", "plain.prototxt", "--weights", "snap/plain_iter_6.caffemodel",
+                 "--iterations", "2", "--epsilon", "0", "2", "50", "--json", "b.json",
+                 "--baseline", "base.json", "--no-progress"]) == 0
+    gaps = strict((trained / "b.json").read_text())["gap_reduction"]
+    assert gaps == [None] + [(p["accuracy"] - 0.5) / 0.5 for p in points[1:]]
     assert points[2]["accuracy"] <= points[1]["accuracy"] <= 1.0
     assert (trained / "a.png").read_bytes()[:4] == b"\x89PNG"
     # One image by hand: the perturbation is epsilon times the sign of the input gradient,
@@ -217,6 +244,24 @@ def test_sweep_continues_unfinished_runs_then_prints_the_table(trained, capsys):
     assert "a.prototxt: finished already" in capsys.readouterr().out
 
 
+def test_sweep_runs_its_own_rapa_and_names_why_a_run_stopped(trained, capsys):
+    """A ./rapa folder in the working directory (a source checkout) does not shadow the rapa
+    that runs the sweep; a run that stops is reported with its error line."""
+    (trained / "rapa").mkdir()
+    (trained / "rapa/__init__.py").write_text("raise ImportError('the shadowing ./rapa')\n")
+    (trained / "good.prototxt").write_text(
+        (SOLVER % 2).replace('snapshot_prefix: "snap/tiny"', 'snapshot_prefix: "snap/good"'))
+    (trained / "bad.prototxt").write_text(
+        (SOLVER % 2).replace('net: "net.prototxt"', 'net: "missing.prototxt"')
+        .replace('snapshot_prefix: "snap/tiny"', 'snapshot_prefix: "snap/bad"'))
+    assert main(["sweep", "good.prototxt", "bad.prototxt"]) == 2
+    out, err = capsys.readouterr()
+    assert "good.prototxt: finished after" in out
+    assert re.search(r"bad.prototxt: stopped with exit code 2 after \d+ s: .*missing.prototxt",
+                     out), out
+    assert "1 run(s) did not finish: bad.prototxt" in err
+
+
 @pytest.mark.parametrize("args,files,message", [
     (["similarity", "--model", "n.prototxt", "--weights", "w.caffemodel"],
      {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
@@ -226,11 +271,49 @@ def test_sweep_continues_unfinished_runs_then_prints_the_table(trained, capsys):
     (["reduce", "--model", "n.prototxt", "--weights", "w", "--method", "mean", "--out-model",
       "a", "--out-weights", "b"], {}, "--method mean: unknown; known: norm, random_tile"),
     (["fgsm", "--model", "n.prototxt", "--weights", "w", "--epsilon", "1", "-1"],
-     {"n.prototxt": ""}, "--epsilon must be >= 0, got -1"),
+     {"n.prototxt": ""}, "argument --epsilon: -1 must be >= 0"),
+    (["fgsm", "--model", "n", "--weights", "w", "--epsilon", "nan"], {},
+     "argument --epsilon: nan is not a finite float32 number"),
+    (["fgsm", "--model", "n", "--weights", "w", "--epsilon", "1e39"], {},
+     "argument --epsilon: 1e39 is not a finite float32 number"),
+    (["fgsm", "--model", "n", "--weights", "w", "--epsilon", "1", "--seed",
+      "99999999999999999999"], {},
+     "argument --seed: 99999999999999999999 is outside [0, 9223372036854775807]"),
+    (["fgsm", "--model", "n", "--weights", "w", "--epsilon", "1", "--plot", "f.xyz"], {},
+     "argument --plot: f.xyz: cannot draw '.xyz' files; use one of .eps"),
+    (["filters", "--model", "n", "--weights", "w", "--layer", "c", "--out", "no/f.png"], {},
+     "argument --out: no/f.png: no does not exist"),
+    (["reduce", "--model", "n", "--weights", "w", "--method", "norm", "--out-model", "m",
+      "--out-weights", "n.prototxt/w"], {"n.prototxt": ""},
+     "argument --out-weights: n.prototxt/w: n.prototxt is not a folder"),
+    (["sweep", "s.prototxt", "--window", "0"], {}, "argument --window: 0 is outside [1, "),
+    (["sweep", "a.prototxt", "b.prototxt"],
+     {"a.prototxt": 'net: "n"\nsnapshot_prefix: "snap/x"',
+      "b.prototxt": 'net: "n"\nsnapshot_prefix: "snap/../snap/x"'},
+     "a.prototxt and b.prototxt have the same snapshot_prefix (snap/../snap/x)"),
+    (["sweep", "a.prototxt", "b.prototxt"],
+     {"a.prototxt": 'net: "n"\nsnapshot_prefix: "a"\nlog_file: "l.jsonl"',
+      "b.prototxt": 'net: "n"\nsnapshot_prefix: "b"\nlog_file: "./l.jsonl"'},
+     "a.prototxt and b.prototxt have the same log_file (l.jsonl)"),
+    (["table", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "test", "accuracy": "0.5"}\n'},
+     "log.jsonl:1: 'accuracy' is \"0.5\", not a number"),
+    (["table", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "test", "accuracy": 0.5}\n'
+                                           '{"iter": 2, "pha\n{"iter": 3, "phase": "test", '
+                                           '"accuracy": 0.6}\n'},
+     "log.jsonl:2: not a JSON line (only the last line of a log can be cut short)"),
+    (["table", "log.jsonl", "--key", "loss"],
+     {"log.jsonl": '{"iter": 1, "phase": "test", "accuracy": 0.5, "loss": 1.2}\n'},
+     "log.jsonl: 'loss' at iteration 1 is not an accuracy in [0, 1] (choose the accuracy "),
+    (["table", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "test", "accuracy": NaN}\n'},
+     "log.jsonl: 'accuracy' at iteration 1 is not an accuracy in [0, 1]"),
     (["table", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "train", "loss": 2}\n'},
      "log.jsonl: no test lines"),
     (["table", "log.jsonl"], {"log.jsonl": b"\xff\xfe\x00binary"},
      "log.jsonl: not a training log (not text)"),
+    (["plot", "log.jsonl"], {"log.jsonl": b"\xff\xfe\x00binary"},
+     "log.jsonl: not a training log (not text)"),
+    (["plot", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "train", "loss": 2}\n[1, 2]\n'},
+     "log.jsonl:2: not a training log line (a JSON object with 'iter')"),
 ])
 def test_analysis_errors_are_one_line(tmp_path, args, files, message):
     for name, text in files.items():

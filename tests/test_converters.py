@@ -1,7 +1,8 @@
 """convert-cifar, convert-svhn, convert-imageset and compute-mean on data the tests make."""
 import io
-import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 
@@ -13,7 +14,6 @@ from datasets import cifar_binary_archive, cifar_python_archive, random_images
 from rapa.cli import main
 from rapa.data.compute_mean import compute_mean
 from rapa.data.lmdb_source import LmdbSource
-from rapa.errors import RapaError
 from rapa.proto import pb
 from rapa.prototxt import read_binary
 
@@ -93,6 +93,22 @@ def test_convert_cifar_errors(tmp_path, capsys):
     main(["convert-cifar", str(tmp_path / "c.tar.gz"), str(tmp_path / "o")])
     assert main(["convert-cifar", str(tmp_path / "c.tar.gz"), str(tmp_path / "o")]) == 2
     assert "already exists; remove it or pass --overwrite" in capsys.readouterr().err
+    # The output is checked before the input is read (a damaged archive is not even opened).
+    (tmp_path / "damaged.tar.gz").write_bytes((tmp_path / "c.tar.gz").read_bytes()[:500])
+    assert main(["convert-cifar", str(tmp_path / "damaged.tar.gz"), str(tmp_path / "o")]) == 2
+    assert "cifar10_train_lmdb already exists" in capsys.readouterr().err
+    # --overwrite replaces the databases it wrote, and nothing else.
+    assert main(["convert-cifar", str(tmp_path / "c.tar.gz"), str(tmp_path / "o"),
+                 "--overwrite"]) == 0
+    capsys.readouterr()
+    precious = tmp_path / "p" / "cifar10_train_lmdb"
+    precious.mkdir(parents=True)
+    (precious / "notes.txt").write_text("the only copy")
+    assert main(["convert-cifar", str(tmp_path / "c.tar.gz"), str(tmp_path / "p"),
+                 "--overwrite"]) == 2
+    assert (f"{precious}: --overwrite replaces only an LMDB folder (data.mdb, lock.mdb); this one "
+            f"holds notes.txt") in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "the only copy"
 
 
 def _mat_element(kind, data: bytes) -> bytes:
@@ -164,3 +180,19 @@ def test_compute_mean_cli(tmp_path, capsys):
     write_lmdb(tmp_path / "db", images, labels)
     assert main(["compute-mean", str(tmp_path / "db"), str(tmp_path / "m.binaryproto")]) == 0
     np.testing.assert_allclose(compute_mean(tmp_path / "db"), images.mean(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_damaged_archive_is_named(tmp_path, cut):
+    """A partly copied archive (cut short) is a one-line error naming it, for the official
+    archives and for packed class folders alike."""
+    whole = tmp_path / "cifar-10-python.tar.gz"
+    cifar_python_archive(whole)
+    data = whole.read_bytes()
+    damaged = tmp_path / "part.tar.gz"
+    damaged.write_bytes(data[:int(cut * len(data))])
+    proc = subprocess.run([sys.executable, "-m", "rapa", "convert-cifar", str(damaged),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{damaged}: the archive is damaged (" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -151,3 +151,35 @@ def test_transform_pad_then_random_crop_pads_with_zero_after_the_mean():
     torch.testing.assert_close(test(images, torch.Generator()), x - torch.from_numpy(mean))
     with pytest.raises(RapaError, match="pad 2 needs crop_size"):
         transformer("pad: 2")
+
+
+def test_mean_files_in_every_form_caffe_reads(tmp_path):
+    """Caffe's Blob::FromProto: legacy num/channels/height/width or `shape`, float `data` or
+    `double_data`; of stacked means (num 2) the DataTransformer subtracts the first."""
+    from rapa.layers.data import read_mean
+    from rapa.prototxt import write_binary
+    rng = np.random.default_rng(3)
+    first, second = rng.uniform(0, 255, (2, 3, 4, 4))
+
+    def mean_file(name, **fields):
+        blob = pb.BlobProto(**{k: v for k, v in fields.items() if k != "dims"})
+        if "dims" in fields:
+            blob.shape.dim.extend(fields["dims"])
+        write_binary(tmp_path / name, blob)
+        return tmp_path / name
+
+    stacked = mean_file("stacked", num=2, channels=3, height=4, width=4,
+                        data=np.stack([first, second]).ravel().tolist())
+    np.testing.assert_array_equal(read_mean(stacked), first.astype(np.float32))
+    double = mean_file("double", num=1, channels=3, height=4, width=4,
+                       double_data=first.ravel().tolist())
+    np.testing.assert_array_equal(read_mean(double), first.astype(np.float32))
+    chw = mean_file("chw", dims=[3, 4, 4], data=second.ravel().tolist())
+    np.testing.assert_array_equal(read_mean(chw), second.astype(np.float32))
+    flat = mean_file("flat", dims=[48], data=first.ravel().tolist())
+    with pytest.raises(RapaError, match=r"mean file .*flat: shape \(48,\) is not \(num, "):
+        read_mean(flat)
+    short = mean_file("short", num=1, channels=3, height=4, width=4, data=[1.0] * 47)
+    with pytest.raises(RapaError, match=r"mean file .*short: a blob of shape \(1, 3, 4, 4\) "
+                                        r"holds 47 values"):
+        read_mean(short)

@@ -365,3 +365,13 @@ def test_accuracy_and_its_vote_over_another_axis():
     ignoring = Accuracy(axis=2, ignore_label=0)
     assert ignoring.vote_accuracy([first, scores, scores], labels) == pytest.approx(4 / 5)
     assert ignoring(first, labels).dtype == F64 and ignoring(first, labels) == 0
+
+
+@pytest.mark.parametrize("scheme,tiles", [("random", 65), ("perforated", 100), ("alternate", 81)])
+def test_more_tiles_than_patches_are_refused(scheme, tiles):
+    conv = TiledConv2d(3, 4, 3, padding=1, tiling=scheme, num_tiles=tiles)
+    with pytest.raises(ValueError, match=f"'{scheme}' has {tiles} tiles, but the output has 64 "
+                                         rf"patches \(8x8\) per image: {tiles - 64} tiles"):
+        conv.output_shape((2, 3, 8, 8))
+    assert TiledConv2d(3, 4, 3, padding=1, tiling=scheme,
+                       num_tiles=64).output_shape((2, 3, 8, 8)) == (2, 4, 8, 8)

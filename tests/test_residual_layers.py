@@ -140,6 +140,13 @@ def test_batch_norm_param_specs_and_blobs_load_from_caffe_shapes(tmp_path):
     with pytest.raises(RapaError, match=re.escape(f"{path}: layer 'bn' blob 0 has shape "
                                                   f"(1, 3, 1, 1), the net's layer wants (4,)")):
         load_weights(other, path)
+    # A layer of the model without blobs: its statistics are missing, not optional (Caffe:
+    # "Incompatible number of blobs").
+    del model.layer[0].blobs[:]
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(RapaError, match=re.escape(f"{path}: layer 'bn' has 0 blobs, the net's "
+                                                  f"layer has 0 learnable (+3 state)")):
+        load_weights(net, path)
 
 
 # -- Scale --------------------------------------------------------------------------------------

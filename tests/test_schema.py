@@ -58,3 +58,15 @@ def test_generated_code_is_current(tmp_path):
                            str(ROOT / "rapa/proto/rapa.proto")])
     assert (tmp_path / "rapa_pb2.py").read_text() == \
         (ROOT / "rapa/proto/rapa_pb2.py").read_text(), "run `make proto`"
+
+
+def test_prototxt_with_a_latin1_comment_reads_and_binary_files_do_not(tmp_path):
+    """Caffe reads a prototxt as bytes: a Latin-1 byte in a comment is accepted there."""
+    from rapa.errors import RapaError
+    from rapa.prototxt import read_text
+    path = tmp_path / "n.prototxt"
+    path.write_bytes(b'# caf\xe9\nname: "n"\nlayer { name: "r" type: "ReLU" }\n')
+    assert read_text(path, pb.NetParameter()).layer[0].name == "r"
+    path.write_bytes(b"\x08\x01\x00\x00binary")
+    with pytest.raises(RapaError, match="n.prototxt: not a text file \\(it holds NUL bytes"):
+        read_text(path, pb.NetParameter())

@@ -201,6 +201,9 @@ def test_nan_loss_stops_and_keeps_last_snapshot(workdir):
     ("warmup_iter: 2", "warmup_iter: -1", "warmup_iter must be >= 0, got -1"),
     ("warmup_factor: 0.1", "warmup_factor: 0", "warmup_factor must be finite and > 0, got 0"),
     ("display: 2", "display: 2\niter_size: 0", "iter_size must be >= 1, got 0"),
+    ("gamma: 0.5", "gamma: nan", "gamma must be finite, got nan"),
+    ("display: 2", "display: 2\npower: nan", "power must be finite, got nan"),
+    ("display: 2", "display: 2\nclip_gradients: nan", "clip_gradients must be finite, got nan"),
 ])
 def test_solver_values_out_of_range_name_the_field(workdir, old, new, message):
     path = pathlib.Path(setup_files(workdir))
@@ -321,3 +324,85 @@ def test_log_has_epochs_and_the_training_accuracy_between_tests(workdir):
     assert [e["epoch"] for e in tests] == [0.0, 0.5, 1.0]  # 5 batches of 4 of 40 records
     train = [e for e in read_log_lines(workdir / "snap/tiny_log.jsonl") if e["phase"] == "train"]
     assert [e["epoch"] for e in train] == [e["iter"] * 4 / 40 for e in train]
+
+
+@pytest.mark.parametrize("clip", [0.0, 3.0, 50.0])
+def test_update_clips_the_summed_gradients_then_averages_them_as_caffe(workdir, clip):
+    """Caffe's ApplyUpdate: ClipGradients on the gradients summed over iter_size passes, then
+    Normalize (/ iter_size), Regularize (+ decay * decay_mult * w), momentum. clip 3 lies
+    between the averaged and the summed norm, so clipping after averaging would not clip."""
+    solver = Solver(setup_files(workdir, max_iter=1, solver_extra=f"iter_size: 2\n"
+                                f"clip_gradients: {clip}\n"), say=lambda m: None,
+                    progress=False)
+    gen = torch.Generator().manual_seed(0)
+    grads = [0.2 * torch.randn(b.blob.shape, generator=gen, dtype=b.blob.dtype)
+             for b in solver.params]
+    norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+    assert norm / 2 < 3.0 < norm < 50.0  # the case where the order decides
+    before = [b.blob.detach().double().clone() for b in solver.params]
+    for b, g in zip(solver.params, grads):
+        b.blob.grad = g.clone()
+    rate = 0.1
+    solver._update(rate)
+    factor = clip / norm if 0 < clip < norm else 1.0
+    for b, g, w in zip(solver.params, grads, before):
+        expect = g.double() * factor / 2 + 0.001 * b.spec.decay_mult * w
+        expect = w - rate * b.spec.lr_mult * expect  # zero history: one step of the rate
+        torch.testing.assert_close(b.blob.detach().double(), expect, rtol=1e-6, atol=1e-7)
+
+
+def test_a_log_file_given_as_a_link_is_written_through_it(workdir):
+    (workdir / "logs").mkdir()
+    (workdir / "run.jsonl").symlink_to(workdir / "logs/real.jsonl")
+    solver = Solver(setup_files(workdir, max_iter=4, solver_extra='log_file: "run.jsonl"\n'),
+                    say=lambda m: None, progress=False)
+    solver.solve()
+    assert (workdir / "run.jsonl").is_symlink()
+    assert read_log_lines(workdir / "logs/real.jsonl")[-1]["iter"] == 4
+    resumed = Solver(setup_files(workdir, max_iter=6, solver_extra='log_file: "run.jsonl"\n'),
+                     say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    assert (workdir / "run.jsonl").is_symlink()
+    assert read_log_lines(workdir / "logs/real.jsonl")[-1]["iter"] == 6
+
+
+def test_a_caffemodel_given_as_the_snapshot_is_named(workdir):
+    path = setup_files(workdir, max_iter=4)
+    Solver(path, say=lambda m: None, progress=False).solve()
+    model = workdir / "snap/tiny_iter_4.caffemodel"
+    with pytest.raises(RapaError, match=re.escape(f"{model}: not a solver state (no learned_net)"
+                                                  f": --snapshot takes a .solverstate")):
+        Solver(path, say=lambda m: None, progress=False).solve(resume=str(model))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rng_state", b"\x01\x02\x03", "rng_state is damaged (3 bytes that are no generator state)"),
+    ("iter", -5, "iter is -5; a snapshot's iteration is >= 0"),
+])
+def test_a_damaged_solverstate_names_the_file_and_field(workdir, field, value, message):
+    path = setup_files(workdir, max_iter=4)
+    Solver(path, say=lambda m: None, progress=False).solve()
+    state_path = workdir / "snap/tiny_iter_4.solverstate"
+    state = read_binary(state_path, pb.SolverState())
+    setattr(state, field, value)
+    state_path.write_bytes(state.SerializeToString())
+    with pytest.raises(RapaError, match=re.escape(f"{state_path}: {message}")):
+        Solver(path, say=lambda m: None, progress=False).solve(resume=str(state_path))
+
+
+def test_weights_that_share_no_layer_with_the_net_are_refused(workdir):
+    """--weights fine-tunes: layers the file lacks keep their fillers (said once), but a file
+    with none of the net's layers (empty, or another net's) is refused."""
+    path = setup_files(workdir, max_iter=2)
+    (workdir / "empty.caffemodel").write_bytes(b"")
+    with pytest.raises(RapaError, match=re.escape("empty.caffemodel: holds none of the net's "
+                                                  "layers with weights (conv, pool, ip)")):
+        Solver(path, say=lambda m: None, progress=False).solve(weights="empty.caffemodel")
+    first = Solver(path, say=lambda m: None, progress=False)
+    first.solve()
+    model = read_binary(workdir / "snap/tiny_iter_2.caffemodel", pb.NetParameter())
+    del model.layer[2:]  # conv and pool only: ip starts from its filler
+    (workdir / "part.caffemodel").write_bytes(model.SerializeToString())
+    said = []
+    Solver(path, max_iter=1, say=said.append, progress=False).solve(weights="part.caffemodel")
+    assert "part.caffemodel: no weights for ip: they start from their fillers" in said

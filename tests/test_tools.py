@@ -14,7 +14,7 @@ from rapa.cli import main
 from rapa.nn import vote
 from rapa.net import Net
 from rapa.proto import pb
-from rapa.prototxt import read_text
+from rapa.prototxt import parse_text, read_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "nets"))
@@ -120,8 +120,9 @@ def test_tile_sweep_and_the_paper_s_rates(tree):
                    "--epochs", "14"])
     solvers = {p.stem: read_text(p, pb.SolverParameter())
                for p in (tree / "s/cifar10").glob("*_solver.prototxt")}
-    assert sorted(solvers) == sorted(f"random_max_x{k}_solver" for k in (1, 2, 4, 8, 16, 32, 64))
-    sp = solvers["random_max_x64_solver"]
+    assert sorted(solvers) == sorted(f"random_max_x{k}_e14_solver"
+                                     for k in (1, 2, 4, 8, 16, 32, 64))
+    sp = solvers["random_max_x64_e14_solver"]
     assert (sp.base_lr, sp.momentum, sp.gamma, sp.weight_decay) == (
         pytest.approx(0.05 * 0.02), pytest.approx(0.9), 0.5, 0.0)
     assert (sp.stepsize, sp.max_iter, sp.test_votes) == (2 * 5000, 14 * 5000, 9)
@@ -137,19 +138,29 @@ def test_tile_sweep_and_the_paper_s_rates(tree):
     generate.main(["--out", str(tree / "p"), "--family", "full", "--dataset", "cifar10",
                    "--paper-rates"])
     names = {p.name for p in (tree / "p/cifar10").iterdir()}
-    assert not any("rpu" in n or "short" in n for n in names)  # those keep their own rates
+    assert all("_paper_rates" in n for n in names) and len(names) == 64  # 8 tilings x 4 pools
     for tiling, rate in (("none", 0.005), ("random", 0.025)):
-        sp = read_text(tree / f"p/cifar10/{tiling}_max_solver.prototxt", pb.SolverParameter())
+        sp = read_text(tree / f"p/cifar10/{tiling}_max_paper_rates_solver.prototxt",
+                       pb.SolverParameter())
         assert (sp.base_lr, sp.momentum) == (pytest.approx(rate), 0.0)
-        assert sp.snapshot_prefix.endswith(f"{tiling}_max_paper_rates")
+        assert sp.snapshot_prefix == f"snapshots/cifar10/{tiling}_max_paper_rates"
+        assert sp.net.endswith(f"p/cifar10/{tiling}_max_paper_rates.prototxt")
         ours = read_text(ROOT / f"prototxt/cifar10/{tiling}_max_solver.prototxt",
                          pb.SolverParameter())
         assert (ours.base_lr, ours.momentum) == (pytest.approx(rate * 0.02), pytest.approx(0.9))
-    param = read_text(tree / "p/cifar10/random_max.prototxt", pb.NetParameter())
+    param = read_text(tree / "p/cifar10/random_max_paper_rates.prototxt", pb.NetParameter())
     data = [lp for lp in param.layer if lp.type == "Data"]
     assert [lp.transform_param.scale for lp in data] == [1 / 256] * 2
     conv1 = next(lp for lp in param.layer if lp.name == "conv1")
     assert conv1.convolution_param.weight_filler.std == pytest.approx(1e-4 * 256)
+    # Shortened: the one step at 80% (10 epochs: 8); never inside the 1-epoch warm-up (2: 2).
+    for epochs, step in ((10, 8), (2, 2)):
+        generate.main(["--out", str(tree / f"e{epochs}"), "--family", "full", "--dataset",
+                       "cifar10", "--epochs", str(epochs)])
+        sp = read_text(tree / f"e{epochs}/cifar10/none_max_e{epochs}_solver.prototxt",
+                       pb.SolverParameter())
+        assert (sp.stepsize, sp.warmup_iter, sp.max_iter) == (step * 5000, 5000, epochs * 5000)
+        assert sp.snapshot_prefix == f"snapshots/cifar10/none_max_e{epochs}"
 
 
 def test_every_committed_net_builds_and_runs(tree):
@@ -208,6 +219,33 @@ def test_time_prints_layers_and_the_analog_model(tree, capsys):
     assert rows["conv3"][1:6] == ["64", "3276800", "1", "64", "1.0"]
 
 
+def test_time_gives_a_residual_sum_its_own_backward_only(tree):
+    """The Eltwise of a residual block ends its backward when its own input gradients are
+    made, not when its shortcut input's gradient is complete (after the whole branch)."""
+    from rapa.timing import time_layers
+    text = """
+layer { name: "data" type: "Data" top: "data" top: "label"
+  data_param { source: "data/cifar10/cifar10_train_lmdb" batch_size: 16 backend: LMDB } }
+layer { name: "conv0" type: "Convolution" bottom: "data" top: "x"
+  convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "a" type: "Convolution" bottom: "x" top: "a"
+  convolution_param { num_output: 96 kernel_size: 5 pad: 2 weight_filler { type: "xavier" } } }
+layer { name: "b" type: "Convolution" bottom: "a" top: "b"
+  convolution_param { num_output: 16 kernel_size: 5 pad: 2 weight_filler { type: "xavier" } } }
+layer { name: "sum" type: "Eltwise" bottom: "b" bottom: "x" top: "y" }
+layer { name: "ip" type: "InnerProduct" bottom: "y" top: "ip"
+  inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+    net = Net(parse_text(text, pb.NetParameter()), pb.TRAIN, source="residual")
+    try:
+        times = {t.name: t for t in time_layers(net, 3, torch.device("cpu"))}
+    finally:
+        net.close()
+    branch = times["a"].backward_ms + times["b"].backward_ms
+    assert times["a"].backward_ms > 0 and times["sum"].backward_ms < 0.2 * branch, times
+
+
 @pytest.mark.parametrize("args,files,message", [
     (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
                                            'max_iter: 2\nlr_policy: "fixed"\nsnapshot: -'},
@@ -225,13 +263,17 @@ def test_time_prints_layers_and_the_analog_model(tree, capsys):
                                            'max_iter: 2\nlr_policy: "cosine"'},
      "s.prototxt: unknown lr_policy 'cosine'; known: fixed, step"),
     (["test", "--model", "missing.prototxt", "--weights", "w"], {}, "missing.prototxt: no such"),
+    (["test", "--model", "n.prototxt", "--weights", "w", "--votes", "3"],
+     {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
+                    'dim: 2 } } }'},
+     "--votes 3: n.prototxt has no layer that scores votes (an Accuracy layer in the TEST"),
     (["convert-svhn", "train_32x32.mat", "out"], {}, "train_32x32.mat: No such file or directory"),
     (["plot", "run_log.jsonl", "--out", "curves.foo"],
      {"run_log.jsonl": '{"iter": 1, "phase": "train", "loss": 2.3}\n'},
-     "--out curves.foo: cannot draw '.foo' files; use one of"),
+     "argument --out: curves.foo: cannot draw '.foo' files; use one of"),
     (["plot", "run_log.jsonl", "--out", "run_log.jsonl/curves.png"],
      {"run_log.jsonl": '{"iter": 1, "phase": "train", "loss": 2.3}\n'},
-     "run_log.jsonl/curves.png: Not a directory"),
+     "argument --out: run_log.jsonl/curves.png: run_log.jsonl is not a folder"),
 ])
 def test_user_errors_are_one_line(tmp_path, monkeypatch, args, files, message):
     monkeypatch.chdir(tmp_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -45,13 +46,26 @@ class FgsmResult:
     points: list[FgsmPoint] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Plain JSON: an infinite SNR (epsilon 0) or an undefined value is null."""
+        return finite_or_null(asdict(self))
 
     @staticmethod
     def from_json(data: dict) -> "FgsmResult":
-        points = [FgsmPoint(**p) for p in data["points"]]
+        points = [FgsmPoint(**{k: math.inf if k == "snr_db" and v is None else v
+                               for k, v in p.items()}) for p in data["points"]]
         return FgsmResult(data["images"], data["attacked"], data["clean_accuracy"],
                           data["votes"], points)
+
+
+def finite_or_null(value):
+    """value with every non-finite float (inf, NaN) replaced by None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def gap_reduction(result: FgsmResult, baseline: FgsmResult) -> list[float]:
@@ -109,15 +123,23 @@ def loss_sign(net: Net, feed: dict, image: str, scores: str, labels: str) -> tor
     return grad.sign()
 
 
-def fgsm(net: Net, iterations: int, epsilons: list[float], votes: int = 1,
+def fgsm(net: Net, iterations: Optional[int], epsilons: list[float], votes: int = 1,
          pixel_range: tuple[float, float] = (0.0, 255.0), progress=None) -> FgsmResult:
-    """The attack over `iterations` test batches of `net` (TEST phase, weights loaded)."""
+    """The attack over `iterations` test batches of `net` (TEST phase, weights loaded; None:
+    the whole test database). Each image is attacked once: more batches than the database
+    holds are refused."""
     if min(epsilons) < 0:
         raise RapaError(f"--epsilon must be >= 0, got {min(epsilons):g}")
     data_layer, image, scores, labels = _roles(net)
     mean, scale = data_layer.input_normalization()
     if scale <= 0:
         raise RapaError(f"layer '{data_layer.layer_name}': FGSM needs transform_param.scale > 0")
+    records, batch = data_layer.records, data_layer.batch_size
+    if iterations is None:
+        iterations = -(-records // batch)
+    if records and iterations * batch > records + batch - 1:  # each image once: no wrapping
+        raise RapaError(f"--iterations {iterations}: the test database holds {records} images, "
+                        f"{-(-records // batch)} batches of {batch}")
     net.eval()
     data_layer.seek(0)
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
@@ -137,6 +159,11 @@ def fgsm(net: Net, iterations: int, epsilons: list[float], votes: int = 1,
             raise RapaError(f"{net.source}: FGSM needs one prediction per image")
         sign = loss_sign(net, feed, image, scores, labels)
         pixels = x.detach() / scale + mean
+        slack = 1e-3 * (high - low)  # float rounding of the reconstruction
+        if pixels.min() < low - slack or pixels.max() > high + slack:
+            raise RapaError(f"--pixel-range {low:g} {high:g}: the test images' pixels (before "
+                            f"mean subtraction and scale) span [{float(pixels.min()):g}, "
+                            f"{float(pixels.max()):g}]; give their valid range")
         keep = correct.nonzero().squeeze(1)
         attacked += int(keep.numel())
         if keep.numel() == 0:

@@ -2,7 +2,6 @@
 tile, so that the replicas of a filter sit side by side."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..errors import RapaError

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import RapaError
-from ..trainlog import read_log_lines
+from ..trainlog import accuracy_key, read_log_lines
 
 
 @dataclass
@@ -22,14 +22,6 @@ class TableRow:
     window: int                   # test points averaged (fewer than asked if the log is short)
     epochs: Optional[float]       # where the best window ends
     tests: int                    # test points in the log
-
-
-def accuracy_key(entries: list[dict], log) -> str:
-    """The accuracy output of the test lines: the first key naming an accuracy."""
-    for key in entries[0]:
-        if "acc" in key.lower() and not key.endswith("_vote") and key != "train_accuracy":
-            return key
-    raise RapaError(f"{log}: its test lines hold no accuracy (keys: {', '.join(entries[0])})")
 
 
 def best_window(values: list[float], window: int) -> tuple[float, int]:
@@ -44,10 +36,7 @@ def table_row(log, window: int = 5, key: Optional[str] = None) -> TableRow:
     path = pathlib.Path(log)
     if not path.is_file():
         raise RapaError(f"{log}: no such file")
-    try:
-        lines = read_log_lines(path)
-    except UnicodeDecodeError:
-        raise RapaError(f"{log}: not a training log (not text)") from None
+    lines = read_log_lines(path)
     tests = [x for x in lines if x.get("phase") == "test" and x.get("net", 0) == 0]
     if not tests:
         raise RapaError(f"{log}: no test lines (the solver tests every test_interval)")
@@ -55,6 +44,12 @@ def table_row(log, window: int = 5, key: Optional[str] = None) -> TableRow:
     points = [x for x in tests if key in x]
     if not points:
         raise RapaError(f"{log}: no test line has '{key}'")
+    bad = next((x for x in points if not 0 <= x[key] <= 1
+                or not 0 <= x.get(f"{key}_vote", 0) <= 1
+                or not 0 <= x.get("train_accuracy", 0) <= 1), None)
+    if bad is not None:  # NaN fails too
+        raise RapaError(f"{log}: '{key}' at iteration {bad['iter']} is not an accuracy in "
+                        f"[0, 1] (choose the accuracy output with --key)")
     errors = [100 * (1 - x[key]) for x in points]
     best, start = best_window(errors, window)
     used = points[start:start + min(window, len(points))]

@@ -13,9 +13,16 @@ COMMANDS = ("train", "test", "time", "plot", "table", "sweep", "similarity", "fi
             "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (`rapa CMD -h` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
-    parser = argparse.ArgumentParser(prog="rapa", description="RAPA-ConvNets: train, test and "
+    parser = Parser(prog="rapa", description="RAPA-ConvNets: train, test and "
                                      "time nets written in Caffe's prototxt; convert data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -5,6 +5,7 @@ folders / .tar(.gz) archives holding train/<class>/*.jpg and test/<class>/*.jpg.
 OUT/<dataset>_train_lmdb, OUT/<dataset>_test_lmdb and OUT/mean.binaryproto.
 """
 from ..data.convert_cifar import convert_cifar
+from .options import seed
 
 
 def add_arguments(p):
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
     p.add_argument("--label", default="fine", choices=("fine", "coarse"),
                    help="CIFAR-100 label set (default fine)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed for class-folder sources")
+    p.add_argument("--seed", type=seed, default=0, help="shuffle seed for class-folder sources")
     p.add_argument("--overwrite", action="store_true", help="replace existing databases")
 
 

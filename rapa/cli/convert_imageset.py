@@ -4,16 +4,17 @@
   rapa convert-imageset ROOT DB            ROOT's class folders, labels in sorted order
 """
 from ..data.convert_imageset import convert_imageset
+from .options import count, seed
 
 
 def add_arguments(p):
     p.add_argument("root", help="folder the image paths are relative to")
     p.add_argument("paths", nargs="+", metavar="[LISTFILE] DB", help="list file (optional), DB")
     p.add_argument("--shuffle", action="store_true", help="shuffle the order (see --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--gray", action="store_true", help="store one grey channel")
-    p.add_argument("--resize-height", type=int, default=0)
-    p.add_argument("--resize-width", type=int, default=0)
+    p.add_argument("--resize-height", type=count(0), default=0)
+    p.add_argument("--resize-width", type=count(0), default=0)
     p.add_argument("--encoded", action="store_true", help="store the files as they are")
     p.add_argument("--overwrite", action="store_true", help="replace an existing database")
 

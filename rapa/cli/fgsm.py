@@ -14,25 +14,27 @@ import math
 
 import torch
 
-from ..analysis.fgsm import FgsmResult, fgsm, gap_reduction
+from ..analysis.fgsm import FgsmResult, fgsm, finite_or_null, gap_reduction
 from ..device import device_named
 from ..errors import RapaError
 from .similarity import load_net
+from .options import figure_written, count, figure_path, finite, output_path, seed
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
-    p.add_argument("--iterations", type=int, default=10, help="test batches (default 10)")
-    p.add_argument("--epsilon", type=float, nargs="+", required=True,
+    p.add_argument("--iterations", type=count(),
+                   help="test batches (default: the whole test database, each image once)")
+    p.add_argument("--epsilon", type=finite(0.0), nargs="+", required=True,
                    help="perturbation sizes in pixel values, e.g. 0 1 2 4 8")
-    p.add_argument("--votes", type=int, default=1, help="random assignments per decision")
-    p.add_argument("--pixel-range", type=float, nargs=2, default=(0.0, 255.0),
+    p.add_argument("--votes", type=count(), default=1, help="random assignments per decision")
+    p.add_argument("--pixel-range", type=finite(), nargs=2, default=(0.0, 255.0),
                    metavar=("LOW", "HIGH"), help="valid pixel values (default 0 255)")
     p.add_argument("--baseline", help="another net's --json result to compare with")
-    p.add_argument("--json", help="write the result to this JSON file")
-    p.add_argument("--plot", help="draw accuracy against SNR to this PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random assignments")
+    p.add_argument("--json", type=output_path, help="write the result to this JSON file")
+    p.add_argument("--plot", type=figure_path, help="draw accuracy against SNR to this PNG")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random assignments")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true")
 
@@ -94,13 +96,16 @@ def run(args):
         if gaps:
             line += f" {gaps[i]:>13.1%}" if math.isfinite(gaps[i]) else f" {'-':>13}"
         print(line)
+    if gaps and not all(math.isfinite(g) for g in gaps):
+        print("(gap reduction '-': the SNR lies outside the baseline's SNR range, or the "
+              "baseline is perfect there)")
     if args.json:
         out = result.to_json()
         if gaps:
-            out["gap_reduction"] = gaps
+            out["gap_reduction"] = finite_or_null(gaps)
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+            json.dump(out, f, indent=1, allow_nan=False)
     if args.plot:
         draw(result, baseline, args.plot, args.model)
-        print(f"wrote {args.plot}")
+        print(f"wrote {figure_written(args.plot)}")
     return 0

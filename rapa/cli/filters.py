@@ -5,14 +5,15 @@ One row per filter and one column per tile, each filter in colour (3 input chann
 from ..analysis.filters import draw_filters
 from ..errors import RapaError
 from .similarity import load_net
+from .options import figure_written, count, figure_path
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
     p.add_argument("--layer", required=True, help="a tiled Convolution layer's name")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--filters", type=int, default=10, help="the first N filters (default 10)")
+    p.add_argument("--out", type=figure_path, required=True, help="PNG file to write")
+    p.add_argument("--filters", type=count(), default=10, help="the first N filters (default 10)")
     p.add_argument("--select", type=int, nargs="+", help="these filters instead (indices)")
 
 
@@ -31,5 +32,5 @@ def run(args):
     weight = replicas[0]
     chosen = args.select or list(range(min(args.filters, weight.shape[1])))
     draw_filters(weight, chosen, args.out, f"{args.layer}: filters (rows) by tile (columns)")
-    print(f"wrote {args.out}: {len(chosen)} filters x {weight.shape[0]} tiles")
+    print(f"wrote {figure_written(args.out)}: {len(chosen)} filters x {weight.shape[0]} tiles")
     return 0

@@ -7,12 +7,14 @@ majority-vote error where the log has it); --epochs draws against epochs instead
 import pathlib
 
 from ..errors import RapaError
-from ..trainlog import read_log_lines
+from ..trainlog import accuracy_key, read_log_lines
+from .options import figure_written, figure_path
 
 
 def add_arguments(p):
     p.add_argument("logs", nargs="+", help="training logs (*_log.jsonl)")
-    p.add_argument("--out", default="learning_curves.png", help="PNG file to write")
+    p.add_argument("--out", type=figure_path, default="learning_curves.png",
+                   help="image file to write (PNG; by its suffix also SVG, PDF, ...)")
     p.add_argument("--title", default="")
     p.add_argument("--epochs", action="store_true", help="epochs on the x axis")
 
@@ -25,19 +27,14 @@ def run(args):
     except ImportError:
         raise RapaError("rapa plot needs matplotlib (pip install matplotlib)") from None
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
-    kind = pathlib.Path(args.out).suffix.lstrip(".").lower()
-    known = fig.canvas.get_supported_filetypes()
-    if kind and kind not in known:  # no suffix: matplotlib writes PNG
-        raise RapaError(f"--out {args.out}: cannot draw '.{kind}' files; use one of "
-                        f"{', '.join('.' + k for k in sorted(known))}")
     drew = False
     for log in args.logs:
         if not pathlib.Path(log).is_file():
             raise RapaError(f"{log}: no such file")
         lines = read_log_lines(log)
         label = pathlib.Path(log).name.removesuffix("_log.jsonl")
-        train = [x for x in lines if x.get("phase") == "train"]
-        test = [x for x in lines if x.get("phase") == "test"]
+        train = [x for x in lines if x.get("phase") == "train" and "loss" in x]
+        test = [x for x in lines if x.get("phase") == "test" and x.get("net", 0) == 0]
         if args.epochs and any(x.get("epoch") is None for x in train + test):
             raise RapaError(f"{log}: has no epochs (a log of an older rapa, or of a net "
                             f"without a Data layer); draw it against iterations")
@@ -45,7 +42,8 @@ def run(args):
         if train:
             ax_loss.plot([x[xkey] for x in train], [x["loss"] for x in train], label=label)
             drew = True
-        for key in ("accuracy", "accuracy_vote"):
+        key = accuracy_key(test, log) if test else None
+        for key in (key, f"{key}_vote") if key else ():
             pts = [(x[xkey], 100 * (1 - x[key])) for x in test if key in x]
             if pts:
                 style = "-" if key == "accuracy" else "--"
@@ -65,5 +63,5 @@ def run(args):
         fig.suptitle(args.title)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
+    print(f"wrote {figure_written(args.out)}")
     return 0

@@ -21,16 +21,18 @@ from ..proto import pb
 from ..prototxt import read_text
 from ..snapshot import save_weights
 from .similarity import load_net
+from .options import count, output_path, seed
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="tiled net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
     p.add_argument("--method", required=True, help=f"{', '.join(METHODS)}, or best")
-    p.add_argument("--out-model", required=True, help="prototxt to write (untiled)")
-    p.add_argument("--out-weights", required=True, help=".caffemodel to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random methods")
-    p.add_argument("--holdout-images", type=int, default=1000,
+    p.add_argument("--out-model", type=output_path, required=True,
+                   help="prototxt to write (untiled)")
+    p.add_argument("--out-weights", type=output_path, required=True, help=".caffemodel to write")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random methods")
+    p.add_argument("--holdout-images", type=count(), default=1000,
                    help="images --method best evaluates (default 1000)")
     p.add_argument("--holdout-source", help="their database (default: the TRAIN phase's)")
 

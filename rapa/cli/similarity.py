@@ -13,12 +13,13 @@ from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
 from ..snapshot import load_weights
+from .options import output_path
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--json", type=output_path, help="also write the figures to this JSON file")
 
 
 def load_net(model, weights, phase=pb.TEST, **kwargs) -> Net:

@@ -20,13 +20,14 @@ from ..errors import RapaError
 from ..proto import pb
 from ..prototxt import read_text
 from ..snapshot import latest_snapshot
+from .options import count
 
 
 def add_arguments(p):
     p.add_argument("solvers", nargs="+", help="solver prototxt files")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--jobs", type=count(), default=1, help="runs at a time (default 1)")
     p.add_argument("--device", help="passed to every rapa train (cpu, cuda, cuda:N)")
-    p.add_argument("--window", type=int, default=5, help="rapa table's window (default 5)")
+    p.add_argument("--window", type=count(), default=5, help="rapa table's window (default 5)")
 
 
 def run_files(solver: str) -> tuple[str, pathlib.Path, int]:
@@ -44,18 +45,37 @@ def finished(prefix: str, max_iter: int) -> bool:
     return state.iter >= max_iter
 
 
+def last_line(path: pathlib.Path) -> str:
+    """The last non-empty line of a run's output (its error message), or a pointer to it."""
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        lines = []
+    return lines[-1].strip() if lines else f"see {path}"
+
+
 def run(args):
     if args.jobs < 1:
         raise RapaError("--jobs must be >= 1")
-    if len(set(args.solvers)) != len(args.solvers):
+    if args.window < 1:
+        raise RapaError("--window must be >= 1")
+    if len({pathlib.Path(s).resolve() for s in args.solvers}) != len(args.solvers):
         raise RapaError("a solver is named twice")
     runs = [(s, *run_files(s)) for s in args.solvers]
-    prefixes = [r[1] for r in runs]
-    if len(set(prefixes)) != len(prefixes):
-        raise RapaError("two solvers write to the same snapshot_prefix: they would overwrite "
-                        "each other's snapshots")
+    for what, index in (("snapshot_prefix", 1), ("log_file", 2)):
+        seen = {}
+        for r in runs:  # paths as the runs will open them, from this working folder
+            where = pathlib.Path(os.path.abspath(r[index]))
+            if where in seen:
+                raise RapaError(f"{seen[where]} and {r[0]} have the same {what} ({r[index]}): "
+                                f"they would overwrite each other's files")
+            seen[where] = r[0]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    # The children run this very rapa, not a ./rapa of the working folder: -P keeps the folder
+    # off their path, PYTHONPATH puts this package's first.
+    home = str(pathlib.Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
     lock = threading.Lock()
 
     def say(message):
@@ -68,14 +88,17 @@ def run(args):
             return 0
         out = pathlib.Path(f"{prefix}_train.out")
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "rapa", "train", "--solver", solver, "--snapshot",
+        command = [sys.executable, "-P", "-m", "rapa", "train", "--solver", solver, "--snapshot",
                    "auto", "--no-progress"] + (["--device", args.device] if args.device else [])
         say(f"{solver}: started (output {out})")
         t0 = time.monotonic()
         with open(out, "a") as f:
             code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        say(f"{solver}: {'finished' if code == 0 else f'stopped with exit code {code}'} after "
-            f"{time.monotonic() - t0:.0f} s")
+        took = f"after {time.monotonic() - t0:.0f} s"
+        if code == 0:
+            say(f"{solver}: finished {took}")
+        else:
+            say(f"{solver}: stopped with exit code {code} {took}: {last_line(out)}")
         return code
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:

@@ -12,15 +12,16 @@ from ..evaluate import test_net
 from ..net import Net
 from ..proto import pb
 from ..snapshot import load_weights
+from .options import count, seed
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
-    p.add_argument("--iterations", type=int, default=50, help="test batches (default 50)")
-    p.add_argument("--votes", type=int, default=1, help="random assignments per image")
+    p.add_argument("--iterations", type=count(), default=50, help="test batches (default 50)")
+    p.add_argument("--votes", type=count(), default=1, help="random assignments per image")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-time assignments")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the test-time assignments")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -30,6 +31,10 @@ def run(args):
     device = device_named(args.device)
     torch.manual_seed(args.seed)
     net = Net.from_file(args.model, pb.TEST, seed=args.seed)
+    if args.votes > 1 and not any(e.layer.votes for e in net.entries):
+        net.close()
+        raise RapaError(f"--votes {args.votes}: {args.model} has no layer that scores votes "
+                        f"(an Accuracy layer in the TEST phase)")
     missing = load_weights(net, args.weights)
     if missing:
         raise RapaError(f"{args.weights}: has no weights for layer(s) {', '.join(missing)}")

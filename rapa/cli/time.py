@@ -14,11 +14,12 @@ from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
 from ..timing import analog_model, time_layers
+from .options import count
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--iterations", type=count(), default=20)
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--forward-only", action="store_true")

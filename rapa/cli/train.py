@@ -7,6 +7,7 @@ snapshot and stops; a NaN loss stops without one, keeping the last good snapshot
 import sys
 
 from ..solver import Solver, Stop
+from .options import count
 
 
 def add_arguments(p):
@@ -14,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--weights", help="initial weights (.caffemodel; comma-separated list)")
     p.add_argument("--snapshot", help="resume from this .solverstate, or 'auto': the newest")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
-    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--max-iter", type=count(0), help="override the solver's max_iter")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -9,7 +9,6 @@ shuffled with a fixed seed, since the data layer reads records in order.
 """
 from __future__ import annotations
 
-import io
 import pathlib
 import pickle
 import tarfile
@@ -18,10 +17,11 @@ import numpy as np
 
 from ..errors import RapaError
 from ..progress import Progress
+from .archive import tar_files
 from .compute_mean import compute_mean
 from .datum import encode_raw
 from .image_folder import read_split_folders
-from .lmdb_writer import LmdbWriter
+from .lmdb_writer import LmdbWriter, check_output
 
 CIFAR_MEMBERS = {
     ("cifar10", "python"): {"train": [f"data_batch_{i}" for i in range(1, 6)],
@@ -41,10 +41,10 @@ def _members(source: pathlib.Path) -> dict[str, bytes]:
             if p.is_file() and p.stat().st_size > 1000:
                 out[p.name] = p
     elif source.is_file() and tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
-            for m in tar:
-                if m.isfile() and m.size > 1000 and "." not in m.name.rsplit("/", 1)[-1][:1]:
-                    out[m.name.rsplit("/", 1)[-1]] = tar.extractfile(m).read()
+        for name, data in tar_files(source):
+            base = name.rsplit("/", 1)[-1]
+            if len(data) > 1000 and not base.startswith("."):
+                out[base] = data
     return out
 
 
@@ -100,6 +100,9 @@ def convert_cifar(sources: list[str], out_dir: str, dataset: str = "cifar10",
     for p in paths:
         if not p.exists():
             raise RapaError(f"{p}: no such file or folder")
+    out = pathlib.Path(out_dir)
+    for split in ("train", "test"):  # before reading: archives take a while
+        check_output(out / f"{dataset}_{split}_lmdb", overwrite)
     splits = read_official(paths[0], dataset, label) if len(paths) == 1 else None
     if splits is None:
         splits, classes = read_split_folders(paths)
@@ -113,7 +116,6 @@ def convert_cifar(sources: list[str], out_dir: str, dataset: str = "cifar10",
         say(f"read {', '.join(f'{len(v[1])} {k}' for k, v in splits.items())} images in "
             f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
             f"; shuffled with seed {seed}")
-    out = pathlib.Path(out_dir)
     written = {}
     for split, (images, labels) in splits.items():
         db = out / f"{dataset}_{split}_lmdb"

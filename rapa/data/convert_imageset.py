@@ -15,7 +15,7 @@ from ..errors import RapaError
 from ..progress import Progress
 from .datum import RecordError, decode_image_file, encode_file, encode_raw
 from .image_folder import IMAGE_SUFFIXES, _sort_classes
-from .lmdb_writer import LmdbWriter
+from .lmdb_writer import LmdbWriter, check_output
 
 
 def read_list(list_file: pathlib.Path) -> list[tuple[str, int]]:
@@ -37,6 +37,7 @@ def convert_imageset(root, db, list_file=None, shuffle=False, gray=False, resize
     root = pathlib.Path(root)
     if not root.is_dir():
         raise RapaError(f"{root}: no such folder")
+    check_output(db, overwrite)
     if list_file:
         items = read_list(pathlib.Path(list_file))
     else:

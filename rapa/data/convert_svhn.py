@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import RapaError
 from .datum import encode_raw
-from .lmdb_writer import LmdbWriter
+from .lmdb_writer import LmdbWriter, check_output
 from .matfile import load_mat
 
 
@@ -25,6 +25,8 @@ def read_svhn(path) -> tuple[np.ndarray, np.ndarray]:
 
 def convert_svhn(mat_files: list[str], out_dir: str, overwrite=False, say=print):
     out = pathlib.Path(out_dir)
+    for f in mat_files:  # before reading: the files are large
+        check_output(out / f"svhn_{pathlib.Path(f).name.split('_')[0]}_lmdb", overwrite)
     written = {}
     for f in mat_files:
         name = pathlib.Path(f).name.split("_")[0]  # train, test, extra

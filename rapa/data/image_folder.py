@@ -5,7 +5,6 @@ CIFAR-10 and CIFAR-100 is the official label order.
 """
 from __future__ import annotations
 
-import io
 import pathlib
 import tarfile
 from typing import Iterator
@@ -13,6 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import RapaError
+from .archive import tar_files
 from .datum import RecordError, decode_image_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
@@ -33,10 +33,9 @@ def iter_files(source: str | pathlib.Path) -> Iterator[tuple[str, bytes]]:
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
                 yield str(p.relative_to(source)), p.read_bytes()
     elif source.is_file() and tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
-            for m in tar:
-                if m.isfile() and pathlib.PurePath(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield m.name, tar.extractfile(m).read()
+        for name, data in tar_files(source):
+            if pathlib.PurePath(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield name, data
     elif not source.exists():
         raise RapaError(f"{source}: no such file or folder")
     else:

@@ -8,13 +8,34 @@ import shutil
 from ..errors import RapaError
 
 
+LMDB_FILES = {"data.mdb", "lock.mdb"}
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an output database path before any input is read: an existing one without
+    --overwrite, and, even with it, anything that is not an LMDB folder (a folder of data.mdb
+    and lock.mdb only), which --overwrite must not delete."""
+    path = pathlib.Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise RapaError(f"{path} already exists; remove it or pass --overwrite")
+    if not path.is_dir() or path.is_symlink():
+        raise RapaError(f"{path}: --overwrite replaces only an LMDB folder; this is not a folder")
+    other = sorted(p.name for p in path.iterdir() if p.name not in LMDB_FILES or not p.is_file())
+    if other or not (path / "data.mdb").is_file():
+        what = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "") if other else \
+            "no data.mdb"
+        raise RapaError(f"{path}: --overwrite replaces only an LMDB folder (data.mdb, lock.mdb); "
+                        f"this one holds {what}")
+
+
 class LmdbWriter:
     """with LmdbWriter(path) as w: w.put(key, value) ... ; written to path.tmp, then renamed."""
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, batch: int = 2000):
         self.path = pathlib.Path(path)
-        if self.path.exists() and not overwrite:
-            raise RapaError(f"{self.path} already exists; remove it or pass --overwrite")
+        check_output(self.path, overwrite)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.batch = batch
         self.count = 0

@@ -16,16 +16,21 @@ from .base import DataLayer, register
 
 
 def read_mean(path) -> np.ndarray:
-    """A Caffe mean file (BlobProto) as float32 (C, H, W)."""
+    """A Caffe mean file as float32 (C, H, W): a BlobProto in any form Caffe reads (rapa.blobs),
+    with at least 3 axes, the last three (channels, height, width); of several stacked means
+    (num > 1) the first, which is the one Caffe's DataTransformer subtracts."""
+    from ..blobs import blob_to_tensor
+    from ..errors import RapaError
     from ..prototxt import read_binary
     blob = read_binary(path, pb.BlobProto())
-    shape = tuple(blob.shape.dim) if blob.HasField("shape") else \
-        (blob.num, blob.channels, blob.height, blob.width)
-    data = np.asarray(blob.data, dtype=np.float32)
-    if data.size != int(np.prod(shape)):
-        from ..errors import RapaError
-        raise RapaError(f"mean file {path}: holds {data.size} values for shape {shape}")
-    return data.reshape(shape[-3:])
+    try:
+        mean = blob_to_tensor(blob)
+    except ValueError as e:
+        raise RapaError(f"mean file {path}: {e}") from None
+    if mean.dim() < 3 or mean.numel() == 0:
+        raise RapaError(f"mean file {path}: shape {tuple(mean.shape)} is not (num, channels, "
+                        f"height, width) or (channels, height, width)")
+    return mean.reshape(-1, *mean.shape[-3:])[0].numpy().astype(np.float32)
 
 
 @register("Data")

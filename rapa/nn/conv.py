@@ -120,6 +120,11 @@ class TiledConv2d(torch.nn.Module):
             raise ValueError(f"rapa: kernel {self.kernel_size} with pad {self.padding} does not "
                              f"fit the input {h}x{w} (input shape {input_shape})")
         self.scheme.check((h, w), out_hw)
+        patches, tiles = out_hw[0] * out_hw[1], self.scheme.num_tiles
+        if tiles > patches:  # the analog time model would claim a speed-up never realised
+            raise ValueError(f"rapa: tiling '{self.scheme.name}' has {tiles} tiles, but the "
+                             f"output has {patches} patches ({out_hw[0]}x{out_hw[1]}) per "
+                             f"image: {tiles - patches} tiles would never be used")
         return n, self.out_channels, *out_hw
 
     def state_blobs(self) -> list[Tensor]:

@@ -1,0 +1,76 @@
+"""Argument types of the rapa command: numbers checked against what they can hold and output
+paths checked before the work, so that a wrong option is a one-line usage error at once (not a
+traceback, or an error after an hour of computing)."""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+
+import numpy as np
+
+# What matplotlib writes (Figure.savefig); a name without a suffix is written as PNG.
+FIGURE_SUFFIXES = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg",
+                   "svgz", "tif", "tiff", "webp")
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def count(low: int = 1, high: int = INT32_MAX):
+    """An integer in [low, high] (iterations, votes, images: Caffe's int32 fields)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{low}, {high}]")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+# A seed torch.manual_seed takes (a 64-bit generator state; negative ones are refused here).
+seed = count(0, 2**63 - 1)
+
+
+def finite(low: float | None = None):
+    """A float that stays finite in float32 (the nets' precision), >= low if given."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(f"{text} is not a finite float32 number")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"{text} must be >= {low:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def output_path(text: str) -> str:
+    """A file to write: its folder must exist (checked before the work, not after)."""
+    folder = pathlib.Path(text).parent
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text}: {folder} {why}")
+    if pathlib.Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder")
+    return text
+
+
+def figure_path(text: str) -> str:
+    """An image file matplotlib can write (by its suffix; none: PNG), in an existing folder."""
+    suffix = pathlib.Path(text).suffix.lstrip(".").lower()
+    if suffix and suffix not in FIGURE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text}: cannot draw '.{suffix}' files; use one of "
+            f"{', '.join('.' + s for s in FIGURE_SUFFIXES)}")
+    return output_path(text)
+
+
+def figure_written(path: str) -> str:
+    """The file matplotlib writes for `path` (a name without a suffix gets .png)."""
+    return path if pathlib.Path(path).suffix else path + ".png"
