@@ -22,7 +22,7 @@ import torch
 from .device import device_named
 from .errors import RapaError
 from .evaluate import test_net
-from .fileio import make_folder
+from .fileio import hold_lock, make_folder, remove_stale_temporaries, sha256_of
 from .lr_policy import check_policy, learning_rate
 from .net import Net, NetContext
 from .progress import Progress
@@ -179,7 +179,8 @@ class Solver:
         model_path, state_path = snapshot_paths(self.prefix, self.iter)
         save_weights(self.net, model_path)
         state = pb.SolverState(iter=self.iter, learned_net=model_path.name, seed=self.seed,
-                               rng_state=torch.get_rng_state().numpy().tobytes())
+                               rng_state=torch.get_rng_state().numpy().tobytes(),
+                               learned_net_sha256=sha256_of(model_path))
         if self.device.type == "cuda":
             state.cuda_rng_state = torch.cuda.get_rng_state(self.device).numpy().tobytes()
         state.history.extend(tensor_to_blob(h) for h in self.sgd.history)
@@ -199,6 +200,9 @@ class Solver:
         model = state_path.parent / state.learned_net
         if not model.is_file():
             raise RapaError(f"{state_path}: its weights file '{state.learned_net}' is missing")
+        if state.learned_net_sha256 and sha256_of(model) != state.learned_net_sha256:
+            raise RapaError(f"{state_path}: {model} is not the weights file written with it "
+                            f"(another run wrote one of the two under the same names)")
         load_weights(self.net, model)
         history = list(state.history)
         if len(history) == len(self.params) != len(self.sgd.history):
@@ -336,7 +340,15 @@ class Solver:
         # Made now, so that an unwritable place fails before the first snapshot, not at it.
         make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
         make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
-        log = TrainLog(log_path, resumed)
+        self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
+                               f"{self.prefix}")
+        try:
+            for stale in remove_stale_temporaries(self.prefix):
+                self.say(f"Removed {stale}, left by a run killed while writing it")
+            log = TrainLog(log_path, resumed)
+        except BaseException:
+            self._lock.close()
+            raise
         batch = sum(layer.batch_size for layer in self.net.data_layers()) or 1
         self.say(f"Training {self.net.name or self.net.source} on {self.device} to iteration "
                  f"{sp.max_iter} (batch {batch} x iter_size {sp.iter_size}, seed {self.seed}); "
@@ -405,6 +417,7 @@ class Solver:
             for s, h in old.items():
                 signal.signal(s, h)
             log.close()
+            self._lock.close()  # releases the prefix
             self.close()
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """The solver: Caffe's rate policies and update, exact resume, and safe stops."""
 import math
+import os
 import pathlib
 import re
 import signal
@@ -406,3 +407,50 @@ def test_weights_that_share_no_layer_with_the_net_are_refused(workdir):
     said = []
     Solver(path, max_iter=1, say=said.append, progress=False).solve(weights="part.caffemodel")
     assert "part.caffemodel: no weights for ip: they start from their fillers" in said
+
+
+def test_temporaries_of_killed_writes_are_removed_and_failed_writes_named(workdir, monkeypatch):
+    from rapa import fileio
+    path = setup_files(workdir, max_iter=2)
+    (workdir / "snap").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = workdir / f"snap/.tiny_iter_4.solverstate.tmp{dead}"
+    stale.write_bytes(b"half a snapshot")
+    live = workdir / f"snap/.tiny_iter_4.caffemodel.tmp{os.getpid()}"  # a live writer's
+    live.write_bytes(b"being written")
+    said = []
+    Solver(path, say=said.append, progress=False).solve()
+    assert not stale.exists() and live.exists()
+    assert f"Removed snap/.tiny_iter_4.solverstate.tmp{dead}, left by a run killed while " \
+           f"writing it" in said
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)
+    target = workdir / "x.bin"
+    with pytest.raises(RapaError, match=re.escape(f"{target}: cannot write it (No space left on "
+                                                  f"device); the previous version")):
+        fileio.atomic_write_bytes(target, b"data")
+    assert list(workdir.glob(".x.bin.tmp*")) == []
+
+
+def test_one_run_per_snapshot_prefix_and_each_state_with_its_own_weights(workdir):
+    """A second run on a prefix in use is refused (the lock); a state resumes only with the
+    weights file written with it, not one another run put under the same name."""
+    from rapa.fileio import hold_lock
+    path = setup_files(workdir, max_iter=8)
+    (workdir / "snap").mkdir()
+    held = hold_lock(workdir / "snap/tiny.lock", "the first run")
+    try:
+        with pytest.raises(RapaError, match=r"snapshot_prefix snap/tiny: another run is using it "
+                                            rf"\(pid {os.getpid()}; lock snap/tiny.lock\)"):
+            Solver(path, say=lambda m: None, progress=False).solve()
+    finally:
+        held.close()
+    Solver(path, say=lambda m: None, progress=False).solve()
+    other = workdir / "snap/tiny_iter_4.caffemodel"  # another run's weights under the name
+    (workdir / "snap/tiny_iter_8.caffemodel").write_bytes(other.read_bytes())
+    with pytest.raises(RapaError, match="tiny_iter_8.solverstate: snap/tiny_iter_8.caffemodel is "
+                                        "not the weights file written with it"):
+        Solver(path, say=lambda m: None, progress=False).solve(resume="auto")

@@ -11,6 +11,7 @@ at each SNR.
 """
 import json
 import math
+import pathlib
 
 import torch
 
@@ -47,7 +48,7 @@ def read_baseline(path) -> FgsmResult:
         raise RapaError(f"{path}: not a rapa fgsm --json result ({e})") from None
 
 
-def draw(result, baseline, path, label):
+def draw(result, baseline, path, label, baseline_label="baseline"):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -55,12 +56,14 @@ def draw(result, baseline, path, label):
     except ImportError:
         raise RapaError("--plot needs matplotlib (pip install matplotlib)") from None
     fig, ax = plt.subplots(figsize=(5, 4))
-    for res, name in ((result, label), (baseline, "baseline")):
+    for res, name in ((result, label), (baseline, baseline_label)):
         if res is None:
             continue
         pts = sorted((p.snr_db, 100 * p.accuracy) for p in res.points if math.isfinite(p.snr_db))
         if pts:
             ax.plot(*zip(*pts), marker=".", label=name)
+    # Cisse et al. 2017's threshold of human perception, where the paper reads Fig. 7 off.
+    ax.axvline(33, color="gray", linestyle=":", linewidth=1)
     ax.set(xlabel="SNR [dB]", ylabel="accuracy on perturbed images [%]", ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -106,6 +109,7 @@ def run(args):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, allow_nan=False)
     if args.plot:
-        draw(result, baseline, args.plot, args.model)
+        draw(result, baseline, args.plot, pathlib.Path(args.model).stem,
+             pathlib.Path(args.baseline).stem if args.baseline else "baseline")
         print(f"wrote {figure_written(args.plot)}")
     return 0
