@@ -183,3 +183,36 @@ def test_mean_files_in_every_form_caffe_reads(tmp_path):
     with pytest.raises(RapaError, match=r"mean file .*short: a blob of shape \(1, 3, 4, 4\) "
                                         r"holds 47 values"):
         read_mean(short)
+
+
+def _compute_mean(db, tmp_path):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "rapa", "compute-mean", str(db),
+                           str(tmp_path / "m.binaryproto")], capture_output=True, text=True)
+
+
+def test_a_database_cut_short_or_damaged_is_named_not_a_crash(tmp_path):
+    """A partly copied data.mdb would be read past its end through the memory map (SIGBUS):
+    its size is checked against its header first. A damaged page names the database."""
+    import os
+    import shutil
+    db = tmp_path / "db"
+    write_lmdb(db, *random_images(300, h=32, w=32, classes=3))
+    size = (db / "data.mdb").stat().st_size
+    cut = tmp_path / "cut"
+    shutil.copytree(db, cut)
+    os.truncate(cut / "data.mdb", 8192)
+    proc = _compute_mean(cut, tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"database {cut}: data.mdb is cut short (8192 bytes of the {size} its header " \
+           f"names)" in proc.stderr
+    for page in (2, size // 4096 // 2, size // 4096 - 1):  # first, middle and last page
+        bad = tmp_path / f"bad{page}"
+        shutil.copytree(db, bad)
+        with open(bad / "data.mdb", "r+b") as f:
+            f.seek(4096 * page)
+            f.write(np.random.default_rng(page).bytes(4096))
+        proc = _compute_mean(bad, tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"rapa compute-mean: error: database {bad}: damaged (")

@@ -21,11 +21,24 @@ def _open(path: pathlib.Path):
     key = (str(path.resolve()), st.st_ino, st.st_mtime_ns)
     if key not in _ENVS:
         try:
-            _ENVS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
-                                   meminit=False, max_readers=64)
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False,
+                            meminit=False, max_readers=64)
         except lmdb.Error as e:
             raise RapaError(f"database {path}: cannot open ({e})") from None
+        # A file shorter than its own header says (a partial copy) would be read past its end
+        # through the memory map: the process dies with SIGBUS, so check before any read.
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if st.st_size < needed:
+            env.close()
+            raise RapaError(f"database {path}: data.mdb is cut short ({st.st_size} bytes of the "
+                            f"{needed} its header names): copy it again")
+        _ENVS[key] = env
     return _ENVS[key]
+
+
+def lmdb_error() -> type:
+    import lmdb
+    return lmdb.Error
 
 
 class LmdbSource:
@@ -36,8 +49,12 @@ class LmdbSource:
             what = "is not an LMDB (no data.mdb in it)" if self.path.is_dir() else "does not exist"
             raise RapaError(f"database {self.path} {what}")
         self.env = _open(self.path)
-        with self.env.begin() as txn:
-            self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        try:
+            with self.env.begin() as txn:
+                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        except lmdb_error() as e:  # a damaged page: the database is named, not a traceback
+            raise RapaError(f"database {self.path}: damaged ({e}); copy or convert it again") \
+                from None
         if not self.keys:
             raise RapaError(f"database {self.path} is empty")
         self.force_color, self.force_gray = force_color, force_gray
@@ -58,6 +75,9 @@ class LmdbSource:
         except RecordError as e:
             raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}: "
                             f"{e}") from None
+        except lmdb_error() as e:
+            raise RapaError(f"database {self.path}, key {key.decode(errors='replace')!r}: "
+                            f"damaged ({e}); copy or convert the database again") from None
 
     def read_many(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """`count` records from position `start` on, wrapping around at the end: (N,C,H,W), (N,)."""
