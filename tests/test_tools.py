@@ -263,6 +263,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
                                            'max_iter: 2\nlr_policy: "cosine"'},
      "s.prototxt: unknown lr_policy 'cosine'; known: fixed, step"),
     (["test", "--model", "missing.prototxt", "--weights", "w"], {}, "missing.prototxt: no such"),
+    (["time", "--model", "n.prototxt"],
+     {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
+                    'dim: 3 dim: 64 dim: 64 } } }\nlayer { name: "c" type: "InnerProduct" bottom: '
+                    '"x" top: "y" inner_product_param { num_output: 2147483647 } }'},
+     "layer 'c' (InnerProduct): cannot allocate 98304.0 GiB for its blobs (num_output, kernel"),
+    (["time", "--model", "n.prototxt"],
+     {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
+                    'dim: 3 dim: 8 dim: 8 } } }\nlayer { name: "c" type: "Convolution" bottom: '
+                    '"x" top: "y" convolution_param { num_output: 4 kernel_size: 3 '
+                    'pad: 2000000000 } }'},
+     "layer 'c' (Convolution): an output of 1x4x4000000006x4000000006 is too large"),
     (["test", "--model", "n.prototxt", "--weights", "w", "--votes", "3"],
      {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
                     'dim: 2 } } }'},

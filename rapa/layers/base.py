@@ -30,6 +30,8 @@ DataLayer has its tops fed by the caller (Input).
 """
 from __future__ import annotations
 
+import re
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -103,6 +105,13 @@ class Layer(torch.nn.Module):
             return factory(*args, **kwargs)
         except ValueError as e:
             raise self.error(str(e).removeprefix("rapa: ")) from None
+        except (RuntimeError, MemoryError) as e:  # blobs larger than the machine's memory
+            if "allocate" not in str(e) and not isinstance(e, MemoryError):
+                raise
+            size = re.search(r"allocate (\d+) bytes", str(e))
+            what = f"{int(size.group(1)) / 2**30:.1f} GiB" if size else "its blobs"
+            raise self.error(f"cannot allocate {what} for its blobs (num_output, kernel, tile "
+                             f"count or input too large?)") from None
 
     def _check_counts(self, what: str, count: int, limits: tuple[int, int | None]) -> None:
         low, high = limits

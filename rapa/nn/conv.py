@@ -119,6 +119,10 @@ class TiledConv2d(torch.nn.Module):
         if min(out_hw) < 1:
             raise ValueError(f"rapa: kernel {self.kernel_size} with pad {self.padding} does not "
                              f"fit the input {h}x{w} (input shape {input_shape})")
+        if n * self.out_channels * out_hw[0] * out_hw[1] > 2**31 - 1:  # the kernels' indices
+            raise ValueError(f"rapa: an output of {n}x{self.out_channels}x{out_hw[0]}x"
+                             f"{out_hw[1]} is too large (over 2^31 - 1 values; pad {self.padding}"
+                             f", num_output {self.out_channels})")
         self.scheme.check((h, w), out_hw)
         patches, tiles = out_hw[0] * out_hw[1], self.scheme.num_tiles
         if tiles > patches:  # the analog time model would claim a speed-up never realised
