@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import signal
+import sys
 import time
 from collections import deque
 from typing import Callable, Optional
@@ -305,8 +306,15 @@ class Solver:
                 log.write(**entry)
 
     def _on_signal(self, signum, frame):
-        if self._interrupted is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self._interrupted is not None:
+            # A second Ctrl-C: stop now. An exception raised here could surface in any frame
+            # (a traceback) or leave the reader threads to be torn down mid-call (an abort);
+            # files are only ever replaced whole, so leaving at once loses at most the
+            # snapshot being written, and the previous one stays the newest.
+            sys.stderr.write(f"\n{signal.Signals(signum).name} again at iteration {self.iter}: "
+                             f"stopped at once\n")
+            sys.stderr.flush()
+            os._exit(130)
         self._interrupted = signal.Signals(signum).name
 
     def solve(self, resume: Optional[str] = None, weights: Optional[str] = None) -> int:
@@ -414,7 +422,9 @@ class Solver:
             self.say("Optimization done.")
             return self.iter
         finally:
-            for s, h in old.items():
+            # After a Ctrl-C the handler stays: a second one while the process shuts down
+            # (atexit, the readers' threads) must still stop it at once, not raise there.
+            for s, h in old.items() if not self._interrupted else ():
                 signal.signal(s, h)
             log.close()
             self._lock.close()  # releases the prefix

@@ -454,3 +454,30 @@ def test_one_run_per_snapshot_prefix_and_each_state_with_its_own_weights(workdir
     with pytest.raises(RapaError, match="tiny_iter_8.solverstate: snap/tiny_iter_8.caffemodel is "
                                         "not the weights file written with it"):
         Solver(path, say=lambda m: None, progress=False).solve(resume="auto")
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.02, 0.2])
+def test_a_second_ctrl_c_stops_at_once_and_quietly(workdir, gap):
+    """Two Ctrl-Cs (at once, or apart): exit 130 (or death by SIGINT when the second comes
+    while Python shuts down: what a shell reports as 130 too), no traceback, no abort, no
+    temporary left for good, and the newest snapshot, if any, resumes."""
+    setup_files(workdir, max_iter=400)
+    proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = workdir / "snap/tiny_log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and "terminate called" not in err, err
+    newest = latest_snapshot("snap/tiny")
+    done = int(newest.stem.rsplit("_", 1)[1]) if newest else 0
+    resumed = Solver("solver.prototxt", max_iter=done + 2, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    assert resumed.iter == done + 2 and not list((workdir / "snap").glob(".*.tmp*"))
