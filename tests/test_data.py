@@ -216,3 +216,17 @@ def test_a_database_cut_short_or_damaged_is_named_not_a_crash(tmp_path):
         proc = _compute_mean(bad, tmp_path)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith(f"rapa compute-mean: error: database {bad}: damaged (")
+
+
+@pytest.mark.parametrize("batch", [7, 2000])
+def test_the_writer_grows_its_map_as_records_come(tmp_path, batch):
+    """The map starts small (a cluster's ulimit -v refuses a terabyte of address space) and
+    doubles when full, redoing the open transaction: every record arrives, in order."""
+    images, labels = random_images(60, h=32, w=32, classes=5)
+    with LmdbWriter(tmp_path / "db", batch=batch, map_size=64 << 10) as w:  # 64 KiB: ~20 images
+        for i in range(60):
+            w.put(b"%05d" % i, encode_raw(images[i], labels[i]))
+    assert w.map_size >= 60 * 3 * 32 * 32  # it grew, several times
+    got, got_labels = LmdbSource(tmp_path / "db").read_many(0, 60)
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)

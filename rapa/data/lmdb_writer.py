@@ -33,33 +33,71 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> None:
 class LmdbWriter:
     """with LmdbWriter(path) as w: w.put(key, value) ... ; written to path.tmp, then renamed."""
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, batch: int = 2000):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, batch: int = 2000,
+                 map_size: int = 64 << 20):
         self.path = pathlib.Path(path)
         check_output(self.path, overwrite)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.batch = batch
         self.count = 0
+        self.map_size = map_size
 
     def __enter__(self):
         import lmdb
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        # The map is virtual address space: the file grows only as records are written.
-        self.env = lmdb.open(str(self.tmp), map_size=1 << 40, subdir=True, lock=True,
+        # The map starts small and doubles when full (MapFullError: the open transaction is
+        # redone), instead of reserving a terabyte of address space that a cluster's
+        # `ulimit -v` refuses.
+        self.env = lmdb.open(str(self.tmp), map_size=self.map_size, subdir=True, lock=True,
                              meminit=False, map_async=True)
         self.txn = self.env.begin(write=True)
+        self.pending: list[tuple[bytes, bytes]] = []
         return self
 
     def put(self, key: bytes, value: bytes) -> None:
-        self.txn.put(key, value)
+        self.pending.append((key, value))
+        self._put(key, value)
         self.count += 1
         if self.count % self.batch == 0:
-            self.txn.commit()
+            self._commit()
             self.txn = self.env.begin(write=True)
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        import lmdb
+        try:
+            self.txn.put(key, value)
+        except lmdb.MapFullError:
+            self._grow()
+
+    def _commit(self) -> None:
+        import lmdb
+        while True:
+            try:
+                self.txn.commit()
+                break
+            except lmdb.MapFullError:
+                self._grow()
+        self.pending = []
+
+    def _grow(self) -> None:
+        """Abort the open transaction, double the map, and redo the transaction's puts."""
+        import lmdb
+        while True:
+            self.txn.abort()
+            self.map_size *= 2
+            self.env.set_mapsize(self.map_size)
+            self.txn = self.env.begin(write=True)
+            try:
+                for k, v in self.pending:
+                    self.txn.put(k, v)
+                return
+            except lmdb.MapFullError:
+                continue
 
     def __exit__(self, kind, value, tb):
         if kind is None:
-            self.txn.commit()
+            self._commit()
             self.env.sync(True)
             self.env.close()
             if self.path.exists():
