@@ -1,6 +1,7 @@
 """Analog Convolution and InnerProduct layers (rpu_param): products, pulsed updates, prototxt,
 snapshots and resume."""
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -203,3 +204,18 @@ def test_generated_analog_nets_build():
         # together).
         assert all(moved[b.name] for b in blobs if b.arrays is None), moved
         assert any(moved[b.name] for b in blobs if b.arrays is not None), moved
+
+
+@pytest.mark.parametrize("field,message", [
+    ("device { dw_min: inf }", "device.dw_min must be a finite number, got inf"),
+    ("device { w_max: inf }", "device.w_max must be a finite number, got inf"),
+    ("forward { max_bm_res: nan }", "forward.max_bm_res must be a finite number, got nan"),
+    ("backward { out_noise: nan }", "backward.out_noise must be a finite number, got nan"),
+])
+def test_rpu_numbers_must_be_finite(field, message):
+    from rapa.errors import RapaError
+    with pytest.raises(RapaError, match=f"layer 'c'.*{re.escape(message)}"):
+        _layer('name: "c" type: "InnerProduct" bottom: "x" top: "c" inner_product_param { '
+               f'num_output: 2 rpu_param {{ {field} }} }}', (1, 3))
+    _layer('name: "c" type: "InnerProduct" bottom: "x" top: "c" inner_product_param { '
+           'num_output: 2 rpu_param { forward { out_bound: inf } } }', (1, 3))  # no bound: fine

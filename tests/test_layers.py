@@ -340,3 +340,16 @@ def test_blobs_not_fed_are_named():
 def test_shape_and_setting_mismatches_name_the_layer(text, message):
     with pytest.raises(RapaError, match=message):
         build(text, (2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("text,field", [
+    ('type: "ReLU" relu_param { negative_slope: nan }', "relu_param.negative_slope"),
+    ('type: "LRN" lrn_param { alpha: nan }', "lrn_param.alpha"),
+    ('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 } param { lr_mult: nan }',
+     "param.lr_mult"),
+])
+def test_nan_in_any_layer_field_is_named(text, field):
+    from rapa.layers import make_layer
+    param = parse_text(f'name: "l" bottom: "x" top: "y" {text}', pb.LayerParameter())
+    with pytest.raises(RapaError, match=re.escape(f"layer 'l' ({param.type}): {field} is nan")):
+        make_layer(param, [(1, 2, 4, 4)], pb.TRAIN)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 NOISE_MANAGEMENT = ("none", "abs_max")
@@ -188,6 +188,16 @@ class RPUConfig:
     mapping: MappingParameters = field(default_factory=MappingParameters)
 
     def check(self, where: str = "rpu_param") -> None:
+        # NaN passes no comparison unnoticed and inf makes no device: every number finite,
+        # but the periphery's bounds and bound management's limit, where inf means "none".
+        unbounded = {"inp_bound", "out_bound", "max_bm_factor"}
+        for part in ("device", "forward", "backward", "update", "mapping"):
+            for f in fields(getattr(self, part)):
+                value = getattr(getattr(self, part), f.name)
+                if isinstance(value, float) and (math.isnan(value) or (
+                        math.isinf(value) and f.name not in unbounded)):
+                    raise ValueError(f"{where}: {part}.{f.name} must be a finite number, got "
+                                     f"{value}")
         self.device.check(where)
         self.forward.check(f"{where}: forward")
         self.backward.check(f"{where}: backward")

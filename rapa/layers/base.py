@@ -73,6 +73,24 @@ class ArrayWork:
     tiles: int     # nt: arrays working on them in parallel
 
 
+def first_nan(message, prefix: str = "") -> Optional[str]:
+    """The path (e.g. relu_param.negative_slope) of the first NaN among the float and double
+    fields of a protobuf message, its sub-messages included; None without one."""
+    from google.protobuf.descriptor import FieldDescriptor as FD
+    for fd, value in message.ListFields():
+        name = prefix + fd.name
+        values = value if fd.is_repeated else [value]
+        if fd.type in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
+            if any(v != v for v in values):
+                return name
+        elif fd.type == FD.TYPE_MESSAGE and not name.endswith("blobs"):
+            for v in values:
+                found = first_nan(v, name + ".")
+                if found:
+                    return found
+    return None
+
+
 class Layer(torch.nn.Module):
     type_name = ""
     # (fewest, most) bottoms and tops; None = any number.
@@ -89,6 +107,9 @@ class Layer(torch.nn.Module):
         self.param = param
         self.layer_name = param.name
         self.phase = phase
+        nan = first_nan(param)
+        if nan:  # passes every range check below it unnoticed
+            raise self.error(f"{nan} is nan")
         self._check_counts("bottom", len(param.bottom), self.bottoms)
         self._check_counts("top", len(param.top), self.tops)
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
