@@ -32,6 +32,8 @@ def count(value, name: str, minimum: int = 1) -> int:
     """An int >= minimum (channels, features, tiles); ValueError naming `name` otherwise."""
     if not _is_int(value) or value < minimum:
         raise ValueError(f"rapa: {name} must be >= {minimum} (an int), got {value!r}")
+    if value > 2**31 - 1:  # Caffe's int32 fields; the kernels' indices
+        raise ValueError(f"rapa: {name} must be < 2^31, got {value!r}")
     return int(value)
 
 

@@ -224,7 +224,14 @@ class Net(torch.nn.Module):
                     raise RapaError(f"layer '{e.layer.layer_name}' ({e.layer.type_name}): "
                                     f"{', '.join(fed)} fed but not "
                                     f"{', '.join(t for t in e.tops if t not in blobs)}")
-            tops = e.layer(*[blobs[b] for b in e.bottoms])
+            try:
+                tops = e.layer(*[blobs[b] for b in e.bottoms])
+            except (MemoryError, RuntimeError) as err:  # a top larger than memory
+                if not isinstance(err, MemoryError) and "allocate" not in str(err):
+                    raise
+                shapes = ", ".join(str(self.blob_shapes.get(t, "?")) for t in e.tops)
+                raise RapaError(f"layer '{e.layer.layer_name}' ({e.layer.type_name}): out of "
+                                f"memory computing its top(s) of shape {shapes}") from None
             for name, value in zip(e.tops, tops):
                 blobs[name] = value
         return blobs

@@ -126,8 +126,9 @@ class Layer(torch.nn.Module):
             return factory(*args, **kwargs)
         except ValueError as e:
             raise self.error(str(e).removeprefix("rapa: ")) from None
-        except (RuntimeError, MemoryError) as e:  # blobs larger than the machine's memory
-            if "allocate" not in str(e) and not isinstance(e, MemoryError):
+        except (RuntimeError, MemoryError) as e:  # blobs larger than memory (or than a size)
+            if not isinstance(e, MemoryError) and not any(
+                    k in str(e) for k in ("allocate", "overflow", "negative dimension")):
                 raise
             size = re.search(r"allocate (\d+) bytes", str(e))
             what = f"{int(size.group(1)) / 2**30:.1f} GiB" if size else "its blobs"
