@@ -209,8 +209,9 @@ def test_generated_analog_nets_build():
 @pytest.mark.parametrize("field,message", [
     ("device { dw_min: inf }", "device.dw_min must be a finite number, got inf"),
     ("device { w_max: inf }", "device.w_max must be a finite number, got inf"),
-    ("forward { max_bm_res: nan }", "forward.max_bm_res must be a finite number, got nan"),
-    ("backward { out_noise: nan }", "backward.out_noise must be a finite number, got nan"),
+    ("forward { max_bm_res: inf }", "forward.max_bm_res must be a finite number, got inf"),
+    ("backward { out_noise: -inf }", "backward.out_noise must be a finite number, got -inf"),
+    ("backward { out_noise: nan }", "inner_product_param.rpu_param.backward.out_noise is nan"),
 ])
 def test_rpu_numbers_must_be_finite(field, message):
     from rapa.errors import RapaError

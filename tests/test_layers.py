@@ -221,7 +221,7 @@ def test_relu_dropout_in_place_and_phases():
     ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MIXED '
      'kernel_size: 3 stride: 2 mu: 0 } }', "layer 'p' (Pooling): mu must be finite and > 0"),
     ('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MIXED '
-     'kernel_size: 3 stride: 2 beta_init: nan } }',
+     'kernel_size: 3 stride: 2 beta_init: inf } }',
      "layer 'p' (Pooling): beta_init must be finite"),
     ('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
      'num_output: 3 kernel_size: 3 group: 0 } }', "layer 'c' (Convolution): group must be >= 1"),
