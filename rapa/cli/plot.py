@@ -43,12 +43,13 @@ def run(args):
             ax_loss.plot([x[xkey] for x in train], [x["loss"] for x in train], label=label)
             drew = True
         key = accuracy_key(test, log) if test else None
-        for key in (key, f"{key}_vote") if key else ():
+        color = None  # a log's vote curve: its single-pass curve's colour, dashed
+        for key, vote in ((key, False), (f"{key}_vote", True)) if key else ():
             pts = [(x[xkey], 100 * (1 - x[key])) for x in test if key in x]
             if pts:
-                style = "-" if key == "accuracy" else "--"
-                ax_err.plot(*zip(*pts), style, marker=".",
-                            label=label + (" (vote)" if key.endswith("vote") else ""))
+                (line,) = ax_err.plot(*zip(*pts), "--" if vote else "-", marker=".",
+                                      color=color, label=label + (" (vote)" if vote else ""))
+                color = line.get_color()
                 drew = True
     if not drew:
         raise RapaError(f"{', '.join(args.logs)}: no training or test entries to draw")
