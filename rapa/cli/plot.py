@@ -55,6 +55,10 @@ def run(args):
         raise RapaError(f"{', '.join(args.logs)}: no training or test entries to draw")
     xlabel = "epoch" if args.epochs else "iteration"
     ax_loss.set(xlabel=xlabel, ylabel="training loss (smoothed)", yscale="log")
+    # Plain numbers on the log axis (2.3, not 2.3 x 10^0).
+    from matplotlib.ticker import FormatStrFormatter
+    for axis_formatter in (ax_loss.yaxis.set_major_formatter, ax_loss.yaxis.set_minor_formatter):
+        axis_formatter(FormatStrFormatter("%g"))
     ax_err.set(xlabel=xlabel, ylabel="test error [%]")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
