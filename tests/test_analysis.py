@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from rapa.analysis.fgsm import FgsmPoint, FgsmResult, gap_reduction, loss_sign, snr_db
 from rapa.analysis.filters import filter_images
 from rapa.analysis.reduce import chosen_tiles, reduce_kernel
-from rapa.analysis.similarity import filter_similarity
-from rapa.analysis.table import best_window, table_row
+from rapa.analysis.similarity import filter_similarity, net_similarity
+from rapa.analysis.table import TableRow, best_window, format_table, table_row
 from rapa.cli import main
 from rapa.net import Net
 from rapa.proto import pb
+from rapa.prototxt import parse_text
 from rapa.snapshot import load_weights, save_weights
 from test_solver import NET, SOLVER, workdir  # noqa: F401  (the fixture)
 
@@ -83,6 +84,41 @@ def test_snr_and_gap_reduction():
     gaps = gap_reduction(ours, base)
     assert gaps[0] == pytest.approx((0.85 - 0.7) / 0.3)  # baseline interpolated: 0.7 at 35 dB
     assert math.isnan(gaps[1])                           # outside the baseline's range
+
+
+def test_table_format_plain_and_markdown():
+    rows = [TableRow("none_max", 26.71, 24.84, None, 5, 10.0, 11),
+            TableRow("random_max_long_name", 32.95, None, 30.79, 3, None, 4)]
+    assert format_table(rows) == (
+        "net                   test (train) error %  vote error %  window  best by epoch  tests\n"
+        "none_max              26.7 (24.8)           -             5       10             11\n"
+        "random_max_long_name  33.0                  30.8          3       -              4")
+    assert format_table(rows, markdown=True) == (
+        "| net | test (train) error % | vote error % | window | best by epoch | tests |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
+        "| none_max | 26.7 (24.8) | - | 5 | 10 | 11 |\n"
+        "| random_max_long_name | 33.0 | 30.8 | 3 | - | 4 |")
+
+
+def test_net_similarity_per_layer_with_notes():
+    """Layer by layer: a perforated conv (one replica: no pairs), a 2-tile random conv (its
+    per-filter similarities), an untiled InnerProduct (skipped); scale does not matter."""
+    net = Net(parse_text("""
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "p" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2
+  kernel_size: 3 pad: 1 tiling_param { scheme: "perforated" num_tiles: 4 } } }
+layer { name: "r" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 3
+  kernel_size: 3 weight_filler { type: "gaussian" std: 0.001 }
+  tiling_param { scheme: "random" num_tiles: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "b" top: "c" inner_product_param {
+  num_output: 2 } }""", pb.NetParameter()), pb.TEST, source="n")
+    layers, notes = net_similarity(net)
+    weight = net.layer("r").kernel_replicas()[0]
+    expected = filter_similarity(weight)
+    assert [(x.layer, x.tiles, x.similarity, x.per_filter) for x in layers] == [
+        ("p", 1, None, []), ("r", 2, float(expected.mean()), expected.tolist())]
+    assert notes == ["p: one kernel replica, no pairs to compare", "ip: untiled, skipped"]
+    torch.testing.assert_close(filter_similarity(weight * 1000), expected)  # norms below 1
 
 
 def test_table_takes_the_best_window_with_its_training_error(tmp_path):
