@@ -17,6 +17,7 @@ from rapa.analysis.reduce import chosen_tiles, reduce_kernel
 from rapa.analysis.similarity import filter_similarity, net_similarity
 from rapa.analysis.table import TableRow, best_window, format_table, table_row
 from rapa.cli import main
+from rapa.errors import RapaError
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import parse_text
@@ -84,6 +85,26 @@ def test_snr_and_gap_reduction():
     gaps = gap_reduction(ours, base)
     assert gaps[0] == pytest.approx((0.85 - 0.7) / 0.3)  # baseline interpolated: 0.7 at 35 dB
     assert math.isnan(gaps[1])                           # outside the baseline's range
+
+
+def test_table_rows_read_test_net_0_and_refuse_what_is_no_accuracy(tmp_path):
+    log = tmp_path / "r_log.jsonl"
+
+    def write(*entries):
+        log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    # Accuracies 0 and 1 are accuracies; a second test net's lines are not the table's.
+    write({"iter": 1, "phase": "test", "net": 0, "accuracy": 1.0, "train_accuracy": 0.0},
+          {"iter": 1, "phase": "test", "net": 1, "accuracy": 0.5},
+          {"iter": 2, "phase": "test", "accuracy": 0.0, "train_accuracy": 1.0})
+    row = table_row(log, window=1)
+    assert (row.test_error, row.train_error, row.vote_error, row.tests) == (0.0, 100.0, None, 2)
+    for field, value in (("accuracy", 1.5), ("accuracy_vote", 1.01), ("accuracy_vote", -0.1),
+                         ("train_accuracy", 2.0), ("train_accuracy", -1e-9)):
+        entry = {"iter": 3, "phase": "test", "accuracy": 0.5, field: value}
+        write({"iter": 1, "phase": "test", "accuracy": 0.5}, entry)
+        with pytest.raises(RapaError, match=f"{log}: 'accuracy' at iteration 3 is not an "
+                                            r"accuracy in \[0, 1\]"):
+            table_row(log)
 
 
 def test_table_format_plain_and_markdown():
