@@ -93,11 +93,14 @@ def test_table_rows_read_test_net_0_and_refuse_what_is_no_accuracy(tmp_path):
     def write(*entries):
         log.write_text("".join(json.dumps(e) + "\n" for e in entries))
     # Accuracies 0 and 1 are accuracies; a second test net's lines are not the table's.
-    write({"iter": 1, "phase": "test", "net": 0, "accuracy": 1.0, "train_accuracy": 0.0},
+    write({"iter": 1, "phase": "test", "net": 0, "accuracy": 1.0, "train_accuracy": 0.0,
+           "accuracy_vote": 1.0},
           {"iter": 1, "phase": "test", "net": 1, "accuracy": 0.5},
           {"iter": 2, "phase": "test", "accuracy": 0.0, "train_accuracy": 1.0})
     row = table_row(log, window=1)
-    assert (row.test_error, row.train_error, row.vote_error, row.tests) == (0.0, 100.0, None, 2)
+    assert (row.test_error, row.train_error, row.vote_error, row.tests) == (0.0, 100.0, 0.0, 2)
+    write({"iter": 1, "phase": "test", "accuracy": 0.25})
+    assert table_row(log).vote_error is None  # no votes logged
     for field, value in (("accuracy", 1.5), ("accuracy_vote", 1.01), ("accuracy_vote", -0.1),
                          ("train_accuracy", 2.0), ("train_accuracy", -1e-9)):
         entry = {"iter": 3, "phase": "test", "accuracy": 0.5, field: value}
