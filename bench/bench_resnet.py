@@ -64,14 +64,8 @@ def handwritten_resnet(depth=32, width=1, classes=10) -> torch.nn.Module:
 
 
 def rapa_step(tiling, batch, width, device):
-    param = resnet.resnet_net(32, width, tiling, (16, 4, 1), batch=batch)
-    for layer in param.layer:  # in-memory batches instead of the LMDB
-        if layer.type == "Data":
-            layer.type = "Input"
-            layer.ClearField("data_param")
-            layer.ClearField("transform_param")
-            layer.input_param.shape.add(dim=[batch, 3, 32, 32])
-            layer.input_param.shape.add(dim=[batch])
+    param = resnet.with_inputs(resnet.resnet_net(32, width, tiling, (16, 4, 1), batch=batch),
+                               batch)
     net = Net(param, pb.TRAIN).to_device(device)
     net.train()
     sgd = SGD(net.learnable(), momentum=0.9, weight_decay=1e-4)

@@ -58,7 +58,11 @@ def _filler(kind: str, **kw) -> pb.FillerParameter:
 
 
 def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
-                brightness: float, strong: bool, scale: float = 1.0) -> None:
+                brightness: float = 0.0, strong: bool = False, scale: float = 1.0,
+                crop_pad: tuple[int, int] | None = None) -> None:
+    """The TRAIN and TEST Data layers of `ds` (LMDBs and mean file under data/<dataset>/);
+    training augmentation: mirror (not for SVHN), brightness, strong augmentation, and a
+    random crop_pad = (crop, pad) window of the padded image."""
     root = f"data/{ds.name}"
     for phase, split, size in ((pb.TRAIN, "train", batch), (pb.TEST, "test", test_batch)):
         layer = net.layer.add(name="data", type="Data", top=["data", "label"])
@@ -69,7 +73,10 @@ def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
             tp.scale = scale
         if phase == pb.TRAIN:
             tp.mirror = ds.name != "svhn"  # mirrored digits are other digits
-            tp.brightness = brightness
+            if brightness:
+                tp.brightness = brightness
+            if crop_pad:
+                tp.crop_size, tp.pad = crop_pad
             if strong:
                 tp.strong_augmentation.max_scale = 1.3
         layer.data_param.source = f"{root}/{ds.name}_{split}_lmdb"

@@ -19,26 +19,11 @@ is subtracted.
 """
 from __future__ import annotations
 
-from full import DATASETS, pb
+from full import DATASETS, data_layers, pb
 
 DEPTHS = (20, 32, 56)
 WIDTHS = (1, 2, 4)
 SHORTCUTS = ("A", "B")
-
-
-def _data_layers(net, ds, batch: int, test_batch: int) -> None:
-    root = f"data/{ds.name}"
-    for phase, split, size in ((pb.TRAIN, "train", batch), (pb.TEST, "test", test_batch)):
-        layer = net.layer.add(name="data", type="Data", top=["data", "label"])
-        layer.include.add(phase=phase)
-        tp = layer.transform_param
-        tp.mean_file = f"{root}/mean.binaryproto"
-        if phase == pb.TRAIN:
-            tp.mirror = ds.name != "svhn"
-            tp.crop_size, tp.pad = 32, 4
-        layer.data_param.source = f"{root}/{ds.name}_{split}_lmdb"
-        layer.data_param.batch_size = size
-        layer.data_param.backend = pb.DataParameter.LMDB
 
 
 def _conv(net, name, bottom, out, kernel, stride, tiling="none", tiles=1):
@@ -100,7 +85,7 @@ def resnet_net(depth: int = 32, width: int = 1, tiling: str = "none", tiles=(16,
     ds, n = DATASETS[dataset], (depth - 2) // 6
     name = f"{dataset}_resnet{depth}" + (f"x{width}" if width != 1 else "") + f"_{tiling}"
     net = pb.NetParameter(name=name)
-    _data_layers(net, ds, batch, test_batch)
+    data_layers(net, ds, batch, test_batch, crop_pad=(32, 4))
     x = _relu(net, "conv1_relu", _bn_scale(
         net, "conv1", _conv(net, "conv1", "data", 16 * width, 3, 1, tiling, tiles[0])))
     channels = 16 * width
@@ -162,3 +147,16 @@ def resnet_solver(net_path: str, prefix: str, dataset: str = "cifar10", batch: i
     sp.solver_mode = pb.SolverParameter.CPU
     sp.random_seed = 1
     return sp
+
+
+def with_inputs(param: pb.NetParameter, batch: int) -> pb.NetParameter:
+    """The net with its Data layers turned into Input layers of (batch, 3, 32, 32) images and
+    (batch,) labels, for batches held in memory (benchmarks, tests) instead of the LMDB."""
+    for layer in param.layer:
+        if layer.type == "Data":
+            layer.type = "Input"
+            layer.ClearField("data_param")
+            layer.ClearField("transform_param")
+            layer.input_param.shape.add(dim=[batch, 3, 32, 32])
+            layer.input_param.shape.add(dim=[batch])
+    return param

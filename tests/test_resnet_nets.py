@@ -18,13 +18,7 @@ F64 = torch.float64
 
 def build(depth, width, tiling, shortcut, batch=4):
     param = resnet.resnet_net(depth, width, tiling, (4, 4, 1), shortcut, batch=batch)
-    for layer in param.layer:  # in-memory batches instead of the LMDB
-        if layer.type == "Data":
-            layer.type = "Input"
-            layer.ClearField("data_param")
-            layer.ClearField("transform_param")
-            layer.input_param.shape.add(dim=[batch, 3, 32, 32])
-            layer.input_param.shape.add(dim=[batch])
+    param = resnet.with_inputs(param, batch)
     net = Net(param, pb.TRAIN).double()
     net.train()
     return net

@@ -255,8 +255,8 @@ def _train_cmd(workdir, *extra):
             "--no-progress", *extra]
 
 
-def test_interrupt_writes_snapshot_then_resume_matches(workdir):
-    setup_files(workdir, max_iter=400)
+def _start_training(workdir) -> subprocess.Popen:
+    """A `rapa train` process, returned once its log has 3 lines (it is mid-run)."""
     proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     log = workdir / "snap/tiny_log.jsonl"
@@ -264,6 +264,12 @@ def test_interrupt_writes_snapshot_then_resume_matches(workdir):
     while time.time() < deadline and proc.poll() is None and not (
             log.exists() and len(read_log_lines(log)) >= 3):
         time.sleep(0.05)
+    return proc
+
+
+def test_interrupt_writes_snapshot_then_resume_matches(workdir):
+    setup_files(workdir, max_iter=400)
+    proc = _start_training(workdir)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -462,13 +468,7 @@ def test_a_second_ctrl_c_stops_at_once_and_quietly(workdir, gap):
     while Python shuts down: what a shell reports as 130 too), no traceback, no abort, no
     temporary left for good, and the newest snapshot, if any, resumes."""
     setup_files(workdir, max_iter=400)
-    proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    log = workdir / "snap/tiny_log.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not (
-            log.exists() and len(read_log_lines(log)) >= 3):
-        time.sleep(0.05)
+    proc = _start_training(workdir)
     proc.send_signal(signal.SIGINT)
     time.sleep(gap)
     if proc.poll() is None:
