@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NORMALIZATIONS = ("full", "valid", "batch_size", "none")
+# Caffe takes log(max(prob, FLT_MIN)) in float and double alike: one prediction adds at most
+# -log(FLT_MIN) = 87.34 to the loss.
+LOSS_CAP = -math.log(torch.finfo(torch.float32).tiny)
 
 
 def _flat(scores: Tensor, labels: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -24,7 +27,9 @@ class SoftmaxWithLoss(torch.nn.Module):
     (N * ... values) -> a scalar. Labels equal to `ignore_label` add nothing. The sum is divided
     by the number of predictions ("full"), of those not ignored ("valid", Caffe's default), by
     the number of predictions per class position, i.e. the product of the dimensions before
-    `axis` (N for axis 1: "batch_size"), or not at all ("none")."""
+    `axis` (N for axis 1: "batch_size"), or not at all ("none"); a divisor below 1 (nothing
+    valid, an empty batch) is 1. As Caffe, one prediction adds at most -log(FLT_MIN) (LOSS_CAP),
+    and its gradient is softmax - onehot even then."""
 
     def __init__(self, axis: int = 1, ignore_label: Optional[int] = None,
                  normalization: str = "valid"):
@@ -40,14 +45,16 @@ class SoftmaxWithLoss(torch.nn.Module):
         target = labels.reshape(-1).long()
         valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None \
             else target != self.ignore_label
-        picked = logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
-        total = -(picked * valid).sum()
+        nll = -logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+        # Caffe's cap on the value; its backward ignores the cap, so the gradient passes.
+        nll = torch.where(nll > LOSS_CAP, LOSS_CAP + (nll - nll.detach()), nll)
+        total = (nll * valid).sum()
         if self.normalization == "valid":
             return total / valid.sum().clamp_min(1)
-        if self.normalization == "full":
-            return total / target.numel()
+        if self.normalization == "full":  # Caffe's get_normalizer: max(1, ...) in every mode
+            return total / max(1, target.numel())
         if self.normalization == "batch_size":  # Caffe's outer_num: the axes before `axis`
-            return total / math.prod(scores.shape[:self.axis])
+            return total / max(1, math.prod(scores.shape[:self.axis]))
         return total
 
 
@@ -68,8 +75,10 @@ def vote(passes: list[Tensor]) -> Tensor:
 class Accuracy(torch.nn.Module):
     """Caffe's Accuracy: the fraction of predictions whose `top_k` scores along `axis` hold the
     label, predictions labelled `ignore_label` left out; scores (N, K, ...) and labels (one per
-    prediction) -> a scalar of the scores' dtype. `vote_accuracy` scores the majority vote of
-    several passes the same way."""
+    prediction) -> a scalar of the scores' dtype, 0 when no prediction counts. As Caffe's
+    accuracy_layer.cpp, a prediction is a hit when fewer than `top_k` other classes score at
+    least the label's score: a tie counts against the label (and a NaN label score is a hit).
+    `vote_accuracy` scores the majority vote of several passes the same way."""
 
     def __init__(self, top_k: int = 1, axis: int = 1, ignore_label: Optional[int] = None):
         super().__init__()
@@ -78,11 +87,14 @@ class Accuracy(torch.nn.Module):
         self.top_k, self.axis, self.ignore_label = top_k, axis, ignore_label
 
     def _score(self, ranking: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
-        hit = (ranking.topk(self.top_k, dim=1).indices == target.unsqueeze(1)).any(1)
-        if self.ignore_label is None:
-            return hit.to(dtype).mean()
-        valid = target != self.ignore_label
-        return ((hit & valid).sum() / valid.sum().clamp_min(1)).to(dtype)
+        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None \
+            else target != self.ignore_label
+        own = ranking.gather(1, torch.where(valid, target, 0).unsqueeze(1))
+        # Caffe counts the classes scoring >= the label's, the label included: not topk, whose
+        # order among ties is arbitrary.
+        hit = (ranking >= own).sum(1) <= self.top_k
+        work = torch.promote_types(dtype, torch.float32)  # Caffe divides in its Dtype
+        return ((hit & valid).sum().to(work) / valid.sum().clamp_min(1).to(work)).to(dtype)
 
     @torch.no_grad()
     def forward(self, scores: Tensor, labels: Tensor) -> Tensor:
