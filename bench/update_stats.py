@@ -1,4 +1,5 @@
-"""One pulsed update's weight-change statistics: rapa.rpu_update against aihwkit 1.1.0.
+"""One pulsed update's weight-change statistics, and the forward and backward periphery's
+products: rapa.rpu_update and rapa.analog_mvm against aihwkit 1.1.0.
 
     python bench/update_stats.py --aihwkit-python /path/to/aihwkit-env/bin/python
 
@@ -12,7 +13,12 @@ largest expected by chance), how many elements have |z| > 4, and the ratio of th
 deviations (rapa / aihwkit, over elements whose change varies by at least dw_min / 10; its
 statistical spread is about 1/sqrt(2 repetitions)). Then the
 device-to-device draws of a default device: mean and spread, relative to the nominal value.
-aihwkit needs torch 2.10.0, so it runs in its own environment (bench/aihwkit_update.py).
+Then the periphery: for each case both simulators compute the same products (W x forward or
+W^T d backward, each side with its own default IOParameters plus the case's overrides)
+--repetitions times; per output, the difference of means in standard errors (z) and the ratio
+of the spreads; cases without noise must agree to float32 rounding (max |difference|).
+aihwkit needs torch 2.10.0, so it runs in its own environment (bench/aihwkit_update.py,
+bench/aihwkit_periphery.py).
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import torch
 
 from rapa.analog import ConstantStepDevice, RPUConfig, UpdateParameters
 from rapa.analog.arrays import AnalogArrays
-from rapa.analog.ops import rpu_update
+from rapa.analog.ops import analog_mvm, rpu_update
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 O, K = 8, 16
@@ -102,6 +108,59 @@ def device_to_device(theirs: dict, shape) -> list[dict]:
     return rows
 
 
+def periphery_cases(repetitions: int) -> list[dict]:
+    """Products through each simulator's default periphery (7-bit DAC, 9-bit ADC, noise 0.06,
+    out_bound 12, noise management; bound management forward only) and edge cases of it."""
+    g = torch.Generator().manual_seed(8)
+    w = 1.5 * torch.randn(8, 64, generator=g)            # outputs up to about 3x out_bound
+    x, d = torch.randn(16, 64, generator=g), torch.randn(16, 8, generator=g)
+    quiet = {"out_noise": 0.0}
+    at_bound = torch.tensor([[12.01], [-12.01], [12.04], [11.99]])
+    base = dict(weights=w.tolist(), repetitions=repetitions)
+    return [
+        dict(base, name="forward, defaults (BM on)", direction="forward", rows=x.tolist(),
+             io={}, seed=1),
+        dict(base, name="forward, no bound management", direction="forward", rows=x.tolist(),
+             io={"bound_management": "NONE"}, seed=2),
+        dict(base, name="backward, defaults (no BM in both)", direction="backward",
+             rows=d.tolist(), io={}, seed=3),
+        dict(base, name="forward, outputs at the bound, no noise", direction="forward",
+             weights=at_bound.tolist(), rows=[[1.0]], io=quiet, seed=4, repetitions=2),
+        dict(base, name="forward, DAC step 0.4 over [-1, 1], no noise", direction="forward",
+             weights=torch.eye(4).tolist(), rows=[[1.3, 0.95, -1.3, 0.3]],
+             io={**quiet, "inp_res": 0.2, "noise_management": "NONE"}, seed=5, repetitions=2),
+    ]
+
+
+def rapa_products(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    defaults = RPUConfig()
+    io = defaults.forward if case["direction"] == "forward" else defaults.backward
+    fields = {k: (v.lower() if isinstance(v, str) else v) for k, v in case["io"].items()}
+    io = dataclasses.replace(io, **fields)
+    w = torch.tensor(case["weights"]).unsqueeze(0)
+    rows = torch.tensor(case["rows"])
+    r = case["repetitions"]
+    ys = analog_mvm(rows.repeat(r, 1), w, torch.zeros(r * rows.shape[0], dtype=torch.long), io,
+                    transposed=case["direction"] == "backward")
+    ys = ys.double().view(r, rows.shape[0], -1)
+    return ys.mean(0), ys.std(0)
+
+
+def compare_periphery(case: dict, theirs: dict) -> dict:
+    mean_r, std_r = rapa_products(case)
+    mean_a, std_a = torch.tensor(theirs["mean"]), torch.tensor(theirs["std"])
+    row = {"case": case["name"], "outputs": mean_r.numel(),
+           "max_abs_difference": (mean_r - mean_a).abs().max().item()}
+    se = ((std_a ** 2 + std_r ** 2) / case["repetitions"]).sqrt()
+    noisy = se > 0
+    if noisy.any():
+        z = (mean_r - mean_a)[noisy] / se[noisy]
+        ratio = (std_r / std_a)[std_a > 0]
+        row.update(max_abs_z=z.abs().max().item(), over_4=int((z.abs() > 4).sum()),
+                   std_ratio_median=ratio.median().item())
+    return row
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +179,14 @@ def main():
         subprocess.run([args.aihwkit_python, str(ROOT / "bench/aihwkit_update.py"), str(src),
                         str(dst)], check=True)
         theirs = json.loads(dst.read_text())
+        periphery = {"cases": periphery_cases(args.repetitions)}
+        src.write_text(json.dumps(periphery))
+        subprocess.run([args.aihwkit_python, str(ROOT / "bench/aihwkit_periphery.py"), str(src),
+                        str(dst)], check=True)
+        theirs_periphery = json.loads(dst.read_text())
     rows = [compare(c, t) for c, t in zip(spec["cases"], theirs["cases"])]
+    products = [compare_periphery(c, t)
+                for c, t in zip(periphery["cases"], theirs_periphery["cases"])]
     d2d = device_to_device(theirs["device_to_device"], spec["d2d_shape"])
     print(f"One update, {O}x{K} devices, {args.repetitions} repetitions per side "
           "(rapa.rpu_update vs aihwkit 1.1.0, the same device draws)")
@@ -135,9 +201,20 @@ def main():
     for r in d2d:
         print(f"  {r['draw']:<8} rapa {r['rapa_mean']:6.3f} ({r['rapa_spread']:.3f})   "
               f"aihwkit {r['aihwkit_mean']:6.3f} ({r['aihwkit_spread']:.3f})")
+    print(f"Products through the periphery, {args.repetitions} repetitions per side "
+          "(rapa.analog_mvm vs aihwkit 1.1.0, each with its default IOParameters)")
+    print(f"  {'case':<44} {'outputs':>7} {'max|z|':>6} {'|z|>4':>6} {'std ratio':>9} "
+          f"{'max|diff|':>10}")
+    for r in products:
+        noisy = "max_abs_z" in r
+        print(f"  {r['case']:<44} {r['outputs']:7d} "
+              + (f"{r['max_abs_z']:6.2f} {r['over_4']:6d} {r['std_ratio_median']:9.3f} "
+                 if noisy else f"{'-':>6} {'-':>6} {'-':>9} ")
+              + f"{r['max_abs_difference']:10.2e}")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"updates": rows, "device_to_device": d2d}, indent=1))
+    out.write_text(json.dumps({"updates": rows, "device_to_device": d2d,
+                               "periphery": products}, indent=1))
 
 
 if __name__ == "__main__":

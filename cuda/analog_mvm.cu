@@ -15,14 +15,14 @@ __global__ void prepare_kernel(const S* __restrict__ x, const int64_t* __restric
     const S* __restrict__ scale, int64_t R, int64_t In, S bound, S step, S* __restrict__ out) {
   RAPA_KERNEL_LOOP(idx, R * In) {
     const int64_t r = idx / In, k = idx % In;
-    out[idx] = clip_quantize<S>(x[rows[r] * In + k] * (S(1) / scale[r]), bound, step);
+    out[idx] = quantize_clip<S>(x[rows[r] * In + k] * (S(1) / scale[r]), bound, step);
   }
 }
 
 template <typename S>
 __global__ void noise_kernel(S* __restrict__ y, const int64_t* __restrict__ rows,
     const int64_t* __restrict__ seed, const S* __restrict__ table, int64_t R, int64_t Out,
-    int64_t M, int64_t pass, S noise, S bound, bool* __restrict__ saturated) {
+    int64_t M, int64_t pass, S noise, S bound, S step, bool* __restrict__ saturated) {
   const uint64_t key = mix_seed(static_cast<uint64_t>(seed[0]), kStreamOutNoise);
   RAPA_KERNEL_LOOP(idx, R * Out) {
     const int64_t r = idx / Out, o = idx % Out;
@@ -31,7 +31,7 @@ __global__ void noise_kernel(S* __restrict__ y, const int64_t* __restrict__ rows
       v += noise * normal_draw(table, key, (static_cast<uint64_t>(pass) * M + rows[r]) * Out + o);
       y[idx] = v;
     }
-    if (!(fabs(v) <= bound)) saturated[r] = true;  // NaN counts as saturated
+    if (adc_saturates(v, bound, step)) saturated[r] = true;
   }
 }
 
@@ -42,7 +42,7 @@ __global__ void write_out_kernel(const S* __restrict__ yr, const int64_t* __rest
   RAPA_KERNEL_LOOP(idx, R * Out) {
     const int64_t r = idx / Out, o = idx % Out;
     if (redo[r]) continue;
-    y[rows[r] * Out + o] = clip_quantize<S>(yr[idx], bound, step) * scale[r];
+    y[rows[r] * Out + o] = quantize_clip<S>(yr[idx], bound, step) * scale[r];
   }
 }
 
@@ -74,7 +74,8 @@ struct CudaAnalogKernels {
                                c10::cuda::getCurrentCUDAStream()>>>(
           y.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), seed.data_ptr<int64_t>(),
           table.data_ptr<scalar_t>(), R, Out, M, pass, static_cast<scalar_t>(io.out_noise),
-          static_cast<scalar_t>(io.out_bound), saturated.data_ptr<bool>());
+          static_cast<scalar_t>(io.out_bound), static_cast<scalar_t>(io.out_step),
+          saturated.data_ptr<bool>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return saturated;

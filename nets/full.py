@@ -97,8 +97,21 @@ def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
         cp.tiling_param.scheme = tiling
         cp.tiling_param.num_tiles = tiles
     if rpu:
-        cp.rpu_param.preset = rpu
+        analog(cp.rpu_param, rpu)
     return name
+
+
+# The weights each analog layer must be able to reach (rapa.analog.MappingParameters): the
+# floating-point Full net's grow to at most 0.16-0.22 per layer in 10 epochs (conv1 from a
+# filler of std 1e-4), and the devices' bounds vary by 30%; without it each array's scale
+# comes from its largest initial weight and conv1 could not pass about 1e-3 (README).
+ANALOG_WEIGHT_RANGE = 0.3
+
+
+def analog(param, preset: str) -> None:
+    """An rpu_param: the preset, with room for the weights to grow (ANALOG_WEIGHT_RANGE)."""
+    param.preset = preset
+    param.mapping.weight_range = ANALOG_WEIGHT_RANGE
 
 
 def pool(net, name, bottom, method, beta_decay=0.0):
@@ -167,7 +180,7 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
     ip.inner_product_param.weight_filler.CopyFrom(_filler("gaussian", std=0.01))
     ip.inner_product_param.bias_filler.CopyFrom(_filler("constant"))
     if rpu:
-        ip.inner_product_param.rpu_param.preset = rpu
+        analog(ip.inner_product_param.rpu_param, rpu)
     acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["ip1", "label"],
                         top=["accuracy"])
     acc.include.add(phase=pb.TEST)

@@ -63,11 +63,21 @@ RAPA_HD inline double round_even(double v) {
 #endif
 }
 
-// Clips v to [-bound, bound], then rounds it to a multiple of step (step 0: no rounding).
+// Rounds v to a multiple of step (step 0: no rounding), then clips it to [-bound, bound]: the
+// converters' order in aihwkit 1.1.0 (getDiscretizedValue, then the bound), so an output never
+// exceeds the bound even when the bound is not a multiple of the step.
 template <typename S>
-RAPA_HD inline S clip_quantize(S v, S bound, S step) {
-  v = v > bound ? bound : (v < -bound ? -bound : v);
-  return step > S(0) ? round_even(v / step) * step : v;
+RAPA_HD inline S quantize_clip(S v, S bound, S step) {
+  v = step > S(0) ? round_even(v / step) * step : v;
+  return v > bound ? bound : (v < -bound ? -bound : v);
+}
+
+// Whether the ADC saturates on v: its rounded value lies beyond the bound (strictly; aihwkit
+// 1.1.0's bound test, after the rounding). NaN does not saturate, as there.
+template <typename S>
+RAPA_HD inline bool adc_saturates(S v, S bound, S step) {
+  v = step > S(0) ? round_even(v / step) * step : v;
+  return v > bound || v < -bound;
 }
 
 // The table of Gaussian quantiles on `device`, in dtype `dtype`, built once per pair.

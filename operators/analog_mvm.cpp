@@ -30,7 +30,7 @@ struct CpuAnalogKernels {
           const scalar_t* xr = src + row[r] * In;
           const scalar_t inv = scalar_t(1) / s[r];
           for (int64_t k = 0; k < In; ++k)
-            dst[r * In + k] = clip_quantize<scalar_t>(xr[k] * inv, bound, step);
+            dst[r * In + k] = quantize_clip<scalar_t>(xr[k] * inv, bound, step);
         }
       });
     });
@@ -49,7 +49,7 @@ struct CpuAnalogKernels {
       scalar_t* v = y.data_ptr<scalar_t>();
       const int64_t* row = rows.data_ptr<int64_t>();
       bool* sat = saturated.data_ptr<bool>();
-      const scalar_t noise = io.out_noise, bound = io.out_bound;
+      const scalar_t noise = io.out_noise, bound = io.out_bound, step = io.out_step;
       at::parallel_for(0, R, 16, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           scalar_t* yr = v + r * Out;
@@ -57,7 +57,7 @@ struct CpuAnalogKernels {
           bool any = false;
           for (int64_t o = 0; o < Out; ++o) {
             if (noise > 0) yr[o] += noise * normal_draw(z, key, base + o);
-            any |= !(std::abs(yr[o]) <= bound);  // NaN counts as saturated
+            any |= adc_saturates(yr[o], bound, step);
           }
           sat[r] = any;
         }
@@ -83,7 +83,7 @@ struct CpuAnalogKernels {
           if (skip[r]) continue;
           scalar_t* out = dst + row[r] * Out;
           for (int64_t o = 0; o < Out; ++o)
-            out[o] = clip_quantize<scalar_t>(src[r * Out + o], bound, step) * s[r];
+            out[o] = quantize_clip<scalar_t>(src[r * Out + o], bound, step) * s[r];
         }
       });
     });

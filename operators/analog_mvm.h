@@ -1,16 +1,17 @@
 // rapa::analog_mvm, device-agnostic part: an analog array's matrix-vector products, one per row.
 //
-// Per row (Gokmen & Vlasov 2016; Gokmen et al. 2017): the input is divided by its absolute
-// maximum (noise management), clipped to the DAC's bound and rounded to its step; the array
-// multiplies (W x, or W^T d when transposed); Gaussian noise joins each output; while any output
-// of a row saturates (|y| >= out_bound), bound management repeats that row with its input
-// halved, until the total reduction would pass max_bm_factor; the outputs are clipped and
-// rounded by the ADC, and the scales are undone digitally. A row with an all-zero input, or
+// Per row (Gokmen & Vlasov 2016; Gokmen et al. 2017), in aihwkit 1.1.0's order
+// (ForwardBackwardPassIOManaged): the input is divided by its absolute maximum (noise
+// management), rounded to the DAC's step and clipped to its bound; the array multiplies (W x, or
+// W^T d when transposed); Gaussian noise joins each output; the ADC rounds each output to its
+// step; while any rounded output of a row lies beyond out_bound (strictly), bound management
+// repeats that row with its input halved, until the total reduction would pass max_bm_factor;
+// the outputs are clipped and the scales undone digitally. A row with an all-zero input, or
 // with tile -1, outputs zero.
 //
 // This header holds the loop over passes and the per-array products (ATen); `Kernels` supplies
 // the three elementwise steps for one device:
-//   prepare(x, rows, scale, io) -> (R, In) scaled, clipped, quantized inputs of `rows`
+//   prepare(x, rows, scale, io) -> (R, In) scaled, quantized, clipped inputs of `rows`
 //   add_noise_and_test(y, rows, seed, pass, M, io) -> bool (R,): noise added in place, saturation
 //   write_out(y_rows, rows, scale, redo, io, y): outputs of the rows not redone, into y
 //   row_absmax(x) -> (M,) the largest |x| of each row

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+from typing import Callable, Optional
 
 import torch
 
@@ -40,9 +42,15 @@ def save_weights(net: Net, path) -> None:
 
 
 @torch.no_grad()
-def load_weights(net: Net, path) -> list[str]:
+def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) -> list[str]:
     """Copy the blobs of every layer of `path` whose name the net has (Caffe's
-    CopyTrainedLayersFrom); returns the names of the net's layers with blobs it did not find."""
+    CopyTrainedLayersFrom); returns the names of the net's layers with blobs it did not find.
+
+    A layer on analog arrays whose entry lacks the arrays' blobs (device draws and scales: a
+    model of the digital net) gets digital weights: they are mapped onto the arrays as the
+    fillers' are at set-up (rapa.analog.MappingParameters: scale, then clip to the devices'
+    bounds), and `say` (default: standard error) tells how many were clipped."""
+    say = say or (lambda text: print(text, file=sys.stderr))
     model = read_binary(path, pb.NetParameter())
     if not model.layer and model.ByteSize():
         raise RapaError(f"{path}: holds no 'layer' entries (a V1 model? upgrade it with "
@@ -58,9 +66,15 @@ def load_weights(net: Net, path) -> list[str]:
         if lp is None:
             missing.append(layer.layer_name)
             continue
-        # State blobs may be left out (a fixed partition: a Caffe model of the untiled net),
-        # but not all blobs of a layer (a BatchNorm without its statistics, as Caffe refuses).
-        if len(lp.blobs) not in {len(learn) or None, len(learn) + len(state)}:
+        arrays = [(i, a) for i, a in ((i, layer.blob_arrays(i)) for i in range(len(learn)))
+                  if a is not None]
+        device_state = sum(len(a.state_blobs()) for _, a in arrays)  # the last state blobs
+        # State blobs may be left out (a fixed partition: a Caffe model of the untiled net;
+        # the arrays' blobs: a model of the digital net), but not all blobs of a layer (a
+        # BatchNorm without its statistics, as Caffe refuses).
+        counts = {len(learn) or None, len(learn) + len(state),
+                  len(learn) + len(state) - device_state}
+        if len(lp.blobs) not in counts:
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
                             f"net's layer has {len(learn)} learnable (+{len(state)} state)")
         for i, blob in enumerate(lp.blobs):
@@ -83,6 +97,13 @@ def load_weights(net: Net, path) -> list[str]:
                 target.copy_(value.reshape(target.shape))
             else:
                 layer.load_state_blob(i - len(learn), value)
+        if arrays and len(lp.blobs) < len(learn) + len(state):
+            for i, a in arrays:
+                clipped = a.map_(learn[i].view(a.dw_up.shape))
+                if clipped:
+                    say(f"{path}: layer '{layer.layer_name}': {clipped} of {learn[i].numel()} "
+                        f"digital weights lie beyond their devices' bounds and were clipped "
+                        f"(rpu_param: device w_min/w_max, mapping)")
     return missing
 
 

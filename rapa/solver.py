@@ -326,7 +326,7 @@ class Solver:
             for w in weights.split(","):
                 # Caffe's fine-tuning: layers the file lacks keep their fillers' values; a
                 # file that has none of the net's layers is a mistake, not a fine-tuning.
-                missing = load_weights(self.net, w)
+                missing = load_weights(self.net, w, say=self.say)
                 with_blobs = [e.layer.layer_name for e in self.net.entries
                               if e.layer.learnable_blobs() or e.layer.state_blobs()]
                 if with_blobs and len(missing) == len(with_blobs):

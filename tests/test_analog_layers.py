@@ -1,6 +1,8 @@
 """Analog Convolution and InnerProduct layers (rpu_param): products, pulsed updates, prototxt,
 snapshots and resume."""
 import dataclasses
+import importlib.util
+import pathlib
 import re
 
 import pytest
@@ -11,9 +13,11 @@ import rapa  # noqa: F401
 from rapa.analog import MappingParameters, from_proto, perfect
 from rapa.analog.arrays import AnalogArrays, analog_conv
 from rapa.layers.base import make_layer
+from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import parse_text
 from rapa.sgd import SGD
+from rapa.snapshot import load_weights, save_weights
 from rapa.solver import Solver
 from test_solver import NET, SOLVER, weights, workdir  # noqa: F401  (the fixture)
 
@@ -102,13 +106,22 @@ def test_pulsed_update_of_an_ideal_conv_is_sgd_on_average(omega, scale, dw_min, 
 
 
 def test_rpu_param_in_prototxt_overrides_the_preset():
-    msg = parse_text('preset: "rasch_2019" device { dw_min: 0.002 } '
+    msg = parse_text('preset: "rasch_2019" device { dw_min: 0.002 enforce_consistency: false } '
                      'forward { out_noise: 0.1 bound_management: "none" } '
-                     'update { desired_bl: 15 }', pb.RPUParameter())
+                     'backward { bound_management: "iterative" } '
+                     'mapping { weight_range: 0.25 } update { desired_bl: 15 }',
+                     pb.RPUParameter())
     cfg = from_proto(msg)
     assert cfg.device.dw_min == pytest.approx(0.002) and cfg.device.up_down_dtod == 0
+    assert cfg.device.enforce_consistency is False
     assert cfg.forward.out_noise == pytest.approx(0.1)
     assert cfg.forward.bound_management == "none" and cfg.backward.bound_management == "iterative"
+    assert cfg.mapping.weight_range == pytest.approx(0.25)
+    # aihwkit 1.1.0: bound management in the forward pass only, consistent devices.
+    default = from_proto(pb.RPUParameter())
+    assert default.forward.bound_management == "iterative"
+    assert default.backward.bound_management == "none"
+    assert default.device.enforce_consistency is True and default.mapping.weight_range == 0
     assert cfg.update.desired_bl == 15
     assert from_proto(pb.RPUParameter(preset="rasch_2019")).device.dw_min == 0.00025
     assert from_proto(pb.RPUParameter(preset="rasch_2019")).mapping.weight_scaling_omega == 0.6
@@ -220,3 +233,114 @@ def test_rpu_numbers_must_be_finite(field, message):
                f'num_output: 2 rpu_param {{ {field} }} }}', (1, 3))
     _layer('name: "c" type: "InnerProduct" bottom: "x" top: "c" inner_product_param { '
            'num_output: 2 rpu_param { forward { out_bound: inf } } }', (1, 3))  # no bound: fine
+
+
+def _ip_net(rpu=""):
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 } } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '
+            f'num_output: 1 bias_term: false {rpu} }} }}')
+    return Net(parse_text(text, pb.NetParameter()), pb.TEST)
+
+
+def test_digital_weights_loaded_into_an_analog_layer_are_mapped_like_fillers(tmp_path):
+    digital = _ip_net()
+    with torch.no_grad():
+        digital.layer("ip").module.weight.copy_(torch.tensor([[0.4, -1.5]]))
+    save_weights(digital, tmp_path / "digital.caffemodel")
+    said = []
+    # Without weight scaling (gokmen_vlasov_2016): the weights are conductances, clipped to
+    # each device's bounds; the clipping is reported.
+    torch.manual_seed(0)
+    net = _ip_net('rpu_param { device { w_max_dtod: 0 w_min_dtod: 0 } }')
+    load_weights(net, tmp_path / "digital.caffemodel", say=said.append)
+    w = net.layer("ip").module.weight.detach()
+    torch.testing.assert_close(w, torch.tensor([[0.4, -0.6]]))
+    assert said == [f"{tmp_path / 'digital.caffemodel'}: layer 'ip': 1 of 2 digital weights lie "
+                    f"beyond their devices' bounds and were clipped (rpu_param: device "
+                    f"w_min/w_max, mapping)"]
+    # With weight scaling (rasch_2019): the scale comes from the loaded weights, not from the
+    # filler's, and the layer computes W x (perfect periphery).
+    rasch = ('rpu_param { preset: "rasch_2019" forward { is_perfect: true } '
+             'device { w_max_dtod: 0 w_min_dtod: 0 } }')
+    net = _ip_net(rasch)
+    said.clear()
+    load_weights(net, tmp_path / "digital.caffemodel", say=said.append)
+    m = net.layer("ip").module
+    assert m.arrays.out_scale.item() == pytest.approx(1.5 / 0.6) and not said
+    torch.testing.assert_close(m.weight.detach(), torch.tensor([[0.4, -1.5]]) / 2.5)
+    x = torch.tensor([[1.0, 1.0], [0.5, -2.0], [0.0, 1.0]])
+    torch.testing.assert_close(m(x), x @ torch.tensor([[0.4], [-1.5]]), rtol=1e-6, atol=1e-6)
+    # An analog model (conductances, draws and scales) loads as it was saved: no second mapping.
+    save_weights(net, tmp_path / "analog.caffemodel")
+    again = _ip_net(rasch)
+    load_weights(again, tmp_path / "analog.caffemodel", say=said.append)
+    for a, b in zip(again.layer("ip").learnable_blobs() + again.layer("ip").state_blobs(),
+                    net.layer("ip").learnable_blobs() + net.layer("ip").state_blobs()):
+        assert torch.equal(a, b)
+    assert not said
+
+
+def test_a_tiled_digital_model_loads_into_the_analog_tiled_net(tmp_path):
+    # A random_fixed digital model carries its partition but no device draws: accepted, and
+    # every array gets its own scale from its own loaded replica.
+    conv = ('layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ dim: 1 dim: 2 '
+            'dim: 6 dim: 6 }} }} }}\n'
+            'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param {{ '
+            'num_output: 3 kernel_size: 3 pad: 1 weight_filler {{ type: "gaussian" std: 1 }} '
+            'tiling_param {{ scheme: "random_fixed" num_tiles: 4 }} {} }} }}')
+    digital = Net(parse_text(conv.format(""), pb.NetParameter()), pb.TEST)
+    analog = Net(parse_text(conv.format('rpu_param { preset: "rasch_2019" }'),
+                            pb.NetParameter()), pb.TEST)
+    save_weights(digital, tmp_path / "d.caffemodel")
+    load_weights(analog, tmp_path / "d.caffemodel", say=lambda text: None)
+    w = digital.layer("c").module.weight.detach()
+    m = analog.layer("c").module
+    alpha = w.abs().amax(dim=(1, 2, 3, 4)) / 0.6
+    torch.testing.assert_close(m.arrays.out_scale, alpha)
+    clipped = torch.minimum(torch.maximum(w.view(4, 3, 18) / alpha.view(4, 1, 1),
+                                          m.arrays.w_min), m.arrays.w_max)
+    torch.testing.assert_close(m.weight3().detach(), clipped)
+    assert torch.equal(m.scheme.partition, digital.layer("c").module.scheme.partition)
+
+
+def test_weight_range_leaves_room_for_learning():
+    # alpha = max(max |W0|, weight_range) / omega: a filler of std 1e-4 no longer fills the
+    # devices' range, and the weights may grow to weight_range before they saturate.
+    torch.manual_seed(4)
+    cfg = _ideal(perfect(), 1e-3, bound=0.6)
+    cfg.mapping = MappingParameters(weight_scaling_omega=0.6, weight_range=0.3)
+    w = torch.randn(2, 5, 27, dtype=torch.float64) * torch.tensor([1e-4, 1.0],
+                                                                   dtype=torch.float64).view(2, 1, 1)
+    arrays = AnalogArrays(cfg, (2, 5, 27)).double()
+    wa = w.clone()
+    arrays.map_(wa)
+    expect = torch.stack([torch.tensor(0.3, dtype=torch.float64), w[1].abs().max()]) / 0.6
+    torch.testing.assert_close(arrays.out_scale, expect)
+    torch.testing.assert_close(arrays.out_scale.view(2, 1, 1) * wa, w)
+    with pytest.raises(ValueError, match="weight_range needs weight_scaling_omega > 0"):
+        from_proto(parse_text("mapping { weight_range: 0.3 }", pb.RPUParameter()))
+    with pytest.raises(ValueError, match="weight_range must be >= 0"):
+        from_proto(parse_text('preset: "rasch_2019" mapping { weight_range: -1 }',
+                              pb.RPUParameter()))
+
+
+def test_analog_reach_counts_the_weights_beyond_the_arrays(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "analog_reach", pathlib.Path(__file__).parents[1] / "tools" / "analog_reach.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 } } }\n'
+           'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '
+           'num_output: 2 bias_term: false weight_filler { type: "constant" value: 0.1 } %s } }')
+    (tmp_path / "analog.prototxt").write_text(net % (
+        'rpu_param { preset: "rasch_2019" device { w_max_dtod: 0 w_min_dtod: 0 } }'))
+    digital = Net(parse_text(net % "", pb.NetParameter()), pb.TEST)
+    # alpha = 0.1 / 0.6 from the filler: reach +-0.1 (4 of 8 beyond); with weight_range 0.3,
+    # +-0.3 (1 of 8).
+    with torch.no_grad():
+        digital.layer("ip").module.weight.copy_(torch.tensor([[0.05, 0.2, -0.2, 0.25],
+                                                              [0.0, 0.1, -0.1, 0.5]]))
+    save_weights(digital, tmp_path / "fp.caffemodel")
+    args = (str(tmp_path / "analog.prototxt"), str(tmp_path / "fp.caffemodel"))
+    assert tool.reach(*args, None, 1)[0].startswith("ip: 50.0% of the weights beyond reach")
+    assert tool.reach(*args, 0.3, 1)[0].startswith("ip: 12.5% of the weights beyond reach")

@@ -1,5 +1,6 @@
-"""rapa::analog_mvm and rapa::rpu_update against plain references and the theory of the
-pulsed update (Gokmen & Vlasov 2016), in float64 with fresh random inputs."""
+"""rapa::analog_mvm and rapa::rpu_update against plain references, aihwkit 1.1.0's rules (its
+ForwardBackwardPassIOManaged and PulsedRPUDevice::populate) and the theory of the pulsed update
+(Gokmen & Vlasov 2016), in float64 with fresh random inputs, on every device (conftest)."""
 import math
 
 import pytest
@@ -8,9 +9,10 @@ import torch
 import rapa  # noqa: F401
 from rapa.analog import (AnalogArrays, ConstantStepDevice, IOParameters, RPUConfig,
                          UpdateParameters, analog_mvm, rpu_update)
+from conftest import CUDA_READY
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PERFECT = IOParameters(is_perfect=True)
+F64 = torch.float64
 
 
 def dense(rows, weight, tile, transposed=False):
@@ -32,56 +34,87 @@ def io(**kw):
     return IOParameters(**base)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+def zeros_tile(m, device):
+    return torch.zeros(m, dtype=torch.long, device=device)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_perfect_products_are_exact(device, transposed):
     T, O, K, M = 3, 5, 7, 50
-    w = torch.randn(T, O, K, dtype=torch.float64, device=device)
-    rows = torch.randn(M, O if transposed else K, dtype=torch.float64, device=device)
+    w = torch.randn(T, O, K, dtype=F64, device=device)
+    rows = torch.randn(M, O if transposed else K, dtype=F64, device=device)
     tile = torch.randint(-1, T, (M,), device=device)
     y = analog_mvm(rows, w, tile, PERFECT, transposed=transposed)
     torch.testing.assert_close(y, dense(rows, w, tile, transposed), rtol=1e-12, atol=1e-12)
 
 
-def test_input_quantization_and_clipping_are_the_dacs():
+def test_input_quantization_and_clipping_are_the_dacs(device):
     K = 64
-    w = torch.eye(K, dtype=torch.float64)[None]
-    x = torch.rand(20, K, dtype=torch.float64) * 3 - 1.5      # partly beyond the bound 1
-    y = analog_mvm(x, w, torch.zeros(20, dtype=torch.long), io(inp_res=1 / 126, inp_bound=1.0))
+    w = torch.eye(K, dtype=F64, device=device)[None]
+    x = torch.rand(20, K, dtype=F64, device=device) * 3 - 1.5     # partly beyond the bound 1
+    y = analog_mvm(x, w, zeros_tile(20, device), io(inp_res=1 / 126, inp_bound=1.0))
     step = 2 / 126                                            # the range [-1, 1] in 126 steps
-    expect = torch.round(x.clamp(-1, 1) / step) * step
+    expect = (torch.round(x / step) * step).clamp(-1, 1)
     torch.testing.assert_close(y, expect, rtol=0, atol=1e-12)
+    assert ((x.abs() > 1).any() and (x.abs() < 1).any())
     assert len(torch.unique(y)) <= 127
 
 
-def test_output_quantization_is_the_adcs():
-    w = torch.randn(1, 30, 10, dtype=torch.float64)
-    x = torch.randn(40, 10, dtype=torch.float64)
-    y = analog_mvm(x, w, torch.zeros(40, dtype=torch.long), io(out_res=1 / 510, out_bound=12.0))
+def test_converters_round_then_clip_as_aihwkit():
+    # aihwkit 1.1.0 rounds to the step, then clips (prepareInput, finalizeOutput). With a bound
+    # that is not a multiple of the step the order matters: 1.3 with step 0.4 and bound 1 is
+    # round(3.25) * 0.4 = 1.2, clipped to 1.0; clipping first would give round(2.5) * 0.4 = 0.8.
+    w = torch.eye(3, dtype=F64)[None]
+    x = torch.tensor([[1.3, 0.95, -1.3]], dtype=F64)
+    dac = analog_mvm(x, w, zeros_tile(1, "cpu"), io(inp_res=0.2, inp_bound=1.0))
+    torch.testing.assert_close(dac, torch.tensor([[1.0, 0.8, -1.0]], dtype=F64), rtol=0, atol=0)
+    adc = analog_mvm(x, w, zeros_tile(1, "cpu"), io(out_res=0.2, out_bound=1.0))
+    torch.testing.assert_close(adc, torch.tensor([[1.0, 0.8, -1.0]], dtype=F64), rtol=0, atol=0)
+
+
+def test_output_quantization_is_the_adcs(device):
+    w = torch.randn(1, 30, 10, dtype=F64, device=device)
+    x = torch.randn(40, 10, dtype=F64, device=device)
+    y = analog_mvm(x, w, zeros_tile(40, device), io(out_res=1 / 510, out_bound=12.0))
     step = 24 / 510
     exact = x @ w[0].T
-    torch.testing.assert_close(y, torch.round(exact.clamp(-12, 12) / step) * step, rtol=0,
+    torch.testing.assert_close(y, (torch.round(exact / step) * step).clamp(-12, 12), rtol=0,
                                atol=1e-12)
     assert (y - exact.clamp(-12, 12)).abs().max() <= step / 2 + 1e-12
 
 
-def test_noise_management_scales_by_the_absolute_maximum():
+def test_saturation_is_tested_after_the_adc_rounds():
+    # An output of 12.01 rounds to 12.0 = out_bound (255 steps of 24/510): within the bound,
+    # so bound management leaves it (aihwkit's test, strictly beyond the bound after the ADC);
+    # testing before rounding would redo it halved and return 2 * round(6.005) = 12.047.
+    w = torch.tensor([12.01, -12.01, 12.04], dtype=F64).view(3, 1, 1)  # three 1 x 1 arrays
+    x = torch.ones(3, 1, dtype=F64)
+    cfg = io(out_res=1 / 510, out_bound=12.0, noise_management="abs_max",
+             bound_management="iterative")
+    step = 24 / 510
+    y = analog_mvm(x, w, torch.arange(3), cfg)
+    # 12.04 rounds to 256 steps = 12.047 > 12: redone at half the input, 6.02 -> 128 steps.
+    expect = torch.tensor([[255 * step], [-255 * step], [2 * 128 * step]], dtype=F64)
+    torch.testing.assert_close(y, expect, rtol=0, atol=1e-12)
+
+
+def test_noise_management_scales_by_the_absolute_maximum(device):
     # With noise management the input is divided by its maximum before the DAC: the
     # quantization error is relative to that maximum, whatever the input's scale.
-    w = torch.eye(16, dtype=torch.float64)[None]
-    x = torch.randn(30, 16, dtype=torch.float64) * 1e-3
-    tile = torch.zeros(30, dtype=torch.long)
-    y = analog_mvm(x, w, tile, io(inp_res=1 / 126, inp_bound=1.0, noise_management="abs_max"))
+    w = torch.eye(16, dtype=F64, device=device)[None]
+    x = torch.randn(30, 16, dtype=F64, device=device) * 1e-3
+    y = analog_mvm(x, w, zeros_tile(30, device),
+                   io(inp_res=1 / 126, inp_bound=1.0, noise_management="abs_max"))
     amax = x.abs().amax(1, keepdim=True)
     step = 2 / 126
     torch.testing.assert_close(y, torch.round(x / amax / step) * step * amax, rtol=0, atol=1e-15)
 
 
-def test_output_noise_has_the_configured_spread():
+def test_output_noise_has_the_configured_spread(device):
     torch.manual_seed(0)
-    w = torch.randn(1, 50, 20, dtype=torch.float64) * 0.1
-    x = torch.randn(400, 20, dtype=torch.float64)
-    tile = torch.zeros(400, dtype=torch.long)
+    w = torch.randn(1, 50, 20, dtype=F64, device=device) * 0.1
+    x = torch.randn(400, 20, dtype=F64, device=device)
+    tile = zeros_tile(400, device)
     y = analog_mvm(x, w, tile, io(out_noise=0.06, noise_management="abs_max"))
     amax = x.abs().amax(1, keepdim=True)
     z = (y - x @ w[0].T) / amax                      # the noise, in the array's units
@@ -89,17 +122,17 @@ def test_output_noise_has_the_configured_spread():
     assert abs(z.mean().item()) < 4 * 0.06 / math.sqrt(n)
     assert z.std().item() == pytest.approx(0.06, rel=4 * math.sqrt(2 / n) + 0.01)
     # Fresh draws each call, and the same ones under the same seed.
-    again = analog_mvm(x, w, tile, io(out_noise=0.06), seed=torch.tensor([5]))
-    assert torch.equal(again, analog_mvm(x, w, tile, io(out_noise=0.06), seed=torch.tensor([5])))
-    assert not torch.equal(again, analog_mvm(x, w, tile, io(out_noise=0.06),
-                                             seed=torch.tensor([6])))
+    seed = lambda s: torch.tensor([s], device=device)  # noqa: E731
+    again = analog_mvm(x, w, tile, io(out_noise=0.06), seed=seed(5))
+    assert torch.equal(again, analog_mvm(x, w, tile, io(out_noise=0.06), seed=seed(5)))
+    assert not torch.equal(again, analog_mvm(x, w, tile, io(out_noise=0.06), seed=seed(6)))
 
 
-def test_bound_management_leaves_no_output_clipped():
+def test_bound_management_leaves_no_output_clipped(device):
     torch.manual_seed(1)
-    w = torch.randn(1, 20, 30, dtype=torch.float64)   # |W x| up to about 20 with |x| <= 1
-    x = torch.randn(100, 30, dtype=torch.float64)
-    tile = torch.zeros(100, dtype=torch.long)
+    w = torch.randn(1, 20, 30, dtype=F64, device=device)   # |W x| up to about 20, |x| <= 1
+    x = torch.randn(100, 30, dtype=F64, device=device)
+    tile = zeros_tile(100, device)
     exact = x @ w[0].T
     amax = x.abs().amax(1, keepdim=True)
     assert ((exact / amax).abs() > 5).any()
@@ -110,19 +143,50 @@ def test_bound_management_leaves_no_output_clipped():
     # Without it, saturated outputs stay at the bound (times the input's scale).
     clipped = analog_mvm(x, w, tile, io(out_bound=5.0, noise_management="abs_max"))
     torch.testing.assert_close(clipped, (exact / amax).clamp(-5, 5) * amax)
-    # With the limit reached (a factor of 2 at most), rows that need more stay clipped.
-    limited = analog_mvm(x, w, tile, io(out_bound=5.0, noise_management="abs_max",
-                                        bound_management="iterative", max_bm_factor=2,
-                                        max_bm_res=1.0))
-    need = (exact / amax).abs().amax(1) / 5
-    ok = need <= 2
-    torch.testing.assert_close(limited[ok], exact[ok])
-    assert torch.allclose((limited[~ok] / amax[~ok] / 2).abs().amax(1),
-                          torch.full(((~ok).sum(),), 5.0, dtype=torch.float64))
 
 
-def ideal_state(shape, dw_min, bound=1e9):
-    ones = torch.ones(shape, dtype=torch.float64)
+@pytest.mark.parametrize("limit, final", [(dict(max_bm_factor=2, max_bm_res=1.0), 4),
+                                          (dict(max_bm_factor=3, max_bm_res=1.0), 4),
+                                          (dict(max_bm_factor=1000, max_bm_res=0.25), 32)])
+def test_bound_management_stops_where_aihwkit_does(device, limit, final):
+    # aihwkit 1.1.0 (forwardVector): the reduction doubles from 1 while an output saturates,
+    # and a pass ends the loop once int(reduction) > max_bm_factor or reduction > max_bm_res /
+    # inp_step: with max_bm_factor 2 (or 3) the last reduction is 4; with max_bm_res 0.25 and a
+    # DAC step of 1/64 (0.25 * 64 = 16, exceeded at 32) it is 32. Each output is 5 * need.
+    needs = torch.tensor([0.5, 1.5, 3.0, 3.9, 6.0, 12.0, 20.0, 40.0], dtype=F64, device=device)
+    w = (5 * needs).view(1, -1, 1)
+    x = torch.ones(1, 1, dtype=F64, device=device)
+    cfg = io(out_bound=5.0, noise_management="abs_max", bound_management="iterative",
+             inp_res=1 / 128 if limit["max_bm_res"] < 1 else 0, inp_bound=1.0, **limit)
+    y = analog_mvm(x, w, zeros_tile(1, device), cfg)[0]
+    reduction = 2.0 ** torch.ceil(torch.log2(needs.clamp_min(1)))
+    reduction = reduction.clamp(max=final)
+    expect = (5 * needs / reduction).clamp(max=5.0) * reduction
+    assert (needs > final).any() and ((needs > 1) & (needs <= final)).any()
+    torch.testing.assert_close(y, expect, rtol=0, atol=1e-12)
+
+
+def test_backward_pass_has_no_bound_management_by_default_as_aihwkit():
+    # W^T d = 24 with out_bound 12: aihwkit's backward pass clips (it has no bound
+    # management); backward { bound_management: "iterative" } is rapa's option to redo it.
+    w = torch.tensor([[[24.0]]], dtype=F64)
+    d = torch.ones(1, 1, dtype=F64)
+    quiet = dict(out_noise=0.0, inp_res=0.0)
+    default = RPUConfig().backward
+    assert default.bound_management == "none"
+    plain = IOParameters(**{**default.__dict__, **quiet})
+    managed = IOParameters(**{**default.__dict__, **quiet, "bound_management": "iterative"})
+    step = 24 / 510
+    got = analog_mvm(d, w, zeros_tile(1, "cpu"), plain, transposed=True)
+    torch.testing.assert_close(got, torch.tensor([[12.0]], dtype=F64), rtol=0, atol=1e-12)
+    got = analog_mvm(d, w, zeros_tile(1, "cpu"), managed, transposed=True)
+    # Redone at half the input: 12 = 255 steps, within the bound, times 2.
+    torch.testing.assert_close(got, torch.tensor([[2 * 255 * step]], dtype=F64), rtol=0,
+                               atol=1e-12)
+
+
+def ideal_state(shape, dw_min, bound=1e9, device="cpu"):
+    ones = torch.ones(shape, dtype=F64, device=device)
     return {"dw_up": ones * dw_min, "dw_down": ones * dw_min, "w_min": -ones * bound,
             "w_max": ones * bound}
 
@@ -146,20 +210,21 @@ def pulse_probabilities(x, d, lr, dw_min, desired_bl, um, blm):
 @pytest.mark.parametrize("lr", [0.01, 0.2])
 @pytest.mark.parametrize("management", [(True, True), (True, False), (False, True),
                                         (False, False)])
-def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(management, lr):
+def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(device, management, lr):
     um, blm = management
     torch.manual_seed(2)
     O, K, draws = 4, 6, 3000
     dw_min = 1e-3
-    x = torch.randn(1, K, dtype=torch.float64)
-    d = torch.randn(1, O, dtype=torch.float64) * 0.5
-    device = ConstantStepDevice(dw_min=dw_min, dw_min_std=0.0)
+    x = torch.randn(1, K, dtype=F64, device=device)
+    d = torch.randn(1, O, dtype=F64, device=device) * 0.5
+    dev = ConstantStepDevice(dw_min=dw_min, dw_min_std=0.0)
     update = UpdateParameters(desired_bl=31, update_management=um, update_bl_management=blm)
-    state = ideal_state((draws, O, K), dw_min)
-    w = torch.zeros(draws, O, K, dtype=torch.float64)
+    state = ideal_state((draws, O, K), dw_min, device=device)
+    w = torch.zeros(draws, O, K, dtype=F64, device=device)
     # One array per draw: the same rank-one update on `draws` independent arrays at once.
     rpu_update(w, x.expand(draws, K).contiguous(), d.expand(draws, O).contiguous(),
-               torch.arange(draws), lr, state, device, update)
+               torch.arange(draws, device=device), lr, state, dev, update)
+    x, d, w = x.cpu(), d.cpu(), w.cpu()
     sgd = -lr * d[0][:, None] * x[0][None, :]
     # Theory: n ~ Binomial(BL, px pd), dw = -sign dw_min n.
     bl, px, pd = pulse_probabilities(x[0], d[0], lr, dw_min, 31, um, blm)
@@ -175,81 +240,135 @@ def test_ideal_device_update_is_sgd_on_average_with_the_predicted_spread(managem
     assert ((w.var(0) - var).abs() <= 6 * var * math.sqrt(2 / draws) + 1e-12).all()
 
 
-def test_a_capped_bit_length_clips_d_and_keeps_x_in_proportion():
+def test_a_capped_bit_length_clips_d_and_keeps_x_in_proportion(device):
     # lr |x|max |d|max / dw_min = 1000 > BL 31: the largest x fires every bit, and the x
     # trains keep their proportions (aihwkit's rule); d clips.
-    x = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
-    d = torch.tensor([1.0, 0.01], dtype=torch.float64)
+    x = torch.tensor([1.0, 0.5, 0.25], dtype=F64)
+    d = torch.tensor([1.0, 0.01], dtype=F64)
     bl, px, pd = pulse_probabilities(x, d, 1.0, 1e-3, 31, True, True)
     assert bl == 31
     torch.testing.assert_close(px, x)
-    torch.testing.assert_close(pd, torch.tensor([1.0, 0.01 * 1.0 / (31e-3)],
-                                                 dtype=torch.float64))
+    torch.testing.assert_close(pd, torch.tensor([1.0, 0.01 * 1.0 / (31e-3)], dtype=F64))
     draws = 2000
-    w = torch.zeros(draws, 2, 3, dtype=torch.float64)
-    rpu_update(w, x.expand(draws, 3).contiguous(), d.expand(draws, 2).contiguous(),
-               torch.arange(draws), 1.0, ideal_state((draws, 2, 3), 1e-3),
+    w = torch.zeros(draws, 2, 3, dtype=F64, device=device)
+    rpu_update(w, x.to(device).expand(draws, 3).contiguous(),
+               d.to(device).expand(draws, 2).contiguous(), torch.arange(draws, device=device),
+               1.0, ideal_state((draws, 2, 3), 1e-3, device=device),
                ConstantStepDevice(dw_min=1e-3, dw_min_std=0.0), UpdateParameters(desired_bl=31))
-    counts = -w.mean(0)[0] / 1e-3
+    counts = -w.mean(0)[0].cpu() / 1e-3
     torch.testing.assert_close(counts, 31 * x, rtol=0.05, atol=0)
 
 
-def test_cycle_to_cycle_variation_adds_the_predicted_spread():
+def test_cycle_to_cycle_variation_adds_the_predicted_spread(device):
     torch.manual_seed(3)
     draws, dw_min, std = 4000, 1e-3, 0.3
-    x = torch.tensor([[1.0]], dtype=torch.float64)
-    d = torch.tensor([[1.0]], dtype=torch.float64)
+    one = torch.ones(draws, 1, dtype=F64, device=device)
     # lr = 10 dw_min, probabilities 1 with BL 10: exactly 10 coincidences per weight.
-    update = UpdateParameters(desired_bl=31)
-    w = torch.zeros(draws, 1, 1, dtype=torch.float64)
-    rpu_update(w, x.expand(draws, 1).contiguous(), d.expand(draws, 1).contiguous(),
-               torch.arange(draws), 10 * dw_min, ideal_state((draws, 1, 1), dw_min),
-               ConstantStepDevice(dw_min=dw_min, dw_min_std=std), update)
+    w = torch.zeros(draws, 1, 1, dtype=F64, device=device)
+    rpu_update(w, one, one, torch.arange(draws, device=device), 10 * dw_min,
+               ideal_state((draws, 1, 1), dw_min, device=device),
+               ConstantStepDevice(dw_min=dw_min, dw_min_std=std), UpdateParameters(desired_bl=31))
     assert w.mean().item() == pytest.approx(-10 * dw_min, rel=5 * std / math.sqrt(10 * draws))
     assert w.std().item() == pytest.approx(dw_min * std * math.sqrt(10), rel=0.1)
 
 
-def test_weights_stay_within_their_own_bounds():
+def test_weights_stay_within_their_own_bounds(device):
     torch.manual_seed(4)
     T, O, K, M = 3, 8, 9, 200
     cfg = RPUConfig()
-    arrays = AnalogArrays(cfg, (T, O, K)).double()
-    w = torch.randn(T, O, K, dtype=torch.float64) * 0.5
-    arrays.clip_(w)
+    arrays = AnalogArrays(cfg, (T, O, K)).double().to(device)
+    w = torch.randn(T, O, K, dtype=F64, device=device) * 0.5
+    assert arrays.clip_(w) > 0
     state = arrays.device_state()
     for _ in range(5):
-        x = torch.randn(M, K, dtype=torch.float64) * 3
-        d = torch.randn(M, O, dtype=torch.float64) * 3
-        rpu_update(w, x, d, torch.randint(0, T, (M,)), 1.0, state, cfg.device, cfg.update)
+        x = torch.randn(M, K, dtype=F64, device=device) * 3
+        d = torch.randn(M, O, dtype=F64, device=device) * 3
+        rpu_update(w, x, d, torch.randint(0, T, (M,), device=device), 1.0, state, cfg.device,
+                   cfg.update)
     assert (w <= arrays.w_max).all() and (w >= arrays.w_min).all()
     assert (w == arrays.w_max).any() and (w == arrays.w_min).any()   # large steps saturate
 
 
-def test_rows_update_only_their_array_in_order():
+def test_rows_update_only_their_array_in_order(device):
     torch.manual_seed(5)
     T, O, K, M = 4, 3, 5, 300  # several blocks of rows in the CPU kernel
-    w = torch.zeros(T, O, K, dtype=torch.float64)
-    tile = torch.randint(-1, 2, (M,))                 # arrays 2 and 3 get no row
-    x = torch.randn(M, K, dtype=torch.float64)
-    d = torch.randn(M, O, dtype=torch.float64)
-    state = ideal_state((T, O, K), 1e-3)
+    w = torch.zeros(T, O, K, dtype=F64, device=device)
+    tile = torch.randint(-1, 2, (M,), device=device)   # arrays 2 and 3 get no row
+    x = torch.randn(M, K, dtype=F64, device=device)
+    d = torch.randn(M, O, dtype=F64, device=device)
+    state = ideal_state((T, O, K), 1e-3, device=device)
     dev, up = ConstantStepDevice(dw_min=1e-3, dw_min_std=0.2), UpdateParameters()
-    rpu_update(w, x, d, tile, 0.05, state, dev, up, seed=torch.tensor([9]))
+    seed = torch.tensor([9], device=device)
+    rpu_update(w, x, d, tile, 0.05, state, dev, up, seed=seed)
     assert (w[2:] == 0).all() and (w[:2] != 0).any()
     # Deterministic under a seed, whatever the thread count.
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         w1 = torch.zeros_like(w)
-        rpu_update(w1, x, d, tile, 0.05, state, dev, up, seed=torch.tensor([9]))
+        rpu_update(w1, x, d, tile, 0.05, state, dev, up, seed=seed)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(w, w1)
     # Rows of array -1 change nothing: dropping them gives the same result.
     keep = tile >= 0
     w2 = torch.zeros_like(w)
-    rpu_update(w2, x, d, torch.where(keep, tile, -1), 0.05, state, dev, up, seed=torch.tensor([9]))
+    rpu_update(w2, x, d, torch.where(keep, tile, -1), 0.05, state, dev, up, seed=seed)
     assert torch.equal(w, w2)
+
+
+def populate_reference(dev: ConstantStepDevice, shape, seed: int) -> dict:
+    """aihwkit 1.1.0's PulsedRPUDevice::populate for a ConstantStepDevice, in float64, from the
+    Gaussian draws AnalogArrays takes (the same generator, in its order)."""
+    g = torch.Generator().manual_seed(seed)
+    gauss = lambda: torch.randn(shape, generator=g).double()  # noqa: E731
+    gain, r = 1 + dev.dw_min_dtod * gauss(), dev.up_down_dtod * gauss()
+    w_max = dev.w_max * (1 + dev.w_max_dtod * gauss())
+    w_min = dev.w_min * (1 + dev.w_min_dtod * gauss())
+    up_bias = dev.up_down if dev.up_down < 0 else 0.0
+    down_bias = -dev.up_down if dev.up_down > 0 else 0.0
+    up = (up_bias + gain + r) * dev.dw_min
+    down = (down_bias + gain - r) * dev.dw_min
+    if dev.enforce_consistency:
+        up, down = up.abs(), down.abs()
+        swap = w_min > w_max
+        w_min, w_max = torch.where(swap, w_max, w_min), torch.where(swap, w_min, w_max)
+        w_max, w_min = w_max.abs(), -w_min.abs()
+    else:
+        m = w_max + (w_min - w_max) / 2
+        stuck = w_min > w_max
+        w_max, w_min = torch.where(stuck, m, w_max), torch.where(stuck, m, w_min)
+    return {"dw_up": up, "dw_down": down, "w_min": w_min, "w_max": w_max}
+
+
+@pytest.mark.parametrize("up_down", [0.2, -0.2, 0.0])
+@pytest.mark.parametrize("consistent", [True, False])
+def test_device_to_device_draws_follow_aihwkit(up_down, consistent):
+    # Spreads large enough that steps and bounds cross zero: aihwkit takes steps by absolute
+    # value and flips bounds (enforce_consistency); a clamp at 0 or a max(w_max, w_min) would
+    # leave dead devices and ranges without 0.
+    dev = ConstantStepDevice(dw_min=1e-3, dw_min_dtod=0.8, up_down=up_down, up_down_dtod=0.5,
+                             w_max=0.6, w_min=-0.6, w_max_dtod=0.9, w_min_dtod=0.9,
+                             enforce_consistency=consistent)
+    shape = (2, 64, 64)
+    torch.manual_seed(11)
+    got = AnalogArrays(RPUConfig(device=dev), shape).device_state()
+    ref = populate_reference(dev, shape, 11)
+    for name in ref:  # float32 draws: equal to a few float32 steps of the nominal value
+        nominal = dev.dw_min if name.startswith("dw") else dev.w_max
+        torch.testing.assert_close(got[name].double(), ref[name], rtol=1e-6,
+                                   atol=4e-7 * nominal)
+    raw_up = ref["dw_up"] if not consistent else None
+    if consistent:
+        assert (got["dw_up"] > 0).all() and (got["dw_down"] > 0).all()
+        assert (got["w_max"] >= 0).all() and (got["w_min"] <= 0).all()
+    else:
+        assert (raw_up < 0).any()   # the case the rule is about occurs
+    # Mean steps: up_down only weakens one direction (1.0 / 0.8 at up_down 0.2).
+    mild = ConstantStepDevice(dw_min=1e-3, dw_min_dtod=0.1, up_down=up_down, up_down_dtod=0.01)
+    m = AnalogArrays(RPUConfig(device=mild), (4, 64, 64))
+    assert m.dw_up.mean().item() / 1e-3 == pytest.approx(1 + min(up_down, 0), abs=0.01)
+    assert m.dw_down.mean().item() / 1e-3 == pytest.approx(1 - max(up_down, 0), abs=0.01)
 
 
 def test_device_to_device_draws_have_the_configured_spread():
@@ -261,7 +380,13 @@ def test_device_to_device_draws_have_the_configured_spread():
     assert (a.dw_up / dev.dw_min).std().item() == pytest.approx(dev.dw_min_dtod, rel=0.05)
     assert a.w_max.mean().item() == pytest.approx(dev.w_max, rel=0.02)
     assert (a.w_min / dev.w_min).std().item() == pytest.approx(dev.w_min_dtod, rel=0.05)
-    assert (a.w_max >= a.w_min).all() and (a.dw_down >= 0).all()
+    assert (a.w_max >= 0).all() and (a.w_min <= 0).all() and (a.dw_down > 0).all()
+
+
+def test_a_range_without_zero_is_refused():
+    for w_min, w_max in ((0.1, 0.6), (-0.6, -0.1)):
+        with pytest.raises(ValueError, match="range holds 0"):
+            RPUConfig(device=ConstantStepDevice(w_min=w_min, w_max=w_max)).check()
 
 
 def test_bad_arguments_name_what_is_wrong():
@@ -281,7 +406,6 @@ def test_bad_arguments_name_what_is_wrong():
                    UpdateParameters())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     w = torch.randn(2, 3, 4, device=device)
     x = torch.randn(6, 4, device=device)
@@ -296,24 +420,53 @@ def test_opcheck(device):
                            1e-3, 0.3, 31, True, True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_kernels_match_the_cpu_ones():
-    torch.manual_seed(8)
+def dyadic(shape, scale=64, high=16):
+    """Multiples of 1/scale: their products and sums are exact in float64 in any order."""
+    return torch.randint(-high, high + 1, shape).double() / scale
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
+@pytest.mark.parametrize("transposed", [False, True])
+def test_cuda_products_equal_the_cpu_ones_exactly(transposed):
+    # The draws are counter-based, the same on both devices; with dyadic weights, a DAC step
+    # of 1/64, an ADC step of 1/16 and noise 2^-4 every operation is exact or rounds the same
+    # on both (noise times a table value is exact: an FMA changes nothing), so equality is
+    # exact, bound management included.
     T, O, K, M = 3, 16, 40, 300
-    w = torch.randn(T, O, K) * 0.3
-    x, d = torch.randn(M, K), torch.randn(M, O)
+    w = dyadic((T, O, K))
+    rows = torch.randn(M, O if transposed else K, dtype=F64)
     tile = torch.randint(-1, T, (M,))
     seed = torch.tensor([11])
-    cfg = RPUConfig()
-    y_cpu = analog_mvm(x, w, tile, cfg.forward, seed=seed)
-    y_gpu = analog_mvm(x.cuda(), w.cuda(), tile.cuda(), cfg.forward, seed=seed.cuda())
-    # The same counter-based draws: equal up to the products' rounding (and an ADC step where
-    # that rounding crosses one).
-    assert ((y_gpu.cpu() - y_cpu).abs() > 1e-3).float().mean() < 0.01
-    arrays = AnalogArrays(cfg, (T, O, K))
+    cfg = IOParameters(inp_res=1 / 128, out_res=1 / 256, out_bound=8.0, out_noise=2 ** -4)
+    y_cpu = analog_mvm(rows, w, tile, cfg, transposed=transposed, seed=seed)
+    y_gpu = analog_mvm(rows.cuda(), w.cuda(), tile.cuda(), cfg, transposed=transposed,
+                       seed=seed.cuda())
+    assert (y_cpu.abs() >= 8).any()   # bound management acted
+    assert torch.equal(y_gpu.cpu(), y_cpu)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
+@pytest.mark.parametrize("dw_min_std", [0.0, 0.3])
+def test_cuda_update_equals_the_cpu_one(dw_min_std):
+    # The same pulses (counter-based) in the same order per weight. Without cycle-to-cycle
+    # noise each coincidence adds the same step: exact. With it, dw (1 + std z) may be one
+    # fused multiply-add on the GPU: equal to float64 rounding, 1e-12 relative.
+    torch.manual_seed(8)
+    T, O, K, M = 3, 16, 40, 300
+    cfg = RPUConfig(device=ConstantStepDevice(dw_min_std=dw_min_std))
+    arrays = AnalogArrays(cfg, (T, O, K)).double()
+    w = torch.randn(T, O, K, dtype=F64) * 0.3
+    arrays.clip_(w)
+    x, d = torch.randn(M, K, dtype=F64), torch.randn(M, O, dtype=F64)
+    tile = torch.randint(-1, T, (M,))
+    seed = torch.tensor([11])
     state = arrays.device_state()
     w_cpu, w_gpu = w.clone(), w.cuda()
     rpu_update(w_cpu, x, d, tile, 0.01, state, cfg.device, cfg.update, seed=seed)
     rpu_update(w_gpu, x.cuda(), d.cuda(), tile.cuda(), 0.01,
                {k: v.cuda() for k, v in state.items()}, cfg.device, cfg.update, seed=seed.cuda())
-    torch.testing.assert_close(w_gpu.cpu(), w_cpu, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(w_cpu, w)
+    if dw_min_std == 0:
+        assert torch.equal(w_gpu.cpu(), w_cpu)
+    else:
+        torch.testing.assert_close(w_gpu.cpu(), w_cpu, rtol=1e-12, atol=1e-15)

@@ -27,14 +27,24 @@ class AnalogArrays(torch.nn.Module):
         self.config = config
         dev = config.device
         gauss = lambda: torch.randn(shape)  # noqa: E731  (torch's generator: seeded runs repeat)
+        # aihwkit 1.1.0's PulsedRPUDevice::populate (see ConstantStepDevice).
         gain = 1 + dev.dw_min_dtod * gauss()
-        beta = dev.up_down + dev.up_down_dtod * gauss()
+        r = dev.up_down_dtod * gauss()
         w_max = dev.w_max * (1 + dev.w_max_dtod * gauss())
         w_min = dev.w_min * (1 + dev.w_min_dtod * gauss())
-        self.register_buffer("dw_up", dev.dw_min * (gain + beta).clamp_min(0))
-        self.register_buffer("dw_down", dev.dw_min * (gain - beta).clamp_min(0))
+        dw_up = dev.dw_min * (gain + r + min(dev.up_down, 0.0))
+        dw_down = dev.dw_min * (gain - r - max(dev.up_down, 0.0))
+        if dev.enforce_consistency:
+            dw_up, dw_down = dw_up.abs(), dw_down.abs()
+            w_max, w_min = torch.maximum(w_max, w_min).abs(), -torch.minimum(w_max, w_min).abs()
+        else:  # a device whose bounds cross is stuck at their midpoint
+            middle = (w_max + w_min) / 2
+            crossed = w_min > w_max
+            w_max, w_min = torch.where(crossed, middle, w_max), torch.where(crossed, middle, w_min)
+        self.register_buffer("dw_up", dw_up)
+        self.register_buffer("dw_down", dw_down)
         self.register_buffer("w_min", w_min)
-        self.register_buffer("w_max", torch.maximum(w_max, w_min))
+        self.register_buffer("w_max", w_max)
         # Digital output scale alpha of each array (weight scaling; 1 without it).
         self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -52,21 +62,28 @@ class AnalogArrays(torch.nn.Module):
         return {n: getattr(self, n) for n in STATE_NAMES}
 
     @torch.no_grad()
-    def map_(self, weight3: Tensor) -> None:
-        """Weights written at set-up (fillers): with weight scaling, each array's become
-        conductances whose largest magnitude is omega, and alpha keeps their scale."""
+    def map_(self, weight3: Tensor) -> int:
+        """Write weights given in the layer's units (the fillers' at set-up, a digital model's
+        when loaded) onto the arrays, in place: with weight scaling each array's scale becomes
+        alpha_t = max(max |W_t|, weight_range) / omega and its conductances W_t / alpha_t
+        (MappingParameters); then every conductance is clipped to its device's bounds.
+        Returns how many were clipped."""
         if self.scaled:
-            amax = weight3.abs().amax(dim=(1, 2))
-            alpha = torch.where(amax > 0, amax / self.config.mapping.weight_scaling_omega,
+            mapping = self.config.mapping
+            amax = weight3.abs().amax(dim=(1, 2)).clamp_min(mapping.weight_range)
+            alpha = torch.where(amax > 0, amax / mapping.weight_scaling_omega,
                                 torch.ones_like(amax))
             weight3.div_(alpha.view(-1, 1, 1).to(weight3.dtype))
             self.out_scale.copy_(alpha)
-        self.clip_(weight3)
+        return self.clip_(weight3)
 
     @torch.no_grad()
-    def clip_(self, weight3: Tensor) -> None:
-        """Weights written to the arrays (fillers, loaded models) saturate at the bounds."""
-        weight3.copy_(torch.minimum(torch.maximum(weight3, self.w_min), self.w_max))
+    def clip_(self, weight3: Tensor) -> int:
+        """Conductances saturate at their devices' bounds; returns how many did."""
+        clipped = torch.minimum(torch.maximum(weight3, self.w_min), self.w_max)
+        count = int((clipped != weight3).sum())
+        weight3.copy_(clipped)
+        return count
 
     def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
         """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's

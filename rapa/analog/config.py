@@ -23,12 +23,17 @@ BOUND_MANAGEMENT = ("none", "iterative")
 class ConstantStepDevice:
     """A device that moves by a constant step per pulse coincidence, within saturating bounds.
 
-    Each array draws, once, per cross-point ij (device-to-device variation):
-      up step   dw_min * (1 + beta_ij + dw_min_dtod xi),
-      down step dw_min * (1 - beta_ij + dw_min_dtod xi),  beta_ij = up_down + up_down_dtod xi',
-      bounds    w_max * (1 + w_max_dtod xi''), w_min * (1 + w_min_dtod xi''').
-    Steps are kept >= 0 and w_max_ij >= w_min_ij. Every coincidence then scales its step by
-    (1 + dw_min_std xi) (cycle-to-cycle variation).
+    Each array draws, once, per cross-point ij (device-to-device variation; aihwkit 1.1.0's
+    PulsedRPUDevice::populate, which its docstring describes only roughly):
+      gain = 1 + dw_min_dtod xi,  r = up_down_dtod xi',
+      up step   dw_min * (gain + r + min(up_down, 0)),
+      down step dw_min * (gain - r - max(up_down, 0)),
+      bounds    w_max * (1 + w_max_dtod xi2), w_min * (1 + w_min_dtod xi3).
+    So up_down > 0 weakens the down steps (mean 1 - up_down) and up_down < 0 the up steps.
+    With enforce_consistency (aihwkit's default) steps are taken by absolute value, bounds the
+    wrong way round are swapped, and then w_max_ij = |w_max_ij|, w_min_ij = -|w_min_ij|: every
+    device's range holds 0. Every coincidence then scales its step by (1 + dw_min_std xi)
+    (cycle-to-cycle variation).
     """
 
     dw_min: float = 0.001
@@ -51,13 +56,16 @@ class ConstantStepDevice:
     up_down_dtod: float = 0.01
     """Device-to-device spread of the imbalance, relative to dw_min (aihwkit's default 0.01;
     Gokmen & Vlasov 2016 tolerate a few percent)."""
+    enforce_consistency: bool = True
+    """Steps >= 0 and w_min_ij <= 0 <= w_max_ij, as above (aihwkit's default). False: steps
+    keep their sign, and a device whose bounds cross is stuck at their midpoint."""
 
     def check(self, where: str) -> None:
         if not self.dw_min > 0:
             raise ValueError(f"{where}: device.dw_min must be > 0, got {self.dw_min}")
-        if not self.w_max >= self.w_min:
-            raise ValueError(f"{where}: device.w_max ({self.w_max}) must be >= w_min "
-                             f"({self.w_min})")
+        if not self.w_min <= 0 <= self.w_max:  # aihwkit refuses the rest too
+            raise ValueError(f"{where}: device.w_min ({self.w_min}) must be <= 0 and w_max "
+                             f"({self.w_max}) >= 0: a weight's range holds 0")
         for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod"):
             if not getattr(self, name) >= 0:  # nan too
                 raise ValueError(f"{where}: device.{name} must be >= 0, got {getattr(self, name)}")
@@ -87,7 +95,9 @@ class IOParameters:
     output multiplied back (Gokmen et al. 2017, noise management); none: inputs as they are."""
     bound_management: str = "iterative"
     """iterative: while an output saturates, repeat with the input halved (Gokmen et al. 2017,
-    bound management); none: saturated outputs stay clipped."""
+    bound management); none: saturated outputs stay clipped. aihwkit 1.1.0 has it in the
+    forward pass only, so rapa's default backward periphery has none (RPUConfig.backward);
+    setting it there is rapa's own option."""
     max_bm_factor: float = 1000
     """Bound management stops once its total reduction exceeds this factor (aihwkit: 1000)."""
     max_bm_res: float = 0.25
@@ -160,21 +170,35 @@ class UpdateParameters:
 class MappingParameters:
     """How a layer's weights map onto conductances (weight scaling: Rasch, Gokmen & Haensch
     2019, "Training large-scale ANNs on simulated resistive crossbar arrays"; aihwkit's
-    MappingParameter)."""
+    MappingParameter).
+
+    With weight_scaling_omega > 0, array t gets a digital scale
+        alpha_t = max(max |W_t|, weight_range) / omega
+    from the weights written to it (the fillers' at set-up, or a digital model's when loaded),
+    its conductances are W_t / alpha_t, clipped to each device's bounds, its outputs are
+    multiplied by alpha_t, and its pulsed update runs at the rate lr / alpha_t^2: the layer's
+    weights (alpha_t times the conductances) compute and learn as the digital layer's would,
+    and they can grow to about weight_range before the devices saturate."""
 
     weight_scaling_omega: float = 0.0
-    """When > 0, each array's weights are divided at set-up by a digital scale alpha so that
-    their largest magnitude is omega (in the devices' units: 0.6 is the nominal bound); the
-    array's outputs are multiplied by alpha, and its pulsed update runs at the rate
-    lr / alpha^2, so that the layer's weights (alpha times the conductances) compute and learn
-    as the digital layer would. A net's fillers (Caffe's std 1e-4 for conv1) would otherwise
-    leave the signal far below the output noise and the ADC step. 0: weights are conductances
-    as they are (aihwkit's default)."""
+    """The conductance that the larger of an array's largest written weight and weight_range
+    maps to (in the devices' units: 0.6 is the nominal bound). 0: weights are conductances as
+    they are (aihwkit's default), clipped to the bounds."""
+    weight_range: float = 0.0
+    """The largest |weight| (in the layer's units) the arrays must hold after learning; it
+    sets the scale when larger than the written weights. 0: the written weights alone set it,
+    as aihwkit's weight scaling does, which leaves no room to grow: a Full net's conv1 filler
+    (std 1e-4) would cap the layer's weights near 1e-3, where floating point reaches 0.2.
+    Needs weight_scaling_omega > 0."""
 
     def check(self, where: str) -> None:
-        if not self.weight_scaling_omega >= 0:
-            raise ValueError(f"{where}: mapping.weight_scaling_omega must be >= 0, got "
-                             f"{self.weight_scaling_omega}")
+        for name in ("weight_scaling_omega", "weight_range"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{where}: mapping.{name} must be >= 0, got "
+                                 f"{getattr(self, name)}")
+        if self.weight_range > 0 and not self.weight_scaling_omega > 0:
+            raise ValueError(f"{where}: mapping.weight_range needs weight_scaling_omega > 0 "
+                             f"(the conductance it maps to)")
 
 
 @dataclass
@@ -183,7 +207,10 @@ class RPUConfig:
 
     device: ConstantStepDevice = field(default_factory=ConstantStepDevice)
     forward: IOParameters = field(default_factory=IOParameters)
-    backward: IOParameters = field(default_factory=IOParameters)
+    backward: IOParameters = field(
+        default_factory=lambda: IOParameters(bound_management="none"))
+    """The backward pass W^T d: aihwkit 1.1.0 runs it without bound management whatever its
+    configuration says; here that is the default, and "iterative" is honoured if set."""
     update: UpdateParameters = field(default_factory=UpdateParameters)
     mapping: MappingParameters = field(default_factory=MappingParameters)
 

@@ -11,7 +11,8 @@ what type it is):
   learnable()          its learnable blobs in Caffe's order (weight, bias, ...), each with its
                        ParamSpec and the analog arrays that hold it, if any (`Learnable`)
   state_blobs()        blobs a model file saves that are not learned (a fixed tile partition,
-                       the arrays' device draws), after the learnable ones
+                       then the analog arrays' device draws and scales, last), after the
+                       learnable ones
   load_state_blob()    puts one of them back
   default_loss_weight  the weight of its first top when the prototxt gives none (loss layers: 1)
   label_range()        (classes, ignore_label) when it reads class labels from bottom[1]
