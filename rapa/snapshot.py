@@ -75,8 +75,12 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
         counts = {len(learn) or None, len(learn) + len(state),
                   len(learn) + len(state) - device_state}
         if len(lp.blobs) not in counts:
+            extra = (" (a model of an analog net holds its arrays' device draws and scales "
+                     "after the weights: it loads only into a layer with rpu_param)"
+                     if len(lp.blobs) > len(learn) + len(state) else "")
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
-                            f"net's layer has {len(learn)} learnable (+{len(state)} state)")
+                            f"net's layer has {len(learn)} learnable (+{len(state)} state)"
+                            f"{extra}")
         for i, blob in enumerate(lp.blobs):
             try:
                 value = blob_to_tensor(blob)

@@ -361,6 +361,10 @@ class Solver:
         self.say(f"Training {self.net.name or self.net.source} on {self.device} to iteration "
                  f"{sp.max_iter} (batch {batch} x iter_size {sp.iter_size}, seed {self.seed}); "
                  f"log {log_path}")
+        analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
+        if analog and (sp.momentum or sp.weight_decay):  # rapa.sgd: arrays take pulses only
+            self.say(f"Analog weights of {', '.join(analog)}: pulsed updates at the rate times "
+                     f"lr_mult, without momentum or weight decay (their biases have both)")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter

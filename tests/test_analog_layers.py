@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import rapa  # noqa: F401
 from rapa.analog import MappingParameters, from_proto, perfect
 from rapa.analog.arrays import AnalogArrays, analog_conv
+from rapa.errors import RapaError
 from rapa.layers.base import make_layer
 from rapa.net import Net
 from rapa.proto import pb
@@ -171,9 +172,12 @@ def test_analog_net_trains_saves_and_resumes_exactly(workdir):  # noqa: F811
     (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
     (workdir / "solver.prototxt").write_text(SOLVER % 12)
     path = str(workdir / "solver.prototxt")
-    straight = Solver(path, say=lambda m: None, progress=False)
+    said = []
+    straight = Solver(path, say=said.append, progress=False)
     start = {n: w.clone() for n, w in weights(straight).items()}
     straight.solve()
+    assert ("Analog weights of conv, ip: pulsed updates at the rate times lr_mult, without "
+            "momentum or weight decay (their biases have both)") in said
     final = weights(straight)
     assert not torch.equal(final["conv/0"], start["conv/0"])     # pulsed updates happened
     arrays = straight.net.layer("conv").module.arrays
@@ -225,6 +229,9 @@ def test_generated_analog_nets_build():
     ("forward { max_bm_res: inf }", "forward.max_bm_res must be a finite number, got inf"),
     ("backward { out_noise: -inf }", "backward.out_noise must be a finite number, got -inf"),
     ("backward { out_noise: nan }", "inner_product_param.rpu_param.backward.out_noise is nan"),
+    ("forward { max_bm_factor: -inf }", "forward: max_bm_factor must be >= 1, got -inf"),
+    ("mapping { weight_range: inf }", "mapping.weight_range must be a finite number, got inf"),
+    ("device { w_min: 0.1 }", "device.w_min (0.1) must be <= 0"),
 ])
 def test_rpu_numbers_must_be_finite(field, message):
     from rapa.errors import RapaError
@@ -278,6 +285,15 @@ def test_digital_weights_loaded_into_an_analog_layer_are_mapped_like_fillers(tmp
                     net.layer("ip").learnable_blobs() + net.layer("ip").state_blobs()):
         assert torch.equal(a, b)
     assert not said
+    # Its scales are the model's: they apply in a net whose rpu_param has no weight scaling.
+    unscaled = _ip_net('rpu_param { forward { is_perfect: true } }')
+    load_weights(unscaled, tmp_path / "analog.caffemodel", say=said.append)
+    torch.testing.assert_close(unscaled.layer("ip").module(x), x @ torch.tensor([[0.4], [-1.5]]),
+                               rtol=1e-6, atol=1e-6)
+    # Into the digital net it does not fit, and the message says why.
+    with pytest.raises(RapaError, match="a model of an analog net holds its arrays' device "
+                                        "draws and scales after the weights"):
+        load_weights(_ip_net(), tmp_path / "analog.caffemodel")
 
 
 def test_a_tiled_digital_model_loads_into_the_analog_tiled_net(tmp_path):
@@ -344,3 +360,11 @@ def test_analog_reach_counts_the_weights_beyond_the_arrays(tmp_path):
     args = (str(tmp_path / "analog.prototxt"), str(tmp_path / "fp.caffemodel"))
     assert tool.reach(*args, None, 1)[0].startswith("ip: 50.0% of the weights beyond reach")
     assert tool.reach(*args, 0.3, 1)[0].startswith("ip: 12.5% of the weights beyond reach")
+    analog = Net(parse_text((tmp_path / "analog.prototxt").read_text(), pb.NetParameter()),
+                 pb.TEST)
+    save_weights(analog, tmp_path / "analog.caffemodel")
+    with pytest.raises(RapaError, match="layer 'ip' holds analog arrays' device blobs"):
+        tool.reach(args[0], str(tmp_path / "analog.caffemodel"), None, 1)
+    (tmp_path / "digital.prototxt").write_text(net % "")
+    with pytest.raises(RapaError, match="digital.prototxt: has no layer with rpu_param"):
+        tool.reach(str(tmp_path / "digital.prototxt"), args[1], None, 1)

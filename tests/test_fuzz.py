@@ -82,16 +82,43 @@ def _set(param: pb.NetParameter, layer: str, path: str, field: str, value) -> bo
     return True
 
 
-def test_fuzzed_nets_run_or_fail_with_one_line():
-    rng = np.random.default_rng(1234)
-    base = parse_text(NET, pb.NetParameter())
+ANALOG_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1
+    weight_filler { type: "gaussian" std: 0.01 } tiling_param { scheme: "random" num_tiles: 4 }
+    rpu_param { preset: "rasch_2019" device { dw_min: 0.001 w_max: 0.6 w_min: -0.6 }
+      forward { out_bound: 12 inp_res: 0.0079 out_noise: 0.06 max_bm_factor: 1000 }
+      backward { out_bound: 12 out_res: 0.002 }
+      mapping { weight_scaling_omega: 0.6 weight_range: 0.15 } } } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "prob"
+  inner_product_param { num_output: 5 rpu_param { device { dw_min_dtod: 0.3 up_down: 0.1 }
+    update { desired_bl: 31 } } } }
+"""
+
+ANALOG_FIELDS = [("conv", "convolution_param.rpu_param.device", f) for f in (
+    "dw_min", "w_max", "w_min", "dw_min_std")] + [
+    ("conv", "convolution_param.rpu_param.forward", f) for f in (
+        "out_bound", "inp_res", "out_noise", "max_bm_factor")] + [
+    ("conv", "convolution_param.rpu_param.backward", f) for f in ("out_bound", "out_res")] + [
+    ("conv", "convolution_param.rpu_param.mapping", f) for f in (
+        "weight_scaling_omega", "weight_range")] + [
+    ("ip", "inner_product_param.rpu_param.device", f) for f in ("dw_min_dtod", "up_down")] + [
+    ("ip", "inner_product_param.rpu_param.update", "desired_bl")]
+
+
+def fuzz(text: str, fields: list, seed: int, budget_s: float) -> dict:
+    """Fuzzed copies of the net `text`, each built in both phases and run forward (and
+    backward in TRAIN): outcomes counted; any exception but a one-line RapaError fails."""
+    rng = np.random.default_rng(seed)
+    base = parse_text(text, pb.NetParameter())
     t0, cases, outcomes = time.monotonic(), 0, {"ran": 0, "refused": 0}
-    while time.monotonic() - t0 < BUDGET_S and cases < 400:
+    while time.monotonic() - t0 < budget_s and cases < 400:
         param = pb.NetParameter()
         param.CopyFrom(base)
         changes = []
         for _ in range(1 + (rng.random() < 0.3)):  # mostly one field, sometimes two
-            layer, path, field = FIELDS[rng.integers(len(FIELDS))]
+            layer, path, field = fields[rng.integers(len(fields))]
             value = VALUES[rng.integers(len(VALUES))]
             if _set(param, layer, path, field, value):
                 changes.append(f"{layer}.{path}.{field} = {value}")
@@ -111,4 +138,15 @@ def test_fuzzed_nets_run_or_fail_with_one_line():
             outcomes["refused"] += 1
         except Exception as e:  # noqa: BLE001 -- the finding: name the case
             pytest.fail(f"{'; '.join(changes)}: {type(e).__name__}: {e}")
-    assert cases >= 50 and outcomes["ran"] and outcomes["refused"], (cases, outcomes)
+    outcomes["cases"] = cases
+    return outcomes
+
+
+def test_fuzzed_nets_run_or_fail_with_one_line():
+    outcomes = fuzz(NET, FIELDS, 1234, BUDGET_S)
+    assert outcomes["cases"] >= 20 and outcomes["ran"] and outcomes["refused"], outcomes
+
+
+def test_fuzzed_analog_nets_run_or_fail_with_one_line():
+    outcomes = fuzz(ANALOG_NET, ANALOG_FIELDS, 4321, BUDGET_S / 2)
+    assert outcomes["cases"] >= 15 and outcomes["ran"] and outcomes["refused"], outcomes

@@ -5,25 +5,31 @@ times its devices' bounds, as set up from the prototxt's fillers and rpu_param m
     python tools/analog_reach.py --model prototxt/cifar10/random_max_rpu.prototxt \\
         --weights snapshots/cifar10/random_max_e10_iter_25000.caffemodel [--weight-range R]
 
---weights is a model of the same net without rpu_param (the same blob shapes). --weight-range
-overrides every analog layer's mapping.weight_range (0: the scale from the initial weights
-alone). Use it to choose weight_range (rapa.analog.MappingParameters).
+Run it where the net's relative paths (its Data layers' databases) resolve, as rapa train
+would. --weights is a model of the same net without rpu_param (a floating-point run: the
+same blob shapes). --weight-range overrides every analog layer's mapping.weight_range (0: the
+scale from the initial weights alone). Use it to choose weight_range
+(rapa.analog.MappingParameters).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
+from rapa.errors import RapaError
 from rapa.net import Net
 from rapa.proto import pb
-from rapa.prototxt import read_text
+from rapa.prototxt import read_binary, read_text
 from rapa.snapshot import blob_to_tensor
 
 
 def reach(model: str, weights: str, weight_range: float | None, seed: int) -> list[str]:
-    fp = {lp.name: blob_to_tensor(lp.blobs[0]) for lp in
-          pb.NetParameter.FromString(open(weights, "rb").read()).layer if lp.blobs}
+    """One line per analog layer of `model`: the share of `weights`' values beyond reach.
+    RapaError for a model of the analog net, a layer missing or of another shape, a net
+    without analog layers."""
+    fp = {lp.name: lp for lp in read_binary(weights, pb.NetParameter()).layer if lp.blobs}
     param = read_text(model, pb.NetParameter())
     if weight_range is not None:
         for lp in param.layer:
@@ -31,21 +37,35 @@ def reach(model: str, weights: str, weight_range: float | None, seed: int) -> li
                 if sub.HasField("rpu_param"):
                     sub.rpu_param.mapping.weight_range = weight_range
     torch.manual_seed(seed)
-    net = Net(param, pb.TEST)
+    net = Net(param, pb.TEST, source=model)
     lines = []
     try:
         for e in net.entries:
-            arrays = e.layer.blob_arrays(0) if e.layer.learnable_blobs() else None
-            if arrays is None or e.layer.layer_name not in fp:
+            layer = e.layer
+            arrays = layer.blob_arrays(0) if layer.learnable_blobs() else None
+            if arrays is None:
                 continue
-            w = fp[e.layer.layer_name].reshape(arrays.w_max.shape).to(arrays.w_max.dtype)
+            name, learn = layer.layer_name, layer.learnable_blobs()
+            if name not in fp:
+                raise RapaError(f"{weights}: has no layer '{name}'")
+            if len(fp[name].blobs) > len(learn) + len(layer.state_blobs()) - len(
+                    arrays.state_blobs()):
+                raise RapaError(f"{weights}: layer '{name}' holds analog arrays' device blobs: "
+                                f"a model of the analog net; give a floating-point one")
+            w = blob_to_tensor(fp[name].blobs[0])
+            if w.numel() != learn[0].numel():
+                raise RapaError(f"{weights}: layer '{name}' weights have shape "
+                                f"{tuple(w.shape)}, the net's {tuple(learn[0].shape)}")
+            w = w.reshape(arrays.w_max.shape).to(arrays.w_max.dtype)
             alpha = arrays.out_scale.view(-1, 1, 1)
             beyond = ((w > alpha * arrays.w_max) | (w < alpha * arrays.w_min)).double().mean()
-            lines.append(f"{e.layer.layer_name}: {100 * beyond.item():.1f}% of the weights "
-                         f"beyond reach (median reach {(alpha * arrays.w_max).median():.3g}, "
-                         f"largest |weight| {w.abs().max():.3g})")
+            lines.append(f"{name}: {100 * beyond.item():.1f}% of the weights beyond reach "
+                         f"(median reach {(alpha * arrays.w_max).median():.3g}, largest "
+                         f"|weight| {w.abs().max():.3g})")
     finally:
         net.close()
+    if not lines:
+        raise RapaError(f"{model}: has no layer with rpu_param")
     return lines
 
 
@@ -57,7 +77,10 @@ def main():
     p.add_argument("--weight-range", type=float)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    print("\n".join(reach(args.model, args.weights, args.weight_range, args.seed)))
+    try:
+        print("\n".join(reach(args.model, args.weights, args.weight_range, args.seed)))
+    except (RapaError, OSError, ValueError) as e:
+        sys.exit(f"analog_reach.py: error: {e}")
 
 
 if __name__ == "__main__":

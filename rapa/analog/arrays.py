@@ -49,10 +49,6 @@ class AnalogArrays(torch.nn.Module):
         self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
-    @property
-    def scaled(self) -> bool:
-        return self.config.mapping.weight_scaling_omega > 0
-
     def state_blobs(self) -> list[Tensor]:
         """What a .caffemodel keeps besides the weights: the device draws, the scales."""
         return [getattr(self, n) for n in STATE_NAMES] + [self.out_scale]
@@ -68,8 +64,8 @@ class AnalogArrays(torch.nn.Module):
         alpha_t = max(max |W_t|, weight_range) / omega and its conductances W_t / alpha_t
         (MappingParameters); then every conductance is clipped to its device's bounds.
         Returns how many were clipped."""
-        if self.scaled:
-            mapping = self.config.mapping
+        mapping = self.config.mapping
+        if mapping.weight_scaling_omega > 0:
             amax = weight3.abs().amax(dim=(1, 2)).clamp_min(mapping.weight_range)
             alpha = torch.where(amax > 0, amax / mapping.weight_scaling_omega,
                                 torch.ones_like(amax))
@@ -94,10 +90,9 @@ class AnalogArrays(torch.nn.Module):
         """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
         scale. Differentiable in `rows`; the backward pass records the rows for the pulsed
         update instead of a weight gradient."""
-        out = _AnalogProduct.apply(rows, weight3, tile, self)
-        if self.scaled:
-            out = out * self.row_scales(tile, out.dtype)
-        return out
+        # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
+        # this net's rpu_param has none (they are the model's), and x * 1 is exact.
+        return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
 
     @torch.no_grad()
     def apply_update(self, weight: Tensor, lr: float) -> int:
@@ -110,8 +105,7 @@ class AnalogArrays(torch.nn.Module):
         done = len(self.pending)
         state = self.device_state()
         for x, d, tile in self.pending:
-            if self.scaled:
-                d = d / self.row_scales(tile, d.dtype).square()
+            d = d / self.row_scales(tile, d.dtype).square()
             rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
         self.pending.clear()
         return done

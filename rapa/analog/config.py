@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+import numpy as np
+
 NOISE_MANAGEMENT = ("none", "abs_max")
 BOUND_MANAGEMENT = ("none", "iterative")
 
@@ -98,7 +100,7 @@ class IOParameters:
     bound management); none: saturated outputs stay clipped. aihwkit 1.1.0 has it in the
     forward pass only, so rapa's default backward periphery has none (RPUConfig.backward);
     setting it there is rapa's own option."""
-    max_bm_factor: float = 1000
+    max_bm_factor: float = 1000.0
     """Bound management stops once its total reduction exceeds this factor (aihwkit: 1000)."""
     max_bm_res: float = 0.25
     """... or once the reduction times the input step exceeds this fraction (aihwkit: 0.25):
@@ -273,6 +275,8 @@ def from_proto(msg, where: str = "rpu_param") -> RPUConfig:
             continue
         sub, target = getattr(msg, part), getattr(config, part)
         for fd, value in sub.ListFields():
+            if fd.type == fd.TYPE_FLOAT:  # the decimal written, not its float32 neighbour
+                value = float(str(np.float32(value)))
             setattr(target, fd.name, type(getattr(target, fd.name))(value))
     config.check(where)
     return config
