@@ -86,6 +86,9 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                 value = blob_to_tensor(blob)
             except ValueError as err:
                 raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i}: {err}") from None
+            if not torch.isfinite(value).all():  # a diverged run's weights: garbage out
+                raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i} holds NaN or "
+                                f"infinite values")
             target = learn[i] if i < len(learn) else state[i - len(learn)]
             # Caffe's legacy 4-D shapes (1, C, 1, 1) hold what (C,) holds now; a state blob
             # (a fixed partition, statistics) must have the same shape but for such 1s.

@@ -51,6 +51,10 @@ class TilingScheme(torch.nn.Module):
         """What the scheme keeps and a model file saves (random_fixed's partition)."""
         return []
 
+    def state_problem(self, index: int, value: Tensor) -> Optional[str]:
+        """Why `value` cannot be state blob `index` (a model file's), or None."""
+        return None
+
     def assign(self, batch: int, out_h: int, out_w: int, *, training: bool,
                device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
         raise NotImplementedError
@@ -173,6 +177,14 @@ class RandomFixed(TilingScheme):
 
     def state_blobs(self):
         return [self.partition]
+
+    def state_problem(self, index, value):
+        bad = ~torch.isfinite(value) | (value != value.round()) | (value < 0) | (
+            value >= self.num_tiles)
+        if bad.any():
+            return (f"the partition must hold tile numbers 0 to {self.num_tiles - 1}, got "
+                    f"{value[bad].flatten()[0].item():g}")
+        return None
 
     def assign(self, batch, out_h, out_w, *, training, device, generator=None):
         self.prepare((out_h, out_w), device, generator)  # used outside a net: the first call

@@ -37,8 +37,12 @@ def time_layers(net: Net, iterations: int, device: torch.device, backward: bool 
     """Mean time per iteration of each layer's forward and backward pass, measured by hooks on
     the layers while the net runs as it always does (Data layers read one batch, reused)."""
     feed = net.read_data() if net.data_layers() else {}
-    # Blobs the caller feeds (Input layers, net inputs) get random values of their shapes.
-    feed.update({name: torch.randn(shape, device=device)
+    # Blobs the caller feeds (Input layers, net inputs) get random values of their shapes;
+    # those read as labels (bottom[1] of SoftmaxWithLoss, Accuracy) random valid classes.
+    classes = {e.bottoms[1]: e.layer.label_range()[0] for e in net.entries
+               if e.layer.label_range() is not None and len(e.bottoms) > 1}
+    feed.update({name: (torch.randint(classes[name], shape, device=device).float()
+                        if name in classes else torch.randn(shape, device=device))
                  for name, shape in net.fed_shapes.items()})
     names = [e.layer.layer_name for e in net.entries]
     fwd, bwd = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)

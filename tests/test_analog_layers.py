@@ -2,6 +2,7 @@
 snapshots and resume."""
 import dataclasses
 import importlib.util
+import math
 import pathlib
 import re
 
@@ -229,7 +230,9 @@ def test_generated_analog_nets_build():
     ("forward { max_bm_res: inf }", "forward.max_bm_res must be a finite number, got inf"),
     ("backward { out_noise: -inf }", "backward.out_noise must be a finite number, got -inf"),
     ("backward { out_noise: nan }", "inner_product_param.rpu_param.backward.out_noise is nan"),
-    ("forward { max_bm_factor: -inf }", "forward: max_bm_factor must be >= 1, got -inf"),
+    ("forward { max_bm_factor: inf }", "forward.max_bm_factor must be a finite number, got inf"),
+    ("forward { max_bm_factor: 0.5 }", "forward: max_bm_factor must be >= 1, got 0.5"),
+    ("device { w_min: 0 w_max: 0 }", "device.w_min and w_max are both 0"),
     ("mapping { weight_range: inf }", "mapping.weight_range must be a finite number, got inf"),
     ("device { w_min: 0.1 }", "device.w_min (0.1) must be <= 0"),
 ])
@@ -368,3 +371,20 @@ def test_analog_reach_counts_the_weights_beyond_the_arrays(tmp_path):
     (tmp_path / "digital.prototxt").write_text(net % "")
     with pytest.raises(RapaError, match="digital.prototxt: has no layer with rpu_param"):
         tool.reach(str(tmp_path / "digital.prototxt"), args[1], None, 1)
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (0, -1e-3, "dw_up must be >= 0 (device enforce_consistency)"),
+    (2, 0.1, "w_min must be <= 0 (device enforce_consistency)"),
+    (3, math.nan, "w_max must be finite"),
+    (4, 0.0, "out_scale (the arrays' digital scales) must be > 0"),
+    (4, -2.0, "out_scale (the arrays' digital scales) must be > 0"),
+])
+def test_damaged_device_blobs_in_a_model_are_refused(index, value, message):
+    # State blobs after the weight: dw_up, dw_down, w_min, w_max, out_scale.
+    layer = _ip_net('rpu_param { preset: "rasch_2019" }').layer("ip")
+    blob = layer.state_blobs()[index].clone()
+    blob.view(-1)[0] = value
+    with pytest.raises(RapaError, match=re.escape(f"state blob {index}: {message}")):
+        layer.load_state_blob(index, blob)
+    layer.load_state_blob(index, layer.state_blobs()[index].clone())  # a sound one loads

@@ -72,6 +72,60 @@ def test_converters_round_then_clip_as_aihwkit():
     torch.testing.assert_close(adc, torch.tensor([[1.0, 0.8, -1.0]], dtype=F64), rtol=0, atol=0)
 
 
+def test_converters_round_half_to_even():
+    # Inputs exactly at half steps (step 0.25): 0.5 step -> 0, 1.5 -> 2, 2.5 -> 2, as rint
+    # (aihwkit's RPU_ROUNDFUN) does; rounding half away from zero would give 1, 2, 3.
+    w = torch.eye(4, dtype=F64)[None]
+    x = torch.tensor([[0.125, 0.375, 0.625, -0.125]], dtype=F64)
+    y = analog_mvm(x, w, zeros_tile(1, "cpu"), io(inp_res=0.125, inp_bound=1.0))
+    torch.testing.assert_close(y, torch.tensor([[0.0, 0.5, 0.5, 0.0]], dtype=F64), rtol=0,
+                               atol=0)
+    y = analog_mvm(x * 4, w, zeros_tile(1, "cpu"), io(out_res=0.0625, out_bound=8.0))  # step 1
+    torch.testing.assert_close(y, torch.tensor([[0.0, 2.0, 2.0, 0.0]], dtype=F64), rtol=0,
+                               atol=0)
+
+
+def test_infinite_bounds_mean_no_bound_and_no_steps():
+    # inf out_bound / inp_bound: no bound, and no converter steps (a step of res * inf would
+    # turn every value into NaN).
+    w = torch.randn(1, 6, 5, dtype=F64) * 30
+    x = torch.randn(7, 5, dtype=F64) * 3
+    cfg = IOParameters(out_noise=0.0, out_bound=math.inf, inp_bound=math.inf,
+                       noise_management="none")
+    y = analog_mvm(x, w, zeros_tile(7, "cpu"), cfg)
+    torch.testing.assert_close(y, x @ w[0].T, rtol=1e-12, atol=1e-12)
+
+
+def test_bound_management_without_noise_management_rescales_once():
+    # No noise management: the input is only divided by bound management's reduction, and the
+    # output multiplied back once: 20 with out_bound 12 comes back as 20 (10 at half input).
+    w = torch.tensor([20.0, 30.0, -50.0], dtype=F64).view(3, 1, 1)
+    x = torch.ones(3, 1, dtype=F64)
+    cfg = io(out_bound=12.0, bound_management="iterative", max_bm_factor=1000, max_bm_res=1.0)
+    y = analog_mvm(x, w, torch.arange(3), cfg)
+    torch.testing.assert_close(y, w.view(3, 1), rtol=0, atol=1e-12)
+
+
+def test_noise_joins_before_the_saturation_test_and_each_pass_draws_afresh():
+    # 50,000 rows whose exact output is 11.9 (out_bound 12, ADC step 24/510): a row is redone
+    # at half the input only when its noise rounds it past the bound (z >= 2.06, p = 0.0198),
+    # and its second pass, with fresh noise, exceeds 12 again only for z' >= 0.83 (p = 0.202):
+    # 0.40% of the rows end above 12. Noise added after the test: none redone (0%); the same
+    # draw in both passes: every redone row ends above 12 (1.98%); no noise in pass 2: 0%.
+    m, step = 50000, 24 / 510
+    w = torch.full((1, 1, 1), 11.9, dtype=F64)
+    x = torch.ones(m, 1, dtype=F64)
+    cfg = io(out_res=1 / 510, out_bound=12.0, out_noise=0.06, noise_management="abs_max",
+             bound_management="iterative", max_bm_factor=1000, max_bm_res=1.0)
+    y = analog_mvm(x, w, zeros_tile(m, "cpu"), cfg, seed=torch.tensor([3]))
+    normal = torch.distributions.Normal(0.0, 1.0)
+    p_redo = 1 - normal.cdf(torch.tensor((255.5 * step - 11.9) / 0.06, dtype=F64))
+    p_above = 1 - normal.cdf(torch.tensor((127.5 * step - 5.95) / 0.06, dtype=F64))
+    expect = m * p_redo * p_above
+    above = int((y > 12 + 1e-9).sum())
+    assert abs(above - expect) < 5 * math.sqrt(expect), (above, expect.item())
+
+
 def test_output_quantization_is_the_adcs(device):
     w = torch.randn(1, 30, 10, dtype=F64, device=device)
     x = torch.randn(40, 10, dtype=F64, device=device)
@@ -270,6 +324,21 @@ def test_cycle_to_cycle_variation_adds_the_predicted_spread(device):
                ConstantStepDevice(dw_min=dw_min, dw_min_std=std), UpdateParameters(desired_bl=31))
     assert w.mean().item() == pytest.approx(-10 * dw_min, rel=5 * std / math.sqrt(10 * draws))
     assert w.std().item() == pytest.approx(dw_min * std * math.sqrt(10), rel=0.1)
+
+
+@pytest.mark.parametrize("sign, step", [(1.0, "dw_down"), (-1.0, "dw_up")])
+def test_each_direction_takes_its_own_step(device, sign, step):
+    # Asymmetric devices (up 2e-3, down 1e-3): lr = 10 dw_min with x = d = 1 fires every bit of
+    # 10 pulses; d > 0 moves the weight down by 10 down steps, d < 0 up by 10 up steps.
+    dw_min = 1e-3
+    state = ideal_state((1, 1, 1), dw_min, device=device)
+    state["dw_up"] = state["dw_up"] * 2
+    w = torch.zeros(1, 1, 1, dtype=F64, device=device)
+    one = torch.ones(1, 1, dtype=F64, device=device)
+    rpu_update(w, one, sign * one, zeros_tile(1, device), 10 * dw_min, state,
+               ConstantStepDevice(dw_min=dw_min, dw_min_std=0.0), UpdateParameters())
+    expect = -sign * 10 * state[step].item()
+    assert w.item() == pytest.approx(expect, rel=1e-12)
 
 
 def test_weights_stay_within_their_own_bounds(device):

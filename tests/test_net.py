@@ -1,5 +1,6 @@
 """The net builder (rapa/net.py) and the layer contract: paths, phase rules, loss weights,
 labels, blob sharing between nets, fed inputs, frozen blobs, and the layers' answers."""
+import math
 import re
 
 import pytest
@@ -124,6 +125,25 @@ def test_a_model_for_another_output_size_is_refused(tmp_path):
     with pytest.raises(RapaError, match=re.escape("state blob 0 has shape (6, 6), the value "
                                                   "given (5, 5)")):
         layer.load_state_blob(0, torch.zeros(5, 5))
+    # A partition's entries are tile numbers: 99, 0.5 or NaN would index no tile.
+    for bad, shown in ((99.0, "99"), (0.5, "0.5"), (math.nan, "nan"), (-1.0, "-1")):
+        value = torch.zeros(6, 6)
+        value[2, 3] = bad
+        with pytest.raises(RapaError, match=re.escape(
+                f"state blob 0: the partition must hold tile numbers 0 to 3, got {shown}")):
+            layer.load_state_blob(0, value)
+    layer.load_state_blob(0, torch.full((6, 6), 3.0))
+
+
+def test_a_model_with_nan_weights_is_refused(tmp_path):
+    net = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                 'inner_product_param { num_output: 2 } }')
+    with torch.no_grad():
+        net.layer("ip").module.weight[0, 1] = math.nan
+    save_weights(net, tmp_path / "nan.caffemodel")
+    with pytest.raises(RapaError, match=re.escape("nan.caffemodel: layer 'ip' blob 0 holds NaN "
+                                                  "or infinite values")):
+        load_weights(net, tmp_path / "nan.caffemodel")
 
 
 def test_param_specs_default_to_caffes():

@@ -246,6 +246,21 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
     assert times["a"].backward_ms > 0 and times["sum"].backward_ms < 0.2 * branch, times
 
 
+def test_time_feeds_input_labels_with_valid_classes():
+    """Blobs an Input layer feeds to a loss's label bottom get classes in [0, num_output):
+    random normal values would include negative labels, which the loss refuses."""
+    from rapa.timing import time_layers
+    text = """
+layer { name: "in" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 64 dim: 3 } shape { dim: 64 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+    net = Net(parse_text(text, pb.NetParameter()), pb.TRAIN, source="input")
+    times = {t.name: t for t in time_layers(net, 1, torch.device("cpu"), warmup=0)}
+    assert set(times) == {"in", "ip", "loss"}
+
+
 @pytest.mark.parametrize("args,files,message", [
     (["train", "--solver", "s.prototxt"], {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\n'
                                            'max_iter: 2\nlr_policy: "fixed"\nsnapshot: -'},

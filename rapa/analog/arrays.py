@@ -10,6 +10,8 @@ each analog tile to update. Forward and backward products go through the array's
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,6 +54,23 @@ class AnalogArrays(torch.nn.Module):
     def state_blobs(self) -> list[Tensor]:
         """What a .caffemodel keeps besides the weights: the device draws, the scales."""
         return [getattr(self, n) for n in STATE_NAMES] + [self.out_scale]
+
+    def state_problem(self, index: int, value: Tensor) -> Optional[str]:
+        """Why `value` cannot be state blob `index` (dw_up, dw_down, w_min, w_max, out_scale)
+        from a model file, or None: all finite, scales > 0, and with enforce_consistency steps
+        >= 0 and w_min <= 0 <= w_max (ConstantStepDevice)."""
+        name = (STATE_NAMES + ("out_scale",))[index]
+        if not torch.isfinite(value).all():
+            return f"{name} must be finite"
+        if name == "out_scale" and (value <= 0).any():
+            return "out_scale (the arrays' digital scales) must be > 0"
+        if self.config.device.enforce_consistency:
+            wrong = {"dw_up": value < 0, "dw_down": value < 0, "w_min": value > 0,
+                     "w_max": value < 0}.get(name)
+            if wrong is not None and wrong.any():
+                return (f"{name} must be {'<=' if name == 'w_min' else '>='} 0 "
+                        f"(device enforce_consistency)")
+        return None
 
     def device_state(self) -> dict[str, Tensor]:
         """The per-device draws, by the names rapa.analog.rpu_update takes."""

@@ -68,6 +68,9 @@ class ConstantStepDevice:
         if not self.w_min <= 0 <= self.w_max:  # aihwkit refuses the rest too
             raise ValueError(f"{where}: device.w_min ({self.w_min}) must be <= 0 and w_max "
                              f"({self.w_max}) >= 0: a weight's range holds 0")
+        if self.w_min == self.w_max:
+            raise ValueError(f"{where}: device.w_min and w_max are both 0: no weight but 0 "
+                             f"can be held")
         for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod"):
             if not getattr(self, name) >= 0:  # nan too
                 raise ValueError(f"{where}: device.{name} must be >= 0, got {getattr(self, name)}")
@@ -142,7 +145,7 @@ class IOParameters:
 
 
 def _step(res: float, bound: float) -> float:
-    if res <= 0:
+    if res <= 0 or math.isinf(bound):  # no converter steps over an unbounded range
         return 0.0
     return (1 / res if res > 1 else res) * 2 * bound
 
@@ -218,8 +221,8 @@ class RPUConfig:
 
     def check(self, where: str = "rpu_param") -> None:
         # NaN passes no comparison unnoticed and inf makes no device: every number finite,
-        # but the periphery's bounds and bound management's limit, where inf means "none".
-        unbounded = {"inp_bound", "out_bound", "max_bm_factor"}
+        # but the periphery's bounds, where inf means "none".
+        unbounded = {"inp_bound", "out_bound"}
         for part in ("device", "forward", "backward", "update", "mapping"):
             for f in fields(getattr(self, part)):
                 value = getattr(getattr(self, part), f.name)

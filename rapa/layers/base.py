@@ -197,8 +197,15 @@ class Layer(torch.nn.Module):
         if value.numel() != blobs[index].numel():
             raise self.error(f"state blob {index} has shape {tuple(blobs[index].shape)}, the "
                              f"value given {tuple(value.shape)}")
+        problem = self.state_blob_problem(index, value)
+        if problem:
+            raise self.error(f"state blob {index}: {problem}")
         with torch.no_grad():  # in place: a test net shares these very tensors
             blobs[index].copy_(value.reshape(blobs[index].shape))
+
+    def state_blob_problem(self, index: int, value: torch.Tensor) -> Optional[str]:
+        """Why `value` cannot be state blob `index` (a model file's), or None."""
+        return None
 
     def label_range(self) -> Optional[tuple[int, Optional[int]]]:
         """(classes, ignore_label) for a layer that reads class labels from bottom[1]: a label

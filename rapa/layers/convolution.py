@@ -76,6 +76,9 @@ class Convolution(Layer):
     def state_blobs(self):
         return self.module.state_blobs()
 
+    def state_blob_problem(self, index, value):
+        return self.module.state_blob_problem(index, value)
+
     def kernel_replicas(self):
         m = self.module
         return (m.weight, m.bias) if m.tiled else None

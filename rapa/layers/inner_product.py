@@ -46,6 +46,9 @@ class InnerProduct(Layer):
     def state_blobs(self):
         return self.module.state_blobs()
 
+    def state_blob_problem(self, index, value):
+        return self.module.state_blob_problem(index, value)
+
     def array_work(self):
         return ArrayWork(1, self.module.weight.numel(), 1)
 

@@ -136,6 +136,13 @@ class TiledConv2d(torch.nn.Module):
         arrays' device draws and scales (in that order)."""
         return self.scheme.state_blobs() + (self.arrays.state_blobs() if self.arrays else [])
 
+    def state_blob_problem(self, index: int, value: Tensor) -> Optional[str]:
+        """Why `value` cannot be state blob `index` (the scheme's, then the arrays'), or None."""
+        own = len(self.scheme.state_blobs())
+        if index < own:
+            return self.scheme.state_problem(index, value)
+        return self.arrays.state_problem(index - own, value) if self.arrays else None
+
     def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         if not self.tiled and self.arrays is None:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,

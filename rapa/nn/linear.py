@@ -66,6 +66,10 @@ class Linear(torch.nn.Module):
         """The arrays' device draws and scales, which a model file keeps (none if digital)."""
         return self.arrays.state_blobs() if self.arrays is not None else []
 
+    def state_blob_problem(self, index: int, value: Tensor) -> Optional[str]:
+        """Why `value` cannot be the arrays' state blob `index`, or None."""
+        return self.arrays.state_problem(index, value) if self.arrays is not None else None
+
     def forward(self, x: Tensor) -> Tensor:
         if self.arrays is None:
             return F.linear(x, self.weight.t() if self.transpose else self.weight, self.bias)
