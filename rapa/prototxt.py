@@ -19,8 +19,10 @@ def _read(path: pathlib.Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise RapaError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise RapaError(f"{path}: is a folder, not a file") from None
     except OSError as e:
-        raise RapaError(f"{path}: cannot read ({e})") from None
+        raise RapaError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def parse_text(text: str, message: M, source: str = "<string>") -> M:

@@ -323,6 +323,8 @@ class Solver:
         if resume and weights:
             raise RapaError("give --snapshot or --weights, not both")
         if weights:
+            if not all(weights.split(",")):
+                raise RapaError(f"--weights '{weights}': an empty file name in the list")
             for w in weights.split(","):
                 # Caffe's fine-tuning: layers the file lacks keep their fillers' values; a
                 # file that has none of the net's layers is a mistake, not a fine-tuning.

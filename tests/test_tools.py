@@ -294,6 +294,18 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
                     'dim: 2 } } }'},
      "--votes 3: n.prototxt has no layer that scores votes (an Accuracy layer in the TEST"),
     (["convert-svhn", "train_32x32.mat", "out"], {}, "train_32x32.mat: No such file or directory"),
+    (["test", "--model", "n.prototxt", "--weights", "."],
+     {"n.prototxt": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
+                    'dim: 2 } } }\nlayer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                    'inner_product_param { num_output: 2 } }'},
+     "error: .: is a folder, not a file"),
+    (["train", "--solver", "s.prototxt", "--weights", "w.caffemodel,"],
+     {"s.prototxt": 'net: "n.prototxt"\nbase_lr: 0.1\nmax_iter: 2\nsnapshot_prefix: "snap"',
+      "n.prototxt": 'layer { name: "in" type: "Input" top: "x" top: "l" input_param { shape { '
+                    'dim: 1 dim: 2 } shape { dim: 1 } } }\nlayer { name: "ip" type: "InnerProduct" '
+                    'bottom: "x" top: "y" inner_product_param { num_output: 2 } }\nlayer { name: '
+                    '"loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "l" top: "loss" }'},
+     "--weights 'w.caffemodel,': an empty file name in the list"),
     (["plot", "run_log.jsonl", "--out", "curves.foo"],
      {"run_log.jsonl": '{"iter": 1, "phase": "train", "loss": 2.3}\n'},
      "argument --out: curves.foo: cannot draw '.foo' files; use one of"),
