@@ -368,6 +368,11 @@ def test_analog_reach_counts_the_weights_beyond_the_arrays(tmp_path):
     save_weights(analog, tmp_path / "analog.caffemodel")
     with pytest.raises(RapaError, match="layer 'ip' holds analog arrays' device blobs"):
         tool.reach(args[0], str(tmp_path / "analog.caffemodel"), None, 1)
+    with torch.no_grad():
+        digital.layer("ip").module.weight[0, 0] = math.nan
+    save_weights(digital, tmp_path / "nan.caffemodel")
+    with pytest.raises(RapaError, match="layer 'ip' weights hold NaN or infinite values"):
+        tool.reach(args[0], str(tmp_path / "nan.caffemodel"), None, 1)
     (tmp_path / "digital.prototxt").write_text(net % "")
     with pytest.raises(RapaError, match="digital.prototxt: has no layer with rpu_param"):
         tool.reach(str(tmp_path / "digital.prototxt"), args[1], None, 1)

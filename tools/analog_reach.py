@@ -53,6 +53,8 @@ def reach(model: str, weights: str, weight_range: float | None, seed: int) -> li
                 raise RapaError(f"{weights}: layer '{name}' holds analog arrays' device blobs: "
                                 f"a model of the analog net; give a floating-point one")
             w = blob_to_tensor(fp[name].blobs[0])
+            if not torch.isfinite(w).all():
+                raise RapaError(f"{weights}: layer '{name}' weights hold NaN or infinite values")
             if w.numel() != learn[0].numel():
                 raise RapaError(f"{weights}: layer '{name}' weights have shape "
                                 f"{tuple(w.shape)}, the net's {tuple(learn[0].shape)}")
