@@ -393,3 +393,43 @@ def test_damaged_device_blobs_in_a_model_are_refused(index, value, message):
     with pytest.raises(RapaError, match=re.escape(f"state blob {index}: {message}")):
         layer.load_state_blob(index, blob)
     layer.load_state_blob(index, layer.state_blobs()[index].clone())  # a sound one loads
+
+
+def test_config_limits_are_inclusive_where_documented():
+    # Each check at its edge: the limit itself is accepted, the next value refused, and the
+    # message names where (from_proto's `where`, "rpu_param" by default).
+    from rapa.analog import ConstantStepDevice, IOParameters, RPUConfig, UpdateParameters
+    from rapa.analog.config import describe
+    RPUConfig(forward=IOParameters(out_noise=0.0, max_bm_factor=1.0),
+              update=UpdateParameters(desired_bl=64)).check()
+    RPUConfig(update=UpdateParameters(desired_bl=1)).check()
+    for bad, message in ((IOParameters(out_bound=0.0), "forward: out_bound must be > 0"),
+                         (IOParameters(inp_bound=0.0), "forward: inp_bound must be > 0"),
+                         (IOParameters(max_bm_factor=0.99), "forward: max_bm_factor must be >= 1")):
+        with pytest.raises(ValueError, match=re.escape(f"layer 'x': {message}")):
+            RPUConfig(forward=bad).check("layer 'x'")
+    with pytest.raises(ValueError, match=re.escape("layer 'x': update.desired_bl must be in "
+                                                   "[1, 64], got 65")):
+        RPUConfig(update=UpdateParameters(desired_bl=65)).check("layer 'x'")
+    with pytest.raises(ValueError, match=re.escape("layer 'x': mapping.weight_range must be >= "
+                                                   "0, got -1.0")):
+        RPUConfig(mapping=MappingParameters(weight_scaling_omega=0.6, weight_range=-1.0)
+                  ).check("layer 'x'")
+    with pytest.raises(ValueError, match=re.escape("rpu_param: update.desired_bl must be in")):
+        from_proto(parse_text("update { desired_bl: 0 }", pb.RPUParameter()))
+    assert IOParameters(is_perfect=True).op_args() == dict(
+        inp_step=0.0, inp_bound=math.inf, out_step=0.0, out_bound=math.inf, out_noise=0.0,
+        noise_management=False, bound_management=False, max_bm_factor=1.0)
+    lines = describe(RPUConfig(device=ConstantStepDevice(dw_min=0.002))).split("\n")
+    assert len(lines) == 5 and lines[0].startswith("device: dw_min=0.002, dw_min_dtod=0.3")
+    assert lines[4] == "mapping: weight_scaling_omega=0.0, weight_range=0.0"
+
+
+def test_untiled_analog_conv_with_bias_and_uneven_padding_is_the_dense_conv():
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64) + 1.0
+    arrays = AnalogArrays(perfect(), (1, 4, 27)).double()
+    out = analog_conv(x, w.view(1, 4, 27), b, None, (3, 3), (1, 2), (2, 1), arrays)
+    torch.testing.assert_close(out, F.conv2d(x, w, b, stride=(1, 2), padding=(2, 1)))
