@@ -176,3 +176,28 @@ def test_image_pad_module_names_input_sides_that_do_not_divide():
     conv = rapa.nn.TiledConv2d(3, 4, 2, tiling="image_pad", num_tiles=4)
     with pytest.raises(ValueError, match="needs the input sides divisible by 2, got 9x9"):
         conv(torch.randn(1, 3, 9, 9))
+
+
+def test_scheme_arguments_and_messages_name_the_scheme():
+    assert tiling.NoTiling().num_tiles == 1
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"tiling 'random' needs num_tiles >= 1, got {bad}"):
+            tiling.make_scheme("random", bad)
+    with pytest.raises(ValueError, match="tiling 'image_pad' with 4 tiles needs the input sides "
+                                         "divisible by 2, got 5x5"):
+        tiling.make_scheme("image_pad", 4).check((5, 5), (4, 4))
+    with pytest.raises(ValueError, match="tiling 'image_overlap' with 4 tiles needs the output "
+                                         "sides divisible by 2, got 5x5"):
+        tiling.make_scheme("image_overlap", 4).assign(1, 5, 5, training=True,
+                                                      device=torch.device("cpu"))
+
+
+def test_random_partitions_follow_the_generator_given():
+    scheme = tiling.make_scheme("random", 4)
+    draw = lambda seed: scheme.assign(  # noqa: E731
+        3, 6, 6, training=True, device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(0)
+    first = draw(5)
+    torch.manual_seed(1)   # the global generator does not decide
+    assert torch.equal(first, draw(5)) and not torch.equal(first, draw(6))
