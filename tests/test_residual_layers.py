@@ -497,3 +497,19 @@ def test_a_net_with_batch_norm_resumes_exactly(tmp_path, monkeypatch):
     resumed.solve(resume="auto")
     for a, b in zip(state(resumed), final):
         assert torch.equal(a, b)
+
+
+def test_scale_errors_name_the_field():
+    with pytest.raises(RapaError, match="layer 's'.*scale_param.axis"):
+        build(SCALE.format(bottoms='bottom: "x0"', p="axis: 7"), [(2, 3, 4)])
+    with pytest.raises(RapaError, match="layer 's'.*bias_filler"):
+        build(SCALE.format(bottoms='bottom: "x0"', p="bias_term: true bias_filler { "
+                                                      "type: 'uniform' min: 1 max: 0 }"),
+              [(2, 3, 4)])
+
+
+def test_a_layer_too_large_to_allocate_says_how_large():
+    with pytest.raises(RapaError, match=re.escape("layer 'c' (InnerProduct): cannot allocate "
+                                                  "98304.0 GiB for its blobs")):
+        build('layer { name: "c" type: "InnerProduct" bottom: "x0" top: "y" '
+              'inner_product_param { num_output: 2147483647 } }', [(1, 3, 64, 64)])
