@@ -102,15 +102,23 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                     f"different num_output, kernel, channel count, or tiling?)")
             if i < len(learn):
                 target.copy_(value.reshape(target.shape))
-            else:
-                layer.load_state_blob(i - len(learn), value)
-        if arrays and len(lp.blobs) < len(learn) + len(state):
-            for i, a in arrays:
-                clipped = a.map_(learn[i].view(a.dw_up.shape))
-                if clipped:
-                    say(f"{path}: layer '{layer.layer_name}': {clipped} of {learn[i].numel()} "
-                        f"digital weights lie beyond their devices' bounds and were clipped "
-                        f"(rpu_param: device w_min/w_max, mapping)")
+                continue
+            problem = layer.state_blob_problem(i - len(learn), value)
+            if problem:
+                raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i} (state blob "
+                                f"{i - len(learn)}): {problem}")
+            layer.load_state_blob(i - len(learn), value)
+        digital = len(lp.blobs) < len(learn) + len(state)
+        for i, a in arrays:
+            # Digital weights are mapped as fillers are; an analog model's conductances lie
+            # within their devices' bounds unless the file was edited: clipped all the same.
+            weight3 = learn[i].view(a.dw_up.shape)
+            clipped = a.map_(weight3) if digital else a.clip_(weight3)
+            if clipped:
+                what = "digital weights" if digital else "conductances"
+                say(f"{path}: layer '{layer.layer_name}': {clipped} of {learn[i].numel()} "
+                    f"{what} lie beyond their devices' bounds and were clipped "
+                    f"(rpu_param: device w_min/w_max, mapping)")
     return missing
 
 

@@ -288,6 +288,18 @@ def test_digital_weights_loaded_into_an_analog_layer_are_mapped_like_fillers(tmp
                     net.layer("ip").learnable_blobs() + net.layer("ip").state_blobs()):
         assert torch.equal(a, b)
     assert not said
+    # Conductances beyond their devices' bounds (an edited file) are clipped, with a notice.
+    edited = _ip_net(rasch)
+    load_weights(edited, tmp_path / "analog.caffemodel")
+    with torch.no_grad():
+        edited.layer("ip").module.weight.mul_(100)
+    save_weights(edited, tmp_path / "edited.caffemodel")
+    load_weights(edited, tmp_path / "edited.caffemodel", say=said.append)
+    assert said == [f"{tmp_path / 'edited.caffemodel'}: layer 'ip': 2 of 2 conductances lie "
+                    f"beyond their devices' bounds and were clipped (rpu_param: device "
+                    f"w_min/w_max, mapping)"]
+    assert (edited.layer("ip").module.weight.abs() <= 0.6 + 1e-6).all()
+    said.clear()
     # Its scales are the model's: they apply in a net whose rpu_param has no weight scaling.
     unscaled = _ip_net('rpu_param { forward { is_perfect: true } }')
     load_weights(unscaled, tmp_path / "analog.caffemodel", say=said.append)
@@ -385,7 +397,7 @@ def test_analog_reach_counts_the_weights_beyond_the_arrays(tmp_path):
     (4, 0.0, "out_scale (the arrays' digital scales) must be > 0"),
     (4, -2.0, "out_scale (the arrays' digital scales) must be > 0"),
 ])
-def test_damaged_device_blobs_in_a_model_are_refused(index, value, message):
+def test_damaged_device_blobs_in_a_model_are_refused(tmp_path, index, value, message):
     # State blobs after the weight: dw_up, dw_down, w_min, w_max, out_scale.
     layer = _ip_net('rpu_param { preset: "rasch_2019" }').layer("ip")
     blob = layer.state_blobs()[index].clone()
@@ -393,6 +405,13 @@ def test_damaged_device_blobs_in_a_model_are_refused(index, value, message):
     with pytest.raises(RapaError, match=re.escape(f"state blob {index}: {message}")):
         layer.load_state_blob(index, blob)
     layer.load_state_blob(index, layer.state_blobs()[index].clone())  # a sound one loads
+    if math.isfinite(value):  # a model file carrying it: the file, layer and blob are named
+        net = _ip_net('rpu_param { preset: "rasch_2019" }')
+        net.layer("ip").state_blobs()[index].view(-1)[0] = value
+        save_weights(net, tmp_path / "bad.caffemodel")
+        with pytest.raises(RapaError, match=re.escape(
+                f"bad.caffemodel: layer 'ip' blob {index + 1} (state blob {index}): {message}")):
+            load_weights(_ip_net('rpu_param { preset: "rasch_2019" }'), tmp_path / "bad.caffemodel")
 
 
 def test_config_limits_are_inclusive_where_documented():
