@@ -436,6 +436,8 @@ def test_config_limits_are_inclusive_where_documented():
                   ).check("layer 'x'")
     with pytest.raises(ValueError, match=re.escape("rpu_param: update.desired_bl must be in")):
         from_proto(parse_text("update { desired_bl: 0 }", pb.RPUParameter()))
+    with pytest.raises(ValueError, match=re.escape("rpu_param: backward: out_noise must be >= 0")):
+        RPUConfig(backward=IOParameters(out_noise=-0.5)).check()
     assert IOParameters(is_perfect=True).op_args() == dict(
         inp_step=0.0, inp_bound=math.inf, out_step=0.0, out_bound=math.inf, out_noise=0.0,
         noise_management=False, bound_management=False, max_bm_factor=1.0)

@@ -149,10 +149,11 @@ def test_a_net_that_reads_no_data_counts_no_images():
     assert result == evaluate.TestResult({}, {}, 0)
 
 
-@pytest.mark.parametrize("label,shown", [("", "test"), ("val", "val")])
+@pytest.mark.parametrize("label,shown", [(None, "test"), ("", "test"), ("val", "val")])
 def test_the_progress_bar_counts_the_iterations(make_net, capsys, label, shown):
     net, _ = make_net()
-    evaluate.test_net(net, ITERATIONS, progress_label=label, progress=True)
+    given = {} if label is None else {"progress_label": label}
+    evaluate.test_net(net, ITERATIONS, progress=True, **given)
     err = capsys.readouterr().err
     assert err.endswith("\n")
     lines = err.split("\r")[1:]
