@@ -12,7 +12,8 @@ from .options import count
 
 def add_arguments(p):
     p.add_argument("--solver", required=True, help="solver prototxt")
-    p.add_argument("--weights", help="initial weights (.caffemodel; comma-separated list)")
+    p.add_argument("--weights", help="initial weights (.caffemodel; comma-separated list); "
+                   "a digital model's weights are mapped onto analog layers (README)")
     p.add_argument("--snapshot", help="resume from this .solverstate, or 'auto': the newest")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
     p.add_argument("--max-iter", type=count(0), help="override the solver's max_iter")
