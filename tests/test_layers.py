@@ -353,3 +353,32 @@ def test_nan_in_any_layer_field_is_named(text, field):
     param = parse_text(f'name: "l" bottom: "x" top: "y" {text}', pb.LayerParameter())
     with pytest.raises(RapaError, match=re.escape(f"layer 'l' ({param.type}): {field} is nan")):
         make_layer(param, [(1, 2, 4, 4)], pb.TRAIN)
+
+
+def test_layer_fields_that_set_up_refuses_or_reads_apart():
+    """Set-up rules checked in process: num_output 0 or missing; stride_h and stride_w each
+    honoured; global_pooling refuses a stride other than 1 (Caffe's PoolingLayer::LayerSetUp);
+    one Input shape serves every top; axis errors name their field."""
+    for p in ("num_output: 0 kernel_size: 3", "kernel_size: 3"):
+        with pytest.raises(RapaError, match="layer 'c'.*num_output must be given and > 0"):
+            build(f'layer {{ name: "c" type: "Convolution" bottom: "x" top: "y" '
+                  f'convolution_param {{ {p} }} }}', (1, 2, 6, 6))
+    net = build('layer { name: "c" type: "Convolution" bottom: "x" top: "y" convolution_param { '
+                'num_output: 1 kernel_size: 1 stride_h: 1 stride_w: 2 } }', (1, 2, 6, 6))
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    assert tuple(run(net, x)["y"].shape) == (1, 1, 6, 3)
+    for p in ("stride_h: 2 stride_w: 1", "stride_h: 1 stride_w: 2", "stride: 2"):
+        with pytest.raises(RapaError, match="global_pooling takes only pad 0 and stride 1"):
+            build(f'layer {{ name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param {{ '
+                  f'global_pooling: true {p} }} }}', (1, 2, 6, 6))
+    build('layer { name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { '
+          'global_pooling: true stride_h: 1 stride_w: 1 } }', (1, 2, 6, 6))
+    two = Net(parse_text('layer { name: "in" type: "Input" top: "a" top: "b" input_param { '
+                         'shape { dim: 2 dim: 3 } } }', pb.NetParameter()), pb.TEST)
+    assert two.fed_shapes == {"a": (2, 3), "b": (2, 3)}
+    with pytest.raises(RapaError, match="layer 'l'.*softmax_param.axis"):
+        build('layer { name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "o" '
+              'softmax_param { axis: 5 } }', (2, 3), label_shape=(2,))
+    with pytest.raises(RapaError, match="layer 'k'.*concat_param.axis"):
+        build('layer { name: "k" type: "Concat" bottom: "x" bottom: "x" top: "o" '
+              'concat_param { axis: 5 } }', (2, 3))

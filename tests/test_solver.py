@@ -101,6 +101,13 @@ def test_lr_policies_with_warmup(policy, fields, expect):
         assert learning_rate(sp, it) == pytest.approx(want, rel=1e-6)
 
 
+def test_the_run_says_what_it_trains(workdir):
+    said = []
+    Solver(setup_files(workdir, max_iter=1), say=said.append, progress=False).solve()
+    assert said[0] == ("Training tiny on cpu to iteration 1 (batch 4 x iter_size 1, seed 3); "
+                       "log snap/tiny_log.jsonl")
+
+
 def test_sgd_update_is_caffes(workdir):
     solver = Solver(setup_files(workdir, max_iter=1), say=lambda m: None, progress=False)
     before = weights(solver)
