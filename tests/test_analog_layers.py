@@ -233,6 +233,12 @@ def test_generated_analog_nets_build():
     ("forward { max_bm_factor: inf }", "forward.max_bm_factor must be a finite number, got inf"),
     ("forward { max_bm_factor: 0.5 }", "forward: max_bm_factor must be >= 1, got 0.5"),
     ("device { w_min: 0 w_max: 0 }", "device.w_min and w_max are both 0"),
+    ("mapping { weight_scaling_omega: 100 }",
+     "mapping.weight_scaling_omega (100.0) must lie within [0.001, 1] times the devices' w_max "
+     "(0.6)"),
+    ("mapping { weight_scaling_omega: 1e-30 }", "mapping.weight_scaling_omega (1e-30) must lie"),
+    ("mapping { weight_scaling_omega: 0.6 weight_range: 1e38 }",
+     "mapping.weight_range must be <= 1e6, got 1e+38"),
     ("mapping { weight_range: inf }", "mapping.weight_range must be a finite number, got inf"),
     ("device { w_min: 0.1 }", "device.w_min (0.1) must be <= 0"),
 ])
@@ -299,6 +305,14 @@ def test_digital_weights_loaded_into_an_analog_layer_are_mapped_like_fillers(tmp
                     f"beyond their devices' bounds and were clipped (rpu_param: device "
                     f"w_min/w_max, mapping)"]
     assert (edited.layer("ip").module.weight.abs() <= 0.6 + 1e-6).all()
+    said.clear()
+    # Devices of another preset (4 times the step): used, and said.
+    load_weights(_ip_net('rpu_param { preset: "rasch_2019" device { dw_min: 0.004 } }'),
+                 tmp_path / "analog.caffemodel", say=said.append)
+    assert len(said) == 1 and re.search(
+        r"layer 'ip': the model's devices step by 0\.000\d+ on average, this net's rpu_param "
+        r"says dw_min 0\.004: the model's devices are used, with dw_min 0\.004 for the bit "
+        r"length$", said[0]), said
     said.clear()
     # Its scales are the model's: they apply in a net whose rpu_param has no weight scaling.
     unscaled = _ip_net('rpu_param { forward { is_perfect: true } }')

@@ -201,6 +201,9 @@ class MappingParameters:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{where}: mapping.{name} must be >= 0, got "
                                  f"{getattr(self, name)}")
+        if self.weight_range > 1e6:  # no weight to learn; the scale would overflow float32
+            raise ValueError(f"{where}: mapping.weight_range must be <= 1e6, got "
+                             f"{self.weight_range}")
         if self.weight_range > 0 and not self.weight_scaling_omega > 0:
             raise ValueError(f"{where}: mapping.weight_range needs weight_scaling_omega > 0 "
                              f"(the conductance it maps to)")
@@ -231,6 +234,12 @@ class RPUConfig:
                     raise ValueError(f"{where}: {part}.{f.name} must be a finite number, got "
                                      f"{value}")
         self.device.check(where)
+        omega = self.mapping.weight_scaling_omega
+        # Beyond the nominal bound every mapped weight saturates; below a thousandth of it the
+        # conductances sit under the 9-bit ADC's resolution (and the scale can overflow).
+        if omega > 0 and not 1e-3 * self.device.w_max <= omega <= self.device.w_max:
+            raise ValueError(f"{where}: mapping.weight_scaling_omega ({omega}) must lie within "
+                             f"[0.001, 1] times the devices' w_max ({self.device.w_max})")
         self.forward.check(f"{where}: forward")
         self.backward.check(f"{where}: backward")
         self.update.check(where)
