@@ -111,8 +111,8 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
         digital = len(lp.blobs) < len(learn) + len(state)
         for i, a in arrays:
             nominal = a.config.device.dw_min
-            step = float((a.dw_up.mean() + a.dw_down.mean()) / 2)
-            if not digital and not 0.5 <= step / nominal <= 2:  # another preset's devices
+            step = None if digital else float((a.dw_up.mean() + a.dw_down.mean()) / 2)
+            if step is not None and not 0.5 <= step / nominal <= 2:  # another preset's devices
                 say(f"{path}: layer '{layer.layer_name}': the model's devices step by {step:.3g} "
                     f"on average, this net's rpu_param says dw_min {nominal:g}: the model's "
                     f"devices are used, with dw_min {nominal:g} for the bit length")

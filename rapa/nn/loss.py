@@ -21,6 +21,13 @@ def _flat(scores: Tensor, labels: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     return s.reshape(-1, s.shape[-1]), labels.reshape(-1).long()
 
 
+def _counted(target: Tensor, ignore_label: Optional[int]) -> Tensor:
+    """Which predictions count: those not labelled ignore_label (all without one)."""
+    if ignore_label is None:
+        return torch.ones_like(target, dtype=torch.bool)
+    return target != ignore_label
+
+
 class SoftmaxWithLoss(torch.nn.Module):
     """Cross-entropy of softmax(scores) over `axis` against integer labels, as Caffe's
     SoftmaxWithLoss: scores (N, K, ...) and labels holding one class per prediction
@@ -43,8 +50,7 @@ class SoftmaxWithLoss(torch.nn.Module):
         logp = F.log_softmax(scores, self.axis).movedim(self.axis, -1)
         logp = logp.reshape(-1, logp.shape[-1])
         target = labels.reshape(-1).long()
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None \
-            else target != self.ignore_label
+        valid = _counted(target, self.ignore_label)
         nll = -logp.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
         # Caffe's cap on the value; its backward ignores the cap, so the gradient passes.
         nll = torch.where(nll > LOSS_CAP, LOSS_CAP + (nll - nll.detach()), nll)
@@ -87,8 +93,7 @@ class Accuracy(torch.nn.Module):
         self.top_k, self.axis, self.ignore_label = top_k, axis, ignore_label
 
     def _score(self, ranking: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_label is None \
-            else target != self.ignore_label
+        valid = _counted(target, self.ignore_label)
         own = ranking.gather(1, torch.where(valid, target, 0).unsqueeze(1))
         # Caffe counts the classes scoring >= the label's, the label included: not topk, whose
         # order among ties is arbitrary.
