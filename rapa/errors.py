@@ -2,4 +2,10 @@
 
 
 class RapaError(Exception):
-    """Bad input from a user (a file, a layer, an argument); the message says where and what."""
+    """Bad input from a user (a file, a layer, an argument); the message says where and what.
+
+    `shared`: every process of a data-parallel run raises the same one (process 0 says it)."""
+
+    def __init__(self, message: str, shared: bool = False):
+        super().__init__(message)
+        self.shared = shared

@@ -16,6 +16,8 @@ since the last step (the solver's iter_size): the stochastic pulse trains of rap
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .layers import Learnable
@@ -26,8 +28,9 @@ class SGD:
     digital blob, in order (what a .solverstate saves)."""
 
     def __init__(self, blobs: list[Learnable], momentum: float = 0.0, weight_decay: float = 0.0,
-                 regularization: str = "L2"):
+                 regularization: str = "L2", generator: Optional[torch.Generator] = None):
         self.blobs = blobs
+        self.generator = generator  # the pulses' seeds (AnalogArrays.apply_update)
         self.momentum, self.weight_decay, self.regularization = (momentum, weight_decay,
                                                                  regularization)
         self.digital = [b for b in blobs if b.arrays is None]
@@ -52,4 +55,5 @@ class SGD:
             b.blob.grad = None
         for b in self.blobs:
             if b.arrays is not None:
-                b.arrays.apply_update(b.blob, rate * b.spec.lr_mult / passes)
+                b.arrays.apply_update(b.blob, rate * b.spec.lr_mult / passes,
+                                      generator=self.generator)

@@ -5,6 +5,11 @@ averaged over them and clipped (clip_gradients); one update per learnable blob (
 Caffe's SGD for digital blobs, the arrays' pulsed update for analog ones); snapshot if due.
 Interrupt (Ctrl-C, SIGTERM): finish the iteration, snapshot, stop. A NaN or infinite loss:
 stop without a snapshot, so that the newest snapshot is the last good state.
+
+Under torchrun every process runs this loop on its own batches (rapa.distributed): after the
+backward passes the processes agree on the loss and on a stop, average the digital gradients
+and gather the analog update rows, so every process makes the same update; process 0 alone
+logs, tests and writes snapshots.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 
 from .device import device_named
+from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
 from .evaluate import test_net
 from .fileio import hold_lock, make_folder, remove_stale_temporaries, sha256_of
@@ -36,11 +42,12 @@ from .trainlog import TrainLog
 
 
 class Stop(Exception):
-    """Training ended early; `code` is the process exit status the tool should use."""
+    """Training ended early; `code` is the process exit status the tool should use; `shared`:
+    every process of a data-parallel run stops with this message (process 0 says it)."""
 
-    def __init__(self, message: str, code: int):
+    def __init__(self, message: str, code: int, shared: bool = True):
         super().__init__(message)
-        self.code = code
+        self.code, self.shared = code, shared
 
 
 def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) -> torch.device:
@@ -79,6 +86,23 @@ def check_ranges(sp: pb.SolverParameter, where: str) -> None:
             raise RapaError(f"{where}: {field} must be {rule}, got {value:g}")
 
 
+def _mix(seed: int, *values: int) -> int:
+    """A seed for another stream of the run's seed (a process's draws, the pulses')."""
+    for v in values:
+        seed = (seed * 0x9E3779B97F4A7C15 + v * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+    return seed
+
+
+class _NoLog:
+    """The log of a process other than 0 (process 0 alone writes the run's log)."""
+
+    def write(self, **entry) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Solver:
     def __init__(self, solver_path: str, *, device: Optional[str] = None,
                  max_iter: Optional[int] = None, say: Callable[[str], None] = print,
@@ -105,32 +129,49 @@ class Solver:
         if sp.snapshot_format == pb.SolverParameter.HDF5:
             say("snapshot_format HDF5 is not supported: snapshots are written as BINARYPROTO")
         self.prefix = sp.snapshot_prefix or str(self.path.with_suffix(""))
-        self.seed = sp.random_seed if sp.random_seed >= 0 else \
-            int.from_bytes(os.urandom(6), "little")
-        torch.manual_seed(self.seed)
         self.device = pick_device(sp, device, say)
+        # Under torchrun: this process's place in the run, and its GPU (cuda:LOCAL_RANK).
+        self.group = Group.from_environment(self.device)
+        self.device = self.group.device
+        if not self.group.leader:
+            self.say = say = lambda message: None  # process 0 speaks for the run
+            self.progress = False
+        try:
+            self.seed = self.group.broadcast_int(
+                sp.random_seed if sp.random_seed >= 0 else int.from_bytes(os.urandom(6), "little"))
+            torch.manual_seed(self.seed)  # every process: the same fillers and device draws
 
-        train_param, train_src, test_params = self._net_params()
-        base = self.path.parent
-        self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
-                       **self._state_kwargs(sp.train_state if sp.HasField("train_state")
-                                            else None))
-        self.net.to_device(self.device)
-        self.test_nets = []
-        for i, (param, src) in enumerate(test_params):
-            state = sp.test_state[i] if i < len(sp.test_state) else None
-            tn = Net(param, pb.TEST, source=src, base_dir=base, seed=self.seed,
-                     **self._state_kwargs(state))
-            tn.share_from(self.net)
-            tn.to_device(self.device)
-            self.test_nets.append(tn)
-        if len(sp.test_iter) != len(self.test_nets):
-            raise RapaError(f"{where}: test_iter must be given once per test net "
-                            f"({len(self.test_nets)}), got {len(sp.test_iter)}")
-        if self.test_nets and sp.test_interval <= 0:
-            raise RapaError(f"{where}: test nets need test_interval > 0")
-        self.params = self.net.learnable()
-        self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type)
+            train_param, train_src, test_params = self._net_params()
+            base = self.path.parent
+            self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
+                           **self._state_kwargs(sp.train_state if sp.HasField("train_state")
+                                                else None))
+            self.net.to_device(self.device)
+            self.test_nets = []
+            for i, (param, src) in enumerate(test_params):
+                state = sp.test_state[i] if i < len(sp.test_state) else None
+                tn = Net(param, pb.TEST, source=src, base_dir=base, seed=self.seed,
+                         **self._state_kwargs(state))
+                tn.share_from(self.net)
+                tn.to_device(self.device)
+                self.test_nets.append(tn)
+            if len(sp.test_iter) != len(self.test_nets):
+                raise RapaError(f"{where}: test_iter must be given once per test net "
+                                f"({len(self.test_nets)}), got {len(sp.test_iter)}")
+            if self.test_nets and sp.test_interval <= 0:
+                raise RapaError(f"{where}: test nets need test_interval > 0")
+            self.params = self.net.learnable()
+            # The pulses of the analog updates draw from their own generator, the same on every
+            # process, so that every process applies the same pulses.
+            self.pulses = torch.Generator(self.device).manual_seed(_mix(self.seed, 1))
+            self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type,
+                           generator=self.pulses)
+            if self.group.world > 1:
+                self._join_run(train_param, test_params)
+        except BaseException:
+            # A process leaving without closing the group aborts in gloo's threads at exit.
+            self.group.close()
+            raise
         # The training error of Table 1: top-1 hits of the scores the first layer reading
         # labels takes (class axis 1), counted over the training batches between tests.
         self.scored = next(((e.bottoms[0], e.bottoms[1], e.layer.label_range()[1])
@@ -140,6 +181,31 @@ class Solver:
         self.iter = 0
         self.losses: deque = deque(maxlen=max(1, sp.average_loss))
         self._interrupted = None
+
+    def _join_run(self, train_param: pb.NetParameter, test_params) -> None:
+        """Checks that every process runs the same run, gives each its share of the training
+        data, and each its own stream of draws for the forward passes (random tiling, dropout,
+        noise), while the weights and the device draws made so far are the same."""
+        g = self.group
+        g.same_everywhere(self.sp.SerializeToString(deterministic=True), "solver")
+        g.same_everywhere(train_param.SerializeToString(deterministic=True) + b"".join(
+            p.SerializeToString(deterministic=True) for p, _ in test_params), "net")
+        g.same_everywhere(fingerprint(self._everything_saved()),
+                          "initial weights (another torch version?)")
+        for layer in self.net.data_layers():
+            if layer.records and layer.records < g.world * layer.batch_size:
+                raise RapaError(f"layer '{layer.layer_name}': its database holds "
+                                f"{layer.records} records, fewer than one step of {g.world} "
+                                f"processes reads ({g.world} x batch_size {layer.batch_size}): "
+                                f"start fewer processes or lower batch_size", shared=True)
+            layer.shard(g.rank, g.world)
+        if g.rank:
+            torch.manual_seed(_mix(self.seed, 2, g.rank))
+
+    def _everything_saved(self) -> list[torch.Tensor]:
+        """The net's learnable and state blobs: what must be equal on every process."""
+        return [t for e in self.net.entries
+                for t in list(e.layer.learnable_blobs()) + list(e.layer.state_blobs())]
 
     def _state_kwargs(self, state: Optional[pb.NetState]) -> dict:
         if state is None:
@@ -176,20 +242,39 @@ class Solver:
     def rate(self) -> float:
         return learning_rate(self.sp, self.iter)
 
+    def _generator_states(self) -> tuple[bytes, bytes]:
+        cuda = (torch.cuda.get_rng_state(self.device).numpy().tobytes()
+                if self.device.type == "cuda" else b"")
+        return torch.get_rng_state().numpy().tobytes(), cuda
+
     def snapshot(self) -> pathlib.Path:
+        """Every process takes part (their generators are saved, and they are checked to hold
+        the same weights); process 0 writes."""
         model_path, state_path = snapshot_paths(self.prefix, self.iter)
+        g = self.group
+        generators = g.gather_objects(self._generator_states())
+        g.same_everywhere(fingerprint(self._everything_saved()),
+                          f"weights at iteration {self.iter} (the processes diverged)")
+        if not g.leader:
+            g.barrier()  # returns once process 0 has written the snapshot
+            return state_path
         save_weights(self.net, model_path)
         state = pb.SolverState(iter=self.iter, learned_net=model_path.name, seed=self.seed,
-                               rng_state=torch.get_rng_state().numpy().tobytes(),
-                               learned_net_sha256=sha256_of(model_path))
+                               rng_state=generators[0][0],
+                               learned_net_sha256=sha256_of(model_path),
+                               pulse_rng_state=self.pulses.get_state().numpy().tobytes(),
+                               world_size=g.world)
         if self.device.type == "cuda":
-            state.cuda_rng_state = torch.cuda.get_rng_state(self.device).numpy().tobytes()
+            state.cuda_rng_state = generators[0][1]
+        state.process_rng_state.extend(cpu for cpu, _ in generators[1:])
+        state.process_cuda_rng_state.extend(cuda for _, cuda in generators[1:] if cuda)
         state.history.extend(tensor_to_blob(h) for h in self.sgd.history)
         for layer in self.net.data_layers():
             state.data_cursor.add(layer=layer.layer_name, batches=layer.position)
         state.loss_window.extend(self.losses)
         state.train_predictions, state.train_hits = self.train_predictions, self.train_hits
         write_binary(state_path, state)
+        g.barrier()
         return state_path
 
     def restore(self, state_path) -> None:
@@ -227,19 +312,35 @@ class Solver:
             for layer in self.net.data_layers() + [l for n in self.test_nets
                                                    for l in n.data_layers()]:
                 layer.reseed(state.seed)
-        for field in ("rng_state", "cuda_rng_state"):
-            saved = getattr(state, field)
-            if not saved or (field == "cuda_rng_state" and self.device.type != "cuda"):
+        rank = self.group.rank
+        saved = {"rng_state": state.rng_state, "cuda_rng_state": state.cuda_rng_state,
+                 "pulse_rng_state": state.pulse_rng_state}
+        if rank:  # process r's own generators, where the run that wrote it had a process r
+            saved["rng_state"] = (state.process_rng_state[rank - 1]
+                                  if rank <= len(state.process_rng_state) else b"")
+            saved["cuda_rng_state"] = (state.process_cuda_rng_state[rank - 1]
+                                       if rank <= len(state.process_cuda_rng_state) else b"")
+            if not saved["rng_state"]:
+                torch.manual_seed(_mix(self.seed, 2, rank, state.iter))
+        for field, value in saved.items():
+            if not value or (field == "cuda_rng_state" and self.device.type != "cuda"):
                 continue
-            value = torch.from_numpy(np.frombuffer(saved, np.uint8).copy())
+            value = torch.from_numpy(np.frombuffer(value, np.uint8).copy())
             try:
                 if field == "rng_state":
                     torch.set_rng_state(value)
-                else:
+                elif field == "cuda_rng_state":
                     torch.cuda.set_rng_state(value, self.device)
+                else:
+                    self.pulses.set_state(value)
             except RuntimeError:  # torch checks the generator state's size and contents
-                raise RapaError(f"{state_path}: {field} is damaged ({len(saved)} bytes that "
+                raise RapaError(f"{state_path}: {field} is damaged ({len(value)} bytes that "
                                 f"are no generator state)") from None
+        if state.world_size != self.group.world:
+            self.say(f"{state_path} was written by a run of {state.world_size} process(es), "
+                     f"resumed by {self.group.world}: each step now reads {self.group.world} x "
+                     f"the batch (was {state.world_size} x), from the same record on; the rate "
+                     f"schedule counts iterations as before")
         cursors = {c.layer: c.batches for c in state.data_cursor}
         for layer in self.net.data_layers():
             layer.seek(cursors.get(layer.layer_name, 0))
@@ -249,8 +350,24 @@ class Solver:
 
     # -- training ------------------------------------------------------------------------------
 
+    def _share(self) -> None:
+        """Every process's gradients in every process (a one-process run: nothing to do): the
+        digital ones averaged, as Caffe's multi-GPU solver does (each process's loss is the
+        mean over its own batch); the analog rows gathered in rank order, their d divided by
+        the world size for the same reason. Every process then makes the same update as one
+        process would with the concatenated batch."""
+        g = self.group
+        if g.world == 1:
+            return
+        g.average_([b.blob.grad for b in self.params if b.arrays is None])
+        for b in self.params:
+            if b.arrays is not None:
+                b.arrays.pending = [(g.gather_rows(x), g.gather_rows(d) / g.world,
+                                     g.gather_rows(tile)) for x, d, tile in b.arrays.pending]
+
     def _update(self, rate: float) -> None:
         sp = self.sp
+        self._share()
         grads = [b.blob.grad for b in self.params]
         # Caffe's ApplyUpdate: clip the gradients summed over iter_size passes, then average.
         if sp.clip_gradients > 0:
@@ -270,19 +387,19 @@ class Solver:
         data = self.net.data_layers()
         if not data or not data[0].records:
             return None
-        images = self.iter * data[0].batch_size * self.sp.iter_size
+        images = self.iter * data[0].batch_size * self.sp.iter_size * self.group.world
         return round(images / data[0].records, 4)
 
-    def _count_hits(self, blobs: dict) -> None:
+    def _count_hits(self, blobs: dict) -> tuple[int, int]:
+        """(right, counted) top-1 predictions of this batch."""
         if self.scored is None:
-            return
+            return 0, 0
         scores, labels, ignore = self.scored
         with torch.no_grad():
             predicted = blobs[scores].argmax(1).reshape(-1)
             target = blobs[labels].reshape(-1).long()
             valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=bool)
-            self.train_hits += int(((predicted == target) & valid).sum())
-            self.train_predictions += int(valid.sum())
+            return int(((predicted == target) & valid).sum()), int(valid.sum())
 
     def _test_all(self, log: Optional[TrainLog]) -> None:
         train = {}
@@ -306,6 +423,10 @@ class Solver:
                 log.write(**entry)
 
     def _on_signal(self, signum, frame):
+        if self._interrupted is not None and self.group.world > 1:
+            # torchrun passes the user's Ctrl-C on to its processes, which the terminal gave
+            # them already: the second is that one. torchrun kills them 30 s after it.
+            return
         if self._interrupted is not None:
             # A second Ctrl-C: stop now. An exception raised here could surface in any frame
             # (a traceback) or leave the reader threads to be torn down mid-call (an abort);
@@ -322,6 +443,7 @@ class Solver:
         sp = self.sp
         if resume and weights:
             raise RapaError("give --snapshot or --weights, not both")
+        leader = self.group.leader
         if weights:
             if not all(weights.split(",")):
                 raise RapaError(f"--weights '{weights}': an empty file name in the list")
@@ -347,22 +469,27 @@ class Solver:
             else:
                 self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
         log_path = sp.log_file or f"{self.prefix}_log.jsonl"
-        # Made now, so that an unwritable place fails before the first snapshot, not at it.
-        make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
-        make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
-        self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
-                               f"{self.prefix}")
-        try:
-            for stale in remove_stale_temporaries(self.prefix):
-                self.say(f"Removed {stale}, left by a run killed while writing it")
-            log = TrainLog(log_path, resumed)
-        except BaseException:
-            self._lock.close()
-            raise
-        batch = sum(layer.batch_size for layer in self.net.data_layers()) or 1
-        self.say(f"Training {self.net.name or self.net.source} on {self.device} to iteration "
-                 f"{sp.max_iter} (batch {batch} x iter_size {sp.iter_size}, seed {self.seed}); "
-                 f"log {log_path}")
+        self._lock, log = None, _NoLog()
+        if leader:  # process 0 writes the run's files
+            # Made now, so that an unwritable place fails before the first snapshot, not at it.
+            make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
+            make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
+            self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
+                                   f"{self.prefix}")
+            try:
+                for stale in remove_stale_temporaries(self.prefix):
+                    self.say(f"Removed {stale}, left by a run killed while writing it")
+                log = TrainLog(log_path, resumed)
+            except BaseException:
+                self._lock.close()
+                raise
+        world = self.group.world
+        batch = (sum(layer.batch_size for layer in self.net.data_layers()) or 1) * world
+        processes = f"{world} processes x " if world > 1 else ""
+        on = f"{world} processes on {self.device.type}" if world > 1 else str(self.device)
+        self.say(f"Training {self.net.name or self.net.source} on {on} to iteration "
+                 f"{sp.max_iter} (batch {processes}{batch // world} x iter_size {sp.iter_size}, "
+                 f"seed {self.seed}); log {log_path}")
         analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
         if analog and (sp.momentum or sp.weight_decay):  # rapa.sgd: arrays take pulses only
             self.say(f"Analog weights of {', '.join(analog)}: pulsed updates at the rate times "
@@ -375,20 +502,28 @@ class Solver:
             self.net.train()
             while self.iter < sp.max_iter:
                 if sp.test_interval and self.iter % sp.test_interval == 0 and (
-                        self.iter > 0 or sp.test_initialization) and self.test_nets:
+                        self.iter > 0 or sp.test_initialization) and self.test_nets and leader:
                     bar.clear()
                     t_test = time.monotonic()
                     self._test_all(log)
                     t_display += time.monotonic() - t_test  # images/s: training time only
                 rate = self.rate()
-                loss_sum = 0.0
+                loss_sum, hits, predictions = 0.0, 0, 0
                 for _ in range(sp.iter_size):
                     blobs = self.net()
-                    self._count_hits(blobs)
+                    right, counted = self._count_hits(blobs)
+                    hits, predictions = hits + right, predictions + counted
                     loss = self.net.loss(blobs)
                     loss.backward()
                     loss_sum += float(loss.detach())
-                loss_value = loss_sum / sp.iter_size
+                # Every process: the same loss and the same decision to stop.
+                loss_sum, hits, predictions, stops = self.group.sum(
+                    [loss_sum, hits, predictions, self._interrupted is not None])
+                if stops and self._interrupted is None:
+                    self._interrupted = "a signal to another process of the run"
+                self.train_hits += int(hits)
+                self.train_predictions += int(predictions)
+                loss_value = loss_sum / (sp.iter_size * world)
                 if not math.isfinite(loss_value):
                     bar.clear()
                     where = f"; the last good snapshot is {last_snapshot}" if last_snapshot \
@@ -417,27 +552,41 @@ class Solver:
                     bar.clear()
                     self.say(f"Snapshot: {last_snapshot}")
                 if self._interrupted:
+                    launch = (f"torchrun --nproc-per-node {world} -m rapa train" if world > 1
+                              else "rapa train")
                     raise Stop(f"{self._interrupted} at iteration {self.iter}: stopped after "
-                               f"writing {last_snapshot}; resume with: rapa train --solver "
+                               f"writing {last_snapshot}; resume with: {launch} --solver "
                                f"{self.path} --snapshot {last_snapshot}{self.overrides}", 130)
             bar.close()
             if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")
-            if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets:
+            if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets and \
+                    leader:
                 self._test_all(log)
             self.say("Optimization done.")
             return self.iter
+        except PeerLost as e:
+            # torchrun now stops the others with SIGTERM: the handler must stay, to let this
+            # process say why it stops rather than die of the signal.
+            self._interrupted = self._interrupted or "lost"
+            bar.clear()
+            where = f"; the last good snapshot is {last_snapshot}" if last_snapshot \
+                else "; no snapshot was written"
+            raise Stop(f"{e} at iteration {self.iter}: training stopped{where}", 1,
+                       shared=False) from None
         finally:
             # After a Ctrl-C the handler stays: a second one while the process shuts down
             # (atexit, the readers' threads) must still stop it at once, not raise there.
             for s, h in old.items() if not self._interrupted else ():
                 signal.signal(s, h)
             log.close()
-            self._lock.close()  # releases the prefix
+            if self._lock is not None:
+                self._lock.close()  # releases the prefix
             self.close()
 
     def close(self) -> None:
         self.net.close()
         for tn in self.test_nets:
             tn.close()
+        self.group.close()
 

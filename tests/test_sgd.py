@@ -19,8 +19,9 @@ class RecordingArrays:
     def __init__(self):
         self.calls = []
 
-    def apply_update(self, weight, lr):
+    def apply_update(self, weight, lr, generator=None):
         self.calls.append((weight, lr))
+        self.generator = generator
 
 
 def blob(value, lr_mult=1.0, decay_mult=1.0, grad=None, arrays=None, name="b"):
@@ -52,10 +53,12 @@ def test_analog_blobs_get_the_arrays_update_and_no_history():
     analog = blob([0.5, 0.5], lr_mult=3, arrays=arrays, name="conv/0")
     frozen = blob([1.0], lr_mult=0, grad=[5.0], name="conv/1")
     digital = blob([1.0], grad=[1.0], name="ip/0")
-    sgd = SGD([analog, frozen, digital], momentum=0.5, weight_decay=0.1)
+    pulses = torch.Generator()
+    sgd = SGD([analog, frozen, digital], momentum=0.5, weight_decay=0.1, generator=pulses)
     assert len(sgd.history) == 2  # frozen and digital: none for the analog weight
     sgd.step(0.2, passes=4)
     assert len(arrays.calls) == 1
+    assert arrays.generator is pulses  # the solver's generator of the pulses' seeds
     weight, lr = arrays.calls[0]
     assert weight is analog.blob and lr == pytest.approx(0.2 * 3 / 4)
     assert torch.equal(analog.blob.detach(), torch.tensor([0.5, 0.5], dtype=torch.float64))

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..geometry import conv_out
 from .config import RPUConfig
-from .ops import analog_mvm, rpu_update
+from .ops import analog_mvm, draw_seed, rpu_update
 
 STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
 
@@ -114,18 +114,22 @@ class AnalogArrays(torch.nn.Module):
         return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
 
     @torch.no_grad()
-    def apply_update(self, weight: Tensor, lr: float) -> int:
+    def apply_update(self, weight: Tensor, lr: float,
+                     generator: Optional[torch.Generator] = None) -> int:
         """The pulsed update of `weight` (the T x O x K conductances, in any shape of that
         size: a view is updated in place) from every recorded backward pass, in order; returns
         their count. With weight scaling, array t runs at the rate lr / alpha_t^2: the recorded
         d is alpha_t times the layer's output gradient, so the layer's weights, alpha_t times
-        the conductances, move by -lr d x^T on average, as in SGD."""
+        the conductances, move by -lr d x^T on average, as in SGD. Each pass's pulses draw from
+        a seed taken from `generator` (torch's default generator of the weight's device when
+        None): the solver's own, which every process of a data-parallel run shares."""
         weight3 = weight.view(self.dw_up.shape)
         done = len(self.pending)
         state = self.device_state()
         for x, d, tile in self.pending:
             d = d / self.row_scales(tile, d.dtype).square()
-            rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update)
+            rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update,
+                       seed=draw_seed(weight.device, generator))
         self.pending.clear()
         return done
 

@@ -51,7 +51,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args) or 0
     except RapaError as e:
-        print(f"rapa {args.command}: error: {e}", file=sys.stderr)
+        from ..distributed import speaker
+        leader, who = speaker()
+        if leader or not e.shared:  # an error every process of a run raises is said once
+            print(f"rapa {args.command}: error: {who}{e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user named: missing, unwritable, a folder, a full disk
         print(f"rapa {args.command}: error: {os_error_message(e)}", file=sys.stderr)

@@ -6,6 +6,7 @@ snapshot and stops; a NaN loss stops without one, keeping the last good snapshot
 """
 import sys
 
+from ..distributed import speaker
 from ..solver import Solver, Stop
 from .options import count
 
@@ -27,6 +28,8 @@ def run(args):
     try:
         solver.solve(resume=args.snapshot, weights=args.weights)
     except Stop as e:
-        print(f"rapa train: {e}", file=sys.stderr, flush=True)
+        leader, who = speaker()
+        if leader or not e.shared:  # a stop all processes share is said once
+            print(f"rapa train: {who}{e}", file=sys.stderr, flush=True)
         return e.code
     return 0

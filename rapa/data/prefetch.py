@@ -4,6 +4,11 @@ Batch b holds the records from position (rand_skip + b * batch_size) on, wrappin
 its augmentation draws come from a generator seeded by (seed, b). So a batch depends on its
 index alone and a resumed run (seek(b)) sees exactly the batches that an uninterrupted run
 would. Errors in the thread (a bad record) are raised in the consumer.
+
+In a run of `world` processes (rapa.distributed) process `rank` reads batches rank, rank +
+world, rank + 2 world, ...: the processes' batches of one step, in rank order, are the records
+one process would read with a batch `world` times larger. The position (next_index) counts the
+batches of all processes, so a snapshot's cursor means the same records for any world size.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class Prefetcher:
         self.batch_size, self.seed, self.skip = batch_size, seed, skip
         self.depth = max(1, depth)
         self.next_index = 0
+        self.rank, self.world = 0, 1
         self._thread = None
         self._queue = None
         self._stop = threading.Event()
@@ -59,8 +65,13 @@ class Prefetcher:
         gen = torch.Generator().manual_seed(batch_seed(self.seed, index))
         return self.transform(images, gen), torch.from_numpy(labels)
 
+    def shard(self, rank: int, world: int) -> None:
+        """Read as process `rank` of `world` (see above)."""
+        self.close()
+        self.rank, self.world = rank, world
+
     def _run(self, first: int, q: queue.Queue, stop: threading.Event) -> None:
-        index = first
+        index = first + self.rank
         while not stop.is_set():
             try:
                 item = (index, self.batch(index), None)
@@ -74,10 +85,10 @@ class Prefetcher:
                     continue
             if item[2] is not None:
                 return
-            index += 1
+            index += self.world
 
     def seek(self, index: int) -> None:
-        """The next batch returned will be batch `index`."""
+        """The next batch returned will be batch `index` (plus the rank)."""
         self.close()
         self.next_index = index
 
@@ -92,8 +103,8 @@ class Prefetcher:
         if error is not None:
             self.close()
             raise error
-        assert index == self.next_index
-        self.next_index += 1
+        assert index == self.next_index + self.rank
+        self.next_index += self.world
         return batch
 
     def close(self) -> None:

@@ -262,6 +262,11 @@ class DataLayer(Layer):
         """The next batch read will be batch `batches` (a resumed run; every test pass)."""
         self.prefetcher.seek(batches)
 
+    def shard(self, rank: int, world: int) -> None:
+        """Read as process `rank` of a run of `world` (rapa.data.prefetch): every process its
+        own batches, the position counting all of theirs."""
+        self.prefetcher.shard(rank, world)
+
     def reseed(self, seed: int) -> None:
         """Draw the augmentation from the run seed `seed` (a resumed run keeps the original)."""
         self.prefetcher.seed = seed + self.seed_offset

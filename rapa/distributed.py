@@ -1,0 +1,183 @@
+"""The processes of one data-parallel training run (torch.distributed), as `rapa train` sees them.
+
+Launched by torchrun (`torchrun --nproc-per-node N -m rapa train --solver S`), each process
+finds its rank and the world size in the environment torchrun sets (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and joins the group: NCCL on CUDA, gloo on the CPU.
+Without torchrun (or with WORLD_SIZE 1) the group is one process and every collective below is
+the identity, so a one-process run does exactly what it did before.
+
+What the solver exchanges each step (Caffe's multi-GPU semantics, where batch_size is per
+process and the gradients are averaged over the processes):
+- the digital gradients, averaged (one all-reduce over all of them, flattened);
+- the rows of the analog arrays' pulsed update, gathered in rank order (all_gather), so that
+  every process applies the same rows with the same draws and the arrays stay bit-identical;
+- a few numbers: the loss, the training hits, and whether any process was interrupted.
+A process that leaves the run (killed, crashed) makes the next collective fail on the others:
+that is raised as PeerLost, which the solver turns into a one-line stop.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import RapaError
+
+
+class PeerLost(RapaError):
+    """A collective failed: another process of the run has left it."""
+
+
+def _environment_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise RapaError(f"environment variable {name}={value!r} is not a number (set by "
+                            f"torchrun; launch with torchrun or unset it)") from None
+    world = number("WORLD_SIZE", 1)
+    rank, local = number("RANK", 0), number("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise RapaError(f"environment: RANK {rank} and WORLD_SIZE {world} do not fit "
+                        f"(0 <= RANK < WORLD_SIZE)")
+    return rank, world, local
+
+
+class Group:
+    """This process's place in the run: `rank` in [0, `world`), and the collectives the solver
+    uses. `leader` (rank 0) alone logs, tests and writes snapshots, as Caffe's root solver."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0,
+                 device: Optional[torch.device] = None):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.device = device or torch.device("cpu")
+        self.joined = False
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: torch.device, timeout_s: float = 1800.0) -> "Group":
+        """Join the run torchrun started (one process: no group). On CUDA each process takes
+        the GPU of its LOCAL_RANK (cuda:LOCAL_RANK) and NCCL; on the CPU gloo."""
+        rank, world, local = _environment_world()
+        if world == 1:
+            return cls(device=device)
+        if device.type == "cuda":
+            if local >= torch.cuda.device_count():
+                raise RapaError(f"process {rank} (LOCAL_RANK {local}) has no GPU: this machine "
+                                f"has {torch.cuda.device_count()}; start at most that many "
+                                f"processes per node (--nproc-per-node)")
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
+            raise RapaError(f"this torch build has no torch.distributed {backend} backend")
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as e:
+            raise RapaError(f"process {rank} of {world}: cannot join the run "
+                            f"({str(e).splitlines()[0]})") from None
+        group = cls(rank, world, local, device)
+        group.joined = True
+        return group
+
+    def close(self) -> None:
+        if self.joined:
+            self.joined = False
+            dist.destroy_process_group()
+
+    # -- collectives: each the identity in a one-process run -----------------------------------
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:  # gloo/NCCL: a peer closed its connection or timed out
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PeerLost(f"another process of the run has left it (seen while {what}: "
+                           f"{detail[:120]})") from None
+
+    def average_(self, tensors: Sequence[Optional[Tensor]]) -> None:
+        """In place: each tensor becomes its mean over the processes (None entries skipped;
+        every process passes the same shapes in the same order)."""
+        present = [t for t in tensors if t is not None]
+        if self.world == 1 or not present:
+            return
+        flat = torch.cat([t.reshape(-1) for t in present])
+        self._call("averaging gradients", dist.all_reduce, flat)
+        flat.div_(self.world)
+        offset = 0
+        for t in present:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """The sums over the processes of a few numbers (float64)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        self._call("summing the loss", dist.all_reduce, t)
+        return t.tolist()
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        """This process's rows (M, ...) and everybody else's, concatenated in rank order
+        (world * M, ...); every process passes the same shape."""
+        if self.world == 1:
+            return rows
+        rows = rows.contiguous()
+        parts = [torch.empty_like(rows) for _ in range(self.world)]
+        self._call("gathering analog update rows", dist.all_gather, parts, rows)
+        return torch.cat(parts)
+
+    def gather_objects(self, value) -> list:
+        """Every process's `value` (picklable), in rank order."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        self._call("exchanging settings", dist.all_gather_object, out, value)
+        return out
+
+    def broadcast_int(self, value: int) -> int:
+        """Rank 0's `value` on every process."""
+        return self.gather_objects(value)[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            # all_reduce rather than dist.barrier: on NCCL the barrier guesses a device.
+            self.sum([0.0])
+
+    def same_everywhere(self, value: bytes, what: str) -> None:
+        """Raise (on every process) when `value` differs between processes; `what` names it."""
+        digests = self.gather_objects(hashlib.sha256(value).hexdigest())
+        for rank, digest in enumerate(digests):
+            if digest != digests[0]:
+                raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
+                                f"process of a run must use the same files (copy them to every "
+                                f"node)", shared=True)
+
+
+def speaker() -> tuple[bool, str]:
+    """(whether this process speaks for the run's shared messages, a prefix naming it in its
+    own): process 0 of a torchrun launch, or a process launched alone."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if world in ("", "1"):
+        return True, ""
+    return rank == "0", "" if rank == "0" else f"process {rank} of {world}: "
+
+
+def fingerprint(tensors: Sequence[Tensor]) -> bytes:
+    """The exact bytes of `tensors` hashed: equal on two processes only when every bit is."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.digest()

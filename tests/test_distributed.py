@@ -1,0 +1,304 @@
+"""Data-parallel training under torchrun (gloo, 2 processes on the CPU): the same run as one
+process with the concatenated batch, analog arrays bit-identical, safe stops and resumes, bad
+launches named in one line."""
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from datasets import random_images, write_lmdb
+from rapa.proto import pb
+from rapa.prototxt import read_binary
+from rapa.snapshot import latest_snapshot
+from rapa.trainlog import read_log_lines
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
+                                or not torch.distributed.is_gloo_available(),
+                                reason="torch without the gloo backend")
+
+# No augmentation and no digital reduction whose order depends on the batch split: the one-
+# and two-process runs then compute the same numbers. The analog net has no biases (a bias
+# gradient is a sum over the batch, rounded differently when split) and no periphery noise
+# (its draws are counted per row of each process's own batch); the pulses are stochastic,
+# with cycle-to-cycle noise, so they show whether every process applies the same rows in the
+# same order with the same draws.
+NET = """
+name: "dp"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { scale: 0.01 }
+  data_param { source: "train_lmdb" batch_size: %(batch)d backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { scale: 0.01 }
+  data_param { source: "test_lmdb" batch_size: 5 backend: LMDB } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: %(bias)s
+    weight_filler { type: "xavier" } %(rpu)s } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  inner_product_param { num_output: 3 bias_term: %(bias)s
+    weight_filler { type: "gaussian" std: 0.1 } %(rpu)s } }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc"
+  include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+ANALOG = ('rpu_param { forward { out_noise: 0 } backward { out_noise: 0 } '
+          'device { dw_min: 0.01 dw_min_std: 0.3 } }')
+
+SOLVER = """
+net: "%(net)s"
+test_iter: 2
+test_interval: 4
+base_lr: 0.1
+momentum: 0.9
+weight_decay: 0.004
+lr_policy: "fixed"
+max_iter: %(max_iter)d
+snapshot: %(snapshot)d
+snapshot_prefix: "%(prefix)s"
+solver_mode: CPU
+random_seed: 5
+display: 1
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    write_lmdb(tmp_path / "train_lmdb", *random_images(24, h=6, w=6, classes=3))
+    write_lmdb(tmp_path / "test_lmdb", *random_images(10, h=6, w=6, classes=3, seed=1))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_run(workdir, name, batch, analog=False, max_iter=6, snapshot=3):
+    (workdir / f"{name}.prototxt").write_text(NET % {
+        "batch": batch, "bias": "false" if analog else "true", "rpu": ANALOG if analog else ""})
+    (workdir / f"{name}_solver.prototxt").write_text(SOLVER % {
+        "net": f"{name}.prototxt", "max_iter": max_iter, "snapshot": snapshot,
+        "prefix": f"snap_{name}/{name}"})
+    return f"{name}_solver.prototxt"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra):
+    e = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in extra.items()})
+    e["PYTHONPATH"] = os.pathsep.join(
+        [str(pathlib.Path(__file__).resolve().parents[1])] +
+        ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+    return e
+
+
+def torchrun(workdir, solver, *extra, processes=2, check=True, wait=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+           "--master-port", str(free_port()), "-m", "rapa", "train", "--solver", solver,
+           "--no-progress", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    r = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=240)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def one_process(workdir, solver, *extra):
+    r = subprocess.run([sys.executable, "-m", "rapa", "train", "--solver", solver,
+                        "--no-progress", *extra], cwd=workdir, env=env(), capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def blobs(path) -> dict:
+    net = read_binary(path, pb.NetParameter())
+    out = {}
+    for layer in net.layer:
+        for i, b in enumerate(layer.blobs):
+            out[f"{layer.name}/{i}"] = torch.tensor(list(b.data) or list(b.double_data),
+                                                    dtype=torch.float64)
+    return out
+
+
+def test_two_processes_train_as_one_with_the_doubled_batch(workdir):
+    write_run(workdir, "one", batch=4)
+    write_run(workdir, "two", batch=2)
+    one_process(workdir, "one_solver.prototxt")
+    r = torchrun(workdir, "two_solver.prototxt")
+    assert "2 processes on cpu" in r.stdout and "batch 2 processes x 2" in r.stdout
+    assert r.stdout.count("Optimization done.") == 1  # process 0 speaks for the run
+    a, b = blobs("snap_one/one_iter_6.caffemodel"), blobs("snap_two/two_iter_6.caffemodel")
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), name
+    # The weights moved (a test over a run that learns nothing would pass anything).
+    first = blobs("snap_two/two_iter_3.caffemodel")
+    assert max(float((first[n] - b[n]).abs().max()) for n in b) > 1e-3
+    one_log, two_log = (read_log_lines(f"snap_{n}/{n}_log.jsonl") for n in ("one", "two"))
+    losses = [[e["loss"] for e in log if e.get("phase") == "train"] for log in (one_log,
+                                                                              two_log)]
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    tests = [[e["acc"] for e in log if e.get("phase") == "test"] for log in (one_log, two_log)]
+    assert len(tests[1]) == 2 and tests[0] == pytest.approx(tests[1])  # rank 0 tests all
+    epochs = [e["epoch"] for e in two_log if e.get("phase") == "train"]
+    assert epochs[-1] == pytest.approx(6 * 4 / 24)  # both processes' images count
+
+
+def test_analog_arrays_are_bit_identical_to_one_process(workdir):
+    write_run(workdir, "one", batch=4, analog=True)
+    write_run(workdir, "two", batch=2, analog=True)
+    one_process(workdir, "one_solver.prototxt")
+    torchrun(workdir, "two_solver.prototxt")  # its snapshots check that the ranks agree
+    a = read_binary("snap_one/one_iter_6.caffemodel", pb.NetParameter())
+    b = read_binary("snap_two/two_iter_6.caffemodel", pb.NetParameter())
+    assert [list(x.data) for l in a.layer for x in l.blobs] == \
+        [list(x.data) for l in b.layer for x in l.blobs]
+    moved = blobs("snap_two/two_iter_3.caffemodel")
+    final = blobs("snap_two/two_iter_6.caffemodel")
+    assert (moved["conv/0"] != final["conv/0"]).sum() > 10  # pulses were applied
+
+
+def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
+    write_run(workdir, "two", batch=2, analog=True, max_iter=400, snapshot=1000)
+    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
+    log = workdir / "snap_two/two_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun and its processes
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("SIGINT at iteration") == 1, err
+    assert "resume with: torchrun --nproc-per-node 2 -m rapa train" in err
+    snap = latest_snapshot("snap_two/two")
+    assert snap is not None
+    stopped = int(snap.stem.rsplit("_", 1)[1])
+    assert 0 < stopped < 400
+    state = read_binary(snap, pb.SolverState())
+    assert state.world_size == 2 and len(state.process_rng_state) == 1
+    # The uninterrupted run to a little past the stop, and the resumed one, agree bit for bit.
+    end = stopped + 3
+    torchrun(workdir, "two_solver.prototxt", "--snapshot", str(snap), "--max-iter", str(end))
+    resumed = read_binary(f"snap_two/two_iter_{end}.caffemodel", pb.NetParameter())
+    write_run(workdir, "again", batch=2, analog=True, max_iter=400, snapshot=1000)
+    (workdir / "again_solver.prototxt").write_text(
+        (workdir / "two_solver.prototxt").read_text().replace("snap_two/two", "snap_again/two"))
+    torchrun(workdir, "again_solver.prototxt", "--max-iter", str(end))
+    assert read_binary(f"snap_again/two_iter_{end}.caffemodel", pb.NetParameter()) == resumed
+    # On one process: it says what changes, reads on from the same record, and finishes.
+    r = one_process(workdir, "two_solver.prototxt", "--snapshot", str(snap), "--max-iter",
+                    str(stopped + 2))
+    assert "written by a run of 2 process(es), resumed by 1" in r.stdout
+    data = read_binary(f"snap_two/two_iter_{stopped + 2}.solverstate", pb.SolverState())
+    assert data.world_size == 1
+    assert data.data_cursor[0].batches == 2 * stopped + 2  # counted in batches of 2 records
+
+
+def test_a_killed_process_stops_the_run_without_a_half_written_snapshot(workdir):
+    write_run(workdir, "two", batch=2, max_iter=100000, snapshot=50)
+    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
+    log = workdir / "snap_two/two_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= 120):
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "rapa"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    said = [l for l in err.splitlines() if l.startswith("rapa train")]
+    assert len(said) == 1 and "another process of the run has left it" in said[0], err
+    assert "training stopped; the last good snapshot is snap_two/two_iter_" in said[0]
+    assert "Traceback (most recent call last)" not in err.split("rapa train")[0]
+    for snap in (workdir / "snap_two").glob("*.solverstate"):
+        state = read_binary(snap, pb.SolverState())
+        model = workdir / "snap_two" / state.learned_net
+        assert model.is_file() and state.world_size == 2
+    assert not list((workdir / "snap_two").glob(".*tmp*"))
+
+
+def test_bad_launches_are_one_line_errors(workdir):
+    write_run(workdir, "two", batch=20)  # 24 records: two processes of 20 would share some
+    r = torchrun(workdir, "two_solver.prototxt", check=False)
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.startswith("rapa train")]
+    assert lines == ["rapa train: error: layer 'data': its database holds 24 records, fewer "
+                     "than one step of 2 processes reads (2 x batch_size 20): start fewer "
+                     "processes or lower batch_size"], r.stderr
+    # Processes that were given different solver files (one per node, edited on one).
+    write_run(workdir, "a", batch=2)
+    write_run(workdir, "b", batch=2)
+    (workdir / "b_solver.prototxt").write_text(
+        (workdir / "b_solver.prototxt").read_text().replace("base_lr: 0.1", "base_lr: 0.2")
+        .replace('net: "b.prototxt"', 'net: "a.prototxt"').replace("snap_b/b", "snap_a/a"))
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "rapa", "train", "--solver",
+                               f"{name}_solver.prototxt", "--no-progress"], cwd=workdir,
+                              env=env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank,
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank, name in enumerate("ab")]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], results
+    assert results[0][1] == ("rapa train: error: process 1's solver differs from process "
+                             "0's: every process of a run must use the same files (copy them "
+                             "to every node)\n"), results
+    assert results[1][1] == ""  # said once, by process 0
+    bad = subprocess.run([sys.executable, "-m", "rapa", "train", "--solver",
+                          "a_solver.prototxt"], cwd=workdir, env=env(RANK=3, WORLD_SIZE=2),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "RANK 3 and WORLD_SIZE 2 do not fit" in bad.stderr
+
+
+def test_each_process_reads_its_own_batches_and_the_cursor_counts_all(workdir):
+    from rapa.data.lmdb_source import LmdbSource
+    from rapa.data.prefetch import Prefetcher
+    from rapa.data.transform import Transformer
+    source = LmdbSource(workdir / "train_lmdb")
+
+    def reader(rank, world):
+        tp = pb.TransformationParameter(scale=1.0)
+        p = Prefetcher(source, Transformer(tp, source.shape, False, None, "t"), 2, seed=1)
+        p.shard(rank, world)
+        return p
+
+    one, first, second = reader(0, 1), reader(0, 2), reader(1, 2)
+    try:
+        for step in range(7):  # past the end of the 24 records: both wrap alike
+            joined = torch.cat([next(first)[1], next(second)[1]])
+            assert torch.equal(joined, torch.cat([next(one)[1], next(one)[1]])), step
+        assert first.next_index == second.next_index == one.next_index == 14
+        second.seek(4)  # a resumed run: batch 4 + rank
+        assert torch.equal(next(second)[1], one.batch(5)[1])
+    finally:
+        for p in (one, first, second):
+            p.close()
+
+
+def test_one_process_group_is_the_identity_and_fingerprints_see_every_bit():
+    from rapa.distributed import Group, fingerprint
+    g = Group()
+    t = torch.tensor([1.0, 2.0])
+    g.average_([t, None])
+    assert t.tolist() == [1.0, 2.0] and g.sum([3.0, 1.0]) == [3.0, 1.0]
+    assert torch.equal(g.gather_rows(t), t) and g.broadcast_int(7) == 7 and g.leader
+    g.same_everywhere(b"x", "solver")
+    a = fingerprint([torch.zeros(3), torch.tensor(5)])
+    assert a == fingerprint([torch.zeros(3), torch.tensor(5)])
+    assert a != fingerprint([torch.tensor([0.0, -0.0, 0.0]), torch.tensor(5)])  # a sign bit
+    assert a != fingerprint([torch.zeros(3), torch.tensor(6)])
