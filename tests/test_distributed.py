@@ -42,6 +42,7 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
   pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+%(dropout)s
 layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
   inner_product_param { num_output: 3 bias_term: %(bias)s
     weight_filler { type: "gaussian" std: 0.1 } %(rpu)s } }
@@ -56,6 +57,7 @@ SOLVER = """
 net: "%(net)s"
 test_iter: 2
 test_interval: 4
+test_initialization: false
 base_lr: 0.1
 momentum: 0.9
 weight_decay: 0.004
@@ -77,9 +79,14 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_run(workdir, name, batch, analog=False, max_iter=6, snapshot=3):
+DROPOUT = ('layer { name: "drop" type: "Dropout" bottom: "pool" top: "pool" '
+           'dropout_param { dropout_ratio: 0.3 } }')
+
+
+def write_run(workdir, name, batch, analog=False, max_iter=6, snapshot=3, dropout=False):
     (workdir / f"{name}.prototxt").write_text(NET % {
-        "batch": batch, "bias": "false" if analog else "true", "rpu": ANALOG if analog else ""})
+        "batch": batch, "bias": "false" if analog else "true", "rpu": ANALOG if analog else "",
+        "dropout": DROPOUT if dropout else ""})
     (workdir / f"{name}_solver.prototxt").write_text(SOLVER % {
         "net": f"{name}.prototxt", "max_iter": max_iter, "snapshot": snapshot,
         "prefix": f"snap_{name}/{name}"})
@@ -150,7 +157,11 @@ def test_two_processes_train_as_one_with_the_doubled_batch(workdir):
                                                                               two_log)]
     assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     tests = [[e["acc"] for e in log if e.get("phase") == "test"] for log in (one_log, two_log)]
-    assert len(tests[1]) == 2 and tests[0] == pytest.approx(tests[1])  # rank 0 tests all
+    assert len(tests[1]) == 1 and tests[0] == pytest.approx(tests[1])  # rank 0 tests all
+    # Process 1 draws from its own stream (its forward draws: dropout, tiling, noise), though
+    # neither has drawn anything yet here.
+    state = read_binary("snap_two/two_iter_3.solverstate", pb.SolverState())
+    assert len(state.process_rng_state) == 1 and state.process_rng_state[0] != state.rng_state
     epochs = [e["epoch"] for e in two_log if e.get("phase") == "train"]
     assert epochs[-1] == pytest.approx(6 * 4 / 24)  # both processes' images count
 
@@ -170,14 +181,21 @@ def test_analog_arrays_are_bit_identical_to_one_process(workdir):
 
 
 def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
-    write_run(workdir, "two", batch=2, analog=True, max_iter=400, snapshot=1000)
+    # Dropout: each process draws its own masks, so a resume must give each its own generator.
+    write_run(workdir, "two", batch=2, analog=True, max_iter=400, snapshot=1000, dropout=True)
     proc = torchrun(workdir, "two_solver.prototxt", wait=False)
     log = workdir / "snap_two/two_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (
             log.exists() and len(read_log_lines(log)) >= 3):
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: torchrun and its processes
+    # Ctrl-C in a terminal: torchrun and its processes get SIGINT, and torchrun passes it on
+    # to them again at once; that second one must not cut the snapshot short.
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.01)
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split():
+        os.kill(int(pid), signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert err.count("SIGINT at iteration") == 1, err
@@ -188,11 +206,13 @@ def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
     assert 0 < stopped < 400
     state = read_binary(snap, pb.SolverState())
     assert state.world_size == 2 and len(state.process_rng_state) == 1
+    assert state.process_rng_state[0] != state.rng_state  # process 1 draws its own
     # The uninterrupted run to a little past the stop, and the resumed one, agree bit for bit.
     end = stopped + 3
     torchrun(workdir, "two_solver.prototxt", "--snapshot", str(snap), "--max-iter", str(end))
     resumed = read_binary(f"snap_two/two_iter_{end}.caffemodel", pb.NetParameter())
-    write_run(workdir, "again", batch=2, analog=True, max_iter=400, snapshot=1000)
+    write_run(workdir, "again", batch=2, analog=True, max_iter=400, snapshot=1000,
+              dropout=True)
     (workdir / "again_solver.prototxt").write_text(
         (workdir / "two_solver.prototxt").read_text().replace("snap_two/two", "snap_again/two"))
     torchrun(workdir, "again_solver.prototxt", "--max-iter", str(end))
@@ -302,3 +322,62 @@ def test_one_process_group_is_the_identity_and_fingerprints_see_every_bit():
     assert a == fingerprint([torch.zeros(3), torch.tensor(5)])
     assert a != fingerprint([torch.tensor([0.0, -0.0, 0.0]), torch.tensor(5)])  # a sign bit
     assert a != fingerprint([torch.zeros(3), torch.tensor(6)])
+
+
+class _LosingGroup:
+    """A one-process group whose exchange fails at the third step, as when a process dies."""
+    rank, world, leader, device = 0, 1, True, torch.device("cpu")
+
+    def __init__(self, *args):
+        self.steps, self.closed = 0, 0
+
+    def __getattr__(self, name):
+        from rapa.distributed import Group
+        return getattr(Group(), name)
+
+    def sum(self, values):
+        from rapa.distributed import PeerLost
+        self.steps += 1
+        if self.steps == 3:
+            raise PeerLost("another process of the run has left it (seen while summing)")
+        return list(values)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_a_lost_process_stops_with_one_line_and_keeps_the_signal_handlers(workdir, monkeypatch):
+    from rapa import solver as solver_module
+    from rapa.solver import Solver, Stop
+    group = _LosingGroup()
+    monkeypatch.setattr(solver_module.Group, "from_environment", lambda device: group)
+    solver = Solver(write_run(workdir, "one", batch=2, max_iter=10), say=lambda m: None,
+                    progress=False)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Stop) as stop:
+            solver.solve()
+        assert stop.value.code == 1 and not stop.value.shared
+        assert str(stop.value) == ("another process of the run has left it (seen while "
+                                   "summing) at iteration 2: training stopped; no snapshot "
+                                   "was written")
+        # torchrun's SIGTERM follows: it must reach the solver's handler, not kill the
+        # process before it has said why it stops.
+        assert signal.getsignal(signal.SIGTERM) == solver._on_signal
+        assert group.closed == 1
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_a_failed_set_up_leaves_the_group(workdir, monkeypatch):
+    from rapa import solver as solver_module
+    from rapa.errors import RapaError
+    from rapa.solver import Solver
+    group = _LosingGroup()
+    monkeypatch.setattr(solver_module.Group, "from_environment", lambda device: group)
+    path = write_run(workdir, "one", batch=2)
+    (workdir / "one.prototxt").unlink()
+    with pytest.raises(RapaError, match="one.prototxt"):
+        Solver(path, say=lambda m: None)
+    assert group.closed == 1  # else gloo's threads abort the exiting process
