@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import RapaError
+from .errors import RapaError, os_error_message
 
 
 class PeerLost(RapaError):
@@ -54,43 +54,78 @@ def _environment_world() -> tuple[int, int, int]:
 
 class Group:
     """This process's place in the run: `rank` in [0, `world`), and the collectives the solver
-    uses. `leader` (rank 0) alone logs, tests and writes snapshots, as Caffe's root solver."""
+    uses. `leader` (rank 0) alone logs, tests and writes snapshots, as Caffe's root solver.
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0,
-                 device: Optional[torch.device] = None):
+    The run's own exchanges (settings, mistakes, seeds) go over gloo on the CPU; the training's
+    (gradients, analog rows, the loss) over NCCL when the processes train on GPUs (place)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0):
         self.rank, self.world, self.local_rank = rank, world, local_rank
-        self.device = device or torch.device("cpu")
+        self.device = torch.device("cpu")
         self.joined = False
+        self._training = None  # the NCCL group on GPUs; None: the default (gloo) group
 
     @property
     def leader(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device: torch.device, timeout_s: float = 1800.0) -> "Group":
-        """Join the run torchrun started (one process: no group). On CUDA each process takes
-        the GPU of its LOCAL_RANK (cuda:LOCAL_RANK) and NCCL; on the CPU gloo."""
+    def from_environment(cls, timeout_s: float = 7200.0) -> "Group":
+        """Join the run torchrun started (one process: no group), before anything else, so
+        that every mistake found while setting up can be said once (agree)."""
         rank, world, local = _environment_world()
         if world == 1:
-            return cls(device=device)
-        if device.type == "cuda":
-            if local >= torch.cuda.device_count():
-                raise RapaError(f"process {rank} (LOCAL_RANK {local}) has no GPU: this machine "
-                                f"has {torch.cuda.device_count()}; start at most that many "
-                                f"processes per node (--nproc-per-node)")
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
-            raise RapaError(f"this torch build has no torch.distributed {backend} backend")
+            return cls()
+        if not dist.is_available() or not dist.is_gloo_available():
+            raise RapaError("this torch build has no torch.distributed gloo backend")
         try:
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as e:
             raise RapaError(f"process {rank} of {world}: cannot join the run "
                             f"({str(e).splitlines()[0]})") from None
-        group = cls(rank, world, local, device)
+        group = cls(rank, world, local)
         group.joined = True
         return group
+
+    def local_device(self, device: torch.device) -> torch.device:
+        """The device this process trains on: on CUDA the GPU of its LOCAL_RANK (each process
+        of a node its own), else `device`. No exchange: a mistake here goes to agree()."""
+        if self.world == 1 or device.type != "cuda":
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise RapaError(f"process {self.rank} (LOCAL_RANK {self.local_rank}) has no GPU: its "
+                            f"node has {torch.cuda.device_count()}; start at most that many "
+                            f"processes per node (--nproc-per-node)")
+        return torch.device("cuda", self.local_rank)
+
+    def place(self, device: torch.device) -> torch.device:
+        """Train on `device` (from local_device, the same type on every process): on CUDA the
+        training's exchanges go over NCCL. Every process calls it, after agree()."""
+        self.device = device
+        if self.world > 1 and device.type == "cuda":
+            torch.cuda.set_device(device)
+            self._training = self._call("making the NCCL group", dist.new_group,
+                                        backend="nccl")
+        return device
+
+    def agree(self, problem: Optional[BaseException], payload=None) -> list:
+        """Every process's `payload`, in rank order, once every process has finished a part of
+        its set-up; if any found a mistake (`problem`: a RapaError or OSError), all raise one
+        error that names it (shared: process 0 says it)."""
+        def text(e: BaseException) -> str:
+            return os_error_message(e) if isinstance(e, OSError) else str(e)
+        if self.world == 1:
+            if problem is not None:
+                raise problem
+            return [payload]
+        items = self.gather_objects((None if problem is None else text(problem), payload))
+        failed = [(rank, message) for rank, (message, _) in enumerate(items)
+                  if message is not None]
+        if failed:
+            if len({m for _, m in failed}) == 1 and len(failed) == self.world:
+                raise RapaError(failed[0][1], shared=True)
+            raise RapaError("; ".join(f"process {r}: {m}" for r, m in failed), shared=True)
+        return [p for _, p in items]
 
     def close(self) -> None:
         if self.joined:
@@ -104,8 +139,10 @@ class Group:
             return fn(*args, **kwargs)
         except RuntimeError as e:  # gloo/NCCL: a peer closed its connection or timed out
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if len(detail) > 120:
+                detail = detail[:117].rsplit(" ", 1)[0] + " ..."
             raise PeerLost(f"another process of the run has left it (seen while {what}: "
-                           f"{detail[:120]})") from None
+                           f"{detail})") from None
 
     def average_(self, tensors: Sequence[Optional[Tensor]]) -> None:
         """In place: each tensor becomes its mean over the processes (None entries skipped;
@@ -114,7 +151,7 @@ class Group:
         if self.world == 1 or not present:
             return
         flat = torch.cat([t.reshape(-1) for t in present])
-        self._call("averaging gradients", dist.all_reduce, flat)
+        self._call("averaging gradients", dist.all_reduce, flat, group=self._training)
         flat.div_(self.world)
         offset = 0
         for t in present:
@@ -126,7 +163,7 @@ class Group:
         if self.world == 1:
             return list(values)
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        self._call("summing the loss", dist.all_reduce, t)
+        self._call("summing the loss", dist.all_reduce, t, group=self._training)
         return t.tolist()
 
     def gather_rows(self, rows: Tensor) -> Tensor:
@@ -136,20 +173,17 @@ class Group:
             return rows
         rows = rows.contiguous()
         parts = [torch.empty_like(rows) for _ in range(self.world)]
-        self._call("gathering analog update rows", dist.all_gather, parts, rows)
+        self._call("gathering analog update rows", dist.all_gather, parts, rows,
+                   group=self._training)
         return torch.cat(parts)
 
     def gather_objects(self, value) -> list:
-        """Every process's `value` (picklable), in rank order."""
+        """Every process's `value` (picklable), in rank order (over gloo)."""
         if self.world == 1:
             return [value]
         out = [None] * self.world
         self._call("exchanging settings", dist.all_gather_object, out, value)
         return out
-
-    def broadcast_int(self, value: int) -> int:
-        """Rank 0's `value` on every process."""
-        return self.gather_objects(value)[0]
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -9,3 +9,13 @@ class RapaError(Exception):
     def __init__(self, message: str, shared: bool = False):
         super().__init__(message)
         self.shared = shared
+
+
+def os_error_message(e: OSError) -> str:
+    """'path: reason' (both paths for a rename), without Python's '[Errno N]'."""
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return reason
+    if e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {reason}"
+    return f"{e.filename}: {reason}"

@@ -10,6 +10,7 @@ first pass, so both come from the same run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -26,7 +27,11 @@ class TestResult:
 
 @torch.no_grad()
 def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = "",
-             progress: bool | None = None) -> TestResult:
+             progress: bool | None = None,
+             stop: Optional[Callable[[], bool]] = None) -> Optional[TestResult]:
+    """The outputs averaged over `iterations` batches from the start of the test data; None
+    when `stop()` turned true before the last batch (an interrupted run, as Caffe's "Test
+    interrupted")."""
     net.eval()
     for layer in net.data_layers():
         layer.seek(0)  # every test sees the same images
@@ -37,6 +42,10 @@ def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = ""
     bar = Progress(iterations, progress_label or "test", enabled=progress)
     images = 0
     for i in range(iterations):
+        if stop is not None and stop():
+            bar.close()
+            net.train()
+            return None
         data = net.read_data()
         blobs = net(dict(data))
         for name in net.output_names:

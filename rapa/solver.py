@@ -108,13 +108,36 @@ class Solver:
                  max_iter: Optional[int] = None, say: Callable[[str], None] = print,
                  progress: Optional[bool] = None):
         self.path = pathlib.Path(solver_path)
-        self.sp = read_text(self.path, pb.SolverParameter())
         self.say = say
         # The command-line overrides a resume must repeat to continue the same run.
         self.overrides = "".join(f" --{flag} {value}" for flag, value in
                                  (("max-iter", max_iter), ("device", device)) if value is not None)
         self.progress = progress
+        # Under torchrun: join the run before anything else, so that a mistake found while
+        # setting up is gathered from every process and said once (Group.agree).
+        self.group = Group.from_environment()
+        if not self.group.leader:
+            self.say = lambda message: None  # process 0 speaks for the run
+            self.progress = False
+        try:
+            self._set_up(device, max_iter)
+        except BaseException:
+            # A process leaving without closing the group aborts in gloo's threads at exit.
+            self.group.close()
+            raise
         sp = self.sp
+        # The training error of Table 1: top-1 hits of the scores the first layer reading
+        # labels takes (class axis 1), counted over the training batches between tests.
+        self.scored = next(((e.bottoms[0], e.bottoms[1], e.layer.label_range()[1])
+                            for e in self.net.entries if e.layer.label_range() is not None
+                            and len(e.bottoms) >= 2), None)
+        self.train_hits = self.train_predictions = 0
+        self.iter = 0
+        self.losses: deque = deque(maxlen=max(1, sp.average_loss))
+        self._interrupted = None
+
+    def _read_solver(self, max_iter: Optional[int]) -> pb.SolverParameter:
+        sp = read_text(self.path, pb.SolverParameter())
         if max_iter is not None:
             sp.max_iter = max_iter
         where = str(self.path)
@@ -127,77 +150,92 @@ class Solver:
         check_ranges(sp, where)
         check_policy(sp, where)
         if sp.snapshot_format == pb.SolverParameter.HDF5:
-            say("snapshot_format HDF5 is not supported: snapshots are written as BINARYPROTO")
-        self.prefix = sp.snapshot_prefix or str(self.path.with_suffix(""))
-        self.device = pick_device(sp, device, say)
-        # Under torchrun: this process's place in the run, and its GPU (cuda:LOCAL_RANK).
-        self.group = Group.from_environment(self.device)
-        self.device = self.group.device
-        if not self.group.leader:
-            self.say = say = lambda message: None  # process 0 speaks for the run
-            self.progress = False
-        try:
-            self.seed = self.group.broadcast_int(
-                sp.random_seed if sp.random_seed >= 0 else int.from_bytes(os.urandom(6), "little"))
-            torch.manual_seed(self.seed)  # every process: the same fillers and device draws
+            self.say("snapshot_format HDF5 is not supported: snapshots are written as "
+                     "BINARYPROTO")
+        return sp
 
-            train_param, train_src, test_params = self._net_params()
-            base = self.path.parent
-            self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
-                           **self._state_kwargs(sp.train_state if sp.HasField("train_state")
-                                                else None))
-            self.net.to_device(self.device)
-            self.test_nets = []
-            for i, (param, src) in enumerate(test_params):
-                state = sp.test_state[i] if i < len(sp.test_state) else None
-                tn = Net(param, pb.TEST, source=src, base_dir=base, seed=self.seed,
-                         **self._state_kwargs(state))
-                tn.share_from(self.net)
-                tn.to_device(self.device)
-                self.test_nets.append(tn)
-            if len(sp.test_iter) != len(self.test_nets):
-                raise RapaError(f"{where}: test_iter must be given once per test net "
-                                f"({len(self.test_nets)}), got {len(sp.test_iter)}")
-            if self.test_nets and sp.test_interval <= 0:
-                raise RapaError(f"{where}: test nets need test_interval > 0")
-            self.params = self.net.learnable()
-            # The pulses of the analog updates draw from their own generator, the same on every
-            # process, so that every process applies the same pulses.
-            self.pulses = torch.Generator(self.device).manual_seed(_mix(self.seed, 1))
-            self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type,
-                           generator=self.pulses)
-            if self.group.world > 1:
-                self._join_run(train_param, test_params)
-        except BaseException:
-            # A process leaving without closing the group aborts in gloo's threads at exit.
-            self.group.close()
-            raise
-        # The training error of Table 1: top-1 hits of the scores the first layer reading
-        # labels takes (class axis 1), counted over the training batches between tests.
-        self.scored = next(((e.bottoms[0], e.bottoms[1], e.layer.label_range()[1])
-                            for e in self.net.entries if e.layer.label_range() is not None
-                            and len(e.bottoms) >= 2), None)
-        self.train_hits = self.train_predictions = 0
-        self.iter = 0
-        self.losses: deque = deque(maxlen=max(1, sp.average_loss))
-        self._interrupted = None
-
-    def _join_run(self, train_param: pb.NetParameter, test_params) -> None:
-        """Checks that every process runs the same run, gives each its share of the training
-        data, and each its own stream of draws for the forward passes (random tiling, dropout,
-        noise), while the weights and the device draws made so far are the same."""
+    def _set_up(self, device: Optional[str], max_iter: Optional[int]) -> None:
+        """Reads the solver, builds the nets; in a run of several processes, in two parts, each
+        ended by Group.agree: the first agrees on the seed, the second checks that every
+        process has the same solver, nets and initial weights."""
         g = self.group
-        g.same_everywhere(self.sp.SerializeToString(deterministic=True), "solver")
-        g.same_everywhere(train_param.SerializeToString(deterministic=True) + b"".join(
-            p.SerializeToString(deterministic=True) for p, _ in test_params), "net")
-        g.same_everywhere(fingerprint(self._everything_saved()),
-                          "initial weights (another torch version?)")
+        problem, seed = None, None
+        try:
+            self.sp = sp = self._read_solver(max_iter)
+            self.prefix = sp.snapshot_prefix or str(self.path.with_suffix(""))
+            local = g.local_device(pick_device(sp, device, self.say))
+            seed = sp.random_seed if sp.random_seed >= 0 else \
+                int.from_bytes(os.urandom(6), "little")
+        except (RapaError, OSError) as e:
+            problem = e
+        self.seed = g.agree(problem, seed)[0]  # process 0's, where random_seed is -1
+        self.device = g.place(local)
+        torch.manual_seed(self.seed)  # every process: the same fillers and device draws
+
+        problem, digests = None, None
+        try:
+            train_param, train_src, test_params = self._build_nets()
+            if g.world > 1:
+                digests = (
+                    sp.SerializeToString(deterministic=True),
+                    b"".join(p.SerializeToString(deterministic=True)
+                             for p in [train_param] + [p for p, _ in test_params]),
+                    fingerprint(self._everything_saved()))
+                for layer in self.net.data_layers():
+                    if layer.records and layer.records < g.world * layer.batch_size:
+                        raise RapaError(
+                            f"layer '{layer.layer_name}': its database holds {layer.records} "
+                            f"records, fewer than one step of {g.world} processes reads "
+                            f"({g.world} x batch_size {layer.batch_size}): start fewer "
+                            f"processes or lower batch_size")
+        except (RapaError, OSError) as e:
+            problem = e
+        everyone = g.agree(problem, digests)
+        if g.world > 1:
+            self._join_run(everyone)
+
+    def _build_nets(self):
+        sp, where = self.sp, str(self.path)
+        train_param, train_src, test_params = self._net_params()
+        base = self.path.parent
+        self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
+                       **self._state_kwargs(sp.train_state if sp.HasField("train_state")
+                                            else None))
+        self.net.to_device(self.device)
+        self.test_nets = []
+        for i, (param, src) in enumerate(test_params):
+            state = sp.test_state[i] if i < len(sp.test_state) else None
+            tn = Net(param, pb.TEST, source=src, base_dir=base, seed=self.seed,
+                     **self._state_kwargs(state))
+            tn.share_from(self.net)
+            tn.to_device(self.device)
+            self.test_nets.append(tn)
+        if len(sp.test_iter) != len(self.test_nets):
+            raise RapaError(f"{where}: test_iter must be given once per test net "
+                            f"({len(self.test_nets)}), got {len(sp.test_iter)}")
+        if self.test_nets and sp.test_interval <= 0:
+            raise RapaError(f"{where}: test nets need test_interval > 0")
+        self.params = self.net.learnable()
+        # The pulses of the analog updates draw from their own generator, the same on every
+        # process, so that every process applies the same pulses.
+        self.pulses = torch.Generator(self.device).manual_seed(_mix(self.seed, 1))
+        self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type,
+                       generator=self.pulses)
+        return train_param, train_src, test_params
+
+    def _join_run(self, digests: list) -> None:
+        """Checks that every process runs the same run (`digests`: each process's solver, nets
+        and initial weights), gives each its share of the training data, and each its own
+        stream of draws for the forward passes (random tiling, dropout, noise), while the
+        weights and the device draws made so far are the same."""
+        g = self.group
+        for i, what in enumerate(("solver", "net", "initial weights (another torch version?)")):
+            for rank, theirs in enumerate(digests):
+                if theirs[i] != digests[0][i]:
+                    raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
+                                    f"process of a run must use the same files (copy them to "
+                                    f"every node)", shared=True)
         for layer in self.net.data_layers():
-            if layer.records and layer.records < g.world * layer.batch_size:
-                raise RapaError(f"layer '{layer.layer_name}': its database holds "
-                                f"{layer.records} records, fewer than one step of {g.world} "
-                                f"processes reads ({g.world} x batch_size {layer.batch_size}): "
-                                f"start fewer processes or lower batch_size", shared=True)
             layer.shard(g.rank, g.world)
         if g.rank:
             torch.manual_seed(_mix(self.seed, 2, g.rank))
@@ -383,11 +421,13 @@ class Solver:
         self.sgd.step(rate, sp.iter_size)
 
     def epoch(self) -> Optional[float]:
-        """Epochs of the training database behind the current iteration (None without one)."""
+        """Epochs of the training database read so far (None without one)."""
         data = self.net.data_layers()
         if not data or not data[0].records:
             return None
-        images = self.iter * data[0].batch_size * self.sp.iter_size * self.group.world
+        # The batches read, by every process (a resume with another number of processes
+        # reads on from the same record): images seen, whatever the run's history.
+        images = data[0].position * data[0].batch_size
         return round(images / data[0].records, 4)
 
     def _count_hits(self, blobs: dict) -> tuple[int, int]:
@@ -401,16 +441,21 @@ class Solver:
             valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=bool)
             return int(((predicted == target) & valid).sum()), int(valid.sum())
 
-    def _test_all(self, log: Optional[TrainLog]) -> None:
+    def _test_all(self, log: Optional[TrainLog]) -> bool:
+        """Tests every test net and logs the results; False when a signal stopped a test (the
+        lines of this iteration's tests are then written again by the resumed run)."""
         train = {}
         if self.train_predictions:
             train["train_accuracy"] = self.train_hits / self.train_predictions
-        self.train_hits = self.train_predictions = 0
         epoch = self.epoch()
         for i, tn in enumerate(self.test_nets):
             t0 = time.monotonic()
             result = test_net(tn, self.sp.test_iter[i], max(1, self.sp.test_votes),
-                              progress_label=f"test net #{i}", progress=self.progress)
+                              progress_label=f"test net #{i}", progress=self.progress,
+                              stop=lambda: self._interrupted is not None)
+            if result is None:
+                self.say(f"Iteration {self.iter}, test net #{i}: interrupted")
+                return False
             parts = [f"{k} = {v:.4f}" for k, v in result.outputs.items()]
             parts += [f"{k} (vote of {self.sp.test_votes}) = {v:.4f}"
                       for k, v in result.vote_accuracy.items()]
@@ -421,6 +466,20 @@ class Solver:
                 entry.update({f"{k}_vote": v for k, v in result.vote_accuracy.items()})
                 entry.update(train if epoch is None else {"epoch": epoch, **train})
                 log.write(**entry)
+        self.train_hits = self.train_predictions = 0
+        return True
+
+    def _stop_for_signal(self, log, bar) -> None:
+        """After a signal (to any process): snapshot, then stop with the resume command."""
+        self._interrupted = self._interrupted or "a signal to another process of the run"
+        path = self.snapshot()
+        bar.clear()
+        self.say(f"Snapshot: {path}")
+        launch = ("torchrun [the same options] -m rapa train" if self.group.world > 1
+                  else "rapa train")
+        raise Stop(f"{self._interrupted} at iteration {self.iter}: stopped after writing "
+                   f"{path}; resume with: {launch} --solver {self.path} --snapshot {path}"
+                   f"{self.overrides}", 130)
 
     def _on_signal(self, signum, frame):
         if self._interrupted is not None and self.group.world > 1:
@@ -502,11 +561,17 @@ class Solver:
             self.net.train()
             while self.iter < sp.max_iter:
                 if sp.test_interval and self.iter % sp.test_interval == 0 and (
-                        self.iter > 0 or sp.test_initialization) and self.test_nets and leader:
+                        self.iter > 0 or sp.test_initialization) and self.test_nets:
                     bar.clear()
                     t_test = time.monotonic()
-                    self._test_all(log)
+                    if leader:
+                        self._test_all(log)
                     t_display += time.monotonic() - t_test  # images/s: training time only
+                    # A signal during the test stops the run here, before the step, as in
+                    # Caffe: the snapshot is of this iteration, whose tests the resumed run
+                    # does again. (The other processes wait here for process 0's tests.)
+                    if self.group.sum([self._interrupted is not None])[0]:
+                        self._stop_for_signal(log, bar)
                 rate = self.rate()
                 loss_sum, hits, predictions = 0.0, 0, 0
                 for _ in range(sp.iter_size):
@@ -519,8 +584,9 @@ class Solver:
                 # Every process: the same loss and the same decision to stop.
                 loss_sum, hits, predictions, stops = self.group.sum(
                     [loss_sum, hits, predictions, self._interrupted is not None])
-                if stops and self._interrupted is None:
-                    self._interrupted = "a signal to another process of the run"
+                # Decided here, by every process alike: a signal that comes later counts at
+                # the next step (a process acting on its own would leave the others waiting).
+                stop_after_step = bool(stops)
                 self.train_hits += int(hits)
                 self.train_predictions += int(predictions)
                 loss_value = loss_sum / (sp.iter_size * world)
@@ -545,18 +611,14 @@ class Solver:
                              f"{speed:.0f} images/s")
                     log.write(iter=self.iter, phase="train", epoch=self.epoch(), loss=smoothed,
                               lr=rate, images_per_s=round(speed, 1))
-                if (sp.snapshot and self.iter % sp.snapshot == 0) or self._interrupted:
+                if stop_after_step:
+                    self._stop_for_signal(log, bar)
+                if sp.snapshot and self.iter % sp.snapshot == 0:
                     t_snapshot = time.monotonic()
                     last_snapshot = self.snapshot()
                     t_display += time.monotonic() - t_snapshot
                     bar.clear()
                     self.say(f"Snapshot: {last_snapshot}")
-                if self._interrupted:
-                    launch = (f"torchrun --nproc-per-node {world} -m rapa train" if world > 1
-                              else "rapa train")
-                    raise Stop(f"{self._interrupted} at iteration {self.iter}: stopped after "
-                               f"writing {last_snapshot}; resume with: {launch} --solver "
-                               f"{self.path} --snapshot {last_snapshot}{self.overrides}", 130)
             bar.close()
             if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")

@@ -199,7 +199,7 @@ def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert err.count("SIGINT at iteration") == 1, err
-    assert "resume with: torchrun --nproc-per-node 2 -m rapa train" in err
+    assert "resume with: torchrun [the same options] -m rapa train --solver two_solver" in err
     snap = latest_snapshot("snap_two/two")
     assert snap is not None
     stopped = int(snap.stem.rsplit("_", 1)[1])
@@ -224,6 +224,9 @@ def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
     data = read_binary(f"snap_two/two_iter_{stopped + 2}.solverstate", pb.SolverState())
     assert data.world_size == 1
     assert data.data_cursor[0].batches == 2 * stopped + 2  # counted in batches of 2 records
+    last = [e for e in read_log_lines(log) if e["phase"] == "train"][-1]
+    assert last["iter"] == stopped + 2
+    assert last["epoch"] == round((2 * stopped + 2) * 2 / 24, 4)  # images seen, not iter x N
 
 
 def test_a_killed_process_stops_the_run_without_a_half_written_snapshot(workdir):
@@ -278,6 +281,30 @@ def test_bad_launches_are_one_line_errors(workdir):
                              "0's: every process of a run must use the same files (copy them "
                              "to every node)\n"), results
     assert results[1][1] == ""  # said once, by process 0
+    # A mistake only process 1 finds (its copy of the solver), and one both find: each said
+    # once, by process 0, naming the process where not all found it.
+    for old, new, expected in (
+            ("base_lr: 0.1", "base_lr: -1", "rapa train: error: process 1: b_solver.prototxt: "
+                                            "base_lr must be finite and >= 0, got -1\n"),
+            ('net: "a.prototxt"', 'net: "missing.prototxt"', None)):
+        (workdir / "b_solver.prototxt").write_text(
+            (workdir / "a_solver.prototxt").read_text().replace(old, new))
+        names = "ab" if expected else "bb"  # the second: the same file for both
+        port = free_port()
+        procs = [subprocess.Popen([sys.executable, "-m", "rapa", "train", "--solver",
+                                   f"{name}_solver.prototxt", "--no-progress"], cwd=workdir,
+                                  env=env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank,
+                                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank, name in enumerate(names)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [2, 2], results
+        if expected is None:
+            assert results[0][1].count("\n") == 1 and "missing.prototxt" in results[0][1]
+            assert "process 1:" not in results[0][1], results
+        else:
+            assert results[0][1] == expected, results
+        assert results[1][1] == "", results
     bad = subprocess.run([sys.executable, "-m", "rapa", "train", "--solver",
                           "a_solver.prototxt"], cwd=workdir, env=env(RANK=3, WORLD_SIZE=2),
                          capture_output=True, text=True, timeout=60)
@@ -316,7 +343,7 @@ def test_one_process_group_is_the_identity_and_fingerprints_see_every_bit():
     t = torch.tensor([1.0, 2.0])
     g.average_([t, None])
     assert t.tolist() == [1.0, 2.0] and g.sum([3.0, 1.0]) == [3.0, 1.0]
-    assert torch.equal(g.gather_rows(t), t) and g.broadcast_int(7) == 7 and g.leader
+    assert torch.equal(g.gather_rows(t), t) and g.leader
     g.same_everywhere(b"x", "solver")
     a = fingerprint([torch.zeros(3), torch.tensor(5)])
     assert a == fingerprint([torch.zeros(3), torch.tensor(5)])
@@ -350,7 +377,7 @@ def test_a_lost_process_stops_with_one_line_and_keeps_the_signal_handlers(workdi
     from rapa import solver as solver_module
     from rapa.solver import Solver, Stop
     group = _LosingGroup()
-    monkeypatch.setattr(solver_module.Group, "from_environment", lambda device: group)
+    monkeypatch.setattr(solver_module.Group, "from_environment", lambda: group)
     solver = Solver(write_run(workdir, "one", batch=2, max_iter=10), say=lambda m: None,
                     progress=False)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -375,7 +402,7 @@ def test_a_failed_set_up_leaves_the_group(workdir, monkeypatch):
     from rapa.errors import RapaError
     from rapa.solver import Solver
     group = _LosingGroup()
-    monkeypatch.setattr(solver_module.Group, "from_environment", lambda device: group)
+    monkeypatch.setattr(solver_module.Group, "from_environment", lambda: group)
     path = write_run(workdir, "one", batch=2)
     (workdir / "one.prototxt").unlink()
     with pytest.raises(RapaError, match="one.prototxt"):

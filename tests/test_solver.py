@@ -17,6 +17,7 @@ from rapa.lr_policy import learning_rate
 from rapa.proto import pb
 from rapa.prototxt import parse_text, read_binary
 from rapa.snapshot import latest_snapshot
+from rapa import solver as solver_module
 from rapa.solver import Solver, Stop
 from rapa.trainlog import read_log_lines
 
@@ -488,3 +489,45 @@ def test_a_second_ctrl_c_stops_at_once_and_quietly(workdir, gap):
     resumed = Solver("solver.prototxt", max_iter=done + 2, say=lambda m: None, progress=False)
     resumed.solve(resume="auto")
     assert resumed.iter == done + 2 and not list((workdir / "snap").glob(".*.tmp*"))
+
+
+def test_a_signal_during_a_test_stops_before_the_step_and_the_resume_tests_again(workdir):
+    """Caffe's "Test interrupted": the test stops at its next batch, the snapshot is of the
+    test's iteration (no step taken), its lines are not logged, and the resumed run tests
+    that iteration again and ends as an uninterrupted run does."""
+    path = setup_files(workdir, max_iter=12)
+    pathlib.Path(path).write_text(pathlib.Path(path).read_text().replace("snapshot: 4",
+                                                                         "snapshot: 100"))
+    whole = Solver(path, say=lambda m: None, progress=False)
+    whole.solve()
+    final, log = weights(whole), read_log_lines(workdir / "snap/tiny_log.jsonl")
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+
+    solver = Solver(path, say=lambda m: None, progress=False)
+    from rapa import evaluate
+    calls = []
+    run_test = solver_module.test_net
+
+    def test_with_a_signal(net, iterations, *args, **kw):
+        calls.append(solver.iter)
+        if solver.iter == 5:  # the signal comes while the second test reads its first batch
+            solver._interrupted = "SIGINT"
+        return run_test(net, iterations, *args, **kw)
+    solver_module.test_net = test_with_a_signal
+    try:
+        with pytest.raises(Stop, match="SIGINT at iteration 5: stopped after writing "
+                           "snap/tiny_iter_5.solverstate"):
+            solver.solve()
+    finally:
+        solver_module.test_net = run_test
+    assert calls == [0, 5] and evaluate.test_net is run_test
+    cut = read_log_lines(workdir / "snap/tiny_log.jsonl")
+    assert [e["iter"] for e in cut if e["phase"] == "test"] == [0]
+    resumed = Solver(path, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    assert all(torch.equal(final[k], v) for k, v in weights(resumed).items())
+    again = read_log_lines(workdir / "snap/tiny_log.jsonl")
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "images_per_s"}  # noqa: E731
+                             for e in entries]
+    assert strip(again) == strip(log)

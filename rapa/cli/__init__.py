@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..allocator import keep_freed_memory
-from ..errors import RapaError
+from ..errors import RapaError, os_error_message
 
 COMMANDS = ("train", "test", "time", "plot", "table", "sweep", "similarity", "filters", "reduce",
             "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
@@ -33,16 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
-
-
-def os_error_message(e: OSError) -> str:
-    """'path: reason' (both paths for a rename), without Python's '[Errno N]'."""
-    reason = e.strerror or str(e)
-    if e.filename is None:
-        return reason
-    if e.filename2 is not None:
-        return f"{e.filename} -> {e.filename2}: {reason}"
-    return f"{e.filename}: {reason}"
 
 
 def main(argv=None) -> int:

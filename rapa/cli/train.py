@@ -3,6 +3,10 @@
 Resume with --snapshot FILE.solverstate, or --snapshot auto for the newest complete snapshot
 under the solver's snapshot_prefix (starting afresh when there is none). Ctrl-C writes a
 snapshot and stops; a NaN loss stops without one, keeping the last good snapshot.
+
+Data-parallel on N processes (CPUs, GPUs or nodes; batch_size is per process):
+  torchrun --nproc-per-node N -m rapa train --solver S
+(README: "Training on several processes, GPUs or nodes").
 """
 import sys
 
