@@ -81,8 +81,7 @@ class Group:
         try:
             dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as e:
-            raise RapaError(f"process {rank} of {world}: cannot join the run "
-                            f"({str(e).splitlines()[0]})") from None
+            raise RapaError(f"cannot join the run ({str(e).splitlines()[0]})") from None
         group = cls(rank, world, local)
         group.joined = True
         return group

@@ -393,11 +393,16 @@ class Solver:
         digital ones averaged, as Caffe's multi-GPU solver does (each process's loss is the
         mean over its own batch); the analog rows gathered in rank order, their d divided by
         the world size for the same reason. Every process then makes the same update as one
-        process would with the concatenated batch."""
+        process would with the concatenated batch. BatchNorm's moving averages are averaged
+        too (Caffe keeps the root solver's), so that every process holds the same net."""
         g = self.group
         if g.world == 1:
             return
         g.average_([b.blob.grad for b in self.params if b.arrays is None])
+        # BatchNorm's moving averages: each process normalises by its own batch (no
+        # synchronised BatchNorm) and the averages are averaged: the mean's is that of the
+        # whole step's images, the variance's the mean of the processes' batch variances.
+        g.average_([t for e in self.net.entries for t in e.layer.running_blobs()])
         for b in self.params:
             if b.arrays is not None:
                 b.arrays.pending = [(g.gather_rows(x), g.gather_rows(d) / g.world,
@@ -497,51 +502,72 @@ class Solver:
             os._exit(130)
         self._interrupted = signal.Signals(signum).name
 
+    def _load_weights(self, weights: str) -> None:
+        if not all(weights.split(",")):
+            raise RapaError(f"--weights '{weights}': an empty file name in the list")
+        for w in weights.split(","):
+            # Caffe's fine-tuning: layers the file lacks keep their fillers' values; a file
+            # that has none of the net's layers is a mistake, not a fine-tuning.
+            missing = load_weights(self.net, w, say=self.say)
+            with_blobs = [e.layer.layer_name for e in self.net.entries
+                          if e.layer.learnable_blobs() or e.layer.state_blobs()]
+            if with_blobs and len(missing) == len(with_blobs):
+                raise RapaError(f"{w}: holds none of the net's layers with weights "
+                                f"({', '.join(with_blobs)})")
+            if missing:
+                self.say(f"{w}: no weights for {', '.join(missing)}: they start from their "
+                         f"fillers")
+
     def solve(self, resume: Optional[str] = None, weights: Optional[str] = None) -> int:
         """Train to max_iter. Returns the final iteration; raises Stop on an early end."""
         sp = self.sp
-        if resume and weights:
-            raise RapaError("give --snapshot or --weights, not both")
         leader = self.group.leader
-        if weights:
-            if not all(weights.split(",")):
-                raise RapaError(f"--weights '{weights}': an empty file name in the list")
-            for w in weights.split(","):
-                # Caffe's fine-tuning: layers the file lacks keep their fillers' values; a
-                # file that has none of the net's layers is a mistake, not a fine-tuning.
-                missing = load_weights(self.net, w, say=self.say)
-                with_blobs = [e.layer.layer_name for e in self.net.entries
-                              if e.layer.learnable_blobs() or e.layer.state_blobs()]
-                if with_blobs and len(missing) == len(with_blobs):
-                    raise RapaError(f"{w}: holds none of the net's layers with weights "
-                                    f"({', '.join(with_blobs)})")
-                if missing:
-                    self.say(f"{w}: no weights for {', '.join(missing)}: they start from "
-                             f"their fillers")
-        resumed = None
-        if resume:
-            path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
-            if path is not None:
-                self.restore(path)
-                resumed = self.iter
-                self.say(f"Resuming from {path} at iteration {self.iter}")
-            else:
-                self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
-        log_path = sp.log_file or f"{self.prefix}_log.jsonl"
         self._lock, log = None, _NoLog()
-        if leader:  # process 0 writes the run's files
-            # Made now, so that an unwritable place fails before the first snapshot, not at it.
-            make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
-            make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
-            self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
-                                   f"{self.prefix}")
-            try:
+
+        def release():
+            log.close()
+            if self._lock is not None:
+                self._lock.close()
+            self.close()
+
+        # Loading, resuming and the run's files, each process (the files process 0 alone);
+        # then every process learns what any of them found (Group.agree).
+        problem = resumed = None
+        log_path = sp.log_file or f"{self.prefix}_log.jsonl"
+        try:
+            if resume and weights:
+                raise RapaError("give --snapshot or --weights, not both")
+            if weights:
+                self._load_weights(weights)
+            if resume:
+                path = latest_snapshot(self.prefix) if resume == "auto" else \
+                    pathlib.Path(resume)
+                if path is not None:
+                    self.restore(path)
+                    resumed = self.iter
+                    self.say(f"Resuming from {path} at iteration {self.iter}")
+                else:
+                    self.say(f"No snapshot under {self.prefix}_iter_*: starting from "
+                             f"iteration 0")
+            if leader:  # process 0 writes the run's files
+                # Made now, so that an unwritable place fails before the first snapshot.
+                make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
+                make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
+                self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
+                                       f"{self.prefix}")
                 for stale in remove_stale_temporaries(self.prefix):
                     self.say(f"Removed {stale}, left by a run killed while writing it")
                 log = TrainLog(log_path, resumed)
-            except BaseException:
-                self._lock.close()
-                raise
+        except (RapaError, OSError) as e:
+            problem = e
+        except BaseException:
+            release()
+            raise
+        try:
+            self.group.agree(problem)
+        except BaseException:
+            release()
+            raise
         world = self.group.world
         batch = (sum(layer.batch_size for layer in self.net.data_layers()) or 1) * world
         processes = f"{world} processes x " if world > 1 else ""

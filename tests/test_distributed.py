@@ -305,6 +305,22 @@ def test_bad_launches_are_one_line_errors(workdir):
         else:
             assert results[0][1] == expected, results
         assert results[1][1] == "", results
+    # Found by process 0 alone while starting to train (its lock, its files), or by all (a
+    # snapshot that is not there): one line, and no word from process 1 about a lost peer.
+    from rapa.fileio import hold_lock
+    (workdir / "snap_a").mkdir()
+    lock = hold_lock(workdir / "snap_a/a.lock", "test")
+    try:
+        r = torchrun(workdir, "a_solver.prototxt", check=False)
+    finally:
+        lock.close()
+    said = [l for l in r.stderr.splitlines() if l.startswith("rapa train")]
+    assert len(said) == 1 and "snapshot_prefix snap_a/a: another run is using it" in said[0], \
+        r.stderr
+    r = torchrun(workdir, "a_solver.prototxt", "--snapshot", "nope.solverstate", check=False)
+    said = [l for l in r.stderr.splitlines() if l.startswith("rapa train")]
+    assert len(said) == 1 and "nope.solverstate" in said[0] and "process" not in said[0], \
+        r.stderr
     bad = subprocess.run([sys.executable, "-m", "rapa", "train", "--solver",
                           "a_solver.prototxt"], cwd=workdir, env=env(RANK=3, WORLD_SIZE=2),
                          capture_output=True, text=True, timeout=60)
@@ -408,3 +424,69 @@ def test_a_failed_set_up_leaves_the_group(workdir, monkeypatch):
     with pytest.raises(RapaError, match="one.prototxt"):
         Solver(path, say=lambda m: None)
     assert group.closed == 1  # else gloo's threads abort the exiting process
+
+
+def test_batch_norm_statistics_are_averaged_so_the_processes_hold_one_net(workdir):
+    """BatchNorm's moving mean after one step is that of all the step's images (the mean of
+    the two halves' means), as one process with the whole batch has it; the run's snapshots
+    check that both processes hold the same statistics."""
+    bn = ('layer { name: "bn" type: "BatchNorm" bottom: "pool" top: "pool" '
+          'batch_norm_param { use_global_stats: false } }')
+    for name, batch in (("one", 4), ("two", 2)):
+        write_run(workdir, name, batch=batch, max_iter=1, snapshot=1)
+        net = workdir / f"{name}.prototxt"
+        net.write_text(net.read_text().replace('layer { name: "ip"', bn + '\nlayer { name: "ip"'))
+    one_process(workdir, "one_solver.prototxt")
+    torchrun(workdir, "two_solver.prototxt", "--max-iter", "3")
+    one, two = blobs("snap_one/one_iter_1.caffemodel"), blobs("snap_two/two_iter_1.caffemodel")
+    assert one["bn/0"].abs().max() > 0.01  # the moving mean moved
+    assert torch.allclose(one["bn/0"], two["bn/0"], rtol=1e-5, atol=1e-7)
+    assert one["bn/2"].item() == two["bn/2"].item() == 1.0  # Caffe's moving-average factor
+    assert (snap := latest_snapshot("snap_two/two")) is not None and snap.stem.endswith("_3")
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(workdir):
+    """SIGINT to process 0 alone (as `kill` of one process would): all stop after the same
+    step, through the stop they agree on, and process 0's snapshot is written."""
+    # An analog net: its update, after the exchange, is the window where a signal used to
+    # make one process stop on its own.
+    write_run(workdir, "two", batch=8, analog=True, max_iter=100000, snapshot=50)
+    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
+    log = workdir / "snap_two/two_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= 20):
+        time.sleep(0.05)
+    ranks = {}
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split():
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        ranks[next(v for v in environ if v.startswith(b"RANK="))] = int(pid)
+    os.kill(ranks[b"RANK=0"], signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)  # a hang: processes at different exchanges
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = [l for l in err.splitlines() if l.startswith("rapa train")]
+    assert len(said) == 1 and "SIGINT at iteration" in said[0], err
+    stopped = int(said[0].split("SIGINT at iteration ")[1].split(":")[0])
+    assert (workdir / f"snap_two/two_iter_{stopped}.solverstate").is_file()
+
+
+def test_a_signal_after_the_exchange_counts_at_the_next_step(workdir):
+    """The stop is decided at the step's exchange: a signal that comes after it (here during
+    the update) stops the run one step later, as every other process will (a process that
+    acted on it at once would leave the others waiting at the next exchange)."""
+    from rapa.solver import Solver, Stop
+    solver = Solver(write_run(workdir, "one", batch=2, max_iter=20, snapshot=100),
+                    say=lambda m: None, progress=False)
+    update = solver._update
+
+    def update_then_a_signal(rate):
+        update(rate)
+        if solver.iter == 4:  # the step to iteration 5 (no test point at 5 or 6)
+            solver._interrupted = "SIGINT"
+    solver._update = update_then_a_signal
+    with pytest.raises(Stop, match="SIGINT at iteration 6: stopped after writing "):
+        solver.solve()

@@ -14,6 +14,8 @@ what type it is):
                        then the analog arrays' device draws and scales, last), after the
                        learnable ones
   load_state_blob()    puts one of them back
+  running_blobs()      the state blobs its training forward pass updates (BatchNorm's
+                       statistics), which a data-parallel run averages over its processes
   default_loss_weight  the weight of its first top when the prototxt gives none (loss layers: 1)
   label_range()        (classes, ignore_label) when it reads class labels from bottom[1]
   votes                whether it scores predictions and can score a majority vote over
@@ -188,6 +190,11 @@ class Layer(torch.nn.Module):
 
     def state_blobs(self) -> list[torch.Tensor]:
         """Blobs saved with the model that are not learned (e.g. a fixed tile partition)."""
+        return []
+
+    def running_blobs(self) -> list[torch.Tensor]:
+        """Those of state_blobs() that its forward pass updates in training (each process of
+        a data-parallel run from its own batch, rapa.distributed)."""
         return []
 
     def load_state_blob(self, index: int, value: torch.Tensor) -> None:

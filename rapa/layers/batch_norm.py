@@ -47,3 +47,6 @@ class BatchNorm(Layer):
     def state_blobs(self):
         m = self.module
         return [m.mean_sum, m.var_sum, m.factor]
+
+    def running_blobs(self):
+        return self.state_blobs()  # the moving averages, updated by every training pass
