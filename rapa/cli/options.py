@@ -50,6 +50,34 @@ def finite(low: float | None = None):
     return parse
 
 
+# Units of --drift-time: a month of 30 days, a year of 365 (aihwkit's examples' year).
+TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400.0,
+              "y": 365 * 86400.0}
+
+
+def times(text: str) -> list[float]:
+    """Comma-separated times after programming, in seconds or with a unit (1h, 30d, 1y):
+    finite and >= 0, at least one."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        number = item.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = item[len(number):] or "s"
+        try:
+            value = float(number) * TIME_UNITS[unit]
+        except (ValueError, KeyError):
+            raise argparse.ArgumentTypeError(
+                f"'{item}' is not a time (a number of seconds, or with a unit: "
+                f"{', '.join(TIME_UNITS)})") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"'{item}' must be finite and >= 0")
+        out.append(value)
+    return out
+
+
+times.__name__ = "times"
+
+
 def output_path(text: str) -> str:
     """A file to write: its folder must exist (checked before the work, not after)."""
     folder = pathlib.Path(text).parent

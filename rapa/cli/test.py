@@ -3,6 +3,12 @@
 Runs the TEST phase of --model for --iterations batches and prints each output averaged over
 the batches; with --votes K every batch is also classified K times, each with its own random
 tile assignment, and the majority vote's accuracy is printed (the paper used K = 9).
+
+With --drift-time T1,T2,... the analog layers (rpu_param) are programmed into phase-change
+memory (aihwkit's statistical PCM model: programming noise, drift, read noise) and the net is
+tested at each time after programming, with global drift compensation unless
+--drift-compensation none; --drift-repeats R programs R times (fresh programming noise and
+drift exponents) and reports mean and spread. --pcm changes the model's fields.
 """
 import torch
 
@@ -12,7 +18,9 @@ from ..evaluate import test_net
 from ..net import Net
 from ..proto import pb
 from ..snapshot import load_weights
-from .options import count, seed
+from ..analog.drift import COMPENSATIONS, ProgrammedNet
+from ..analog.pcm import parse_overrides
+from .options import TIME_UNITS, count, seed, times
 
 
 def add_arguments(p):
@@ -22,6 +30,16 @@ def add_arguments(p):
     p.add_argument("--votes", type=count(), default=1, help="random assignments per image")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=seed, default=0, help="seed of the test-time assignments")
+    p.add_argument("--drift-time", type=times, help="test the analog layers programmed "
+                   "into PCM at these times after programming: seconds or 1h, 1d, 30d, 1y "
+                   "(comma-separated)")
+    p.add_argument("--drift-compensation", choices=COMPENSATIONS, default="global",
+                   help="scale each array's outputs back by a read of its mean |W| (default "
+                   "global)")
+    p.add_argument("--drift-repeats", type=count(), default=1,
+                   help="programmings (each with its own noise), averaged (default 1)")
+    p.add_argument("--pcm", default="", help="PCM model fields, e.g. "
+                   "'prog_noise_scale=0.5,drift_scale=0' (README: PCM drift)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,9 +57,14 @@ def run(args):
     if missing:
         raise RapaError(f"{args.weights}: has no weights for layer(s) {', '.join(missing)}")
     net.to_device(device)
+    progress = False if args.no_progress else None
     try:
-        result = test_net(net, args.iterations, args.votes,
-                          progress=False if args.no_progress else None)
+        if args.drift_time is None:
+            if args.pcm or args.drift_repeats != 1:
+                raise RapaError("--pcm and --drift-repeats go with --drift-time")
+            result = test_net(net, args.iterations, args.votes, progress=progress)
+        else:
+            return _test_drift(net, args, device, progress)
     finally:
         net.close()
     print(f"{result.images} images, {args.iterations} batches")
@@ -50,4 +73,40 @@ def run(args):
         print(f"{k} = {v:.4f}{extra}")
     for k, v in result.vote_accuracy.items():
         print(f"{k} (majority of {args.votes} votes) = {v:.4f} (error {100 * (1 - v):.2f}%)")
+    return 0
+
+
+def _seconds(t: float) -> str:
+    for unit in ("y", "mo", "d", "h", "min"):
+        if t >= TIME_UNITS[unit] and (t / TIME_UNITS[unit]).is_integer():
+            return f"{t / TIME_UNITS[unit]:g} {unit}"
+    return f"{t:g} s"
+
+
+def _test_drift(net, args, device, progress) -> int:
+    model = parse_overrides(args.pcm, "--pcm")
+    generator = torch.Generator(device).manual_seed(args.seed)
+    rows: dict[float, list[dict[str, float]]] = {t: [] for t in args.drift_time}
+    images = 0
+    for repeat in range(args.drift_repeats):
+        programmed = ProgrammedNet(net, model, args.model, generator)
+        try:
+            for t in args.drift_time:
+                programmed.read_at(t, args.drift_compensation)
+                result = test_net(net, args.iterations, args.votes, progress=progress)
+                images = result.images
+                rows[t].append({**result.outputs, **{f"{k} (vote of {args.votes})": v
+                                                     for k, v in result.vote_accuracy.items()}})
+        finally:
+            programmed.restore()
+    print(f"{images} images, {args.iterations} batches; PCM programmed {args.drift_repeats} "
+          f"time(s), drift compensation {args.drift_compensation}")
+    for t, results in rows.items():
+        parts = []
+        for k in results[0]:
+            values = torch.tensor([r[k] for r in results], dtype=torch.float64)
+            spread = f" +- {values.std():.4f}" if len(values) > 1 else ""
+            extra = f" (error {100 * (1 - values.mean()):.2f}%)" if "acc" in k else ""
+            parts.append(f"{k} = {values.mean():.4f}{spread}{extra}")
+        print(f"t = {_seconds(t)}: " + ", ".join(parts))
     return 0
