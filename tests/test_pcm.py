@@ -218,6 +218,19 @@ def test_programming_draws_from_the_given_generator(workdir):
             for name in ("g_plus", "g_minus", "nu_plus", "nu_minus"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), name
         assert not torch.equal(first.layers[0].nu_plus, first.layers[0].nu_minus)
+        # Reads too (their 1/f noise), and global compensation unless told otherwise.
+        torch.manual_seed(3)
+        first.read_at(3600.0)
+        read = [(p.weight3.clone(), p.out_scale.clone()) for p in first.layers]
+        torch.manual_seed(4)
+        second.read_at(3600.0)
+        for (w, scale), p in zip(read, second.layers):
+            assert torch.equal(w, p.weight3) and torch.equal(scale, p.out_scale)
+        first.restore()
+        assert any(not torch.equal(w, p.weight3) for (w, _), p in zip(read, first.layers))
+        second.read_at(3600.0, "none")
+        assert any(not torch.equal(scale, p.out_scale) for (_, scale), p in zip(read,
+                                                                               second.layers))
     finally:
         net.close()
 

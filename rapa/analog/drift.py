@@ -70,11 +70,11 @@ class ProgrammedNet:
         for p in self.layers:
             now = from_pair(m.read(p.g_plus, p.nu_plus, t_inference, self.generator),
                             m.read(p.g_minus, p.nu_minus, t_inference, self.generator), p.scale)
-            p.weight3.copy_(now.to(p.weight3.dtype))
+            p.weight3.copy_(now)  # rounded to the net's dtype once, here
             factor = torch.ones_like(p.reference)
             if compensation == "global":
                 factor = p.reference / now.abs().mean(dim=(1, 2)).clamp_min(1e-12)
-            p.out_scale.copy_(p.trained_scale * factor.to(p.out_scale.dtype))
+            p.out_scale.copy_(p.trained_scale.double() * factor)
 
     @torch.no_grad()
     def restore(self) -> None:
