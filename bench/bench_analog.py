@@ -1,7 +1,7 @@
 """Analog training throughput of the Full net: rapa against aihwkit and plain torch.
 
     python bench/bench_analog.py [--device cpu|cuda] [--batch 128] [--seconds 20]
-                                 [--aihwkit-python PATH]
+                                 [--aihwkit-python PATH] [--devices-per-weight N]
 
 Nets (one step = forward, backward, update; the same in-memory batch):
   rapa none      prototxt/cifar10/none_max_rpu.prototxt: every Convolution and the
@@ -15,6 +15,8 @@ Nets (one step = forward, backward, update; the same in-memory batch):
                  torch 2.10.0: a separate environment, CPU only), skipped without it or on
                  --device cuda
   torch.nn       the hand-written floating-point Full net (bench_nets.py), torch.optim.SGD
+  rapa none, conv1 x N   with --devices-per-weight N: rapa none with N devices per weight in
+                 conv1 (Gokmen et al. 2017; update policy all: N times conv1's pulses)
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
 All of them, aihwkit's process included, run with freed memory kept for reuse (rapa.allocator,
 as the rapa command does; glibc's own settings for aihwkit), or with --system-malloc all with
@@ -48,7 +50,7 @@ from bench_nets import add_malloc_option, data_tree, memory_setting, torch_step 
 LR = 0.001
 
 
-def analog_step(path, batch, device):
+def analog_step(path, batch, device, first_layer_devices=1):
     param = read_text(path, pb.NetParameter())
     for layer in param.layer:
         if layer.type == "Data":
@@ -58,6 +60,8 @@ def analog_step(path, batch, device):
             if sub.HasField("rpu_param"):
                 sub.rpu_param.Clear()
                 sub.rpu_param.preset = "gokmen_vlasov_2016"
+                if layer.name == "conv1" and first_layer_devices > 1:
+                    sub.rpu_param.device.devices_per_weight = first_layer_devices
     net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
     net.train()
     x = torch.rand(batch, 3, 32, 32, device=device) * 255 - 128
@@ -94,6 +98,8 @@ def main():
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
+    p.add_argument("--devices-per-weight", type=int, default=1,
+                   help="also time rapa none with this many devices per weight in conv1")
     add_malloc_option(p)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -110,6 +116,10 @@ def main():
                                    device),
         "torch.nn": torch_step(args.batch, device),
     }
+    if args.devices_per_weight > 1:
+        steps[f"rapa none, conv1 x {args.devices_per_weight}"] = analog_step(
+            ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch, device,
+            args.devices_per_weight)
     results = {k: [] for k in list(steps) + (["aihwkit"] if args.aihwkit_python else [])}
     for _ in range(args.rounds):
         for name, step in steps.items():
@@ -126,7 +136,7 @@ def main():
     ref = med[ref_name]
     for name, value in med.items():
         ratio = f"{value / ref:6.2f}x {ref_name}"
-        print(f"  {name:<12} {value:9.1f}  {ratio}")
+        print(f"  {name:<22} {value:9.1f}  {ratio}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                     f"devices are used, with dw_min {nominal:g} for the bit length")
             # Digital weights are mapped as fillers are; an analog model's conductances lie
             # within their devices' bounds unless the file was edited: clipped all the same.
-            weight3 = learn[i].view(a.dw_up.shape)
+            weight3 = learn[i].view(a.shape)
             clipped = a.map_(weight3) if digital else a.clip_(weight3)
             if clipped:
                 what = "digital weights" if digital else "conductances"

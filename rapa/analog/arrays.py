@@ -24,11 +24,19 @@ STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
 
 
 class AnalogArrays(torch.nn.Module):
+    """T arrays of O x K weights (`shape`). With device.devices_per_weight n > 1 every weight
+    is the mean of n devices (Gokmen, Onen, Haensch 2017; aihwkit's VectorUnitCell): device i
+    of array t is array i T + t of the draws and of `device_weights` (n T, O, K), and the
+    module's weight holds their mean."""
+
     def __init__(self, config: RPUConfig, shape: tuple[int, int, int]):
         super().__init__()
         self.config = config
         dev = config.device
-        gauss = lambda: torch.randn(shape)  # noqa: E731  (torch's generator: seeded runs repeat)
+        self.shape = tuple(shape)
+        self.devices = dev.devices_per_weight
+        full = (self.devices * shape[0], *shape[1:])
+        gauss = lambda: torch.randn(full)  # noqa: E731  (torch's generator: seeded runs repeat)
         # aihwkit 1.1.0's PulsedRPUDevice::populate (see ConstantStepDevice).
         gain = 1 + dev.dw_min_dtod * gauss()
         r = dev.up_down_dtod * gauss()
@@ -49,21 +57,33 @@ class AnalogArrays(torch.nn.Module):
         self.register_buffer("w_max", w_max)
         # Digital output scale alpha of each array (weight scaling; 1 without it).
         self.register_buffer("out_scale", torch.ones(shape[0]))
+        if self.devices > 1:
+            # Each device's conductance, and the count of updates (single_sequential's turn).
+            self.register_buffer("device_weights", torch.zeros(full))
+            self.register_buffer("updates", torch.zeros(1, dtype=torch.long))
         self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES + ("out_scale",) + (("device_weights", "updates")
+                                               if self.devices > 1 else ())
+
     def state_blobs(self) -> list[Tensor]:
-        """What a .caffemodel keeps besides the weights: the device draws, the scales."""
-        return [getattr(self, n) for n in STATE_NAMES] + [self.out_scale]
+        """What a .caffemodel keeps besides the weights: the device draws, the scales (and,
+        with several devices per weight, each device's conductance and the update count)."""
+        return [getattr(self, n) for n in self.state_names()]
 
     def state_problem(self, index: int, value: Tensor) -> Optional[str]:
-        """Why `value` cannot be state blob `index` (dw_up, dw_down, w_min, w_max, out_scale)
-        from a model file, or None: all finite, scales > 0, and with enforce_consistency steps
-        >= 0 and w_min <= 0 <= w_max (ConstantStepDevice)."""
-        name = (STATE_NAMES + ("out_scale",))[index]
+        """Why `value` cannot be state blob `index` (dw_up, dw_down, w_min, w_max, out_scale,
+        then device_weights, updates) from a model file, or None: all finite, scales > 0,
+        update count >= 0, and with enforce_consistency steps >= 0 and w_min <= 0 <= w_max
+        (ConstantStepDevice)."""
+        name = self.state_names()[index]
         if not torch.isfinite(value).all():
             return f"{name} must be finite"
         if name == "out_scale" and (value <= 0).any():
             return "out_scale (the arrays' digital scales) must be > 0"
+        if name == "updates" and (value < 0).any():
+            return "updates (the count of updates) must be >= 0"
         if self.config.device.enforce_consistency:
             wrong = {"dw_up": value < 0, "dw_down": value < 0, "w_min": value > 0,
                      "w_max": value < 0}.get(name)
@@ -82,7 +102,9 @@ class AnalogArrays(torch.nn.Module):
         when loaded) onto the arrays, in place: with weight scaling each array's scale becomes
         alpha_t = max(max |W_t|, weight_range) / omega and its conductances W_t / alpha_t
         (MappingParameters); then every conductance is clipped to its device's bounds.
-        Returns how many were clipped."""
+        Returns how many were clipped. With several devices per weight every device is
+        written with the weight (then clipped to its own bounds) and the weight becomes
+        their mean."""
         mapping = self.config.mapping
         if mapping.weight_scaling_omega > 0:
             amax = weight3.abs().amax(dim=(1, 2)).clamp_min(mapping.weight_range)
@@ -90,15 +112,25 @@ class AnalogArrays(torch.nn.Module):
                                 torch.ones_like(amax))
             weight3.div_(alpha.view(-1, 1, 1).to(weight3.dtype))
             self.out_scale.copy_(alpha)
+        if self.devices > 1:
+            self.device_weights.copy_(weight3.repeat(self.devices, 1, 1))
         return self.clip_(weight3)
 
     @torch.no_grad()
     def clip_(self, weight3: Tensor) -> int:
-        """Conductances saturate at their devices' bounds; returns how many did."""
-        clipped = torch.minimum(torch.maximum(weight3, self.w_min), self.w_max)
-        count = int((clipped != weight3).sum())
-        weight3.copy_(clipped)
+        """Conductances saturate at their devices' bounds; returns how many did. With several
+        devices per weight the devices' conductances are clipped and the weight becomes their
+        mean."""
+        held = self.device_weights if self.devices > 1 else weight3
+        clipped = torch.minimum(torch.maximum(held, self.w_min), self.w_max)
+        count = int((clipped != held).sum())
+        held.copy_(clipped)
+        if self.devices > 1:
+            self._hold_mean(weight3)
         return count
+
+    def _hold_mean(self, weight3: Tensor) -> None:
+        weight3.copy_(self.device_weights.view(self.devices, *self.shape).mean(0))
 
     def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
         """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
@@ -123,13 +155,30 @@ class AnalogArrays(torch.nn.Module):
         the conductances, move by -lr d x^T on average, as in SGD. Each pass's pulses draw from
         a seed taken from `generator` (torch's default generator of the weight's device when
         None): the solver's own, which every process of a data-parallel run shares."""
-        weight3 = weight.view(self.dw_up.shape)
+        weight3 = weight.view(self.shape)
         done = len(self.pending)
         state = self.device_state()
+        n, arrays = self.devices, self.shape[0]
+        held = self.device_weights if n > 1 else weight3
         for x, d, tile in self.pending:
             d = d / self.row_scales(tile, d.dtype).square()
-            rpu_update(weight3, x, d, tile, lr, state, self.config.device, self.config.update,
+            if n > 1:
+                # Device i of array t is array i T + t; a dropped patch (-1) stays dropped.
+                policy = self.config.device.update_policy
+                if policy == "all":
+                    chosen = torch.arange(n, device=tile.device)
+                elif policy == "single_random":
+                    chosen = torch.randint(n, (1,), generator=generator, device=tile.device)
+                else:  # single_sequential
+                    chosen = self.updates % n
+                    self.updates += 1
+                tile = torch.where(tile >= 0, tile + arrays * chosen.view(-1, 1),
+                                   tile).reshape(-1)
+                x, d = x.repeat(len(chosen), 1), d.repeat(len(chosen), 1)
+            rpu_update(held, x, d, tile, lr, state, self.config.device, self.config.update,
                        seed=draw_seed(weight.device, generator))
+        if n > 1:
+            self._hold_mean(weight3)
         self.pending.clear()
         return done
 

@@ -19,6 +19,7 @@ import numpy as np
 
 NOISE_MANAGEMENT = ("none", "abs_max")
 BOUND_MANAGEMENT = ("none", "iterative")
+UPDATE_POLICIES = ("all", "single_random", "single_sequential")
 
 
 @dataclass
@@ -61,6 +62,15 @@ class ConstantStepDevice:
     enforce_consistency: bool = True
     """Steps >= 0 and w_min_ij <= 0 <= w_max_ij, as above (aihwkit's default). False: steps
     keep their sign, and a device whose bounds cross is stuck at their midpoint."""
+    devices_per_weight: int = 1
+    """Devices per cross-point, n (Gokmen, Onen, Haensch 2017: several devices per weight
+    reduce the effect of device variability): each with its own device-to-device draws, the
+    weight their mean (aihwkit's VectorUnitCell with its default gamma 1/n)."""
+    update_policy: str = "all"
+    """Which of the n devices an update pulses (aihwkit's VectorUnitCellUpdatePolicy): all
+    (each device its own pulse trains: the weight's update is the mean of n), single_random
+    (one device per backward pass, drawn), single_sequential (device k mod n at the k-th).
+    With single_* the weight moves by 1/n of the update, as in aihwkit."""
 
     def check(self, where: str) -> None:
         if not self.dw_min > 0:
@@ -74,6 +84,12 @@ class ConstantStepDevice:
         for name in ("dw_min_dtod", "dw_min_std", "w_max_dtod", "w_min_dtod", "up_down_dtod"):
             if not getattr(self, name) >= 0:  # nan too
                 raise ValueError(f"{where}: device.{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.devices_per_weight <= 64:
+            raise ValueError(f"{where}: device.devices_per_weight must be in [1, 64], got "
+                             f"{self.devices_per_weight}")
+        if self.update_policy not in UPDATE_POLICIES:
+            raise ValueError(f"{where}: device.update_policy must be one of "
+                             f"{', '.join(UPDATE_POLICIES)}, got '{self.update_policy}'")
 
 
 @dataclass

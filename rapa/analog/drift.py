@@ -46,7 +46,7 @@ class ProgrammedNet:
             if blob.arrays is None:
                 continue
             with torch.no_grad():
-                weight3 = blob.blob.data.view(blob.arrays.dw_up.shape)
+                weight3 = blob.blob.data.view(blob.arrays.shape)
                 target = weight3.double()
                 g_plus, g_minus, scale = to_pair(target, model.g_max)
                 programmed = [model.program(g, generator) for g in (g_plus, g_minus)]
