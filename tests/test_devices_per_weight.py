@@ -141,3 +141,20 @@ def test_bad_device_counts_and_policies_name_the_layer(field, message):
     assert "layer 'ip'" in str(e.value) and message in str(e.value)
     cfg = from_proto(parse_text('device { devices_per_weight: 2 }', pb.RPUParameter()))
     assert cfg.device.devices_per_weight == 2 and isinstance(cfg, RPUConfig)
+
+
+def test_dropped_patches_pulse_no_device():
+    torch.manual_seed(7)
+    arrays = _arrays(3, "all")
+    w = torch.zeros(2, 3, 4, dtype=torch.float64)
+    arrays.map_(w)
+    before = arrays.device_weights.clone()
+    x = torch.full((2, 4), 0.5, dtype=torch.float64)
+    arrays.pending.append((x, -x[:, :3], torch.tensor([-1, 0])))  # row 0 dropped, row 1: array 0
+    arrays.apply_update(w, 0.01)
+    moved = (arrays.device_weights != before).view(3, 2, 3, 4)
+    assert not moved[:, 1].any() and moved[:, 0].any(dim=(1, 2)).all()  # every device of array 0
+    assert arrays.state_problem(6, torch.tensor([-1.0])) == ("updates (the count of updates) "
+                                                             "must be >= 0")
+    assert arrays.state_problem(5, torch.tensor([float("nan")])) == ("device_weights must be "
+                                                                     "finite")
