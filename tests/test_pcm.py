@@ -246,7 +246,10 @@ def test_a_net_without_analog_layers_cannot_be_programmed(workdir):
 
 @pytest.mark.parametrize("text,message", [
     ("drift_scale=-1", "--pcm: drift_scale must be finite and >= 0, got -1"),
-    ("g_max=0", "--pcm: g_max must be finite and > 0, got 0"),
+    ("g_max=0", "--pcm: g_max must be finite and in (0, 1e6] uS, got 0"),
+    ("g_max=1e308", "--pcm: g_max must be finite and in (0, 1e6] uS, got 1e+308"),
+    ("t_read=100", "--pcm: t_0 (20 s) must be longer than t_read (100 s)"),
+    ("g_max=1,g_max=2", "--pcm: g_max is given twice"),
     ("t_0=nan", "--pcm: t_0 must be finite and > 0, got nan"),
     ("gmax=3", "--pcm: 'gmax=3' is not field=value with a field of PCMLikeNoiseModel"),
     ("prog_coeff=1:2", "--pcm: prog_coeff must be 3 finite numbers"),
@@ -264,9 +267,12 @@ def test_bad_pcm_fields_are_named(text, message):
         parse_overrides(text, "--pcm")
     assert str(e.value).startswith(message)
     assert parse_overrides("prog_coeff=0:1:0, drift_scale=0", "--pcm").prog_coeff == (0, 1, 0)
-    small = parse_overrides("g_max=0.5,prog_coeff_g_max_reference=0.5,t_0=0.5,t_read=0.5,"
+    small = parse_overrides("g_max=0.5,prog_coeff_g_max_reference=0.5,t_0=0.5,t_read=0.25,"
                             "prog_noise_scale=0,read_noise_scale=0", "--pcm")  # all allowed
     assert (small.g_max, small.t_0, small.read_noise_scale) == (0.5, 0.5, 0.0)
+    # Coefficients given alone were fitted at g_max (aihwkit's rule); the defaults at 25 uS.
+    assert parse_overrides("g_max=10,prog_coeff=1:0:0", "--pcm").prog_coeff_g_max_reference == 10
+    assert parse_overrides("g_max=10", "--pcm").prog_coeff_g_max_reference == 25
 
 
 def _rapa(*argv):
@@ -304,14 +310,27 @@ def test_rapa_test_reads_the_net_at_each_time(workdir):
     drifted = _rapa_test(workdir, "--drift-time", "1y", "--drift-repeats", "3",
                          "--drift-compensation", "none")
     assert drifted.returncode == 0, drifted.stderr
-    assert "PCM programmed 3 time(s), drift compensation none" in drifted.stdout
+    assert ("PCM programmed 3 time(s) (mean +- standard deviation over them), drift "
+            "compensation none") in drifted.stdout
     assert "+-" in drifted.stdout.splitlines()[1]
+    # A row depends on its time, the seed and the repeat, not on the other times listed.
+    alone = _rapa_test(workdir, "--drift-time", "1d", "--drift-repeats", "2")
+    among = _rapa_test(workdir, "--drift-time=1y,0,1d", "--drift-repeats", "2")
+    row = alone.stdout.splitlines()[1]
+    assert row.startswith("t = 1 d: ") and row in among.stdout.splitlines()
+    zero = _rapa_test(workdir, "--drift-time=-0")
+    assert zero.stdout.splitlines()[1].startswith("t = 0 s: ")
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--drift-time", "1week"], "'1week' is not a time"),
     (["--drift-time=-1h"], "'-1h' must be finite and >= 0"),
-    (["--pcm", "drift_scale=0"], "--pcm and --drift-repeats go with --drift-time"),
+    (["--pcm", "drift_scale=0"], "--pcm, --drift-repeats and --drift-compensation go with "
+                                 "--drift-time"),
+    (["--drift-compensation", "none"], "go with --drift-time"),
+    (["--drift-time", "1h,60min"], "'60min' repeats a time given before it"),
+    (["--drift-time", "1y", "--pcm", "prog_noise_scale=1e300"], "analog.prototxt: conv/0's "
+                                                                  "weights read 3.1536e+07 s"),
     (["--drift-time", "1h", "--pcm", "nu=1"], "'nu=1' is not field=value"),
 ])
 def test_rapa_test_drift_options_are_checked(workdir, extra, message):

@@ -64,7 +64,7 @@ class PCMLikeNoiseModel:
 
     def check(self, where: str) -> None:
         """RapaError naming `where` and the field when a value cannot describe a device."""
-        rules = [("g_max", self.g_max > 0, "> 0"),
+        rules = [("g_max", 0 < self.g_max <= 1e6, "in (0, 1e6] uS"),
                  ("prog_coeff_g_max_reference", self.prog_coeff_g_max_reference > 0, "> 0"),
                  ("t_read", self.t_read > 0, "> 0"), ("t_0", self.t_0 > 0, "> 0"),
                  ("prog_noise_scale", self.prog_noise_scale >= 0, ">= 0"),
@@ -77,6 +77,9 @@ class PCMLikeNoiseModel:
         if len(self.prog_coeff) != 3 or not all(math.isfinite(c) for c in self.prog_coeff):
             raise RapaError(f"{where}: prog_coeff must be 3 finite numbers, got "
                             f"{self.prog_coeff}")
+        if not self.t_0 > self.t_read:  # the read noise's log((t_0 + t_read) / 2 t_read) > 0
+            raise RapaError(f"{where}: t_0 ({self.t_0:g} s) must be longer than t_read "
+                            f"({self.t_read:g} s)")
 
     def prog_sigma(self, g_target: Tensor) -> Tensor:
         x = g_target / self.g_max
@@ -126,20 +129,27 @@ def from_pair(g_plus: Tensor, g_minus: Tensor, scale: Tensor) -> Tensor:
 
 
 def parse_overrides(text: str, where: str) -> PCMLikeNoiseModel:
-    """A PCMLikeNoiseModel from 'field=value,field=value' (prog_coeff as c0:c1:c2)."""
+    """A PCMLikeNoiseModel from 'field=value,field=value' (prog_coeff as c0:c1:c2). As in
+    aihwkit, coefficients given without prog_coeff_g_max_reference were fitted at g_max."""
     model = PCMLikeNoiseModel()
     names = {f.name for f in dataclasses.fields(model)}
+    given = set()
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or name not in names:
             raise RapaError(f"{where}: '{item}' is not field=value with a field of "
                             f"PCMLikeNoiseModel ({', '.join(sorted(names))})")
+        if name in given:
+            raise RapaError(f"{where}: {name} is given twice")
+        given.add(name)
         try:
             parsed = (tuple(float(v) for v in value.split(":")) if name == "prog_coeff"
                       else float(value))
         except ValueError:
             raise RapaError(f"{where}: {name}={value!r} is not a number") from None
         setattr(model, name, parsed)
+    if "prog_coeff" in given and "prog_coeff_g_max_reference" not in given:
+        model.prog_coeff_g_max_reference = model.g_max
     model.check(where)
     return model

@@ -57,8 +57,8 @@ TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400
 
 def times(text: str) -> list[float]:
     """Comma-separated times after programming, in seconds or with a unit (1h, 30d, 1y):
-    finite and >= 0, at least one."""
-    out = []
+    finite and >= 0, each once."""
+    out: list[float] = []
     for item in text.split(","):
         item = item.strip()
         number = item.rstrip("abcdefghijklmnopqrstuvwxyz")
@@ -71,7 +71,9 @@ def times(text: str) -> list[float]:
                 f"{', '.join(TIME_UNITS)})") from None
         if not math.isfinite(value) or value < 0:
             raise argparse.ArgumentTypeError(f"'{item}' must be finite and >= 0")
-        out.append(value)
+        if value + 0.0 in out:
+            raise argparse.ArgumentTypeError(f"'{item}' repeats a time given before it")
+        out.append(value + 0.0)  # -0 is 0
     return out
 
 

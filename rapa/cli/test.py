@@ -31,11 +31,11 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=seed, default=0, help="seed of the test-time assignments")
     p.add_argument("--drift-time", type=times, help="test the analog layers programmed "
-                   "into PCM at these times after programming: seconds or 1h, 1d, 30d, 1y "
-                   "(comma-separated)")
-    p.add_argument("--drift-compensation", choices=COMPENSATIONS, default="global",
-                   help="scale each array's outputs back by a read of its mean |W| (default "
-                   "global)")
+                   "into PCM at these times after programming, comma-separated: seconds, or "
+                   "with a unit s, min, h, d, mo (30 d), y (365 d): 0,1h,1d,30d,1y")
+    p.add_argument("--drift-compensation", choices=COMPENSATIONS,
+                   help="global (the default): scale each array's outputs back by a read of "
+                   "its mean |W|; none")
     p.add_argument("--drift-repeats", type=count(), default=1,
                    help="programmings (each with its own noise), averaged (default 1)")
     p.add_argument("--pcm", default="", help="PCM model fields, e.g. "
@@ -60,8 +60,9 @@ def run(args):
     progress = False if args.no_progress else None
     try:
         if args.drift_time is None:
-            if args.pcm or args.drift_repeats != 1:
-                raise RapaError("--pcm and --drift-repeats go with --drift-time")
+            if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
+                raise RapaError("--pcm, --drift-repeats and --drift-compensation go with "
+                                "--drift-time")
             result = test_net(net, args.iterations, args.votes, progress=progress)
         else:
             return _test_drift(net, args, device, progress)
@@ -83,24 +84,36 @@ def _seconds(t: float) -> str:
     return f"{t:g} s"
 
 
+def _generator(device, *values: int) -> torch.Generator:
+    """A generator of its own for each programming and each read: a row of the table does
+    not depend on which other times are listed, nor in which order."""
+    seed = 0
+    for v in values:
+        seed = (seed * 0x9E3779B97F4A7C15 + v * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+    return torch.Generator(device).manual_seed(seed)
+
+
 def _test_drift(net, args, device, progress) -> int:
     model = parse_overrides(args.pcm, "--pcm")
-    generator = torch.Generator(device).manual_seed(args.seed)
+    compensation = args.drift_compensation or "global"
     rows: dict[float, list[dict[str, float]]] = {t: [] for t in args.drift_time}
     images = 0
     for repeat in range(args.drift_repeats):
-        programmed = ProgrammedNet(net, model, args.model, generator)
+        programmed = ProgrammedNet(net, model, args.model, _generator(device, args.seed, repeat))
         try:
             for t in args.drift_time:
-                programmed.read_at(t, args.drift_compensation)
+                # The read's draws: from (seed, repeat, t in microseconds).
+                programmed.read_at(t, compensation, _generator(device, args.seed, repeat,
+                                                               1 + round(t * 1e6)))
                 result = test_net(net, args.iterations, args.votes, progress=progress)
                 images = result.images
                 rows[t].append({**result.outputs, **{f"{k} (vote of {args.votes})": v
                                                      for k, v in result.vote_accuracy.items()}})
         finally:
             programmed.restore()
+    spread = " (mean +- standard deviation over them)" if args.drift_repeats > 1 else ""
     print(f"{images} images, {args.iterations} batches; PCM programmed {args.drift_repeats} "
-          f"time(s), drift compensation {args.drift_compensation}")
+          f"time(s){spread}, drift compensation {compensation}")
     for t, results in rows.items():
         parts = []
         for k in results[0]:
