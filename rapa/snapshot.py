@@ -76,7 +76,8 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                   len(learn) + len(state) - device_state}
         if len(lp.blobs) not in counts:
             extra = (" (a model of an analog net holds its arrays' device draws and scales "
-                     "after the weights: it loads only into a layer with rpu_param)"
+                     "after the weights: it loads only into a layer with rpu_param and the "
+                     "same devices_per_weight)"
                      if len(lp.blobs) > len(learn) + len(state) else "")
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
                             f"net's layer has {len(learn)} learnable (+{len(state)} state)"
@@ -99,7 +100,8 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                 raise RapaError(
                     f"{path}: layer '{layer.layer_name}' blob {i} has shape "
                     f"{tuple(value.shape)}, the net's layer wants {tuple(target.shape)} (a "
-                    f"different num_output, kernel, channel count, or tiling?)")
+                    f"different num_output, kernel, channel count, tiling or "
+                    f"devices_per_weight?)")
             if i < len(learn):
                 target.copy_(value.reshape(target.shape))
                 continue

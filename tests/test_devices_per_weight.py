@@ -126,6 +126,11 @@ def test_the_devices_and_the_update_count_travel_with_the_model(tmp_path):
     assert torch.equal(theirs.device_weights, arrays.device_weights)
     assert theirs.updates.item() == 1
     assert torch.equal(other.layer("ip").module.weight, layer.module.weight)
+    for n in (1, 2):  # another device count: the message names it
+        text = net_text.replace("devices_per_weight: 3", f"devices_per_weight: {n}")
+        with pytest.raises(RapaError, match="devices_per_weight"):
+            load_weights(Net(parse_text(text, pb.NetParameter()), pb.TRAIN),
+                         tmp_path / "m.caffemodel")
 
 
 @pytest.mark.parametrize("field,message", [
