@@ -34,6 +34,7 @@ from .lr_policy import check_policy, learning_rate
 from .net import Net, NetContext
 from .progress import Progress
 from .proto import pb
+from .seeds import mix_seed
 from .sgd import SGD
 from .prototxt import read_binary, read_text, write_binary
 from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, save_weights,
@@ -84,13 +85,6 @@ def check_ranges(sp: pb.SolverParameter, where: str) -> None:
     for field, value, ok, rule in rules:
         if not ok:
             raise RapaError(f"{where}: {field} must be {rule}, got {value:g}")
-
-
-def _mix(seed: int, *values: int) -> int:
-    """A seed for another stream of the run's seed (a process's draws, the pulses')."""
-    for v in values:
-        seed = (seed * 0x9E3779B97F4A7C15 + v * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
-    return seed
 
 
 class _NoLog:
@@ -218,7 +212,7 @@ class Solver:
         self.params = self.net.learnable()
         # The pulses of the analog updates draw from their own generator, the same on every
         # process, so that every process applies the same pulses.
-        self.pulses = torch.Generator(self.device).manual_seed(_mix(self.seed, 1))
+        self.pulses = torch.Generator(self.device).manual_seed(mix_seed(self.seed, 1))
         self.sgd = SGD(self.params, sp.momentum, sp.weight_decay, sp.regularization_type,
                        generator=self.pulses)
         return train_param, train_src, test_params
@@ -238,7 +232,7 @@ class Solver:
         for layer in self.net.data_layers():
             layer.shard(g.rank, g.world)
         if g.rank:
-            torch.manual_seed(_mix(self.seed, 2, g.rank))
+            torch.manual_seed(mix_seed(self.seed, 2, g.rank))
 
     def _everything_saved(self) -> list[torch.Tensor]:
         """The net's learnable and state blobs: what must be equal on every process."""
@@ -359,7 +353,7 @@ class Solver:
             saved["cuda_rng_state"] = (state.process_cuda_rng_state[rank - 1]
                                        if rank <= len(state.process_cuda_rng_state) else b"")
             if not saved["rng_state"]:
-                torch.manual_seed(_mix(self.seed, 2, rank, state.iter))
+                torch.manual_seed(mix_seed(self.seed, 2, rank, state.iter))
         for field, value in saved.items():
             if not value or (field == "cuda_rng_state" and self.device.type != "cuda"):
                 continue

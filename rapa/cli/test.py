@@ -17,6 +17,7 @@ from ..errors import RapaError
 from ..evaluate import test_net
 from ..net import Net
 from ..proto import pb
+from ..seeds import mix_seed
 from ..snapshot import load_weights
 from ..analog.drift import COMPENSATIONS, ProgrammedNet
 from ..analog.pcm import parse_overrides
@@ -87,10 +88,7 @@ def _seconds(t: float) -> str:
 def _generator(device, *values: int) -> torch.Generator:
     """A generator of its own for each programming and each read: a row of the table does
     not depend on which other times are listed, nor in which order."""
-    seed = 0
-    for v in values:
-        seed = (seed * 0x9E3779B97F4A7C15 + v * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
-    return torch.Generator(device).manual_seed(seed)
+    return torch.Generator(device).manual_seed(mix_seed(0, *values))
 
 
 def _test_drift(net, args, device, progress) -> int:

@@ -20,14 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import RapaError
+from ..seeds import mix_seed
 from .lmdb_source import LmdbSource
 from .transform import Transformer
-
-_MIX = 0x9E3779B97F4A7C15
-
-
-def batch_seed(seed: int, index: int) -> int:
-    return (seed * _MIX + index * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
 
 
 class Prefetcher:
@@ -62,7 +57,7 @@ class Prefetcher:
         start = (self.skip + index * self.batch_size) % len(self.source)
         images, labels = self.source.read_many(start, self.batch_size)
         self._check_labels(labels, start)
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, index))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, index))
         return self.transform(images, gen), torch.from_numpy(labels)
 
     def shard(self, rank: int, world: int) -> None:
