@@ -2,7 +2,8 @@
 
 Launched by torchrun (`torchrun --nproc-per-node N -m rapa train --solver S`), each process
 finds its rank and the world size in the environment torchrun sets (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and joins the group: NCCL on CUDA, gloo on the CPU.
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and joins the group over gloo; processes that train on
+GPUs exchange their training's tensors over NCCL (Group.place).
 Without torchrun (or with WORLD_SIZE 1) the group is one process and every collective below is
 the identity, so a one-process run does exactly what it did before.
 
@@ -191,12 +192,17 @@ class Group:
 
     def same_everywhere(self, value: bytes, what: str) -> None:
         """Raise (on every process) when `value` differs between processes; `what` names it."""
-        digests = self.gather_objects(hashlib.sha256(value).hexdigest())
-        for rank, digest in enumerate(digests):
-            if digest != digests[0]:
-                raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
-                                f"process of a run must use the same files (copy them to every "
-                                f"node)", shared=True)
+        self.check_same(self.gather_objects(hashlib.sha256(value).hexdigest()), what)
+
+    @staticmethod
+    def check_same(values: Sequence, what: str) -> None:
+        """Raise (shared) when a process's value (`values` in rank order, as gathered)
+        differs from process 0's; `what` names it."""
+        rank = next((r for r, v in enumerate(values) if v != values[0]), None)
+        if rank is not None:
+            raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
+                            f"process of a run must use the same files (copy them to every "
+                            f"node)", shared=True)
 
 
 def speaker() -> tuple[bool, str]:

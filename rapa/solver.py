@@ -224,11 +224,7 @@ class Solver:
         weights and the device draws made so far are the same."""
         g = self.group
         for i, what in enumerate(("solver", "net", "initial weights (another torch version?)")):
-            for rank, theirs in enumerate(digests):
-                if theirs[i] != digests[0][i]:
-                    raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
-                                    f"process of a run must use the same files (copy them to "
-                                    f"every node)", shared=True)
+            g.check_same([theirs[i] for theirs in digests], what)
         for layer in self.net.data_layers():
             layer.shard(g.rank, g.world)
         if g.rank:
@@ -440,9 +436,9 @@ class Solver:
             valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=bool)
             return int(((predicted == target) & valid).sum()), int(valid.sum())
 
-    def _test_all(self, log: Optional[TrainLog]) -> bool:
-        """Tests every test net and logs the results; False when a signal stopped a test (the
-        lines of this iteration's tests are then written again by the resumed run)."""
+    def _test_all(self, log: Optional[TrainLog]) -> None:
+        """Tests every test net and logs the results. A signal stops a test and the rest (the
+        resumed run tests this iteration again), keeping the training counts for it."""
         train = {}
         if self.train_predictions:
             train["train_accuracy"] = self.train_hits / self.train_predictions
@@ -454,7 +450,7 @@ class Solver:
                               stop=lambda: self._interrupted is not None)
             if result is None:
                 self.say(f"Iteration {self.iter}, test net #{i}: interrupted")
-                return False
+                return
             parts = [f"{k} = {v:.4f}" for k, v in result.outputs.items()]
             parts += [f"{k} (vote of {self.sp.test_votes}) = {v:.4f}"
                       for k, v in result.vote_accuracy.items()]
@@ -466,9 +462,13 @@ class Solver:
                 entry.update(train if epoch is None else {"epoch": epoch, **train})
                 log.write(**entry)
         self.train_hits = self.train_predictions = 0
-        return True
 
-    def _stop_for_signal(self, log, bar) -> None:
+    @staticmethod
+    def _last_good(snapshot) -> str:
+        return (f"; the last good snapshot is {snapshot}" if snapshot
+                else "; no snapshot was written")
+
+    def _stop_for_signal(self, bar) -> None:
         """After a signal (to any process): snapshot, then stop with the resume command."""
         self._interrupted = self._interrupted or "a signal to another process of the run"
         path = self.snapshot()
@@ -512,13 +512,40 @@ class Solver:
                 self.say(f"{w}: no weights for {', '.join(missing)}: they start from their "
                          f"fillers")
 
+    def _open_run(self, resume: Optional[str], weights: Optional[str], log_path: str):
+        """Loads --weights or resumes, and on process 0 makes the run's folders, takes the
+        prefix's lock (self._lock) and opens the log, which it returns (a _NoLog elsewhere)."""
+        if resume and weights:
+            raise RapaError("give --snapshot or --weights, not both")
+        if weights:
+            self._load_weights(weights)
+        resumed = None
+        if resume:
+            path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
+            if path is not None:
+                self.restore(path)
+                resumed = self.iter
+                self.say(f"Resuming from {path} at iteration {self.iter}")
+            else:
+                self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
+        if not self.group.leader:  # process 0 writes the run's files
+            return _NoLog()
+        # Made now, so that an unwritable place fails before the first snapshot, not at it.
+        make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
+        make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
+        self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
+                               f"{self.prefix}")
+        for stale in remove_stale_temporaries(self.prefix):
+            self.say(f"Removed {stale}, left by a run killed while writing it")
+        return TrainLog(log_path, resumed)
+
     def solve(self, resume: Optional[str] = None, weights: Optional[str] = None) -> int:
         """Train to max_iter. Returns the final iteration; raises Stop on an early end."""
         sp = self.sp
         leader = self.group.leader
         self._lock, log = None, _NoLog()
 
-        def release():
+        def release():  # the log, the prefix's lock, the readers and the group
             log.close()
             if self._lock is not None:
                 self._lock.close()
@@ -526,48 +553,24 @@ class Solver:
 
         # Loading, resuming and the run's files, each process (the files process 0 alone);
         # then every process learns what any of them found (Group.agree).
-        problem = resumed = None
         log_path = sp.log_file or f"{self.prefix}_log.jsonl"
         try:
-            if resume and weights:
-                raise RapaError("give --snapshot or --weights, not both")
-            if weights:
-                self._load_weights(weights)
-            if resume:
-                path = latest_snapshot(self.prefix) if resume == "auto" else \
-                    pathlib.Path(resume)
-                if path is not None:
-                    self.restore(path)
-                    resumed = self.iter
-                    self.say(f"Resuming from {path} at iteration {self.iter}")
-                else:
-                    self.say(f"No snapshot under {self.prefix}_iter_*: starting from "
-                             f"iteration 0")
-            if leader:  # process 0 writes the run's files
-                # Made now, so that an unwritable place fails before the first snapshot.
-                make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
-                make_folder(pathlib.Path(log_path).parent, f"{self.path}: log_file")
-                self._lock = hold_lock(f"{self.prefix}.lock", f"{self.path}: snapshot_prefix "
-                                       f"{self.prefix}")
-                for stale in remove_stale_temporaries(self.prefix):
-                    self.say(f"Removed {stale}, left by a run killed while writing it")
-                log = TrainLog(log_path, resumed)
-        except (RapaError, OSError) as e:
-            problem = e
-        except BaseException:
-            release()
-            raise
-        try:
+            problem = None
+            try:
+                log = self._open_run(resume, weights, log_path)
+            except (RapaError, OSError) as e:
+                problem = e
             self.group.agree(problem)
         except BaseException:
             release()
             raise
         world = self.group.world
-        batch = (sum(layer.batch_size for layer in self.net.data_layers()) or 1) * world
+        per_process = sum(layer.batch_size for layer in self.net.data_layers()) or 1
+        batch = per_process * world
         processes = f"{world} processes x " if world > 1 else ""
         on = f"{world} processes on {self.device.type}" if world > 1 else str(self.device)
         self.say(f"Training {self.net.name or self.net.source} on {on} to iteration "
-                 f"{sp.max_iter} (batch {processes}{batch // world} x iter_size {sp.iter_size}, "
+                 f"{sp.max_iter} (batch {processes}{per_process} x iter_size {sp.iter_size}, "
                  f"seed {self.seed}); log {log_path}")
         analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
         if analog and (sp.momentum or sp.weight_decay):  # rapa.sgd: arrays take pulses only
@@ -591,7 +594,7 @@ class Solver:
                     # Caffe: the snapshot is of this iteration, whose tests the resumed run
                     # does again. (The other processes wait here for process 0's tests.)
                     if self.group.sum([self._interrupted is not None])[0]:
-                        self._stop_for_signal(log, bar)
+                        self._stop_for_signal(bar)
                 rate = self.rate()
                 loss_sum, hits, predictions = 0.0, 0, 0
                 for _ in range(sp.iter_size):
@@ -612,10 +615,8 @@ class Solver:
                 loss_value = loss_sum / (sp.iter_size * world)
                 if not math.isfinite(loss_value):
                     bar.clear()
-                    where = f"; the last good snapshot is {last_snapshot}" if last_snapshot \
-                        else "; no snapshot was written"
                     raise Stop(f"loss is {loss_value} at iteration {self.iter} (lr {rate:g}): "
-                               f"training stopped{where}", 3)
+                               f"training stopped{self._last_good(last_snapshot)}", 3)
                 self._update(rate)
                 self.losses.append(loss_value)
                 self.iter += 1
@@ -632,7 +633,7 @@ class Solver:
                     log.write(iter=self.iter, phase="train", epoch=self.epoch(), loss=smoothed,
                               lr=rate, images_per_s=round(speed, 1))
                 if stop_after_step:
-                    self._stop_for_signal(log, bar)
+                    self._stop_for_signal(bar)
                 if sp.snapshot and self.iter % sp.snapshot == 0:
                     t_snapshot = time.monotonic()
                     last_snapshot = self.snapshot()
@@ -652,19 +653,14 @@ class Solver:
             # process say why it stops rather than die of the signal.
             self._interrupted = self._interrupted or "lost"
             bar.clear()
-            where = f"; the last good snapshot is {last_snapshot}" if last_snapshot \
-                else "; no snapshot was written"
-            raise Stop(f"{e} at iteration {self.iter}: training stopped{where}", 1,
-                       shared=False) from None
+            raise Stop(f"{e} at iteration {self.iter}: training stopped"
+                       f"{self._last_good(last_snapshot)}", 1, shared=False) from None
         finally:
             # After a Ctrl-C the handler stays: a second one while the process shuts down
             # (atexit, the readers' threads) must still stop it at once, not raise there.
             for s, h in old.items() if not self._interrupted else ():
                 signal.signal(s, h)
-            log.close()
-            if self._lock is not None:
-                self._lock.close()  # releases the prefix
-            self.close()
+            release()
 
     def close(self) -> None:
         self.net.close()
