@@ -128,6 +128,42 @@ def one_process(workdir, solver, *extra):
     return r
 
 
+def mid_run(workdir, solver, lines):
+    """A torchrun of `solver`, returned once its log has `lines` lines (it is mid-run)."""
+    proc = torchrun(workdir, solver, wait=False)
+    log = workdir / "snap_two/two_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (
+            log.exists() and len(read_log_lines(log)) >= lines):
+        time.sleep(0.05)
+    return proc
+
+
+def workers(proc) -> dict[int, int]:
+    """torchrun's processes: {rank: pid}."""
+    ranks = {}
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split():
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next(v for v in environ if v.startswith(b"RANK="))
+        ranks[int(rank[len(b"RANK="):])] = int(pid)
+    return ranks
+
+
+def by_hand(workdir, solvers):
+    """Processes 0, 1, ... started without torchrun, process r with solvers[r]: their exit
+    statuses and (stdout, stderr)."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "rapa", "train", "--solver", solver,
+                               "--no-progress"], cwd=workdir,
+                              env=env(RANK=rank, WORLD_SIZE=len(solvers), LOCAL_RANK=rank,
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank, solver in enumerate(solvers)]
+    results = [p.communicate(timeout=120) for p in procs]
+    return [p.returncode for p in procs], results
+
+
 def blobs(path) -> dict:
     net = read_binary(path, pb.NetParameter())
     out = {}
@@ -183,19 +219,15 @@ def test_analog_arrays_are_bit_identical_to_one_process(workdir):
 def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
     # Dropout: each process draws its own masks, so a resume must give each its own generator.
     write_run(workdir, "two", batch=2, analog=True, max_iter=400, snapshot=1000, dropout=True)
-    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
+    proc = mid_run(workdir, "two_solver.prototxt", 3)
     log = workdir / "snap_two/two_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (
-            log.exists() and len(read_log_lines(log)) >= 3):
-        time.sleep(0.05)
     # Ctrl-C in a terminal: torchrun and its processes get SIGINT, and torchrun passes it on
     # to them again at once; that second one must not cut the snapshot short.
+    pids = workers(proc).values()
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.01)
-    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                              text=True).stdout.split():
-        os.kill(int(pid), signal.SIGINT)
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert err.count("SIGINT at iteration") == 1, err
@@ -231,16 +263,10 @@ def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
 
 def test_a_killed_process_stops_the_run_without_a_half_written_snapshot(workdir):
     write_run(workdir, "two", batch=2, max_iter=100000, snapshot=50)
-    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
-    log = workdir / "snap_two/two_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (
-            log.exists() and len(read_log_lines(log)) >= 120):
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "rapa"], capture_output=True,
-                             text=True).stdout.split()
-    assert len(workers) == 2, workers
-    os.kill(int(workers[-1]), signal.SIGKILL)
+    proc = mid_run(workdir, "two_solver.prototxt", 120)
+    ranks = workers(proc)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[1], signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     said = [l for l in err.splitlines() if l.startswith("rapa train")]
@@ -268,15 +294,8 @@ def test_bad_launches_are_one_line_errors(workdir):
     (workdir / "b_solver.prototxt").write_text(
         (workdir / "b_solver.prototxt").read_text().replace("base_lr: 0.1", "base_lr: 0.2")
         .replace('net: "b.prototxt"', 'net: "a.prototxt"').replace("snap_b/b", "snap_a/a"))
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "rapa", "train", "--solver",
-                               f"{name}_solver.prototxt", "--no-progress"], cwd=workdir,
-                              env=env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank,
-                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank, name in enumerate("ab")]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [2, 2], results
+    codes, results = by_hand(workdir, ["a_solver.prototxt", "b_solver.prototxt"])
+    assert codes == [2, 2], results
     assert results[0][1] == ("rapa train: error: process 1's solver differs from process "
                              "0's: every process of a run must use the same files (copy them "
                              "to every node)\n"), results
@@ -290,15 +309,8 @@ def test_bad_launches_are_one_line_errors(workdir):
         (workdir / "b_solver.prototxt").write_text(
             (workdir / "a_solver.prototxt").read_text().replace(old, new))
         names = "ab" if expected else "bb"  # the second: the same file for both
-        port = free_port()
-        procs = [subprocess.Popen([sys.executable, "-m", "rapa", "train", "--solver",
-                                   f"{name}_solver.prototxt", "--no-progress"], cwd=workdir,
-                                  env=env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank,
-                                          MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for rank, name in enumerate(names)]
-        results = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [2, 2], results
+        codes, results = by_hand(workdir, [f"{name}_solver.prototxt" for name in names])
+        assert codes == [2, 2], results
         if expected is None:
             assert results[0][1].count("\n") == 1 and "missing.prototxt" in results[0][1]
             assert "process 1:" not in results[0][1], results
@@ -451,18 +463,8 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(workdir):
     # An analog net: its update, after the exchange, is the window where a signal used to
     # make one process stop on its own.
     write_run(workdir, "two", batch=8, analog=True, max_iter=100000, snapshot=50)
-    proc = torchrun(workdir, "two_solver.prototxt", wait=False)
-    log = workdir / "snap_two/two_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (
-            log.exists() and len(read_log_lines(log)) >= 20):
-        time.sleep(0.05)
-    ranks = {}
-    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                              text=True).stdout.split():
-        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        ranks[next(v for v in environ if v.startswith(b"RANK="))] = int(pid)
-    os.kill(ranks[b"RANK=0"], signal.SIGINT)
+    proc = mid_run(workdir, "two_solver.prototxt", 20)
+    os.kill(workers(proc)[0], signal.SIGINT)
     try:
         out, err = proc.communicate(timeout=60)  # a hang: processes at different exchanges
     finally:
