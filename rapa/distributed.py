@@ -30,6 +30,9 @@ from torch import Tensor
 from .errors import RapaError, os_error_message
 
 
+SAME_FILES = "every process of a run must use the same files (copy them to every node)"
+
+
 class PeerLost(RapaError):
     """A collective failed: another process of the run has left it."""
 
@@ -190,19 +193,19 @@ class Group:
             # all_reduce rather than dist.barrier: on NCCL the barrier guesses a device.
             self.sum([0.0])
 
-    def same_everywhere(self, value: bytes, what: str) -> None:
-        """Raise (on every process) when `value` differs between processes; `what` names it."""
-        self.check_same(self.gather_objects(hashlib.sha256(value).hexdigest()), what)
+    def same_everywhere(self, value: bytes, what: str, advice: str = SAME_FILES) -> None:
+        """Raise (on every process) when `value` differs between processes; `what` names it,
+        `advice` says what to do."""
+        self.check_same(self.gather_objects(hashlib.sha256(value).hexdigest()), what, advice)
 
     @staticmethod
-    def check_same(values: Sequence, what: str) -> None:
+    def check_same(values: Sequence, what: str, advice: str = SAME_FILES) -> None:
         """Raise (shared) when a process's value (`values` in rank order, as gathered)
-        differs from process 0's; `what` names it."""
+        differs from process 0's; `what` names it, `advice` says what to do."""
         rank = next((r for r, v in enumerate(values) if v != values[0]), None)
         if rank is not None:
-            raise RapaError(f"process {rank}'s {what} differs from process 0's: every "
-                            f"process of a run must use the same files (copy them to every "
-                            f"node)", shared=True)
+            raise RapaError(f"process {rank}'s {what} differs from process 0's: {advice}",
+                            shared=True)
 
 
 def speaker() -> tuple[bool, str]:

@@ -282,7 +282,10 @@ class Solver:
         g = self.group
         generators = g.gather_objects(self._generator_states())
         g.same_everywhere(fingerprint(self._everything_saved()),
-                          f"weights at iteration {self.iter} (the processes diverged)")
+                          f"weights at iteration {self.iter}",
+                          "the processes diverged, which the exchange is meant to prevent: "
+                          "please report it with the solver and net; the last snapshot "
+                          "written is the newest good state")
         if not g.leader:
             g.barrier()  # returns once process 0 has written the snapshot
             return state_path

@@ -367,12 +367,18 @@ def test_each_process_reads_its_own_batches_and_the_cursor_counts_all(workdir):
 
 def test_one_process_group_is_the_identity_and_fingerprints_see_every_bit():
     from rapa.distributed import Group, fingerprint
+    from rapa.errors import RapaError
     g = Group()
     t = torch.tensor([1.0, 2.0])
     g.average_([t, None])
     assert t.tolist() == [1.0, 2.0] and g.sum([3.0, 1.0]) == [3.0, 1.0]
     assert torch.equal(g.gather_rows(t), t) and g.leader
     g.same_everywhere(b"x", "solver")
+    Group.check_same(["a", "a"], "solver")
+    with pytest.raises(RapaError) as e:
+        Group.check_same(["a", "a", "b"], "weights", "a bug")
+    assert str(e.value) == "process 2's weights differs from process 0's: a bug"
+    assert e.value.shared
     a = fingerprint([torch.zeros(3), torch.tensor(5)])
     assert a == fingerprint([torch.zeros(3), torch.tensor(5)])
     assert a != fingerprint([torch.tensor([0.0, -0.0, 0.0]), torch.tensor(5)])  # a sign bit
