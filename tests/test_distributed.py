@@ -498,3 +498,24 @@ def test_a_signal_after_the_exchange_counts_at_the_next_step(workdir):
     solver._update = update_then_a_signal
     with pytest.raises(Stop, match="SIGINT at iteration 6: stopped after writing "):
         solver.solve()
+
+
+def test_the_launcher_s_repeated_signal_does_not_stop_a_process_at_once(workdir, monkeypatch):
+    """torchrun passes the terminal's Ctrl-C on to processes that had it already: in a run of
+    several processes the second SIGINT is ignored (alone, it stops the process at once)."""
+    from rapa import solver as solver_module
+    from rapa.solver import Solver
+    exits = []
+    monkeypatch.setattr(solver_module.os, "_exit", exits.append)
+    solver = Solver(write_run(workdir, "one", batch=2), say=lambda m: None, progress=False)
+    try:
+        solver.group.world = 2
+        solver._on_signal(signal.SIGINT, None)
+        solver._on_signal(signal.SIGINT, None)
+        assert solver._interrupted == "SIGINT" and exits == []
+        solver.group.world = 1
+        solver._on_signal(signal.SIGINT, None)
+        assert exits == [130]
+    finally:
+        solver.group.world = 1
+        solver.close()
