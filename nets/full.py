@@ -85,7 +85,7 @@ def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
 
 
 def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
-         rpu: str | None = None):
+         rpu: str | None = None, hic: bool = False):
     layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
     layer.param.add(lr_mult=lr_mults[0])
     layer.param.add(lr_mult=lr_mults[1])
@@ -98,6 +98,8 @@ def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
         cp.tiling_param.num_tiles = tiles
     if rpu:
         analog(cp.rpu_param, rpu)
+    if hic:
+        cp.hic_param.weight_range = ANALOG_WEIGHT_RANGE
     return name
 
 
@@ -154,9 +156,12 @@ PAPER_INPUT_SCALE = 1 / 256
 def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max",
              tiles=(16, 4, 1), batch: int = 10, test_batch: int = 100,
              brightness: float = 20.0, strong: bool = False,
-             rpu: str | None = None, paper_rates: bool = False) -> pb.NetParameter:
+             rpu: str | None = None, paper_rates: bool = False,
+             hic: bool = False) -> pb.NetParameter:
     """rpu: a preset of rapa.analog (e.g. rasch_2019): every Convolution and the InnerProduct
-    on simulated analog arrays, one array per kernel replica (section 3.2). paper_rates: the
+    on simulated analog arrays, one array per kernel replica (section 3.2). hic: on hybrid
+    binary + multi-level PCM arrays instead (rapa.analog.hic, its defaults, weight_range
+    ANALOG_WEIGHT_RANGE). paper_rates: the
     input (pixels minus the mean) scaled by PAPER_INPUT_SCALE and conv1's filler widened to
     match, for solver(paper_rates=True)."""
     scale = PAPER_INPUT_SCALE if paper_rates else 1.0
@@ -164,16 +169,17 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
     if tiling not in TILINGS:
         raise ValueError(f"tiling must be one of {TILINGS}")
     channels = (54, 64, 64) if tiling == "enlarged" else (32, 32, 64)
-    net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}" + ("_rpu" if rpu else ""))
+    net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}" + ("_rpu" if rpu else "")
+                          + ("_hic" if hic else ""))
     data_layers(net, ds, batch, test_batch, brightness, strong, scale)
     method = POOLS[pools]
-    x = conv(net, "conv1", "data", channels[0], 1e-4 / scale, tiling, tiles[0], rpu=rpu)
+    x = conv(net, "conv1", "data", channels[0], 1e-4 / scale, tiling, tiles[0], rpu=rpu, hic=hic)
     x = pool(net, "pool1", relu(net, "relu1", x), method)
     x = lrn(net, "norm1", x)
-    x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1], rpu=rpu)
+    x = conv(net, "conv2", x, channels[1], 0.01, tiling, tiles[1], rpu=rpu, hic=hic)
     x = pool(net, "pool2", relu(net, "relu2", x), method)
     x = lrn(net, "norm2", x)
-    x = conv(net, "conv3", x, channels[2], 0.01, tiling, tiles[2], rpu=rpu)
+    x = conv(net, "conv3", x, channels[2], 0.01, tiling, tiles[2], rpu=rpu, hic=hic)
     x = pool(net, "pool3", relu(net, "relu3", x), pb.PoolingParameter.AVE)
     ip = net.layer.add(name="ip1", type="InnerProduct", bottom=[x], top=["ip1"])
     ip.param.add(lr_mult=1, decay_mult=250)
@@ -183,6 +189,8 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
     ip.inner_product_param.bias_filler.CopyFrom(_filler("constant"))
     if rpu:
         analog(ip.inner_product_param.rpu_param, rpu)
+    if hic:
+        ip.inner_product_param.hic_param.weight_range = ANALOG_WEIGHT_RANGE
     acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["ip1", "label"],
                         top=["accuracy"])
     acc.include.add(phase=pb.TEST)

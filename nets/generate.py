@@ -18,7 +18,11 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
                                                      random tiling, tiles times k = 1 ... 64,
                                                      rate 0.05 halved every 100 epochs, no
                                                      weight decay, 9 votes
-    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (103 files;
+    DIR/cifar10/{none_max,resnet32_none,resnet32x2_none}_hic*  on HIC arrays
+                                                     (rapa.analog.hic), with a full and a short
+                                                     schedule, and
+    DIR/cifar10/resnet32_none_plain_sgd_short_solver.prototxt  their floating-point baseline
+    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (113 files;
     with --strong, the nets named *_strong and their solvers, without the short, analog and
     residual ones); the residual nets add 108 files.
     --epochs E: the Full nets' and the sweep's solvers shortened to E epochs (see schedule()),
@@ -62,6 +66,9 @@ RPU_PRESET = "rasch_2019"
 SHORT_RPU = dict(epochs=2, step_epochs=2, warmup_epochs=1, test_every_epochs=1)
 # The residual nets' short schedule for a 2-core CPU (README, "Residual nets").
 SHORT_RESNET = dict(epochs=10)
+# The HIC nets' (README, "Hybrid in-memory computing"): their products cost about ten times
+# floating point's on a CPU, so ResNet-32 gets one epoch there, the Full net two (as RPU's).
+SHORT_HIC_RESNET = dict(epochs=1)
 FAMILIES = ("full", "resnet", "sweep")
 DEFAULT_FAMILIES = ("full", "resnet")
 # Fig. 5: the tiles of (16, 4, 1) (or --tiles) times each factor; 700 epochs, the rate halved
@@ -80,7 +87,42 @@ def committed(dataset: str, name: str) -> bool:
                                      {f"{t}_max" for t in TILINGS}
                                      or name == "random_max_short_solver"
                                      or name.startswith(("none_max_rpu", "random_max_rpu",
-                                                         "resnet32_none", "resnet32_random")))
+                                                         "none_max_hic", "resnet32_none",
+                                                         "resnet32_random", "resnet32x2_none_hic"
+                                                         )))
+
+
+def hic_family():
+    """CIFAR-10 on HIC arrays (rapa.analog.hic): the Full net untiled with the analog nets'
+    schedules, ResNet-32 at widths 1 and 2 with He et al.'s schedule and a one-epoch one
+    (SHORT_HIC_RESNET), both without momentum (analog=True), and the floating-point ResNet-32
+    with that same optimizer and short schedule (resnet32_none_plain_sgd_short_solver), the
+    like-for-like baseline; entries as family()'s."""
+    yield ("cifar10", "none_max_hic", "Full net, cifar10, no tiling, HIC arrays",
+           full_net("cifar10", "none", "max", hic=True))
+    yield ("cifar10", "none_max_hic_solver", "section 2.2 schedule, HIC",
+           ("none_max_hic", lambda net: solver(net, "cifar10", False, "snapshots/cifar10/"
+                                               "none_max_hic", analog=True)))
+    yield ("cifar10", "none_max_hic_short_solver", f"short schedule: {SHORT_RPU['epochs']} "
+           f"epochs, HIC", ("none_max_hic", lambda net: solver(
+               net, "cifar10", False, "snapshots/cifar10/none_max_hic_short", analog=True,
+               **SHORT_RPU)))
+    for width in (1, 2):
+        name = "resnet32" + (f"x{width}" if width != 1 else "") + "_none_hic"
+        yield ("cifar10", name, f"ResNet-32, width {width}, cifar10, HIC arrays",
+               resnet_net(32, width, "none", hic=True))
+        yield ("cifar10", f"{name}_solver", "He et al. 2016's schedule, without momentum",
+               (name, lambda net, n=name: resnet_solver(net, f"snapshots/cifar10/{n}",
+                                                        analog=True)))
+        yield ("cifar10", f"{name}_short_solver",
+               f"short schedule: {SHORT_HIC_RESNET['epochs']} epoch, without momentum",
+               (name, lambda net, n=name: resnet_solver(net, f"snapshots/cifar10/{n}_short",
+                                                        analog=True, **SHORT_HIC_RESNET)))
+    yield ("cifar10", "resnet32_none_plain_sgd_short_solver",
+           f"short schedule: {SHORT_HIC_RESNET['epochs']} epoch, without momentum (the HIC "
+           f"nets' optimizer)", ("resnet32_none", lambda net: resnet_solver(
+               net, "snapshots/cifar10/resnet32_none_plain_sgd_short", analog=True,
+               **SHORT_HIC_RESNET)))
 
 
 def resnet_family(tiles=(16, 4, 1), datasets=RESNET_DATASETS, tilings=RESNET_TILINGS,
@@ -190,6 +232,7 @@ def family(tiles=(16, 4, 1), strong=False, datasets=DATASETS, families=DEFAULT_F
                                                       "snapshots/cifar10/random_max_short",
                                                       **SHORT)))
         if dataset == "cifar10" and not strong and not paper_rates:
+            yield from hic_family()
             for tiling in ("none", "random"):
                 name = f"{tiling}_max_rpu"
                 tiled = tiling != "none"

@@ -26,7 +26,7 @@ WIDTHS = (1, 2, 4)
 SHORTCUTS = ("A", "B")
 
 
-def _conv(net, name, bottom, out, kernel, stride, tiling="none", tiles=1):
+def _conv(net, name, bottom, out, kernel, stride, tiling="none", tiles=1, hic=False):
     layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
     layer.param.add(lr_mult=1, decay_mult=1)
     cp = layer.convolution_param
@@ -35,6 +35,8 @@ def _conv(net, name, bottom, out, kernel, stride, tiling="none", tiles=1):
     cp.weight_filler.type = "msra"
     if tiling != "none" and tiles > 1:
         cp.tiling_param.scheme, cp.tiling_param.num_tiles = tiling, tiles
+    if hic:
+        cp.hic_param.SetInParent()  # rapa.analog.hic's defaults
     return name
 
 
@@ -77,17 +79,20 @@ def _shortcut_a(net, name, bottom, channels):
 
 def resnet_net(depth: int = 32, width: int = 1, tiling: str = "none", tiles=(16, 4, 1),
                shortcut: str = "A", dataset: str = "cifar10", batch: int = 128,
-               test_batch: int = 100) -> pb.NetParameter:
+               test_batch: int = 100, hic: bool = False) -> pb.NetParameter:
+    """hic: every Convolution and the InnerProduct on hybrid binary + multi-level PCM arrays
+    (rapa.analog.hic, its defaults: each array's range from its initial weights)."""
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth must be 6 n + 2 (20, 32, 56, ...), got {depth}")
     if shortcut not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
     ds, n = DATASETS[dataset], (depth - 2) // 6
-    name = f"{dataset}_resnet{depth}" + (f"x{width}" if width != 1 else "") + f"_{tiling}"
+    name = (f"{dataset}_resnet{depth}" + (f"x{width}" if width != 1 else "") + f"_{tiling}"
+            + ("_hic" if hic else ""))
     net = pb.NetParameter(name=name)
     data_layers(net, ds, batch, test_batch, crop_pad=(32, 4))
     x = _relu(net, "conv1_relu", _bn_scale(
-        net, "conv1", _conv(net, "conv1", "data", 16 * width, 3, 1, tiling, tiles[0])))
+        net, "conv1", _conv(net, "conv1", "data", 16 * width, 3, 1, tiling, tiles[0], hic)))
     channels = 16 * width
     for stage in range(3):
         out = 16 * width * 2 ** stage
@@ -96,15 +101,17 @@ def resnet_net(depth: int = 32, width: int = 1, tiling: str = "none", tiles=(16,
             stride = 2 if stage > 0 and block == 0 else 1
             y = _relu(net, f"{b}_conv1_relu", _bn_scale(
                 net, f"{b}_conv1", _conv(net, f"{b}_conv1", x, out, 3, stride, tiling,
-                                         tiles[stage])))
+                                         tiles[stage], hic)))
             y = _bn_scale(net, f"{b}_conv2",
-                          _conv(net, f"{b}_conv2", y, out, 3, 1, tiling, tiles[stage]))
+                          _conv(net, f"{b}_conv2", y, out, 3, 1, tiling, tiles[stage],
+                                hic))
             if stride == 1 and out == channels:
                 short = x
             elif shortcut == "A":
                 short = _shortcut_a(net, f"{b}_short", x, channels)
             else:
-                short = _bn_scale(net, f"{b}_proj", _conv(net, f"{b}_proj", x, out, 1, stride))
+                short = _bn_scale(net, f"{b}_proj", _conv(net, f"{b}_proj", x, out, 1, stride,
+                                                                 hic=hic))
             net.layer.add(name=f"{b}_sum", type="Eltwise", bottom=[y, short],
                           top=[f"{b}_sum"]).eltwise_param.operation = pb.EltwiseParameter.SUM
             x = _relu(net, f"{b}_relu", f"{b}_sum")
@@ -116,6 +123,8 @@ def resnet_net(depth: int = 32, width: int = 1, tiling: str = "none", tiles=(16,
     ip.param.add(lr_mult=2, decay_mult=0)
     ip.inner_product_param.num_output = ds.classes
     ip.inner_product_param.weight_filler.type = "msra"
+    if hic:
+        ip.inner_product_param.hic_param.SetInParent()
     acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["fc", "label"],
                         top=["accuracy"])
     acc.include.add(phase=pb.TEST)
@@ -125,15 +134,19 @@ def resnet_net(depth: int = 32, width: int = 1, tiling: str = "none", tiles=(16,
 
 def resnet_solver(net_path: str, prefix: str, dataset: str = "cifar10", batch: int = 128,
                   test_batch: int = 100, epochs: float = 164,
-                  test_every_epochs: float = 1) -> pb.SolverParameter:
+                  test_every_epochs: float = 1, analog: bool = False) -> pb.SolverParameter:
     """He et al.'s schedule: rate 0.1 at batch 128, divided by 10 at 50% and 75% of the
-    iterations (32k and 48k of 64k, about 164 epochs), momentum 0.9, weight decay 1e-4."""
+    iterations (32k and 48k of 64k, about 164 epochs), momentum 0.9, weight decay 1e-4.
+    analog (nets on analog or HIC arrays, which update without momentum): no momentum, at the
+    rate of momentum SGD's steady state, 0.1 / (1 - 0.9) = 1, for every blob."""
     ds = DATASETS[dataset]
     epoch = -(-ds.train_images // batch)
     sp = pb.SolverParameter(net=net_path)
     sp.test_iter.append(-(-ds.test_images // test_batch))
     sp.test_interval = max(1, int(test_every_epochs * epoch))
     sp.base_lr, sp.momentum, sp.weight_decay = 0.1, 0.9, 1e-4
+    if analog:
+        sp.base_lr, sp.momentum = sp.base_lr / (1 - sp.momentum), 0.0
     sp.max_iter = int(round(epochs * epoch))
     sp.lr_policy, sp.gamma = "multistep", 0.1
     sp.stepvalue.extend([sp.max_iter // 2, sp.max_iter * 3 // 4])

@@ -112,21 +112,10 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
             layer.load_state_blob(i - len(learn), value)
         digital = len(lp.blobs) < len(learn) + len(state)
         for i, a in arrays:
-            nominal = a.config.device.dw_min
-            step = None if digital else float((a.dw_up.mean() + a.dw_down.mean()) / 2)
-            if step is not None and not 0.5 <= step / nominal <= 2:  # another preset's devices
-                say(f"{path}: layer '{layer.layer_name}': the model's devices step by {step:.3g} "
-                    f"on average, this net's rpu_param says dw_min {nominal:g}: the model's "
-                    f"devices are used, with dw_min {nominal:g} for the bit length")
-            # Digital weights are mapped as fillers are; an analog model's conductances lie
-            # within their devices' bounds unless the file was edited: clipped all the same.
-            weight3 = learn[i].view(a.shape)
-            clipped = a.map_(weight3) if digital else a.clip_(weight3)
-            if clipped:
-                what = "digital weights" if digital else "conductances"
-                say(f"{path}: layer '{layer.layer_name}': {clipped} of {learn[i].numel()} "
-                    f"{what} lie beyond their devices' bounds and were clipped "
-                    f"(rpu_param: device w_min/w_max, mapping)")
+            # Digital weights are written as fillers' are; an analog model's own state is kept
+            # (and made consistent: clipped to the devices' bounds, or read from the devices).
+            for note in a.after_load(learn[i].view(a.shape), digital):
+                say(f"{path}: layer '{layer.layer_name}': {note}")
     return missing
 
 

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .analog import HICArrays
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -575,10 +576,16 @@ class Solver:
         self.say(f"Training {self.net.name or self.net.source} on {on} to iteration "
                  f"{sp.max_iter} (batch {processes}{per_process} x iter_size {sp.iter_size}, "
                  f"seed {self.seed}); log {log_path}")
-        analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
-        if analog and (sp.momentum or sp.weight_decay):  # rapa.sgd: arrays take pulses only
-            self.say(f"Analog weights of {', '.join(analog)}: pulsed updates at the rate times "
-                     f"lr_mult, without momentum or weight decay (their biases have both)")
+        if sp.momentum or sp.weight_decay:  # rapa.sgd: arrays take their own updates only
+            for kind, how in (("Analog", "pulsed updates"),
+                              ("HIC", "SGD steps into their accumulators")):
+                names = sorted({p.name.rsplit("/", 1)[0] for p in self.params
+                                if p.arrays is not None and
+                                isinstance(p.arrays, HICArrays) == (kind == "HIC")})
+                if names:
+                    self.say(f"{kind} weights of {', '.join(names)}: {how} at the rate times "
+                             f"lr_mult, without momentum or weight decay (their biases have "
+                             f"both)")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter

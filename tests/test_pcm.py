@@ -190,7 +190,8 @@ def test_programmed_weights_drift_and_compensation_restores_each_array_s_mean(wo
             programmed.read_at(t, compensation)
             for p, w, scale in zip(programmed.layers, trained, trained_scale):
                 w = w.double().view(p.weight3.shape)
-                drift = ((t + 20.0) / 20.0) ** -torch.where(w >= 0, p.nu_plus, p.nu_minus)
+                nu_plus, nu_minus = p.terms[0][1], p.terms[1][1]
+                drift = ((t + 20.0) / 20.0) ** -torch.where(w >= 0, nu_plus, nu_minus)
                 assert torch.allclose(p.weight3, (w * drift).float(), rtol=1e-6, atol=0)
                 assert not torch.allclose(p.weight3, w.float(), rtol=1e-2)  # a day shows
                 alpha = (w.abs().mean(dim=(1, 2)) / (w * drift).abs().mean(dim=(1, 2))
@@ -215,9 +216,9 @@ def test_programming_draws_from_the_given_generator(workdir):
         torch.manual_seed(2)
         second = ProgrammedNet(net, PCMLikeNoiseModel(), "analog.prototxt", gen(4))
         for a, b in zip(first.layers, second.layers):
-            for name in ("g_plus", "g_minus", "nu_plus", "nu_minus"):
-                assert torch.equal(getattr(a, name), getattr(b, name)), name
-        assert not torch.equal(first.layers[0].nu_plus, first.layers[0].nu_minus)
+            for (g, nu, _), (g2, nu2, _) in zip(a.terms, b.terms):  # G+ and G-
+                assert torch.equal(g, g2) and torch.equal(nu, nu2)
+        assert not torch.equal(first.layers[0].terms[0][1], first.layers[0].terms[1][1])
         # Reads too (their 1/f noise), and global compensation unless told otherwise.
         torch.manual_seed(3)
         first.read_at(3600.0)
@@ -347,7 +348,7 @@ def test_rapa_test_drift_on_a_digital_net_names_it(workdir):
               "--iterations", "1", "--drift-time", "1h")
     assert r.returncode == 2
     assert r.stderr == ("rapa test: error: digital.prototxt: the net has no analog layers "
-                        "(rpu_param) to program\n")
+                        "(rpu_param, hic_param) to program\n")
 
 
 def test_the_model_draws_on_the_conductances_device(device):

@@ -23,17 +23,44 @@ from .ops import analog_mvm, draw_seed, rpu_update
 STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
 
 
-class AnalogArrays(torch.nn.Module):
+class ArrayProducts(torch.nn.Module):
+    """What every kind of simulated array shares: T arrays of O x K weights (`shape`) whose
+    products go through the periphery of `config.forward` / `config.backward`
+    (rapa.analog_mvm), each array's digital output scale `out_scale` (T,), and the (x, d,
+    tile) rows of the backward passes since the last update (`pending`), which the optimizer's
+    step hands to apply_update. AnalogArrays (RPU devices) and rapa.analog.hic.HICArrays (PCM)
+    are its kinds."""
+
+    def __init__(self, config, shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.shape = tuple(shape)
+        self.register_buffer("out_scale", torch.ones(shape[0]))
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
+        """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
+        (its row is zero whatever the scale)."""
+        return self.out_scale.to(dtype)[tile.clamp_min(0)].unsqueeze(1)
+
+    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
+        """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
+        scale. Differentiable in `rows`; the backward pass records the rows for the arrays'
+        update instead of a weight gradient."""
+        # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
+        # this net's configuration has none (they are the model's), and x * 1 is exact.
+        return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
+
+
+class AnalogArrays(ArrayProducts):
     """T arrays of O x K weights (`shape`). With device.devices_per_weight n > 1 every weight
     is the mean of n devices (Gokmen, Onen, Haensch 2017; aihwkit's VectorUnitCell): device i
     of array t is array i T + t of the draws and of `device_weights` (n T, O, K), and the
     module's weight holds their mean."""
 
     def __init__(self, config: RPUConfig, shape: tuple[int, int, int]):
-        super().__init__()
-        self.config = config
+        super().__init__(config, shape)
         dev = config.device
-        self.shape = tuple(shape)
         self.devices = dev.devices_per_weight
         full = (self.devices * shape[0], *shape[1:])
         gauss = lambda: torch.randn(full)  # noqa: E731  (torch's generator: seeded runs repeat)
@@ -55,13 +82,11 @@ class AnalogArrays(torch.nn.Module):
         self.register_buffer("dw_down", dw_down)
         self.register_buffer("w_min", w_min)
         self.register_buffer("w_max", w_max)
-        # Digital output scale alpha of each array (weight scaling; 1 without it).
-        self.register_buffer("out_scale", torch.ones(shape[0]))
+        # out_scale (ArrayProducts): alpha of each array with weight scaling, else 1.
         if self.devices > 1:
             # Each device's conductance, and the count of updates (single_sequential's turn).
             self.register_buffer("device_weights", torch.zeros(full))
             self.register_buffer("updates", torch.zeros(1, dtype=torch.long))
-        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def state_names(self) -> tuple[str, ...]:
         return STATE_NAMES + ("out_scale",) + (("device_weights", "updates")
@@ -116,6 +141,24 @@ class AnalogArrays(torch.nn.Module):
             self.device_weights.copy_(weight3.repeat(self.devices, 1, 1))
         return self.clip_(weight3)
 
+    def after_load(self, weight3: Tensor, digital: bool) -> list[str]:
+        """After a model is loaded into weight3 (this array's view of the weight): digital
+        weights are mapped as the fillers' are, an analog model's conductances clipped to
+        their devices' bounds. Returns what the user should be told."""
+        notes = []
+        nominal = self.config.device.dw_min
+        step = None if digital else float((self.dw_up.mean() + self.dw_down.mean()) / 2)
+        if step is not None and not 0.5 <= step / nominal <= 2:  # another preset's devices
+            notes.append(f"the model's devices step by {step:.3g} on average, this net's "
+                         f"rpu_param says dw_min {nominal:g}: the model's devices are used, "
+                         f"with dw_min {nominal:g} for the bit length")
+        clipped = self.map_(weight3) if digital else self.clip_(weight3)
+        if clipped:
+            what = "digital weights" if digital else "conductances"
+            notes.append(f"{clipped} of {weight3.numel()} {what} lie beyond their devices' "
+                         f"bounds and were clipped (rpu_param: device w_min/w_max, mapping)")
+        return notes
+
     @torch.no_grad()
     def clip_(self, weight3: Tensor) -> int:
         """Conductances saturate at their devices' bounds; returns how many did. With several
@@ -131,19 +174,6 @@ class AnalogArrays(torch.nn.Module):
 
     def _hold_mean(self, weight3: Tensor) -> None:
         weight3.copy_(self.device_weights.view(self.devices, *self.shape).mean(0))
-
-    def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
-        """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
-        (its row is zero whatever the scale)."""
-        return self.out_scale.to(dtype)[tile.clamp_min(0)].unsqueeze(1)
-
-    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
-        """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
-        scale. Differentiable in `rows`; the backward pass records the rows for the pulsed
-        update instead of a weight gradient."""
-        # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
-        # this net's rpu_param has none (they are the model's), and x * 1 is exact.
-        return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
 
     @torch.no_grad()
     def apply_update(self, weight: Tensor, lr: float,

@@ -1,9 +1,11 @@
 """A trained net's analog arrays programmed into PCM and read at times after programming.
 
 ProgrammedNet takes the weights of every analog layer of a net (each learnable blob held by
-AnalogArrays), maps each array onto differential PCM pairs (rapa.analog.pcm.to_pair), programs
-them once (programming noise, drift exponents) and then, for any time t after programming,
-writes the weights the arrays hold at t (drift and accumulated read noise, drawn anew at every
+arrays): RPU arrays (AnalogArrays) are mapped onto differential PCM pairs
+(rapa.analog.pcm.to_pair) and programmed once (programming noise, drift exponents); HIC arrays
+(rapa.analog.hic) are PCM already: their binary cells and multi-level pairs keep the
+conductances training programmed, and draw their drift exponents. Then, for any time t
+after programming, it writes the weights the arrays hold at t (drift and accumulated read noise, drawn anew at every
 read) into the net, with global drift compensation in the arrays' digital output scales if
 asked. restore() puts the trained weights back. Digital layers are untouched.
 """
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RapaError
-from .pcm import PCMLikeNoiseModel, from_pair, to_pair
+from .pcm import PCMLikeNoiseModel, to_pair
 
 COMPENSATIONS = ("none", "global")
 
@@ -28,19 +30,35 @@ class _Programmed:
     out_scale: Tensor      # the arrays' digital output scales: times the compensation
     trained: Tensor        # the trained weights and scales, for restore()
     trained_scale: Tensor
-    g_plus: Tensor         # programmed conductances (uS) and their drift exponents
-    g_minus: Tensor
-    nu_plus: Tensor
-    nu_minus: Tensor
-    scale: Tensor          # uS per weight unit, per array (T, 1, 1)
+    terms: list            # (programmed conductances uS, drift exponents, coefficient): the
+                           # weight is the sum of coefficient x conductance
     reference: Tensor      # mean |W| per array right after programming (T,)
+
+    def weight_at(self, model: PCMLikeNoiseModel, t_inference: float, generator) -> Tensor:
+        return sum(coef * model.read(g, nu, t_inference, generator)
+                   for g, nu, coef in self.terms)
+
+
+def _terms(arrays, weight3: Tensor, model: PCMLikeNoiseModel, generator) -> list:
+    """Each device of an array as (programmed conductance, drift exponent, coefficient). HIC
+    arrays have their devices already (programmed during training: their noise is in them),
+    and draw only the drift exponents, from the targets their levels mean; RPU arrays are
+    mapped onto differential pairs and programmed here."""
+    if hasattr(arrays, "pcm_terms"):
+        return [(g.double(), model.drift_coefficients(target.double(), generator), coef)
+                for g, target, coef in arrays.pcm_terms()]
+    g_plus, g_minus, scale = to_pair(weight3.double(), model.g_max)
+    programmed = [model.program(g, generator) for g in (g_plus, g_minus)]
+    nus = [model.drift_coefficients(g, generator) for g in (g_plus, g_minus)]
+    return [(programmed[0], nus[0], 1 / scale), (programmed[1], nus[1], -1 / scale)]
 
 
 class ProgrammedNet:
     def __init__(self, net, model: PCMLikeNoiseModel, where: str,
                  generator: Optional[torch.Generator] = None):
-        """Programs every analog array of `net` (rapa.net.Net); RapaError naming `where` when
-        the net has none."""
+        """Programs every analog array of `net` (rapa.net.Net; RPU arrays are mapped onto
+        PCM pairs, HIC arrays keep their devices); RapaError naming `where` when the net has
+        none."""
         self.model, self.generator, self.where = model, generator, where
         self.layers: list[_Programmed] = []
         for blob in net.learnable():
@@ -48,17 +66,16 @@ class ProgrammedNet:
                 continue
             with torch.no_grad():
                 weight3 = blob.blob.data.view(blob.arrays.shape)
-                target = weight3.double()
-                g_plus, g_minus, scale = to_pair(target, model.g_max)
-                programmed = [model.program(g, generator) for g in (g_plus, g_minus)]
-                nus = [model.drift_coefficients(g, generator) for g in (g_plus, g_minus)]
-                reference = from_pair(*programmed, scale).abs().mean(dim=(1, 2))
+                terms = _terms(blob.arrays, weight3, model, generator)
+                # At t = 0 nothing has drifted: the programmed conductances themselves.
+                programmed = sum(coef * g for g, _, coef in terms)
+                reference = programmed.abs().mean(dim=(1, 2))
             self.layers.append(_Programmed(blob.name, weight3, blob.arrays.out_scale,
-                                           weight3.clone(),
-                                           blob.arrays.out_scale.clone(), *programmed, *nus,
-                                           scale, reference))
+                                           weight3.clone(), blob.arrays.out_scale.clone(),
+                                           terms, reference))
         if not self.layers:
-            raise RapaError(f"{where}: the net has no analog layers (rpu_param) to program")
+            raise RapaError(f"{where}: the net has no analog layers (rpu_param, hic_param) to "
+                            f"program")
 
     @torch.no_grad()
     def read_at(self, t_inference: float, compensation: str = "global",
@@ -72,8 +89,7 @@ class ProgrammedNet:
                             f"got '{compensation}'")
         m, generator = self.model, generator or self.generator
         for p in self.layers:
-            now = from_pair(m.read(p.g_plus, p.nu_plus, t_inference, generator),
-                            m.read(p.g_minus, p.nu_minus, t_inference, generator), p.scale)
+            now = p.weight_at(m, t_inference, generator)
             if not torch.isfinite(now.float()).all():
                 raise RapaError(f"{self.where}: {p.name}'s weights read {t_inference:g} s after "
                                 f"programming are not finite in float32 (the PCM model's "

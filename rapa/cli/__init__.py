@@ -9,7 +9,7 @@ import sys
 from ..allocator import keep_freed_memory
 from ..errors import RapaError, os_error_message
 
-COMMANDS = ("train", "test", "time", "plot", "table", "sweep", "similarity", "filters", "reduce",
+COMMANDS = ("train", "test", "time", "model_size", "plot", "table", "sweep", "similarity", "filters", "reduce",
             "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
 
 

@@ -41,7 +41,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..analog import AnalogArrays
+from ..analog import ArrayProducts, from_proto, hic_from_proto
 from ..errors import RapaError
 from ..proto import pb
 
@@ -65,7 +65,7 @@ class Learnable:
     name: str                                # "<layer>/<index>"
     blob: torch.nn.Parameter
     spec: pb.ParamSpec                       # lr_mult, decay_mult (Caffe's defaults if unset)
-    arrays: Optional[AnalogArrays] = None    # set: updated by these arrays' pulses, not SGD
+    arrays: Optional[ArrayProducts] = None   # set: updated by these arrays, not by SGD
 
 
 @dataclass
@@ -119,6 +119,17 @@ class Layer(torch.nn.Module):
         self.module: Optional[torch.nn.Module] = None
 
     # -- set-up helpers ------------------------------------------------------------------------
+
+    def arrays_config(self, msg):
+        """The RPUConfig (rpu_param) or HICConfig (hic_param) of a Convolution's or
+        InnerProduct's parameter message, or None; both given is this layer's error."""
+        if msg.HasField("rpu_param") and msg.HasField("hic_param"):
+            raise self.error("give rpu_param (RPU arrays) or hic_param (HIC arrays), not both")
+        if msg.HasField("rpu_param"):
+            return self.build(from_proto, msg.rpu_param, "rpu_param")
+        if msg.HasField("hic_param"):
+            return self.build(hic_from_proto, msg.hic_param, "hic_param")
+        return None
 
     def error(self, message: str) -> RapaError:
         return RapaError(f"layer '{self.layer_name}' ({self.type_name}): {message}")
@@ -180,7 +191,7 @@ class Layer(torch.nn.Module):
         """Learnable blobs in Caffe's order (weight, bias, ...)."""
         return []
 
-    def blob_arrays(self, index: int) -> Optional[AnalogArrays]:
+    def blob_arrays(self, index: int) -> Optional[ArrayProducts]:
         """The analog arrays holding learnable blob `index`, or None (digital)."""
         return None
 

@@ -6,12 +6,13 @@ Without tiling_param (or with scheme none and one tile) the weight blob is Caffe
 tiling the weight is (T, O, C, kh, kw), the bias (T, O); a scheme that draws its partition once
 (random_fixed) keeps it as a third, saved blob. With rpu_param every kernel replica lives on its
 own simulated analog array: the blobs after those are the arrays' device draws and scales.
+With hic_param every replica lives on hybrid binary + multi-level PCM arrays (rapa.analog.hic):
+the blobs after those are their devices, accumulators and counts.
 """
 from __future__ import annotations
 
 import math
 
-from ..analog import from_proto
 from ..fillers import fill
 from ..nn import TiledConv2d
 from ..proto import pb
@@ -49,9 +50,7 @@ class Convolution(Layer):
             if tiling not in SCHEMES:
                 raise self.error(f"unknown tiling scheme '{tiling}'; known: "
                                  f"{', '.join(sorted(SCHEMES))}")
-        rpu = None
-        if cp.HasField("rpu_param"):
-            rpu = self.build(from_proto, cp.rpu_param, "rpu_param")
+        rpu = self.arrays_config(cp)
         where = f"layer '{self.layer_name}'"
         wf = cp.weight_filler if cp.HasField("weight_filler") else pb.FillerParameter()
         bf = cp.bias_filler if cp.HasField("bias_filler") else pb.FillerParameter()

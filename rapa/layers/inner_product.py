@@ -1,12 +1,11 @@
 """InnerProduct (Caffe's fully connected layer) as one rapa.nn.Linear: weight (O, K), or (K, O)
 with transpose; the bottom is flattened from `axis` on. With rpu_param the weight lives on one
 simulated analog array (its device draws and scale are saved after the bias); the bias stays
-digital."""
+digital. With hic_param it lives on hybrid binary + multi-level PCM arrays (rapa.analog.hic)."""
 from __future__ import annotations
 
 import math
 
-from ..analog import from_proto
 from ..fillers import fill
 from ..nn import Linear
 from ..proto import pb
@@ -22,8 +21,7 @@ class InnerProduct(Layer):
         if not ip.HasField("num_output") or ip.num_output == 0:
             raise self.error("inner_product_param.num_output must be given and > 0")
         self.axis = self.axis_of(ip.axis, shape, "axis")
-        rpu = self.build(from_proto, ip.rpu_param, "rpu_param") \
-            if ip.HasField("rpu_param") else None
+        rpu = self.arrays_config(ip)
         where = f"layer '{self.layer_name}'"
         wf = ip.weight_filler if ip.HasField("weight_filler") else pb.FillerParameter()
         bf = ip.bias_filler if ip.HasField("bias_filler") else pb.FillerParameter()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..analog import AnalogArrays, RPUConfig, analog_conv
+from ..analog import HICConfig, RPUConfig, analog_conv, make_arrays
 from ..geometry import IntPair, conv_out, count, pair
 from ..ops import tiled_conv
 from ..tiling import NoTiling, TilingScheme, make_scheme
@@ -40,6 +40,8 @@ class TiledConv2d(torch.nn.Module):
     gradient: the backward pass records the rows for the arrays' pulsed update, which the
     optimizer's step applies (rapa.sgd.SGD, or `arrays.apply_update(weight, lr)`). The bias
     stays digital. Not modelled: groups, dilation, schemes that read regions (image_pad).
+    A HICConfig (rapa.analog.hic) puts every replica on hybrid binary + multi-level PCM
+    arrays instead, trained through a digital accumulator by the same optimizer's step.
 
     `weight_filler(replica)` fills one replica (O, C / groups, kh, kw) in place and is called
     once per replica, each drawn on its own (default: torch.nn.Conv2d's initialisation);
@@ -51,7 +53,7 @@ class TiledConv2d(torch.nn.Module):
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, bias: bool = True,
                  tiling: Union[str, TilingScheme] = "none", num_tiles: int = 1,
-                 rpu_config: Optional[RPUConfig] = None,
+                 rpu_config: Optional[Union[RPUConfig, HICConfig]] = None,
                  weight_filler: Optional[Filler] = None, bias_filler: Optional[Filler] = None):
         super().__init__()
         self.in_channels = in_channels = count(in_channels, "in_channels")
@@ -97,7 +99,7 @@ class TiledConv2d(torch.nn.Module):
                     torch.nn.init.uniform_(self.bias, -bound, bound)
         self.arrays = None
         if rpu_config is not None:
-            self.arrays = AnalogArrays(rpu_config, tuple(self.weight3().shape))
+            self.arrays = make_arrays(rpu_config, tuple(self.weight3().shape))
             self.arrays.map_(self.weight3())
 
     def weight3(self) -> Tensor:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..analog import AnalogArrays, RPUConfig
+from ..analog import HICConfig, RPUConfig, make_arrays
 from ..geometry import count
 
 Filler = Callable[[Tensor], None]
@@ -21,13 +21,15 @@ class Linear(torch.nn.Module):
     (Caffe's InnerProduct transpose); bias (out_features,) or None. `rpu_config` puts the
     weight on one simulated analog array (rapa.analog; Gokmen & Vlasov 2016): products through
     the array's periphery, no weight gradient, and the pulsed update applied by the optimizer's
-    step (rapa.sgd.SGD); the bias stays digital; not with `transpose`.
+    step (rapa.sgd.SGD); the bias stays digital; not with `transpose`. A HICConfig puts it on
+    hybrid binary + multi-level PCM arrays (rapa.analog.hic) instead.
     `weight_filler(weight)` and `bias_filler(bias)` fill in place (default: torch.nn.Linear's
     initialisation). Bad arguments raise ValueError naming them.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 transpose: bool = False, rpu_config: Optional[RPUConfig] = None,
+                 transpose: bool = False,
+                 rpu_config: Optional[Union[RPUConfig, HICConfig]] = None,
                  weight_filler: Optional[Filler] = None, bias_filler: Optional[Filler] = None):
         super().__init__()
         in_features, out_features = count(in_features, "in_features"), count(out_features,
@@ -52,7 +54,7 @@ class Linear(torch.nn.Module):
                     torch.nn.init.uniform_(self.bias, -bound, bound)
         self.arrays = None
         if rpu_config is not None:
-            self.arrays = AnalogArrays(rpu_config, (1, out_features, in_features))
+            self.arrays = make_arrays(rpu_config, (1, out_features, in_features))
             self.arrays.map_(self.weight.view(1, out_features, in_features))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,0 +1,461 @@
+"""Hybrid in-memory computing (HIC; Joshi, He, Seo, Rajendran 2021, arXiv:2102.05271): each
+weight held by binary and multi-level phase-change memory (PCM) devices and trained through a
+low-precision digital update accumulator.
+
+Representation, per weight, as an integer v in units of one least significant step (LSB):
+    v = U * M + B,   B = sum_i b_i c_i  (binary cells c_i in {0, 1}, bit weights b_i),
+                     M = m+ - m-       (a differential pair of multi-level devices, levels
+                                        m+, m- in [0, L - 1]),
+with U = sum_i b_i + 1 (one step of the multi-level part is a carry out of the binary part).
+The layer's weight is W = delta * v, delta = max(max|W_t|, weight_range) / ((L - 1) U) per
+array t, set when the weights are written (fillers, a digital model): v ranges over
+[-(L - 1) U, (L - 1) U + U - 1].
+
+Products read the devices: binary cell i conducts c_i g_i (g_i its programmed SET
+conductance, nominally g_max), the pair g+ - g- (programmed to m g_max / (L - 1)), and the
+array's normalized weight w = (sum_i b_i g_i / g_max + U (g+ - g-) (L - 1) / g_max) / ((L - 1) U)
+(|w| <= about 1) goes through the periphery of the existing analog arrays (rapa.analog_mvm:
+DAC, ADC, noise, bounds), its outputs scaled digitally by alpha_t = delta (L - 1) U. With
+ideal devices (no programming noise) w * (L - 1) U is v exactly.
+
+Training (apply_update): the weight gradient is computed digitally from the recorded rows, and
+its SGD step -lr dL/dW, in LSB units, is added to a per-weight accumulator of
+`accumulator_bits` signed bits with `accumulator_frac_bits` below the LSB (stochastic or
+nearest rounding, saturating). Whole LSBs are then taken out of it (towards zero) and
+transferred: added to B with carries and borrows into M; binary cells that change are SET or
+RESET (each attempt switches with set_probability / reset_probability, and is repeated until it
+does, as a program-and-verify loop would); a multi-level change SETs the pair's G+ (increase)
+or G- (decrease) to its next level, as a differential pair of SET-only devices does
+(Nandakumar et al. 2018/2020; aihwkit's OneSidedUnitCell), and where that device would pass
+its top level the pair is refreshed: both RESET, and |M| programmed onto one of them. v
+saturates at its range (counted). Every SET and RESET event of every device is counted
+(`set_count`, `reset_count`), against `endurance`.
+
+Programming a multi-level device to a level, or a binary cell to SET, draws aihwkit's
+statistical programming noise (PCMLikeNoiseModel.program: the fit of Nandakumar et al. 2019 on
+iteratively programmed devices); RESET programs the target 0 the same way. Not modelled (ours:
+documented simplifications): drift and read noise during training (they apply after it:
+`rapa test --drift-time`), open-loop SET pulses with a state-dependent increment (aihwkit's
+PCMPresetDevice; a program-and-verify scheme hides them behind the programming noise), the
+separate periphery of each bit's array (one periphery reads the combined weight).
+
+Defaults are ours, since the paper's split of bits and its accumulator are not public: 4
+binary cells (bit weights 1, 2, 4, 8) and a pair of 4-level (2-bit) devices, 8 bits held in
+devices per weight, so that a network twice as wide (four times the weights) holds as many
+bits as the FP32 one (the abstract's "comparable model size" at a width multiplier); an 8-bit
+accumulator with 4 fraction bits; endurance 1e8 cycles (the middle of the 1e6-1e9 commonly
+given for PCM).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import RapaError
+from .arrays import ArrayProducts
+from .config import IOParameters
+from .pcm import PCMLikeNoiseModel
+
+STATE_NAMES = ("accumulator", "bits", "g_binary", "levels", "g_pair", "set_count",
+               "reset_count", "out_scale", "saturations")
+_COUNT_LIMIT = 2 ** 24  # counts are float32 state blobs: exact up to here
+
+
+@dataclass
+class HICConfig:
+    """One layer's HIC arrays (hic_param): the representation, the accumulator, the devices'
+    switching and statistics, and the periphery of the products."""
+
+    binary_cells: int = 4
+    """Binary PCM cells per weight: its least significant part (ours: 4)."""
+    bit_weights: tuple[int, ...] = ()
+    """The cells' weights in LSBs, ascending from 1, each at most 1 + the sum of those before
+    (every value up to their sum is then held, greedily from the top); empty: 1, 2, 4, ..."""
+    levels: int = 4
+    """Levels L of each multi-level device of the pair (ours: 4, 2 bits), >= 2."""
+    accumulator_bits: int = 8
+    """Signed bits of the digital update accumulator (ours: 8), 2 to 32."""
+    accumulator_frac_bits: int = 4
+    """Of those, the bits below one LSB: its resolution is 2^-frac LSB (ours: 4)."""
+    stochastic_rounding: bool = True
+    """Updates round to the accumulator's resolution stochastically (unbiased), else to
+    nearest."""
+    weight_range: float = 0.0
+    """The largest |weight| (layer units) the representation must hold; 0: each array's
+    largest written weight (as MappingParameters.weight_range)."""
+    set_probability: float = 1.0
+    """Chance that one SET attempt switches a binary cell from 0 to 1 (1: always)."""
+    reset_probability: float = 1.0
+    """Chance that one RESET attempt switches a binary cell from 1 to 0."""
+    endurance: float = 1e8
+    """Write-erase cycles a device survives (ours: 1e8), what the counts are compared to."""
+    pcm: PCMLikeNoiseModel = field(default_factory=PCMLikeNoiseModel)
+    """The devices' statistics: g_max and the programming noise here, drift and read noise
+    after training (rapa test --drift-time)."""
+    forward: IOParameters = field(default_factory=IOParameters)
+    backward: IOParameters = field(
+        default_factory=lambda: IOParameters(bound_management="none"))
+
+    def weights(self) -> tuple[int, ...]:
+        return tuple(self.bit_weights) or tuple(2 ** i for i in range(self.binary_cells))
+
+    @property
+    def capacity(self) -> int:
+        """U: one step of the multi-level part, in LSBs."""
+        return sum(self.weights()) + 1
+
+    @property
+    def span(self) -> int:
+        """(L - 1) U: the LSBs that the largest |weight| maps to."""
+        return (self.levels - 1) * self.capacity
+
+    def device_bits(self) -> float:
+        """Bits held in devices per weight: one per binary cell, log2 L per multi-level
+        device (two)."""
+        return self.binary_cells + 2 * math.log2(self.levels)
+
+    def check(self, where: str = "hic_param") -> None:
+        """ValueError naming `where` and the field when a value makes no representation."""
+        if not 0 <= self.binary_cells <= 16:
+            raise ValueError(f"{where}: binary_cells must be in [0, 16], got {self.binary_cells}")
+        if self.bit_weights:
+            w = list(self.bit_weights)
+            if len(w) != self.binary_cells:
+                raise ValueError(f"{where}: bit_weights gives {len(w)} weights for "
+                                 f"{self.binary_cells} binary_cells")
+            below = 0
+            for i, b in enumerate(w):
+                if not 1 <= b <= below + 1:
+                    raise ValueError(f"{where}: bit_weights[{i}] = {b} must be in [1, "
+                                     f"{below + 1}] (1 + the weights before it), so that every "
+                                     f"value up to their sum is held")
+                below += b
+        if not 2 <= self.levels <= 1024:
+            raise ValueError(f"{where}: levels must be in [2, 1024], got {self.levels}")
+        if self.span > 2 ** 24:
+            raise ValueError(f"{where}: (levels - 1) x (sum of bit weights + 1) = {self.span} "
+                             f"LSBs is beyond float32's exact integers (2^24)")
+        if not 2 <= self.accumulator_bits <= 32:
+            raise ValueError(f"{where}: accumulator_bits must be in [2, 32], got "
+                             f"{self.accumulator_bits}")
+        if not 0 <= self.accumulator_frac_bits <= self.accumulator_bits - 2:
+            raise ValueError(f"{where}: accumulator_frac_bits must be in [0, accumulator_bits - "
+                             f"2 = {self.accumulator_bits - 2}] (one sign bit, at least one "
+                             f"LSB), got {self.accumulator_frac_bits}")
+        for name, ok, rule in (
+                ("weight_range", 0 <= self.weight_range <= 1e6, "in [0, 1e6]"),
+                ("set_probability", 0.01 <= self.set_probability <= 1, "in [0.01, 1]"),
+                ("reset_probability", 0.01 <= self.reset_probability <= 1, "in [0.01, 1]"),
+                ("endurance", self.endurance >= 1, ">= 1")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok):
+                raise ValueError(f"{where}: {name} must be finite and {rule}, got {value:g}")
+        try:
+            self.pcm.check(f"{where}: pcm")
+        except RapaError as err:
+            raise ValueError(str(err)) from None
+        self.forward.check(f"{where}: forward")
+        self.backward.check(f"{where}: backward")
+
+    def limits(self) -> tuple[float, float]:
+        """The accumulator's saturation, in LSBs, and its resolution."""
+        res = 2.0 ** -self.accumulator_frac_bits
+        return (2 ** (self.accumulator_bits - 1) - 1) * res, res
+
+
+def hic_from_proto(msg, where: str = "hic_param") -> HICConfig:
+    """A HICConfig from a HICParameter message: the defaults, then every field it sets."""
+    config = HICConfig()
+    for fd, value in msg.ListFields():
+        if fd.name in ("forward", "backward", "pcm"):
+            target = getattr(config, fd.name)
+            for sub_fd, sub_value in value.ListFields():
+                setattr(target, sub_fd.name, _plain(sub_fd, sub_value, getattr(target,
+                                                                             sub_fd.name)))
+        elif fd.name == "bit_weights":
+            config.bit_weights = tuple(int(v) for v in value)
+        else:
+            setattr(config, fd.name, _plain(fd, value, getattr(config, fd.name)))
+    config.check(where)
+    return config
+
+
+def _plain(fd, value, default):
+    if fd.type == fd.TYPE_FLOAT:  # the decimal written, not its float32 neighbour
+        value = float(str(np.float32(value)))
+    return type(default)(value)
+
+
+def encode(value: Tensor, weights: tuple[int, ...]) -> Tensor:
+    """The binary cells (len(weights), *value.shape) that hold `value` (integers in [0, sum of
+    weights]), greedily from the largest weight."""
+    rest = value.clone()
+    cells = value.new_zeros((len(weights), *value.shape))
+    for i in reversed(range(len(weights))):
+        on = rest >= weights[i]
+        cells[i] = on.to(value.dtype)
+        rest = torch.where(on, rest - weights[i], rest)
+    return cells
+
+
+class HICArrays(ArrayProducts):
+    """T HIC arrays of O x K weights (`shape`): the devices, the accumulator and the counts of
+    every weight, as state blobs (STATE_NAMES) that a .caffemodel keeps after the weight.
+
+    The module's weight (viewed (T, O, K)) holds the normalized weight w read from the devices
+    (see the module's docstring), `out_scale` alpha_t = delta_t (L - 1) U. Shapes: accumulator,
+    out_scale-free per-weight tensors (T, O, K); bits and g_binary (n_binary, T, O, K); levels
+    and g_pair (2, T, O, K), G+ first; set_count and reset_count (n_binary + 2, T, O, K), the
+    binary cells first, then G+ and G-; saturations (T,), the transfers that hit v's range."""
+
+    def __init__(self, config: HICConfig, shape: tuple[int, int, int]):
+        super().__init__(config, shape)
+        nb = config.binary_cells
+        self.register_buffer("accumulator", torch.zeros(shape))
+        self.register_buffer("bits", torch.zeros((nb, *shape)))
+        self.register_buffer("g_binary", torch.zeros((nb, *shape)))
+        self.register_buffer("levels", torch.zeros((2, *shape)))
+        self.register_buffer("g_pair", torch.zeros((2, *shape)))
+        self.register_buffer("set_count", torch.zeros((nb + 2, *shape)))
+        self.register_buffer("reset_count", torch.zeros((nb + 2, *shape)))
+        self.register_buffer("saturations", torch.zeros(shape[0]))
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES
+
+    def state_blobs(self) -> list[Tensor]:
+        return [getattr(self, n) for n in STATE_NAMES]
+
+    def state_problem(self, index: int, value: Tensor) -> Optional[str]:
+        """Why `value` cannot be state blob `index` (STATE_NAMES) from a model file, or None."""
+        name = STATE_NAMES[index]
+        c = self.config
+        if not torch.isfinite(value).all():
+            return f"{name} must be finite"
+        top, res = c.limits()
+        whole = (value == value.round()).all()
+        rules = {
+            "accumulator": ((value.abs() <= top).all() and ((value / res) == (value / res).round()
+                                                            ).all(),
+                            f"on the accumulator's grid of {res:g} LSB within +-{top:g}"),
+            "bits": (((value == 0) | (value == 1)).all(), "0 or 1"),
+            "g_binary": ((value >= 0).all(), ">= 0 uS"),
+            "levels": (whole and (value >= 0).all() and (value <= c.levels - 1).all(),
+                       f"whole levels in [0, {c.levels - 1}]"),
+            "g_pair": ((value >= 0).all(), ">= 0 uS"),
+            "set_count": (whole and (value >= 0).all(), "whole counts >= 0"),
+            "reset_count": (whole and (value >= 0).all(), "whole counts >= 0"),
+            "out_scale": ((value > 0).all(), "> 0 (the arrays' digital scales)"),
+            "saturations": (whole and (value >= 0).all(), "whole counts >= 0"),
+        }
+        ok, rule = rules[name]
+        return None if ok else f"{name} must be {rule}"
+
+    # -- the representation -----------------------------------------------------------------
+
+    def value(self) -> Tensor:
+        """v, the integer each weight's devices are meant to hold (T, O, K), in LSBs."""
+        c = self.config
+        b = torch.tensor(c.weights(), dtype=self.bits.dtype, device=self.bits.device)
+        binary = (self.bits * b.view(-1, 1, 1, 1)).sum(0) if c.binary_cells else 0.0
+        return binary + c.capacity * (self.levels[0] - self.levels[1])
+
+    def read(self) -> Tensor:
+        """The normalized weight w the devices hold (T, O, K): v / ((L - 1) U) when ideal."""
+        c = self.config
+        g_max = c.pcm.g_max
+        b = torch.tensor(c.weights(), dtype=torch.float64, device=self.bits.device)
+        binary = ((self.g_binary.double() * b.view(-1, 1, 1, 1)).sum(0) / g_max
+                  if c.binary_cells else 0.0)
+        pair = c.capacity * (c.levels - 1) * (self.g_pair[0].double()
+                                                - self.g_pair[1].double()) / g_max
+        return ((binary + pair) / c.span).to(self.g_pair.dtype)
+
+    def pcm_terms(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The devices as (conductances uS, their target uS, coefficient to w): w is the sum of
+        coefficient x conductance; rapa.analog.drift reads them at later times."""
+        c = self.config
+        g_max, per_level = c.pcm.g_max, c.capacity * (c.levels - 1) / c.span
+        terms = [(self.g_pair[0], self.levels[0] * g_max / (c.levels - 1), per_level / g_max),
+                 (self.g_pair[1], self.levels[1] * g_max / (c.levels - 1), -per_level / g_max)]
+        for i, b in enumerate(c.weights()):
+            terms.append((self.g_binary[i], self.bits[i] * g_max, b / c.span / g_max))
+        return terms
+
+    def _program(self, target: Tensor, generator) -> Tensor:
+        """Conductances programmed to `target` (uS) with the PCM model's programming noise."""
+        return self.config.pcm.program(target, generator)
+
+    @torch.no_grad()
+    def map_(self, weight3: Tensor, generator: Optional[torch.Generator] = None) -> int:
+        """Write weights in the layer's units onto the devices, in place: delta_t from the
+        array's largest |W| (or weight_range), v = round(W / delta) within its range, every
+        device RESET and programmed (counted), the accumulator emptied; weight3 becomes w.
+        Returns how many weights saturated."""
+        c = self.config
+        amax = weight3.abs().amax(dim=(1, 2)).clamp_min(c.weight_range)
+        delta = torch.where(amax > 0, amax / c.span, torch.ones_like(amax))
+        self.out_scale.copy_(delta * c.span)
+        wanted = (weight3 / delta.view(-1, 1, 1).to(weight3.dtype)).round()
+        low, high = -c.span, c.span + c.capacity - 1
+        v = wanted.clamp(low, high)
+        self.accumulator.zero_()
+        self._hold(v.to(self.levels.dtype), generator, fresh=True)
+        weight3.copy_(self.read())
+        return int((v != wanted).sum())
+
+    @torch.no_grad()
+    def clip_(self, weight3: Tensor) -> int:
+        """weight3 becomes what the devices read (a model's weight blob is derived from its
+        devices); returns 0: devices hold no value outside their range."""
+        weight3.copy_(self.read())
+        return 0
+
+    def after_load(self, weight3: Tensor, digital: bool) -> list[str]:
+        """After a model is loaded into weight3: digital weights are written onto the devices
+        (as the fillers' are), a HIC model's weight is what its devices read. Returns what the
+        user should be told."""
+        if not digital:
+            self.clip_(weight3)
+            return []
+        saturated = self.map_(weight3)
+        return [f"{saturated} of {weight3.numel()} digital weights lie beyond hic_param's "
+                f"weight_range and were saturated"] if saturated else []
+
+    def _hold(self, v: Tensor, generator, fresh: bool = False) -> None:
+        """The devices take v (T, O, K): binary cells switch where their bits change, the pair
+        moves its levels (SET-only, refreshed where a device would pass its top level), each
+        change programmed and counted. `fresh`: every device RESET and programmed anew."""
+        c = self.config
+        cap, top = c.capacity, c.levels - 1
+        m = torch.div(v, cap, rounding_mode="floor")
+        b = v - m * cap
+        if c.binary_cells:
+            new_bits = encode(b, c.weights())
+            if fresh:
+                self.reset_count[:c.binary_cells] += 1
+                self.set_count[:c.binary_cells] += new_bits
+                changed = torch.ones_like(new_bits, dtype=torch.bool)
+            else:
+                up, down = (new_bits > self.bits), (new_bits < self.bits)
+                changed = up | down
+                self.set_count[:c.binary_cells] += self._attempts(up, c.set_probability,
+                                                                  generator)
+                self.reset_count[:c.binary_cells] += self._attempts(down, c.reset_probability,
+                                                                    generator)
+            if changed.any():
+                g = self._program(new_bits * c.pcm.g_max, generator)
+                self.g_binary.copy_(torch.where(changed, g, self.g_binary))
+            self.bits.copy_(new_bits)
+        plus, minus = self.levels[0], self.levels[1]
+        old = plus - minus
+        if fresh:
+            new_plus, new_minus = m.clamp_min(0), (-m).clamp_min(0)
+            refresh = torch.ones_like(m, dtype=torch.bool)
+        else:
+            rise, fall = (m - old).clamp_min(0), (old - m).clamp_min(0)
+            new_plus, new_minus = plus + rise, minus + fall
+            refresh = (new_plus > top) | (new_minus > top)
+            new_plus = torch.where(refresh, m.clamp_min(0), new_plus)
+            new_minus = torch.where(refresh, (-m).clamp_min(0), new_minus)
+        for k, new in ((0, new_plus), (1, new_minus)):
+            # A refresh RESETs the device, then SETs it where its level is above 0; a plain
+            # move SETs it to its higher level.
+            moved = refresh | (new != self.levels[k])
+            self.reset_count[c.binary_cells + k] += refresh.to(self.reset_count.dtype)
+            self.set_count[c.binary_cells + k] += (moved & (new > 0)).to(self.set_count.dtype)
+            if moved.any():
+                g = self._program(new * c.pcm.g_max / top, generator)
+                self.g_pair[k].copy_(torch.where(moved, g, self.g_pair[k]))
+            self.levels[k].copy_(new)
+
+    def _attempts(self, switch: Tensor, p: float, generator) -> Tensor:
+        """Attempts each switching cell takes until it switches (1 with p = 1; geometric)."""
+        attempts = switch.to(self.set_count.dtype)
+        if p < 1 and switch.any():
+            u = torch.rand(switch.shape, generator=generator, device=switch.device,
+                           dtype=torch.float64).clamp_min(1e-300)
+            extra = torch.floor(torch.log(u) / math.log1p(-p)).to(attempts.dtype)
+            attempts = attempts + torch.where(switch, extra, torch.zeros_like(extra))
+        return attempts
+
+    # -- training ---------------------------------------------------------------------------
+
+    def gradient(self) -> Tensor:
+        """dL/dw of the recorded passes (T, O, K), digitally: sum over rows of d x^T, per
+        array (the rows' d already carry the output scale: d = alpha dL/dy). Each pass's
+        product in the rows' precision (float32: the digital periphery's, as floating-point
+        training's weight gradient), their sum in float64."""
+        grad = torch.zeros(self.shape, dtype=torch.float64, device=self.out_scale.device)
+        for x, d, tile in self.pending:
+            if self.shape[0] == 1:
+                if bool((tile < 0).any()):  # dropped patches (perforated) add nothing
+                    d = d * (tile >= 0).to(d.dtype).unsqueeze(1)
+                grad[0] += (d.t() @ x).double()
+            else:
+                for t in range(self.shape[0]):
+                    rows = tile == t
+                    if rows.any():
+                        grad[t] += (d[rows].t() @ x[rows]).double()
+        return grad
+
+    @torch.no_grad()
+    def apply_update(self, weight: Tensor, lr: float,
+                     generator: Optional[torch.Generator] = None) -> int:
+        """The HIC update of `weight` (T x O x K values, any shape of that size, in place) from
+        every recorded backward pass; returns their count. The SGD step -lr dL/dW, in LSBs
+        (dL/dW = dL/dw / alpha_t, one LSB = delta_t = alpha_t / ((L - 1) U)), is rounded onto
+        the accumulator's grid and added (saturating); whole LSBs are transferred to the
+        devices (see the module's docstring). Rounding and switching draw from `generator`
+        (torch's default when None), the solver's own in a data-parallel run."""
+        done = len(self.pending)
+        if not done:
+            return 0
+        c = self.config
+        top, res = c.limits()
+        alpha = self.out_scale.double().view(-1, 1, 1)
+        step = -lr * self.gradient() * c.span / alpha.square()    # LSBs
+        scaled = step / res
+        if c.stochastic_rounding:
+            u = torch.rand(scaled.shape, generator=generator, dtype=torch.float64,
+                           device=scaled.device)
+            scaled = torch.floor(scaled + u)
+        else:
+            scaled = scaled.round()
+        acc = (self.accumulator.double() + scaled * res).clamp(-top, top)
+        whole = acc.trunc()
+        self.accumulator.copy_(acc - whole)
+        if (whole != 0).any():
+            v = self.value().double()
+            wanted = v + whole
+            held = wanted.clamp(-c.span, c.span + c.capacity - 1)
+            self.saturations += (held != wanted).sum(dim=(1, 2)).to(self.saturations.dtype)
+            self._hold(held.to(self.levels.dtype), generator)
+            weight.view(self.shape).copy_(self.read())
+        self.pending.clear()
+        return done
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def write_erase(self) -> Tensor:
+        """Write-erase cycles of every device (n_binary + 2, T, O, K): its RESET count, each
+        RESET ending one cycle of SETs (the first programming included)."""
+        return self.reset_count
+
+
+def describe(config: HICConfig) -> str:
+    """One line per part, for logs."""
+    top = ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+                    if f.name not in ("pcm", "forward", "backward"))
+    return "\n".join([top] + [f"{part}: " + ", ".join(
+        f"{f.name}={getattr(getattr(config, part), f.name)!r}"
+        for f in dataclasses.fields(getattr(config, part))) for part in ("pcm", "forward",
+                                                                          "backward")])

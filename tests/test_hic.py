@@ -1,0 +1,400 @@
+"""Hybrid in-memory computing arrays (rapa.analog.hic): the fixed-point representation with
+ideal devices, the accumulator's transfers, carries, refresh, saturation and counts, the
+products and the update against float64 references, the devices' statistics, drift, snapshots
+and configuration errors."""
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rapa  # noqa: F401
+from rapa.analog import HICArrays, HICConfig, hic_from_proto
+from rapa.analog.drift import ProgrammedNet
+from rapa.analog.hic import encode
+from rapa.analog.pcm import PCMLikeNoiseModel
+from rapa.errors import RapaError
+from rapa.layers.base import make_layer
+from rapa.net import Net
+from rapa.nn import Linear, TiledConv2d
+from rapa.proto import pb
+from rapa.prototxt import parse_text
+from rapa.snapshot import load_weights, save_weights
+from rapa.solver import Solver
+from test_solver import NET, SOLVER, weights, workdir  # noqa: F401  (the fixture)
+
+
+def ideal(**fields) -> HICConfig:
+    """No programming noise, exact products; g_max 24 uS so that every level's conductance
+    (8 uS apart with 4 levels) is exact in float32."""
+    cfg = HICConfig(pcm=PCMLikeNoiseModel(prog_noise_scale=0.0, g_max=24.0), **fields)
+    cfg.forward = dataclasses.replace(cfg.forward, is_perfect=True)
+    cfg.backward = dataclasses.replace(cfg.backward, is_perfect=True)
+    return cfg
+
+
+def arrays_holding(v, cfg=None) -> HICArrays:
+    """Arrays of v's shape (T, O, K) whose weights are v LSBs (delta 1)."""
+    cfg = cfg or ideal()
+    a = HICArrays(cfg, tuple(v.shape))
+    w = v.double() * 1.0
+    w.view(-1)[0] = cfg.span  # one weight at the range's top: delta = 1 LSB exactly
+    a.map_(w)
+    a._hold(v.float(), None, fresh=True)
+    return a
+
+
+def test_ideal_devices_hold_exactly_the_fixed_point_weight():
+    cfg = ideal()  # 4 binary cells (1, 2, 4, 8), U = 16, 4 levels: v in [-48, 63]
+    assert (cfg.capacity, cfg.span, cfg.device_bits()) == (16, 48, 8.0)
+    v = torch.tensor([[[37.0, -37.0, 0.0, 63.0, -48.0, 15.0, -1.0, 16.0]]])
+    a = arrays_holding(v, cfg)
+    assert a.bits[:, 0, 0, 0].tolist() == [1, 0, 1, 0]          # 37 = 2 * 16 + 5
+    assert a.levels[:, 0, 0, 0].tolist() == [2, 0]
+    assert a.bits[:, 0, 0, 1].tolist() == [1, 1, 0, 1]          # -37 = -3 * 16 + 11
+    assert a.levels[:, 0, 0, 1].tolist() == [0, 3]
+    assert a.levels[:, 0, 0, 6].tolist() == [0, 1] and a.bits[:, 0, 0, 6].tolist() == [1] * 4
+    assert torch.equal(a.value(), v)
+    assert torch.equal(a.read(), (v.double() / cfg.span).float())  # w = v / span exactly
+    # Through a layer: its weight times the scale is delta v, in the layer's units.
+    torch.manual_seed(0)
+    lin = Linear(8, 3, rpu_config=cfg)
+    assert torch.equal(lin.weight, (lin.arrays.value()[0].double() / cfg.span).float())
+    assert lin.arrays.value().abs().max() == cfg.span  # the largest weight maps to the span
+
+
+def test_bit_weights_other_than_powers_of_two_encode_greedily():
+    weights = (1, 1, 2, 3)  # every value up to 7 held
+    for value in range(8):
+        cells = encode(torch.tensor([float(value)]), weights)
+        assert sum(c * w for c, w in zip(cells[:, 0].tolist(), weights)) == value
+    cfg = ideal(binary_cells=4, bit_weights=(1, 1, 2, 3))
+    assert cfg.capacity == 8
+    a = arrays_holding(torch.tensor([[[-9.0, 7.0, 8.0, 23.0]]]), cfg)
+    assert torch.equal(a.value(), torch.tensor([[[-9.0, 7.0, 8.0, 23.0]]]))
+
+
+def _update(a, weight, step_lsb, lr=0.5, generator=None):
+    """One recorded pass whose SGD step is step_lsb LSBs on every weight of array 0."""
+    t, o, k = a.shape
+    alpha = float(a.out_scale[0])
+    # dL/dw = d^T x = c on every weight; the step is -lr c span / alpha^2 LSBs.
+    c = -step_lsb * alpha ** 2 / (lr * a.config.span)
+    x = torch.ones(1, k, dtype=torch.float64)
+    d = torch.full((1, o), c, dtype=torch.float64)
+    a.pending.append((x, d, torch.zeros(1, dtype=torch.long)))
+    a.apply_update(weight, lr, generator)
+
+
+def test_updates_transfer_exactly_when_they_cross_one_step_and_not_before():
+    cfg = ideal(stochastic_rounding=False)
+    v = torch.tensor([[[5.0, -5.0, 15.0, 0.0]]])
+    a = arrays_holding(v, cfg)
+    w = a.read().clone()
+    counts = a.set_count.clone(), a.reset_count.clone()
+    for i in range(3):
+        _update(a, w, 0.3125)  # 5/16 LSB: on the accumulator's grid
+        assert torch.equal(a.value(), v)  # 0.3125, 0.625, 0.9375: nothing transferred
+        assert torch.equal(a.accumulator, torch.full_like(a.accumulator, 0.3125 * (i + 1)))
+    assert torch.equal(a.set_count, counts[0]) and torch.equal(a.reset_count, counts[1])
+    _update(a, w, 0.3125)  # 1.25: one LSB moves, 0.25 stays
+    assert torch.equal(a.value(), v + 1)
+    assert torch.equal(a.accumulator, torch.full_like(a.accumulator, 0.25))
+    assert torch.equal(w, a.read())
+    # 5 -> 6: bits 0101 -> 0110, one SET (bit 1) and one RESET (bit 0); 15 -> 16 carries into
+    # the pair: 4 RESETs of the binary cells and one SET of G+.
+    sets, resets = a.set_count - counts[0], a.reset_count - counts[1]
+    assert sets[:, 0, 0, 0].tolist() == [0, 1, 0, 0, 0, 0]
+    assert resets[:, 0, 0, 0].tolist() == [1, 0, 0, 0, 0, 0]
+    assert sets[:, 0, 0, 2].tolist() == [0, 0, 0, 0, 1, 0]
+    assert resets[:, 0, 0, 2].tolist() == [1, 1, 1, 1, 0, 0]
+    assert a.levels[:, 0, 0, 2].tolist() == [1, 0]
+    # Negative steps borrow: -5 + 1 = -4 changes bits only; 0 - 2 borrows from the pair (G-).
+    _update(a, w, -2.25)  # accumulator 0.25 - 2.25 = -2: two LSBs down
+    assert torch.equal(a.value(), v + 1 - 2)
+    assert a.levels[:, 0, 0, 3].tolist() == [0, 1]  # -1 = -16 + 15
+
+
+def test_the_accumulator_saturates_and_rounds_to_its_grid():
+    cfg = ideal(stochastic_rounding=False, accumulator_bits=6, accumulator_frac_bits=2)
+    top, res = cfg.limits()
+    assert (top, res) == (7.75, 0.25)
+    a = arrays_holding(torch.zeros(1, 1, 2), cfg)
+    w = a.read().clone()
+    _update(a, w, 100.0)  # saturates at 7.75: 7 LSBs move, 0.75 stays
+    assert a.value().tolist() == [[[7.0, 7.0]]]
+    assert a.accumulator.tolist() == [[[0.75, 0.75]]]
+    _update(a, w, 0.1)  # rounds to 0 on a grid of 0.25
+    assert a.accumulator.tolist() == [[[0.75, 0.75]]]
+    _update(a, w, 0.13)  # rounds to 0.25: 1.0 moves one LSB
+    assert a.value().tolist() == [[[8.0, 8.0]]] and a.accumulator.abs().max() == 0
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_loses_small_steps():
+    torch.manual_seed(0)
+    v = torch.zeros(1, 50, 40)
+    cfg = ideal(accumulator_bits=16, accumulator_frac_bits=2)
+    a, b = arrays_holding(v, cfg), arrays_holding(v, dataclasses.replace(
+        cfg, stochastic_rounding=False))
+    wa, wb = a.read().clone(), b.read().clone()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(40):
+        _update(a, wa, 0.05, generator=g)  # a fifth of the grid's step
+        _update(b, wb, 0.05)
+    total = a.value() + a.accumulator
+    # 40 x 0.05 = 2 LSBs on average; each step's rounding error has std <= 0.125.
+    assert abs(total.mean().item() - 2.0) < 4 * 0.125 * math.sqrt(40 / 2000)
+    assert total.std().item() > 0.1
+    assert (b.value() + b.accumulator).abs().max() == 0  # nearest rounds every step away
+
+
+def test_refresh_resets_the_pair_when_a_device_would_pass_its_top_level():
+    cfg = ideal(accumulator_bits=12)  # levels 0..3; 16 LSBs within the accumulator
+    a = arrays_holding(torch.tensor([[[0.0]]]), cfg)
+    w = a.read().clone()
+    a.levels[:, 0, 0, 0] = torch.tensor([3.0, 3.0])  # M = 0 held as 3 - 3
+    a.g_pair[:, 0, 0, 0] = 24.0
+    before = a.set_count.clone(), a.reset_count.clone()
+    _update(a, w, 16.0)  # +16 LSB: M 0 -> 1, but G+ is at its top
+    assert a.levels[:, 0, 0, 0].tolist() == [1, 0]  # refreshed: both RESET, 1 on G+
+    assert a.value().item() == 16
+    assert (a.reset_count - before[1])[4:, 0, 0, 0].tolist() == [1, 1]
+    assert (a.set_count - before[0])[4:, 0, 0, 0].tolist() == [1, 0]
+    assert a.g_pair[:, 0, 0, 0].tolist() == [8.0, 0.0]  # level 1 of 24 uS / 3
+    _update(a, w, 16.0)  # no refresh now: G+ one level up
+    assert a.levels[:, 0, 0, 0].tolist() == [2, 0]
+    assert (a.reset_count - before[1])[4:, 0, 0, 0].tolist() == [1, 1]
+
+
+def test_saturation_keeps_the_weight_in_range_and_is_counted():
+    cfg = ideal(stochastic_rounding=False)
+    a = arrays_holding(torch.tensor([[[62.0, -47.0]]]), cfg)
+    w = a.read().clone()
+    _update(a, w, 5.0)
+    assert a.value().tolist() == [[[63.0, -42.0]]] and a.saturations.item() == 1
+    for _ in range(3):
+        _update(a, w, -7.0)
+    assert a.value().tolist() == [[[42.0, -48.0]]] and a.saturations.item() == 4  # 1 + 3
+    assert w.abs().max() <= (cfg.span + cfg.capacity - 1) / cfg.span
+
+
+def test_write_counts_equal_the_switching_attempts():
+    torch.manual_seed(1)
+    cfg = ideal(set_probability=0.25, reset_probability=0.5, stochastic_rounding=False)
+    a = arrays_holding(torch.zeros(1, 100, 100), cfg)  # every cell 0
+    w = a.read().clone()
+    before = a.set_count.clone(), a.reset_count.clone()
+    _update(a, w, 1.0)  # bit 0 of every weight SET: geometric attempts, mean 1 / 0.25
+    sets = (a.set_count - before[0])[0]
+    assert sets.min() >= 1 and abs(sets.mean().item() - 4.0) < 4 * math.sqrt(12 / 1e4)
+    assert (a.set_count - before[0])[1:].abs().max() == 0
+    _update(a, w, -1.0)  # and RESET again: mean 2
+    resets = (a.reset_count - before[1])[0]
+    assert resets.min() >= 1 and abs(resets.mean().item() - 2.0) < 4 * math.sqrt(2 / 1e4)
+    assert (a.bits == 0).all() and torch.equal(a.value(), torch.zeros(1, 100, 100))
+
+
+def test_programming_noise_of_the_devices_follows_the_pcm_model():
+    torch.manual_seed(2)
+    cfg = HICConfig()  # aihwkit's programming noise
+    n = 20000
+    v = torch.full((1, 1, n), 3.0 * 16)  # M = 3: G+ at the top level, binary cells 0
+    v[0, 0, n // 2:] = -16.0             # M = -1: G- at level 1
+    a = HICArrays(cfg, (1, 1, n))
+    a._hold(v, None, fresh=True)
+    model = cfg.pcm
+    for g, target in ((a.g_pair[0, 0, 0, :n // 2], 25.0),
+                      (a.g_pair[1, 0, 0, n // 2:], 25.0 / 3)):
+        sigma = model.prog_sigma(torch.tensor(target)).item()
+        assert abs(g.mean().item() - target) < 4 * sigma / math.sqrt(n / 2)
+        assert abs(g.std().item() / sigma - 1) < 4 / math.sqrt(n)
+    # The value meant is exact; what is read carries the noise.
+    assert torch.equal(a.value(), v)
+    assert not torch.equal(a.read() * cfg.span, v)
+
+
+def test_forward_and_update_match_a_float64_convolution():
+    torch.manual_seed(3)
+    cfg = ideal(accumulator_bits=32, accumulator_frac_bits=24, stochastic_rounding=False,
+                weight_range=1.0)
+    conv = TiledConv2d(3, 4, 3, padding=1, tiling="random", num_tiles=2, rpu_config=cfg).double()
+    a = conv.arrays
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    # Perfect products: the tiled conv of delta v; the update: SGD's step on it, in LSBs.
+    gen = torch.Generator().manual_seed(9)
+    y = conv(x, generator=gen)
+    assign = conv.scheme.assign(2, 5, 5, training=True,
+                                device=x.device, generator=torch.Generator().manual_seed(9))
+    w_layer = (conv.weight3() * a.out_scale.view(-1, 1, 1)).detach().requires_grad_()
+    rows = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    per_tile = torch.einsum("mk,tok->mto", rows, w_layer)
+    ref = per_tile[torch.arange(len(rows)), assign.reshape(-1)] + conv.bias[assign.reshape(-1)]
+    ref = ref.view(2, 5, 5, 4).permute(0, 3, 1, 2)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    target = torch.randn_like(ref)
+    ((y - target) ** 2).sum().backward()
+    ((ref - target) ** 2).sum().backward()
+    before = a.value() + a.accumulator.double()
+    a.apply_update(conv.weight, 0.01)
+    delta = (a.out_scale.double() / cfg.span).view(-1, 1, 1)
+    moved = a.value() + a.accumulator.double() - before
+    torch.testing.assert_close(moved, -0.01 * w_layer.grad / delta, rtol=0, atol=2 ** -24)
+    assert moved.abs().max() > 1  # the step crosses LSBs: devices moved
+    torch.testing.assert_close(conv.weight3().detach(), a.read(), rtol=0, atol=0)
+
+
+def test_drift_reads_the_hic_devices_from_t0_on():
+    torch.manual_seed(4)
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } '
+            'hic_param { pcm { prog_noise_scale: 0 } } } }')
+    net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
+    a = net.layer("ip").module.arrays
+    w = net.layer("ip").module.weight
+    trained = w.detach().clone()
+    quiet = PCMLikeNoiseModel(read_noise_scale=0.0)
+    programmed = ProgrammedNet(net, quiet, "n", torch.Generator().manual_seed(1))
+    programmed.read_at(0.0, "none")
+    torch.testing.assert_close(w.detach(), trained, rtol=0, atol=1e-7)  # t = t0: the identity
+    t = 3.15e7
+    programmed.read_at(t, "none")
+    expect = sum(coef * g * ((t + 20.0) / 20.0) ** -nu
+                 for g, nu, coef in programmed.layers[0].terms)
+    torch.testing.assert_close(w.detach(), expect.float().view(w.shape), rtol=1e-6, atol=1e-7)
+    assert (w.detach().abs() < trained.abs() + 1e-7).all() and not torch.equal(w, trained)
+    # The drift exponents follow each device's target: the pair's and the cells' (SET: g_max).
+    nus = [nu for _, nu, _ in programmed.layers[0].terms]
+    assert len(nus) == 2 + a.config.binary_cells
+    programmed.restore()
+    assert torch.equal(w.detach(), trained)
+
+
+HIC_NET = NET.replace(
+    'tiling_param { scheme: "%s" num_tiles: 4 } } }',
+    'tiling_param { scheme: "%s" num_tiles: 4 } hic_param { weight_range: 1 } } }').replace(
+    'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }',
+    'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } '
+    'hic_param { set_probability: 0.5 } } }')
+
+
+def test_hic_net_trains_saves_and_resumes_bit_for_bit(workdir):  # noqa: F811
+    assert HIC_NET.count("hic_param") == 2
+    (workdir / "net.prototxt").write_text(HIC_NET % "random")
+    (workdir / "solver.prototxt").write_text(SOLVER % 12)
+    path = str(workdir / "solver.prototxt")
+    said = []
+    straight = Solver(path, say=said.append, progress=False)
+    start = {n: w.clone() for n, w in weights(straight).items()}
+    straight.solve()
+    assert ("HIC weights of conv, ip: SGD steps into their accumulators at the rate times "
+            "lr_mult, without momentum or weight decay (their biases have both)") in said
+    final = weights(straight)
+    assert not torch.equal(final["conv/0"], start["conv/0"])
+    arrays = {n: straight.net.layer(n).module.arrays for n in ("conv", "ip")}
+    state = {n: [b.clone() for b in a.state_blobs()] for n, a in arrays.items()}
+    assert state["conv"][5].sum() > 0  # set counts
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    Solver(path, max_iter=8, say=lambda m: None, progress=False).solve()
+    resumed = Solver(path, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    for n, w in weights(resumed).items():
+        torch.testing.assert_close(w, final[n], rtol=0, atol=0)
+    for n in ("conv", "ip"):
+        for mine, theirs in zip(resumed.net.layer(n).module.arrays.state_blobs(), state[n]):
+            assert torch.equal(mine, theirs)
+
+
+def test_a_digital_model_loads_onto_hic_devices_and_a_hic_model_keeps_them(tmp_path):
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 %s } }')
+    torch.manual_seed(5)
+    digital = Net(parse_text(text % "", pb.NetParameter()), pb.TRAIN)
+    save_weights(digital, tmp_path / "d.caffemodel")
+    hic = Net(parse_text(text % "hic_param { pcm { prog_noise_scale: 0 } }", pb.NetParameter()),
+              pb.TRAIN)
+    load_weights(hic, tmp_path / "d.caffemodel")
+    a, w = hic.layer("ip").module.arrays, digital.layer("ip").module.weight.detach()
+    delta = a.out_scale / a.config.span
+    assert torch.equal(a.value()[0], (w / delta).round())
+    assert (a.reset_count[:, 0] == 2).all()  # set-up and the load each programmed them
+    save_weights(hic, tmp_path / "h.caffemodel")
+    torch.manual_seed(6)
+    other = Net(parse_text(text % "hic_param { }", pb.NetParameter()), pb.TRAIN)
+    load_weights(other, tmp_path / "h.caffemodel")
+    b = other.layer("ip").module.arrays
+    for mine, theirs in zip(b.state_blobs(), a.state_blobs()):
+        assert torch.equal(mine, theirs)
+    assert torch.equal(other.layer("ip").module.weight, hic.layer("ip").module.weight)
+
+
+LAYER = ('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '
+         'num_output: 3 hic_param { %s } }')
+
+
+@pytest.mark.parametrize("field,message", [
+    ("levels: 1", "hic_param: levels must be in [2, 1024], got 1"),
+    ("binary_cells: 17", "hic_param: binary_cells must be in [0, 16], got 17"),
+    ("bit_weights: 1 bit_weights: 3", "hic_param: bit_weights gives 2 weights for 4 "
+                                      "binary_cells"),
+    ("binary_cells: 2 bit_weights: 1 bit_weights: 3",
+     "hic_param: bit_weights[1] = 3 must be in [1, 2]"),
+    ("accumulator_bits: 1", "hic_param: accumulator_bits must be in [2, 32], got 1"),
+    ("accumulator_frac_bits: 7", "hic_param: accumulator_frac_bits must be in [0, "
+                                 "accumulator_bits - 2 = 6]"),
+    ("set_probability: 0", "hic_param: set_probability must be finite and in [0.01, 1], got 0"),
+    ("endurance: 0.5", "hic_param: endurance must be finite and >= 1, got 0.5"),
+    ("weight_range: -1", "hic_param: weight_range must be finite and in [0, 1e6], got -1"),
+    ("pcm { g_max: 0 }", "hic_param: pcm: g_max must be finite and in (0, 1e6] uS, got 0"),
+    ('forward { noise_management: "x" }', "hic_param: forward: noise_management must be one of"),
+    ("levels: 1025", "hic_param: levels must be in [2, 1024], got 1025"),
+])
+def test_bad_hic_values_name_the_layer_and_field(field, message):
+    with pytest.raises(RapaError) as e:
+        make_layer(parse_text(LAYER % field, pb.LayerParameter()), [(2, 6)], pb.TRAIN)
+    assert str(e.value).startswith("layer 'ip' (InnerProduct): ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_rpu_and_hic_param_together_are_refused_and_a_model_size_beyond_float32_too():
+    text = LAYER.replace("hic_param { %s }", "hic_param { } rpu_param { }")
+    with pytest.raises(RapaError, match="give rpu_param .* or hic_param .*, not both"):
+        make_layer(parse_text(text, pb.LayerParameter()), [(2, 6)], pb.TRAIN)
+    with pytest.raises(ValueError, match="2\\^24"):
+        hic_from_proto(parse_text("binary_cells: 16 levels: 1024", pb.HICParameter()))
+    cfg = hic_from_proto(parse_text("levels: 16 bit_weights: [1, 1, 2, 4]", pb.HICParameter()))
+    assert cfg.bit_weights == (1, 1, 2, 4) and cfg.levels == 16 and cfg.device_bits() == 12
+
+
+def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
+    from rapa.cli import main
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 hic_param { levels: 16 endurance: 1000 } } } '
+            'layer { name: "ip2" type: "InnerProduct" bottom: "y" top: "z" '
+            'inner_product_param { num_output: 2 } }')
+    (tmp_path / "n.prototxt").write_text(text)
+    assert main(["model-size", "--model", str(tmp_path / "n.prototxt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # ip: 18 weights at 4 + 2 x 4 = 12 bits, 3 biases at 32; ip2: 8 values at 32.
+    assert out[2].split() == ["ip", "21", f"{(18 * 12 + 96) / 21:.2f}",
+                              f"{(18 * 12 + 96) / 8192:.1f}", f"{21 * 32 / 8192:.1f}"]
+    assert out[3].split()[:3] == ["ip2", "8", "32.00"]
+    total = 18 * 12 + 96 + 8 * 32
+    assert out[4].split()[:2] == ["total", "29"] and f"({total / (29 * 32):.3f} of FP32)" in out[4]
+    torch.manual_seed(0)
+    net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
+    a = net.layer("ip").module.arrays
+    a.reset_count[0, 0, 0, 0] = 7  # one binary cell RESET 6 times more
+    a.reset_count[4, 0, 1, 1] = 3
+    save_weights(net, tmp_path / "n.caffemodel")
+    assert main(["model-size", "--model", str(tmp_path / "n.prototxt"), "--weights",
+                 str(tmp_path / "n.caffemodel")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.startswith("ip ")]
+    assert rows[1][:3] == ["ip", "binary", "7"] and rows[1][3] == f"{(72 + 6) / 72:.2f}"
+    assert rows[1][5] == "7.00e-03" and rows[1][6] == "0"
+    assert rows[2][:3] == ["ip", "multi-level", "3"] and rows[2][5] == "3.00e-03"
