@@ -249,13 +249,16 @@ def test_drift_reads_the_hic_devices_from_t0_on():
     text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
             'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
             'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } '
-            'hic_param { pcm { prog_noise_scale: 0 } } } }')
+            'hic_param { pcm { prog_noise_scale: 0 g_max: 50 } } } }')
     net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
     a = net.layer("ip").module.arrays
     w = net.layer("ip").module.weight
     trained = w.detach().clone()
     quiet = PCMLikeNoiseModel(read_noise_scale=0.0)
     programmed = ProgrammedNet(net, quiet, "n", torch.Generator().manual_seed(1))
+    # The devices' own conductance scale, the test's drift and read noise.
+    assert programmed.layers[0].model == dataclasses.replace(quiet, g_max=50.0)
+    assert a.g_pair.max() > 40  # programmed at g_max 50
     programmed.read_at(0.0, "none")
     torch.testing.assert_close(w.detach(), trained, rtol=0, atol=1e-7)  # t = t0: the identity
     t = 3.15e7

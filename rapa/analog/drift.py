@@ -5,12 +5,13 @@ arrays): RPU arrays (AnalogArrays) are mapped onto differential PCM pairs
 (rapa.analog.pcm.to_pair) and programmed once (programming noise, drift exponents); HIC arrays
 (rapa.analog.hic) are PCM already: their binary cells and multi-level pairs keep the
 conductances training programmed, and draw their drift exponents. Then, for any time t
-after programming, it writes the weights the arrays hold at t (drift and accumulated read noise, drawn anew at every
-read) into the net, with global drift compensation in the arrays' digital output scales if
-asked. restore() puts the trained weights back. Digital layers are untouched.
+after programming, it writes the weights the arrays hold at t (drift and accumulated read
+noise, drawn anew at every read) into the net, with global drift compensation in the arrays'
+digital output scales if asked. restore() puts the trained weights back. Digital layers are untouched.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,10 +34,19 @@ class _Programmed:
     terms: list            # (programmed conductances uS, drift exponents, coefficient): the
                            # weight is the sum of coefficient x conductance
     reference: Tensor      # mean |W| per array right after programming (T,)
+    model: PCMLikeNoiseModel  # the devices' statistics (g_max: a HIC layer's own)
 
-    def weight_at(self, model: PCMLikeNoiseModel, t_inference: float, generator) -> Tensor:
-        return sum(coef * model.read(g, nu, t_inference, generator)
+    def weight_at(self, t_inference: float, generator) -> Tensor:
+        return sum(coef * self.model.read(g, nu, t_inference, generator)
                    for g, nu, coef in self.terms)
+
+
+def _model_for(arrays, model: PCMLikeNoiseModel) -> PCMLikeNoiseModel:
+    """The statistics a layer's devices read with: `model`, with a HIC layer's own g_max (the
+    conductance scale its training programmed; drift and read noise are the test's)."""
+    if hasattr(arrays, "pcm_terms"):
+        return dataclasses.replace(model, g_max=arrays.config.pcm.g_max)
+    return model
 
 
 def _terms(arrays, weight3: Tensor, model: PCMLikeNoiseModel, generator) -> list:
@@ -66,13 +76,14 @@ class ProgrammedNet:
                 continue
             with torch.no_grad():
                 weight3 = blob.blob.data.view(blob.arrays.shape)
-                terms = _terms(blob.arrays, weight3, model, generator)
+                own = _model_for(blob.arrays, model)
+                terms = _terms(blob.arrays, weight3, own, generator)
                 # At t = 0 nothing has drifted: the programmed conductances themselves.
                 programmed = sum(coef * g for g, _, coef in terms)
                 reference = programmed.abs().mean(dim=(1, 2))
             self.layers.append(_Programmed(blob.name, weight3, blob.arrays.out_scale,
                                            weight3.clone(), blob.arrays.out_scale.clone(),
-                                           terms, reference))
+                                           terms, reference, own))
         if not self.layers:
             raise RapaError(f"{where}: the net has no analog layers (rpu_param, hic_param) to "
                             f"program")
@@ -87,9 +98,9 @@ class ProgrammedNet:
         if compensation not in COMPENSATIONS:
             raise RapaError(f"drift compensation must be one of {', '.join(COMPENSATIONS)}, "
                             f"got '{compensation}'")
-        m, generator = self.model, generator or self.generator
+        generator = generator or self.generator
         for p in self.layers:
-            now = p.weight_at(m, t_inference, generator)
+            now = p.weight_at(t_inference, generator)
             if not torch.isfinite(now.float()).all():
                 raise RapaError(f"{self.where}: {p.name}'s weights read {t_inference:g} s after "
                                 f"programming are not finite in float32 (the PCM model's "

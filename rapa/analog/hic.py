@@ -48,7 +48,6 @@ given for PCM).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -96,8 +95,9 @@ class HICConfig:
     endurance: float = 1e8
     """Write-erase cycles a device survives (ours: 1e8), what the counts are compared to."""
     pcm: PCMLikeNoiseModel = field(default_factory=PCMLikeNoiseModel)
-    """The devices' statistics: g_max and the programming noise here, drift and read noise
-    after training (rapa test --drift-time)."""
+    """The devices' programming: g_max and the programming noise (prog_* fields; hic_param
+    sets g_max and prog_noise_scale). Drift and read noise apply after training, from rapa
+    test --drift-time's model, with this g_max."""
     forward: IOParameters = field(default_factory=IOParameters)
     backward: IOParameters = field(
         default_factory=lambda: IOParameters(bound_management="none"))
@@ -442,20 +442,3 @@ class HICArrays(ArrayProducts):
             weight.view(self.shape).copy_(self.read())
         self.pending.clear()
         return done
-
-    # -- reports ----------------------------------------------------------------------------
-
-    def write_erase(self) -> Tensor:
-        """Write-erase cycles of every device (n_binary + 2, T, O, K): its RESET count, each
-        RESET ending one cycle of SETs (the first programming included)."""
-        return self.reset_count
-
-
-def describe(config: HICConfig) -> str:
-    """One line per part, for logs."""
-    top = ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
-                    if f.name not in ("pcm", "forward", "backward"))
-    return "\n".join([top] + [f"{part}: " + ", ".join(
-        f"{f.name}={getattr(getattr(config, part), f.name)!r}"
-        for f in dataclasses.fields(getattr(config, part))) for part in ("pcm", "forward",
-                                                                          "backward")])

@@ -9,8 +9,8 @@ import sys
 from ..allocator import keep_freed_memory
 from ..errors import RapaError, os_error_message
 
-COMMANDS = ("train", "test", "time", "model_size", "plot", "table", "sweep", "similarity", "filters", "reduce",
-            "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
+COMMANDS = ("train", "test", "time", "model_size", "plot", "table", "sweep", "similarity",
+            "filters", "reduce", "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
 
 
 class Parser(argparse.ArgumentParser):

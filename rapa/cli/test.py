@@ -5,10 +5,12 @@ the batches; with --votes K every batch is also classified K times, each with it
 tile assignment, and the majority vote's accuracy is printed (the paper used K = 9).
 
 With --drift-time T1,T2,... the analog layers (rpu_param) are programmed into phase-change
-memory (aihwkit's statistical PCM model: programming noise, drift, read noise) and the net is
-tested at each time after programming, with global drift compensation unless
---drift-compensation none; --drift-repeats R programs R times (fresh programming noise and
-drift exponents) and reports mean and spread. --pcm changes the model's fields.
+memory (aihwkit's statistical PCM model: programming noise, drift, read noise), and HIC layers
+(hic_param) keep the PCM devices their training programmed; the net is tested at each time
+after programming, with global drift compensation unless --drift-compensation none;
+--drift-repeats R programs R times (fresh programming noise and drift exponents; for HIC
+layers fresh drift exponents) and reports mean and spread. --pcm changes the model's fields
+(HIC layers keep their own g_max).
 """
 import torch
 
@@ -110,8 +112,10 @@ def _test_drift(net, args, device, progress) -> int:
         finally:
             programmed.restore()
     spread = " (mean +- standard deviation over them)" if args.drift_repeats > 1 else ""
+    hic = any(hasattr(b.arrays, "pcm_terms") for b in net.learnable())
+    kept = " (HIC layers: their trained devices, drift exponents drawn anew)" if hic else ""
     print(f"{images} images, {args.iterations} batches; PCM programmed {args.drift_repeats} "
-          f"time(s){spread}, drift compensation {compensation}")
+          f"time(s){kept}{spread}, drift compensation {compensation}")
     for t, results in rows.items():
         parts = []
         for k in results[0]:
