@@ -144,9 +144,10 @@ def resnet_solver(net_path: str, prefix: str, dataset: str = "cifar10", batch: i
     sp = pb.SolverParameter(net=net_path)
     sp.test_iter.append(-(-ds.test_images // test_batch))
     sp.test_interval = max(1, int(test_every_epochs * epoch))
-    sp.base_lr, sp.momentum, sp.weight_decay = 0.1, 0.9, 1e-4
-    if analog:
-        sp.base_lr, sp.momentum = sp.base_lr / (1 - sp.momentum), 0.0
+    rate, momentum = 0.1, 0.9
+    if analog:  # in double precision: the fields are float32 (0.1 / (1 - 0.9f) = 0.99999976)
+        rate, momentum = rate / (1 - momentum), 0.0
+    sp.base_lr, sp.momentum, sp.weight_decay = rate, momentum, 1e-4
     sp.max_iter = int(round(epochs * epoch))
     sp.lr_policy, sp.gamma = "multistep", 0.1
     sp.stepvalue.extend([sp.max_iter // 2, sp.max_iter * 3 // 4])

@@ -323,7 +323,8 @@ def test_a_digital_model_loads_onto_hic_devices_and_a_hic_model_keeps_them(tmp_p
     a, w = hic.layer("ip").module.arrays, digital.layer("ip").module.weight.detach()
     delta = a.out_scale / a.config.span
     assert torch.equal(a.value()[0], (w / delta).round())
-    assert (a.reset_count[:, 0] == 2).all()  # set-up and the load each programmed them
+    assert (a.reset_count[:, 0] == 1).all()  # the load's programming counts, not the fillers'
+    assert torch.equal(a.set_count[:4, 0], a.bits[:, 0])
     save_weights(hic, tmp_path / "h.caffemodel")
     torch.manual_seed(6)
     other = Net(parse_text(text % "hic_param { }", pb.NetParameter()), pb.TRAIN)
@@ -341,8 +342,8 @@ LAYER = ('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_par
 @pytest.mark.parametrize("field,message", [
     ("levels: 1", "hic_param: levels must be in [2, 1024], got 1"),
     ("binary_cells: 17", "hic_param: binary_cells must be in [0, 16], got 17"),
-    ("bit_weights: 1 bit_weights: 3", "hic_param: bit_weights gives 2 weights for 4 "
-                                      "binary_cells"),
+    ("binary_cells: 4 bit_weights: 1 bit_weights: 2", "hic_param: bit_weights gives 2 "
+                                                      "weights for 4 binary_cells"),
     ("binary_cells: 2 bit_weights: 1 bit_weights: 3",
      "hic_param: bit_weights[1] = 3 must be in [1, 2]"),
     ("accumulator_bits: 1", "hic_param: accumulator_bits must be in [2, 32], got 1"),
@@ -370,6 +371,8 @@ def test_rpu_and_hic_param_together_are_refused_and_a_model_size_beyond_float32_
         hic_from_proto(parse_text("binary_cells: 16 levels: 1024", pb.HICParameter()))
     cfg = hic_from_proto(parse_text("levels: 16 bit_weights: [1, 1, 2, 4]", pb.HICParameter()))
     assert cfg.bit_weights == (1, 1, 2, 4) and cfg.levels == 16 and cfg.device_bits() == 12
+    cfg = hic_from_proto(parse_text("bit_weights: [1, 2]", pb.HICParameter()))
+    assert cfg.binary_cells == 2 and cfg.capacity == 4  # the weights given set the count
 
 
 def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
@@ -401,3 +404,29 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     assert rows[1][:3] == ["ip", "binary", "7"] and rows[1][3] == f"{(72 + 6) / 72:.2f}"
     assert rows[1][5] == "7.00e-03" and rows[1][6] == "0"
     assert rows[2][:3] == ["ip", "multi-level", "3"] and rows[2][5] == "3.00e-03"
+
+
+def test_model_size_counts_statistics_not_constants_and_saturations_without_binary_cells(
+        tmp_path, capsys):
+    from rapa.cli import main
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 bias_term: false hic_param { binary_cells: 0 '
+            'levels: 2 } } } layer { name: "bn" type: "BatchNorm" bottom: "y" top: "y" } '
+            'layer { name: "fixed" type: "Scale" bottom: "y" top: "z" param { lr_mult: 0 } '
+            'scale_param { bias_term: false } }')
+    (tmp_path / "n.prototxt").write_text(text)
+    torch.manual_seed(0)
+    net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
+    net.layer("ip").module.arrays.saturations += 5
+    save_weights(net, tmp_path / "n.caffemodel")
+    assert main(["model-size", "--model", str(tmp_path / "n.prototxt"), "--weights",
+                 str(tmp_path / "n.caffemodel")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # ip: 18 weights at 2 x log2(2) = 2 bits; bn: mean, variance (3 each) and the factor at
+    # 32; the fixed Scale (lr_mult 0) holds no learned value.
+    assert out[2].split()[:3] == ["ip", "18", "2.00"]
+    assert out[3].split()[:3] == ["bn", "7", "32.00"]
+    assert out[4].split()[:2] == ["total", "25"] and not any("fixed" in o for o in out)
+    row = next(o.split() for o in out if o.startswith("ip ") and "multi-level" in o)
+    assert row[-1] == "5"  # saturations, on the layer's first row

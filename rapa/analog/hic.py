@@ -75,7 +75,8 @@ class HICConfig:
     """Binary PCM cells per weight: its least significant part (ours: 4)."""
     bit_weights: tuple[int, ...] = ()
     """The cells' weights in LSBs, ascending from 1, each at most 1 + the sum of those before
-    (every value up to their sum is then held, greedily from the top); empty: 1, 2, 4, ..."""
+    (every value up to their sum is then held, greedily from the top); empty: 1, 2, 4, ...
+    In hic_param, bit_weights alone also sets binary_cells to their count."""
     levels: int = 4
     """Levels L of each multi-level device of the pair (ours: 4, 2 bits), >= 2."""
     accumulator_bits: int = 8
@@ -180,6 +181,8 @@ def hic_from_proto(msg, where: str = "hic_param") -> HICConfig:
                                                                              sub_fd.name)))
         elif fd.name == "bit_weights":
             config.bit_weights = tuple(int(v) for v in value)
+            if not msg.HasField("binary_cells"):  # the weights given say how many cells
+                config.binary_cells = len(config.bit_weights)
         else:
             setattr(config, fd.name, _plain(fd, value, getattr(config, fd.name)))
     config.check(where)
@@ -297,7 +300,8 @@ class HICArrays(ArrayProducts):
     @torch.no_grad()
     def map_(self, weight3: Tensor, generator: Optional[torch.Generator] = None) -> int:
         """Write weights in the layer's units onto the devices, in place: delta_t from the
-        array's largest |W| (or weight_range), v = round(W / delta) within its range, every
+        array's largest |W| (or weight_range; an array of zeros with weight_range 0 takes
+        delta 1 / ((L - 1) U), a range of 1), v = round(W / delta) within its range, every
         device RESET and programmed (counted), the accumulator emptied; weight3 becomes w.
         Returns how many weights saturated."""
         c = self.config
@@ -326,6 +330,9 @@ class HICArrays(ArrayProducts):
         if not digital:
             self.clip_(weight3)
             return []
+        # The devices' first programming is this one: the fillers' was never a model's.
+        for counts in (self.set_count, self.reset_count, self.saturations):
+            counts.zero_()
         saturated = self.map_(weight3)
         return [f"{saturated} of {weight3.numel()} digital weights lie beyond hic_param's "
                 f"weight_range and were saturated"] if saturated else []

@@ -1,14 +1,17 @@
-"""Inference model size of a net: bits held per weight, layer by layer (Joshi et al. 2021's
-measure), and, given a trained model of a HIC net, its devices' write-erase cycles against
-their endurance.
+"""Inference model size: bits held per value, layer by layer; HIC devices' write-erase cycles.
 
-Every learnable blob counts: weights on HIC arrays (hic_param) at the bits their devices hold
-(one per binary cell, log2 levels per multi-level device, two of them: rapa.analog.hic), every
-other blob (digital weights, biases, BatchNorm statistics, RPU arrays' weights, whose analog
-conductances have no bit count) at 32 bits, floating point's. The FP32 column is the same net
-with every blob at 32 bits. With --weights, per HIC layer: the write-erase cycles (RESETs) of
-its binary cells and of its multi-level devices, maximum, mean and 99.9th percentile, and the
-maximum as a fraction of hic_param's endurance; and the transfers its weights' range cut
+Joshi et al. (2021) compare HIC and FP32 nets by it. What an inference model holds counts:
+every learned blob (lr_mult > 0) and every state blob of a layer (BatchNorm statistics, a
+fixed tile partition), not the constants of the architecture (blobs with lr_mult 0, e.g. the
+option-A shortcut's fixed selection) nor the arrays' own device state. Weights on HIC arrays
+(hic_param) count at the bits their devices hold (one per binary cell, log2 levels per
+multi-level device, two of them: rapa.analog.hic); every other value (digital weights, biases,
+statistics, RPU arrays' weights, whose analog conductances have no bit count) at 32 bits,
+floating point's. The FP32 column is the same net with every value at 32 bits.
+
+With --weights (a trained model of a HIC net), per HIC layer: the write-erase cycles (RESETs)
+of its binary cells and of its multi-level devices, maximum, mean and 99.9th percentile, the
+maximum as a fraction of hic_param's endurance, and the transfers its weights' range cut
 short (saturations).
 """
 import torch
@@ -25,8 +28,22 @@ def add_arguments(p):
     p.add_argument("--weights", help="a trained .caffemodel: its HIC devices' write-erase counts")
 
 
-def _bits(blob) -> float:
-    return blob.arrays.config.device_bits() if isinstance(blob.arrays, HICArrays) else 32.0
+def _held(layer) -> tuple[int, float]:
+    """(values, bits) that an inference model of `layer` holds."""
+    count, total, device_state = 0, 0.0, 0
+    for blob in layer.learnable():
+        if blob.arrays is not None:
+            device_state += len(blob.arrays.state_blobs())
+        elif blob.spec.lr_mult == 0:  # a constant of the architecture
+            continue
+        n = blob.blob.numel()
+        bits = (blob.arrays.config.device_bits() if isinstance(blob.arrays, HICArrays)
+                else 32.0)
+        count, total = count + n, total + n * bits
+    state = layer.state_blobs()
+    for blob in state[:len(state) - device_state]:  # the arrays' blobs come last
+        count, total = count + blob.numel(), total + 32.0 * blob.numel()
+    return count, total
 
 
 def run(args):
@@ -35,13 +52,12 @@ def run(args):
         if args.weights:
             load_weights(net, args.weights)
         rows = {}
-        for blob in net.learnable():
-            layer = blob.name.rsplit("/", 1)[0]
-            n, bits = blob.blob.numel(), _bits(blob)
-            count, total = rows.get(layer, (0, 0.0))
-            rows[layer] = (count + n, total + n * bits)
+        for e in net.entries:
+            count, total = _held(e.layer)
+            if count:
+                rows[e.layer.layer_name] = (count, total)
         if not rows:
-            raise RapaError(f"{args.model}: the net has no learnable blobs")
+            raise RapaError(f"{args.model}: the net holds no learned or state blobs")
         width = max(12, *(len(name) for name in rows))
         print(f"{net.name or args.model}: inference model size (bits held per value)")
         print(f"{'layer':<{width}} {'values':>10} {'bits/value':>10} {'KiB':>10} "
@@ -70,12 +86,14 @@ def _write_erase(net: Net, width: int) -> None:
           f"{'max/endurance':>14} {'saturations':>12}")
     for name, a in hic:
         nb = a.config.binary_cells
+        first = True
         for kind, counts in (("binary", a.reset_count[:nb]), ("multi-level", a.reset_count[nb:])):
-            if not counts.numel():
+            if not counts.numel():  # binary_cells 0
                 continue
             flat = counts.double().flatten()
             q = torch.quantile(flat[:2 ** 24], 0.999).item()  # quantile's input limit
             print(f"{name:<{width}} {kind:<12} {flat.max().item():>8.0f} "
                   f"{flat.mean().item():>9.2f} {q:>8.0f} "
                   f"{flat.max().item() / a.config.endurance:>14.2e} "
-                  f"{int(a.saturations.sum()) if kind == 'binary' else '':>12}")
+                  f"{int(a.saturations.sum()) if first else '':>12}")
+            first = False
