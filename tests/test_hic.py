@@ -430,3 +430,75 @@ def test_model_size_counts_statistics_not_constants_and_saturations_without_bina
     assert out[4].split()[:2] == ["total", "25"] and not any("fixed" in o for o in out)
     row = next(o.split() for o in out if o.startswith("ip ") and "multi-level" in o)
     assert row[-1] == "5"  # saturations, on the layer's first row
+
+
+def test_state_blobs_from_a_model_file_are_checked_field_by_field():
+    a = arrays_holding(torch.tensor([[[5.0, -20.0]]]))
+    good = {n: b.clone() for n, b in zip(a.state_names(), a.state_blobs())}
+    for i, name in enumerate(a.state_names()):
+        assert a.state_problem(i, good[name]) is None, name
+    top, res = a.config.limits()
+    bad = {
+        "accumulator": [(torch.tensor([[[0.03, 0.0]]]), "on the accumulator's grid of 0.0625 "
+                         "LSB within +-7.9375"), (torch.tensor([[[8.0, 0.0]]]), "within")],
+        "bits": [(torch.full((4, 1, 1, 2), 0.5), "bits must be 0 or 1")],
+        "g_binary": [(torch.full((4, 1, 1, 2), -0.1), "g_binary must be >= 0 uS")],
+        "levels": [(torch.full((2, 1, 1, 2), 4.0), "whole levels in [0, 3]"),
+                   (torch.full((2, 1, 1, 2), 1.5), "whole levels"),
+                   (torch.full((2, 1, 1, 2), -1.0), "whole levels")],
+        "g_pair": [(torch.full((2, 1, 1, 2), -1.0), "g_pair must be >= 0 uS")],
+        "set_count": [(torch.full((6, 1, 1, 2), 0.5), "whole counts >= 0"),
+                      (torch.full((6, 1, 1, 2), -1.0), "whole counts >= 0")],
+        "reset_count": [(torch.full((6, 1, 1, 2), -2.0), "reset_count must be whole counts")],
+        "out_scale": [(torch.zeros(1), "out_scale must be > 0")],
+        "saturations": [(torch.tensor([-1.0]), "saturations must be whole counts >= 0"),
+                        (torch.tensor([0.5]), "whole counts")],
+    }
+    assert set(bad) == set(a.state_names())
+    for name, cases in bad.items():
+        i = a.state_names().index(name)
+        for value, message in cases:
+            assert message in (a.state_problem(i, value) or ""), (name, value)
+        nan = good[name].clone()
+        nan.view(-1)[0] = float("nan")
+        assert a.state_problem(i, nan) == f"{name} must be finite"
+    # The edges are allowed: the accumulator's saturation, the top level, a 1 bit.
+    assert a.state_problem(0, torch.tensor([[[top, -top]]])) is None
+    assert a.state_problem(3, torch.full((2, 1, 1, 2), 3.0)) is None
+
+
+@pytest.mark.parametrize("fields,ok", [
+    (dict(binary_cells=16), True), (dict(binary_cells=0), True), (dict(levels=2), True),
+    (dict(accumulator_bits=32, accumulator_frac_bits=30), True),
+    (dict(accumulator_bits=33), False), (dict(accumulator_bits=8, accumulator_frac_bits=6), True),
+    (dict(accumulator_frac_bits=-1), False), (dict(set_probability=0.01), True),
+    (dict(set_probability=1.01), False), (dict(reset_probability=0.009), False),
+    (dict(weight_range=1e6), True), (dict(weight_range=1.1e6), False),
+    (dict(endurance=1.0), True), (dict(endurance=float("inf")), False),
+    (dict(binary_cells=2, bit_weights=(1, 2)), True), (dict(binary_cells=2, bit_weights=(2, 1)),
+                                                       False),
+    (dict(binary_cells=3, bit_weights=(1, 2, 4)), True),
+    (dict(binary_cells=3, bit_weights=(1, 2, 5)), False),
+])
+def test_configuration_edges(fields, ok):
+    cfg = HICConfig(**fields)
+    if ok:
+        cfg.check()
+    else:
+        with pytest.raises(ValueError, match="^hic_param: "):
+            cfg.check()
+
+
+def test_the_devices_targets_and_coefficients_for_drift():
+    cfg = ideal()
+    a = arrays_holding(torch.tensor([[[37.0, -37.0]]]), cfg)
+    terms = a.pcm_terms()
+    assert len(terms) == 6
+    (gp, tp, cp), (gm, tm, cm) = terms[:2]
+    assert tp.tolist() == [[[16.0, 0.0]]] and tm.tolist() == [[[0.0, 24.0]]]  # levels x 8 uS
+    assert cp == 16 * 3 / 48 / 24 and cm == -cp
+    for i, (g, target, coef) in enumerate(terms[2:]):
+        assert torch.equal(target, a.bits[i] * 24.0) and coef == 2 ** i / 48 / 24
+        assert g.data_ptr() == a.g_binary[i].data_ptr()  # the devices themselves
+    total = sum(coef * g.double() for g, _, coef in terms)
+    assert torch.equal(total, torch.tensor([[[37.0, -37.0]]], dtype=torch.float64) / 48)
