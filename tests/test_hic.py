@@ -378,32 +378,47 @@ def test_rpu_and_hic_param_together_are_refused_and_a_model_size_beyond_float32_
 def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     from rapa.cli import main
     text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
-            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
-            'inner_product_param { num_output: 3 hic_param { levels: 16 endurance: 1000 } } } '
+            'dim: 100 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 300 hic_param { levels: 16 endurance: 1000 } } } '
             'layer { name: "ip2" type: "InnerProduct" bottom: "y" top: "z" '
-            'inner_product_param { num_output: 2 } }')
+            'inner_product_param { num_output: 20 } }')
     (tmp_path / "n.prototxt").write_text(text)
     assert main(["model-size", "--model", str(tmp_path / "n.prototxt")]) == 0
     out = capsys.readouterr().out.splitlines()
-    # ip: 18 weights at 4 + 2 x 4 = 12 bits, 3 biases at 32; ip2: 8 values at 32.
-    assert out[2].split() == ["ip", "21", f"{(18 * 12 + 96) / 21:.2f}",
-                              f"{(18 * 12 + 96) / 8192:.1f}", f"{21 * 32 / 8192:.1f}"]
-    assert out[3].split()[:3] == ["ip2", "8", "32.00"]
-    total = 18 * 12 + 96 + 8 * 32
-    assert out[4].split()[:2] == ["total", "29"] and f"({total / (29 * 32):.3f} of FP32)" in out[4]
+    assert out[0] == "n: inference model size (bits held per value)"
+    assert out[1].split() == ["layer", "values", "bits/value", "KiB", "FP32", "KiB"]
+    # ip: 30,000 weights at 4 + 2 x 4 = 12 bits, 300 biases at 32; ip2: 6,020 values at 32.
+    ip_bits = 30000 * 12 + 300 * 32
+    assert out[2].split() == ["ip", "30300", f"{ip_bits / 30300:.2f}", f"{ip_bits / 8192:.1f}",
+                              f"{30300 * 32 / 8192:.1f}"]
+    assert out[3].split() == ["ip2", "6020", "32.00", f"{6020 * 32 / 8192:.1f}",
+                              f"{6020 * 32 / 8192:.1f}"]
+    total = ip_bits + 6020 * 32
+    assert out[4].split() == ["total", "36320", f"{total / 36320:.2f}", f"{total / 8192:.1f}",
+                              f"{36320 * 32 / 8192:.1f}", f"({total / (36320 * 32):.3f}", "of",
+                              "FP32)"]
     torch.manual_seed(0)
     net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
     a = net.layer("ip").module.arrays
-    a.reset_count[0, 0, 0, 0] = 7  # one binary cell RESET 6 times more
+    a.reset_count[0, 0, 0, :30] = 7  # 30 of 120,000 binary cells RESET 6 times more
     a.reset_count[4, 0, 1, 1] = 3
+    a.saturations += 4
     save_weights(net, tmp_path / "n.caffemodel")
     assert main(["model-size", "--model", str(tmp_path / "n.prototxt"), "--weights",
                  str(tmp_path / "n.caffemodel")]) == 0
     out = capsys.readouterr().out.splitlines()
-    rows = [line.split() for line in out if line.startswith("ip ")]
-    assert rows[1][:3] == ["ip", "binary", "7"] and rows[1][3] == f"{(72 + 6) / 72:.2f}"
-    assert rows[1][5] == "7.00e-03" and rows[1][6] == "0"
-    assert rows[2][:3] == ["ip", "multi-level", "3"] and rows[2][5] == "3.00e-03"
+    assert out[6] == "write-erase cycles (RESETs) per device, against endurance:"
+    assert out[7].split() == ["layer", "devices", "max", "mean", "99.9%", "max/endurance",
+                              "saturations"]
+    rows = [line.split() for line in out[8:]]
+    # 30 of 120,000 cells at 7: above the 99.9th percentile (120 cells), which stays 1.
+    assert rows[0] == ["ip", "binary", "7", f"{(120000 + 180) / 120000:.2f}", "1", "7.00e-03",
+                       "4"]
+    assert rows[1] == ["ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
+    assert len(rows) == 2
+    with pytest.raises(SystemExit) as e:  # argparse: --model is required
+        main(["model-size"])
+    assert e.value.code == 2 and "--model" in capsys.readouterr().err
 
 
 def test_model_size_counts_statistics_not_constants_and_saturations_without_binary_cells(

@@ -325,17 +325,16 @@ class HICArrays(ArrayProducts):
 
     def after_load(self, weight3: Tensor, digital: bool) -> list[str]:
         """After a model is loaded into weight3: digital weights are written onto the devices
-        (as the fillers' are), a HIC model's weight is what its devices read. Returns what the
-        user should be told."""
-        if not digital:
+        (as the fillers' are: the range covers them, nothing saturates), a HIC model's weight
+        is what its devices read. Nothing to tell the user: returns []."""
+        if digital:
+            # The devices' first programming is this one: the fillers' was never a model's.
+            for counts in (self.set_count, self.reset_count, self.saturations):
+                counts.zero_()
+            self.map_(weight3)
+        else:
             self.clip_(weight3)
-            return []
-        # The devices' first programming is this one: the fillers' was never a model's.
-        for counts in (self.set_count, self.reset_count, self.saturations):
-            counts.zero_()
-        saturated = self.map_(weight3)
-        return [f"{saturated} of {weight3.numel()} digital weights lie beyond hic_param's "
-                f"weight_range and were saturated"] if saturated else []
+        return []
 
     def _hold(self, v: Tensor, generator, fresh: bool = False) -> None:
         """The devices take v (T, O, K): binary cells switch where their bits change, the pair
