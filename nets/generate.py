@@ -21,8 +21,10 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
     DIR/cifar10/{none_max,resnet32_none,resnet32x2_none}_hic*  on HIC arrays
                                                      (rapa.analog.hic), with a full and a short
                                                      schedule, and
-    DIR/cifar10/resnet32_none_plain_sgd_short_solver.prototxt  their floating-point baseline
-    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (113 files;
+    DIR/cifar10/resnet32_none_{plain_sgd_short,e1}_solver.prototxt  their floating-point
+                                                     baselines (1 epoch, without and with
+                                                     momentum)
+    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (114 files;
     with --strong, the nets named *_strong and their solvers, without the short, analog and
     residual ones); the residual nets add 108 files.
     --epochs E: the Full nets' and the sweep's solvers shortened to E epochs (see schedule()),
@@ -97,7 +99,8 @@ def hic_family():
     schedules, ResNet-32 at widths 1 and 2 with He et al.'s schedule and a one-epoch one
     (SHORT_HIC_RESNET), both without momentum (analog=True), and the floating-point ResNet-32
     with that same optimizer and short schedule (resnet32_none_plain_sgd_short_solver), the
-    like-for-like baseline; entries as family()'s."""
+    like-for-like baseline, and with its own optimizer (momentum) on that schedule
+    (resnet32_none_e1_solver); entries as family()'s."""
     yield ("cifar10", "none_max_hic", "Full net, cifar10, no tiling, HIC arrays",
            full_net("cifar10", "none", "max", hic=True))
     yield ("cifar10", "none_max_hic_solver", "section 2.2 schedule, HIC",
@@ -118,6 +121,10 @@ def hic_family():
                f"short schedule: {SHORT_HIC_RESNET['epochs']} epoch, without momentum",
                (name, lambda net, n=name: resnet_solver(net, f"snapshots/cifar10/{n}_short",
                                                         analog=True, **SHORT_HIC_RESNET)))
+    yield ("cifar10", "resnet32_none_e1_solver",
+           f"He et al.'s schedule shortened to {SHORT_HIC_RESNET['epochs']} epoch, with momentum",
+           ("resnet32_none", lambda net: resnet_solver(
+               net, "snapshots/cifar10/resnet32_none_e1", **SHORT_HIC_RESNET)))
     yield ("cifar10", "resnet32_none_plain_sgd_short_solver",
            f"short schedule: {SHORT_HIC_RESNET['epochs']} epoch, without momentum (the HIC "
            f"nets' optimizer)", ("resnet32_none", lambda net: resnet_solver(
