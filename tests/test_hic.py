@@ -41,7 +41,7 @@ def arrays_holding(v, cfg=None) -> HICArrays:
     w = v.double() * 1.0
     w.view(-1)[0] = cfg.span  # one weight at the range's top: delta = 1 LSB exactly
     a.map_(w)
-    a._hold(v.float(), None, fresh=True)
+    a._hold(v.float().reshape(-1), None, None, fresh=True)
     return a
 
 
@@ -202,7 +202,7 @@ def test_programming_noise_of_the_devices_follows_the_pcm_model():
     v = torch.full((1, 1, n), 3.0 * 16)  # M = 3: G+ at the top level, binary cells 0
     v[0, 0, n // 2:] = -16.0             # M = -1: G- at level 1
     a = HICArrays(cfg, (1, 1, n))
-    a._hold(v, None, fresh=True)
+    a._hold(v.reshape(-1), None, None, fresh=True)
     model = cfg.pcm
     for g, target in ((a.g_pair[0, 0, 0, :n // 2], 25.0),
                       (a.g_pair[1, 0, 0, n // 2:], 25.0 / 3)):
@@ -220,6 +220,7 @@ def test_forward_and_update_match_a_float64_convolution():
                 weight_range=1.0)
     conv = TiledConv2d(3, 4, 3, padding=1, tiling="random", num_tiles=2, rpu_config=cfg).double()
     a = conv.arrays
+    a.clip_(conv.weight3())  # in float64 now: the weight read from the devices again
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     # Perfect products: the tiled conv of delta v; the update: SGD's step on it, in LSBs.
     gen = torch.Generator().manual_seed(9)

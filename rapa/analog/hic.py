@@ -264,23 +264,33 @@ class HICArrays(ArrayProducts):
 
     # -- the representation -----------------------------------------------------------------
 
-    def value(self) -> Tensor:
-        """v, the integer each weight's devices are meant to hold (T, O, K), in LSBs."""
+    def value(self, index: Optional[Tensor] = None) -> Tensor:
+        """v, the integer each weight's devices are meant to hold (T, O, K), in LSBs; or, given
+        `index` (flat positions in T x O x K), of those weights only."""
         c = self.config
-        b = torch.tensor(c.weights(), dtype=self.bits.dtype, device=self.bits.device)
-        binary = (self.bits * b.view(-1, 1, 1, 1)).sum(0) if c.binary_cells else 0.0
-        return binary + c.capacity * (self.levels[0] - self.levels[1])
+        bits, levels = self._columns(self.bits, index), self._columns(self.levels, index)
+        b = torch.tensor(c.weights(), dtype=bits.dtype, device=bits.device)
+        v = (bits * b.view(-1, 1)).sum(0) if c.binary_cells else 0.0
+        v = v + c.capacity * (levels[0] - levels[1])
+        return v if index is not None else v.view(self.shape)
 
-    def read(self) -> Tensor:
-        """The normalized weight w the devices hold (T, O, K): v / ((L - 1) U) when ideal."""
+    def read(self, index: Optional[Tensor] = None) -> Tensor:
+        """The normalized weight w the devices hold (T, O, K): v / ((L - 1) U) when ideal; or,
+        given `index`, of those weights only."""
         c = self.config
         g_max = c.pcm.g_max
-        b = torch.tensor(c.weights(), dtype=torch.float64, device=self.bits.device)
-        binary = ((self.g_binary.double() * b.view(-1, 1, 1, 1)).sum(0) / g_max
-                  if c.binary_cells else 0.0)
-        pair = c.capacity * (c.levels - 1) * (self.g_pair[0].double()
-                                                - self.g_pair[1].double()) / g_max
-        return ((binary + pair) / c.span).to(self.g_pair.dtype)
+        g_binary, g_pair = (self._columns(self.g_binary, index).double(),
+                            self._columns(self.g_pair, index).double())
+        b = torch.tensor(c.weights(), dtype=torch.float64, device=g_pair.device)
+        binary = (g_binary * b.view(-1, 1)).sum(0) / g_max if c.binary_cells else 0.0
+        pair = c.capacity * (c.levels - 1) * (g_pair[0] - g_pair[1]) / g_max
+        w = ((binary + pair) / c.span).to(self.g_pair.dtype)
+        return w if index is not None else w.view(self.shape)
+
+    def _columns(self, devices: Tensor, index: Optional[Tensor]) -> Tensor:
+        """The devices (n, T, O, K) as (n, N) columns, one per weight, or those of `index`."""
+        flat = devices.view(devices.shape[0], devices[0].numel() if len(devices) else 0)
+        return flat if index is None else flat[:, index]
 
     def pcm_terms(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """The devices as (conductances uS, their target uS, coefficient to w): w is the sum of
@@ -312,7 +322,7 @@ class HICArrays(ArrayProducts):
         low, high = -c.span, c.span + c.capacity - 1
         v = wanted.clamp(low, high)
         self.accumulator.zero_()
-        self._hold(v.to(self.levels.dtype), generator, fresh=True)
+        self._hold(v.to(self.levels.dtype).reshape(-1), None, generator, fresh=True)
         weight3.copy_(self.read())
         return int((v != wanted).sum())
 
@@ -336,52 +346,61 @@ class HICArrays(ArrayProducts):
             self.clip_(weight3)
         return []
 
-    def _hold(self, v: Tensor, generator, fresh: bool = False) -> None:
-        """The devices take v (T, O, K): binary cells switch where their bits change, the pair
-        moves its levels (SET-only, refreshed where a device would pass its top level), each
-        change programmed and counted. `fresh`: every device RESET and programmed anew."""
+    def _hold(self, v: Tensor, index: Optional[Tensor], generator, fresh: bool = False) -> None:
+        """The weights at flat positions `index` (None: all) take v (one value each): binary
+        cells switch where their bits change, the pair moves its levels (SET-only, refreshed
+        where a device would pass its top level), each change programmed and counted.
+        `fresh`: every device RESET and programmed anew. Only these weights' devices are
+        read, drawn for and written."""
         c = self.config
-        cap, top = c.capacity, c.levels - 1
+        cap, top, nb = c.capacity, c.levels - 1, c.binary_cells
+        columns = (lambda t: self._columns(t, index))
+        set_count, reset_count = columns(self.set_count), columns(self.reset_count)
         m = torch.div(v, cap, rounding_mode="floor")
         b = v - m * cap
-        if c.binary_cells:
+        if nb:
+            bits, g_binary = columns(self.bits), columns(self.g_binary)
             new_bits = encode(b, c.weights())
             if fresh:
-                self.reset_count[:c.binary_cells] += 1
-                self.set_count[:c.binary_cells] += new_bits
+                reset_count[:nb] += 1
+                set_count[:nb] += new_bits
                 changed = torch.ones_like(new_bits, dtype=torch.bool)
             else:
-                up, down = (new_bits > self.bits), (new_bits < self.bits)
+                up, down = (new_bits > bits), (new_bits < bits)
                 changed = up | down
-                self.set_count[:c.binary_cells] += self._attempts(up, c.set_probability,
-                                                                  generator)
-                self.reset_count[:c.binary_cells] += self._attempts(down, c.reset_probability,
-                                                                    generator)
-            if changed.any():
-                g = self._program(new_bits * c.pcm.g_max, generator)
-                self.g_binary.copy_(torch.where(changed, g, self.g_binary))
-            self.bits.copy_(new_bits)
-        plus, minus = self.levels[0], self.levels[1]
-        old = plus - minus
+                set_count[:nb] += self._attempts(up, c.set_probability, generator)
+                reset_count[:nb] += self._attempts(down, c.reset_probability, generator)
+            g_binary[changed] = self._program(new_bits[changed] * c.pcm.g_max, generator)
+            self._store(self.bits, index, new_bits)
+            self._store(self.g_binary, index, g_binary)
+        levels, g_pair = columns(self.levels), columns(self.g_pair)
+        plus, minus = levels[0], levels[1]
         if fresh:
-            new_plus, new_minus = m.clamp_min(0), (-m).clamp_min(0)
+            new = torch.stack([m.clamp_min(0), (-m).clamp_min(0)])
             refresh = torch.ones_like(m, dtype=torch.bool)
         else:
-            rise, fall = (m - old).clamp_min(0), (old - m).clamp_min(0)
-            new_plus, new_minus = plus + rise, minus + fall
-            refresh = (new_plus > top) | (new_minus > top)
-            new_plus = torch.where(refresh, m.clamp_min(0), new_plus)
-            new_minus = torch.where(refresh, (-m).clamp_min(0), new_minus)
-        for k, new in ((0, new_plus), (1, new_minus)):
-            # A refresh RESETs the device, then SETs it where its level is above 0; a plain
-            # move SETs it to its higher level.
-            moved = refresh | (new != self.levels[k])
-            self.reset_count[c.binary_cells + k] += refresh.to(self.reset_count.dtype)
-            self.set_count[c.binary_cells + k] += (moved & (new > 0)).to(self.set_count.dtype)
-            if moved.any():
-                g = self._program(new * c.pcm.g_max / top, generator)
-                self.g_pair[k].copy_(torch.where(moved, g, self.g_pair[k]))
-            self.levels[k].copy_(new)
+            old = plus - minus
+            new = torch.stack([plus + (m - old).clamp_min(0), minus + (old - m).clamp_min(0)])
+            refresh = (new > top).any(0)
+            new = torch.where(refresh, torch.stack([m.clamp_min(0), (-m).clamp_min(0)]), new)
+        # A refresh RESETs both devices, then SETs each whose level is above 0; a plain move
+        # SETs a device to its higher level.
+        moved = refresh | (new != levels)
+        reset_count[nb:] += refresh.to(reset_count.dtype)
+        set_count[nb:] += (moved & (new > 0)).to(set_count.dtype)
+        g_pair[moved] = self._program(new[moved] * c.pcm.g_max / top, generator)
+        self._store(self.levels, index, new)
+        self._store(self.g_pair, index, g_pair)
+        self._store(self.set_count, index, set_count)
+        self._store(self.reset_count, index, reset_count)
+
+    def _store(self, devices: Tensor, index: Optional[Tensor], columns: Tensor) -> None:
+        flat = self._columns(devices, None)
+        if index is None:
+            if columns.data_ptr() != flat.data_ptr():
+                flat.copy_(columns)
+        else:
+            flat[:, index] = columns
 
     def _attempts(self, switch: Tensor, p: float, generator) -> Tensor:
         """Attempts each switching cell takes until it switches (1 with p = 1; geometric)."""
@@ -397,20 +416,21 @@ class HICArrays(ArrayProducts):
 
     def gradient(self) -> Tensor:
         """dL/dw of the recorded passes (T, O, K), digitally: sum over rows of d x^T, per
-        array (the rows' d already carry the output scale: d = alpha dL/dy). Each pass's
-        product in the rows' precision (float32: the digital periphery's, as floating-point
-        training's weight gradient), their sum in float64."""
-        grad = torch.zeros(self.shape, dtype=torch.float64, device=self.out_scale.device)
+        array (the rows' d already carry the output scale: d = alpha dL/dy), in the rows'
+        precision (float32: the digital periphery's, as floating-point training's weight
+        gradient)."""
+        x0 = self.pending[0][0]
+        grad = torch.zeros(self.shape, dtype=x0.dtype, device=x0.device)
         for x, d, tile in self.pending:
             if self.shape[0] == 1:
                 if bool((tile < 0).any()):  # dropped patches (perforated) add nothing
                     d = d * (tile >= 0).to(d.dtype).unsqueeze(1)
-                grad[0] += (d.t() @ x).double()
+                grad[0].addmm_(d.t(), x)
             else:
                 for t in range(self.shape[0]):
                     rows = tile == t
                     if rows.any():
-                        grad[t] += (d[rows].t() @ x[rows]).double()
+                        grad[t].addmm_(d[rows].t(), x[rows])
         return grad
 
     @torch.no_grad()
@@ -420,31 +440,39 @@ class HICArrays(ArrayProducts):
         every recorded backward pass; returns their count. The SGD step -lr dL/dW, in LSBs
         (dL/dW = dL/dw / alpha_t, one LSB = delta_t = alpha_t / ((L - 1) U)), is rounded onto
         the accumulator's grid and added (saturating); whole LSBs are transferred to the
-        devices (see the module's docstring). Rounding and switching draw from `generator`
-        (torch's default when None), the solver's own in a data-parallel run."""
+        devices (see the module's docstring): only the weights they reach are touched.
+        Rounding and switching draw from `generator` (torch's default when None), the
+        solver's own in a data-parallel run. The accumulator's arithmetic is exact: float32
+        up to 24 accumulator bits (float64 rows or more bits: float64)."""
         done = len(self.pending)
         if not done:
             return 0
         c = self.config
         top, res = c.limits()
-        alpha = self.out_scale.double().view(-1, 1, 1)
-        step = -lr * self.gradient() * c.span / alpha.square()    # LSBs
-        scaled = step / res
+        grad = self.gradient()
+        dtype = torch.float64 if c.accumulator_bits > 24 else grad.dtype
+        alpha = self.out_scale.to(dtype).view(-1, 1, 1)
+        # In grid steps, clamped first (beyond the range everything saturates alike), so that
+        # adding the rounding's uniform draw stays exact.
+        steps = (grad.to(dtype) * (-lr * c.span / res) / alpha.square()).clamp(
+            -2 * top / res, 2 * top / res)
         if c.stochastic_rounding:
-            u = torch.rand(scaled.shape, generator=generator, dtype=torch.float64,
-                           device=scaled.device)
-            scaled = torch.floor(scaled + u)
+            u = torch.rand(steps.shape, generator=generator, dtype=dtype, device=steps.device)
+            steps = torch.floor(steps + u)
         else:
-            scaled = scaled.round()
-        acc = (self.accumulator.double() + scaled * res).clamp(-top, top)
+            steps = steps.round()
+        acc = (self.accumulator.to(dtype) + steps * res).clamp(-top, top)
         whole = acc.trunc()
         self.accumulator.copy_(acc - whole)
-        if (whole != 0).any():
-            v = self.value().double()
-            wanted = v + whole
+        index = whole.view(-1).nonzero().squeeze(1)
+        if len(index):
+            wanted = self.value(index) + whole.view(-1)[index].to(self.levels.dtype)
             held = wanted.clamp(-c.span, c.span + c.capacity - 1)
-            self.saturations += (held != wanted).sum(dim=(1, 2)).to(self.saturations.dtype)
-            self._hold(held.to(self.levels.dtype), generator)
-            weight.view(self.shape).copy_(self.read())
+            cut = (held != wanted).to(self.saturations.dtype)
+            per_array = self.shape[1] * self.shape[2]
+            self.saturations.index_add_(0, torch.div(index, per_array, rounding_mode="floor"),
+                                        cut)
+            self._hold(held, index, generator)
+            weight.view(-1)[index] = self.read(index).to(weight.dtype)
         self.pending.clear()
         return done
