@@ -374,23 +374,33 @@ def test_rpu_and_hic_param_together_are_refused_and_a_model_size_beyond_float32_
     assert cfg.bit_weights == (1, 1, 2, 4) and cfg.levels == 16 and cfg.device_bits() == 12
     cfg = hic_from_proto(parse_text("bit_weights: [1, 2]", pb.HICParameter()))
     assert cfg.binary_cells == 2 and cfg.capacity == 4  # the weights given set the count
+    cfg = hic_from_proto(parse_text("forward { out_noise: 0.1 } backward { out_noise: 0.2 } "
+                                    "pcm { g_max: 30 prog_noise_scale: 0.5 } endurance: 1e6",
+                                    pb.HICParameter()))
+    assert (cfg.forward.out_noise, cfg.backward.out_noise) == (0.1, 0.2)
+    assert cfg.backward.bound_management == "none"  # the rest keeps the defaults
+    assert (cfg.pcm.g_max, cfg.pcm.prog_noise_scale, cfg.endurance) == (30.0, 0.5, 1e6)
+    with pytest.raises(ValueError, match="^hic_param: levels"):
+        hic_from_proto(parse_text("levels: 1", pb.HICParameter()))
 
 
 def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     from rapa.cli import main
     text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
-            'dim: 100 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'dim: 100 } } } layer { name: "hic/ip" type: "InnerProduct" bottom: "x" top: "y" '
             'inner_product_param { num_output: 300 hic_param { levels: 16 endurance: 1000 } } } '
             'layer { name: "ip2" type: "InnerProduct" bottom: "y" top: "z" '
-            'inner_product_param { num_output: 20 } }')
+            'inner_product_param { num_output: 20 } } '
+            'layer { name: "big" type: "InnerProduct" bottom: "x" top: "b" include { phase: '
+            'TRAIN } inner_product_param { num_output: 9 } }')  # not in the inference model
     (tmp_path / "n.prototxt").write_text(text)
     assert main(["model-size", "--model", str(tmp_path / "n.prototxt")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "n: inference model size (bits held per value)"
-    assert out[1].split() == ["layer", "values", "bits/value", "KiB", "FP32", "KiB"]
+    assert out[1] == "layer            values bits/value        KiB   FP32 KiB"
     # ip: 30,000 weights at 4 + 2 x 4 = 12 bits, 300 biases at 32; ip2: 6,020 values at 32.
     ip_bits = 30000 * 12 + 300 * 32
-    assert out[2].split() == ["ip", "30300", f"{ip_bits / 30300:.2f}", f"{ip_bits / 8192:.1f}",
+    assert out[2].split() == ["hic/ip", "30300", f"{ip_bits / 30300:.2f}", f"{ip_bits / 8192:.1f}",
                               f"{30300 * 32 / 8192:.1f}"]
     assert out[3].split() == ["ip2", "6020", "32.00", f"{6020 * 32 / 8192:.1f}",
                               f"{6020 * 32 / 8192:.1f}"]
@@ -400,7 +410,7 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
                               "FP32)"]
     torch.manual_seed(0)
     net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
-    a = net.layer("ip").module.arrays
+    a = net.layer("hic/ip").module.arrays
     a.reset_count[0, 0, 0, :30] = 7  # 30 of 120,000 binary cells RESET 6 times more
     a.reset_count[4, 0, 1, 1] = 3
     a.saturations += 4
@@ -413,9 +423,9 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
                               "saturations"]
     rows = [line.split() for line in out[8:]]
     # 30 of 120,000 cells at 7: above the 99.9th percentile (120 cells), which stays 1.
-    assert rows[0] == ["ip", "binary", "7", f"{(120000 + 180) / 120000:.2f}", "1", "7.00e-03",
+    assert rows[0] == ["hic/ip", "binary", "7", f"{(120000 + 180) / 120000:.2f}", "1", "7.00e-03",
                        "4"]
-    assert rows[1] == ["ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
+    assert rows[1] == ["hic/ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
     assert len(rows) == 2
     with pytest.raises(SystemExit) as e:  # argparse: --model is required
         main(["model-size"])
@@ -430,7 +440,11 @@ def test_model_size_counts_statistics_not_constants_and_saturations_without_bina
             'inner_product_param { num_output: 3 bias_term: false hic_param { binary_cells: 0 '
             'levels: 2 } } } layer { name: "bn" type: "BatchNorm" bottom: "y" top: "y" } '
             'layer { name: "fixed" type: "Scale" bottom: "y" top: "z" param { lr_mult: 0 } '
-            'scale_param { bias_term: false } }')
+            'scale_param { bias_term: false } } '
+            'layer { name: "frozen" type: "InnerProduct" bottom: "x" top: "f" param { lr_mult: 0 '
+            '} param { lr_mult: 1 } inner_product_param { num_output: 4 } } '
+            'layer { name: "wide" type: "InnerProduct" bottom: "x" top: "w" '
+            'inner_product_param { num_output: 200000 bias_term: false } }')
     (tmp_path / "n.prototxt").write_text(text)
     torch.manual_seed(0)
     net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
@@ -443,7 +457,10 @@ def test_model_size_counts_statistics_not_constants_and_saturations_without_bina
     # 32; the fixed Scale (lr_mult 0) holds no learned value.
     assert out[2].split()[:3] == ["ip", "18", "2.00"]
     assert out[3].split()[:3] == ["bn", "7", "32.00"]
-    assert out[4].split()[:2] == ["total", "25"] and not any("fixed" in o for o in out)
+    assert out[4].split()[:3] == ["frozen", "4", "32.00"]  # its bias; the weights are fixed
+    # 1.2 million values: the KiB columns show the divisor's every unit.
+    assert out[5].split() == ["wide", "1200000", "32.00", "4687.5", "4687.5"]
+    assert out[6].split()[:2] == ["total", "1200029"] and not any("fixed" in o for o in out)
     row = next(o.split() for o in out if o.startswith("ip ") and "multi-level" in o)
     assert row[-1] == "5"  # saturations, on the layer's first row
 
@@ -454,27 +471,33 @@ def test_state_blobs_from_a_model_file_are_checked_field_by_field():
     for i, name in enumerate(a.state_names()):
         assert a.state_problem(i, good[name]) is None, name
     top, res = a.config.limits()
+    grid = "accumulator must be on the accumulator's grid of 0.0625 LSB within +-7.9375"
+    levels = "levels must be whole levels in [0, 3]"
+    counts = "must be whole counts >= 0"
     bad = {
-        "accumulator": [(torch.tensor([[[0.03, 0.0]]]), "on the accumulator's grid of 0.0625 "
-                         "LSB within +-7.9375"), (torch.tensor([[[8.0, 0.0]]]), "within")],
+        "accumulator": [(torch.tensor([[[0.03, 0.0]]]), grid), (torch.tensor([[[8.0, 0.0]]]),
+                                                                 grid)],
         "bits": [(torch.full((4, 1, 1, 2), 0.5), "bits must be 0 or 1")],
         "g_binary": [(torch.full((4, 1, 1, 2), -0.1), "g_binary must be >= 0 uS")],
-        "levels": [(torch.full((2, 1, 1, 2), 4.0), "whole levels in [0, 3]"),
-                   (torch.full((2, 1, 1, 2), 1.5), "whole levels"),
-                   (torch.full((2, 1, 1, 2), -1.0), "whole levels")],
+        "levels": [(torch.full((2, 1, 1, 2), 4.0), levels),
+                   (torch.full((2, 1, 1, 2), 1.5), levels),
+                   (torch.full((2, 1, 1, 2), -1.0), levels)],
         "g_pair": [(torch.full((2, 1, 1, 2), -1.0), "g_pair must be >= 0 uS")],
-        "set_count": [(torch.full((6, 1, 1, 2), 0.5), "whole counts >= 0"),
-                      (torch.full((6, 1, 1, 2), -1.0), "whole counts >= 0")],
-        "reset_count": [(torch.full((6, 1, 1, 2), -2.0), "reset_count must be whole counts")],
-        "out_scale": [(torch.zeros(1), "out_scale must be > 0")],
-        "saturations": [(torch.tensor([-1.0]), "saturations must be whole counts >= 0"),
-                        (torch.tensor([0.5]), "whole counts")],
+        "set_count": [(torch.full((6, 1, 1, 2), 0.5), "set_count " + counts),
+                      (torch.full((6, 1, 1, 2), -1.0), "set_count " + counts)],
+        "reset_count": [(torch.full((6, 1, 1, 2), -2.0), "reset_count " + counts),
+                        (torch.full((6, 1, 1, 2), 2.5), "reset_count " + counts)],
+        "out_scale": [(torch.zeros(1), "out_scale must be > 0 (the arrays' digital scales)")],
+        "saturations": [(torch.tensor([-1.0]), "saturations " + counts),
+                        (torch.tensor([0.5]), "saturations " + counts)],
     }
     assert set(bad) == set(a.state_names())
     for name, cases in bad.items():
         i = a.state_names().index(name)
         for value, message in cases:
-            assert message in (a.state_problem(i, value) or ""), (name, value)
+            assert a.state_problem(i, value) == message, (name, value)
+        if name.endswith("count") or name in ("saturations", "bits", "levels", "g_pair"):
+            assert a.state_problem(i, torch.zeros_like(good[name])) is None, name
         nan = good[name].clone()
         nan.view(-1)[0] = float("nan")
         assert a.state_problem(i, nan) == f"{name} must be finite"
@@ -495,6 +518,9 @@ def test_state_blobs_from_a_model_file_are_checked_field_by_field():
                                                        False),
     (dict(binary_cells=3, bit_weights=(1, 2, 4)), True),
     (dict(binary_cells=3, bit_weights=(1, 2, 5)), False),
+    (dict(binary_cells=16, levels=257), True),   # (L - 1) U = 2^24 exactly
+    (dict(binary_cells=16, levels=258), False),
+    (dict(accumulator_bits=2, accumulator_frac_bits=0), True),
 ])
 def test_configuration_edges(fields, ok):
     cfg = HICConfig(**fields)
