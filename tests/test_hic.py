@@ -426,7 +426,7 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     assert rows[0] == ["hic/ip", "binary", "7", f"{(120000 + 180) / 120000:.2f}", "1", "7.00e-03",
                        "4"]
     assert rows[1] == ["hic/ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
-    assert len(rows) == 2
+    assert len(rows) == 2  # one layer: no rows for the whole net
     with pytest.raises(SystemExit) as e:  # argparse: --model is required
         main(["model-size"])
     assert e.value.code == 2 and "--model" in capsys.readouterr().err
@@ -544,3 +544,32 @@ def test_the_devices_targets_and_coefficients_for_drift():
         assert g.data_ptr() == a.g_binary[i].data_ptr()  # the devices themselves
     total = sum(coef * g.double() for g, _, coef in terms)
     assert torch.equal(total, torch.tensor([[[37.0, -37.0]]], dtype=torch.float64) / 48)
+
+
+def test_model_size_sums_the_devices_of_every_layer(tmp_path, capsys):
+    from rapa.cli import main
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 10 } } } layer { name: "a" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 10 hic_param { endurance: 100 } } } '
+            'layer { name: "b" type: "InnerProduct" bottom: "y" top: "z" '
+            'inner_product_param { num_output: 5 hic_param { endurance: 10 } } }')
+    (tmp_path / "n.prototxt").write_text(text)
+    torch.manual_seed(0)
+    net = Net(parse_text(text, pb.NetParameter()), pb.TEST)
+    a, b = net.layer("a").module.arrays, net.layer("b").module.arrays
+    a.reset_count[0, 0, 0, 0] = 9   # a's worst: 9 of 100; b's: 3 of 10
+    b.reset_count[5, 0, 0, 0] = 3
+    a.saturations += 2
+    b.saturations += 5
+    save_weights(net, tmp_path / "n.caffemodel")
+    assert main(["model-size", "--model", str(tmp_path / "n.prototxt"), "--weights",
+                 str(tmp_path / "n.caffemodel")]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("all layers")]
+    # 4 x 100 + 4 x 50 binary cells, 2 x 100 + 2 x 50 multi-level devices, each 1 RESET but
+    # the two above.
+    # The 99.9th percentiles interpolate: 1 + 0.4 x 8 of 600, 1 + 0.7 x 2 of 300.
+    assert rows[0] == ["all", "layers", "binary", "9", f"{(600 + 8) / 600:.2f}", "4",
+                       "1.00e-01", "7"]  # b's 1 of 10 is more than a's 9 of 100
+    assert rows[1] == ["all", "layers", "multi-level", "3", f"{(300 + 2) / 300:.2f}", "2",
+                       "3.00e-01"]

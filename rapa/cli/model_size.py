@@ -84,6 +84,7 @@ def _write_erase(net: Net, width: int) -> None:
     print("\nwrite-erase cycles (RESETs) per device, against endurance:")
     print(f"{'layer':<{width}} {'devices':<12} {'max':>8} {'mean':>9} {'99.9%':>8} "
           f"{'max/endurance':>14} {'saturations':>12}")
+    every = {"binary": [], "multi-level": []}
     for name, a in hic:
         nb = a.config.binary_cells
         first = True
@@ -91,9 +92,21 @@ def _write_erase(net: Net, width: int) -> None:
             if not counts.numel():  # binary_cells 0
                 continue
             flat = counts.double().flatten()
-            q = torch.quantile(flat[:2 ** 24], 0.999).item()  # quantile's input limit
-            print(f"{name:<{width}} {kind:<12} {flat.max().item():>8.0f} "
-                  f"{flat.mean().item():>9.2f} {q:>8.0f} "
-                  f"{flat.max().item() / a.config.endurance:>14.2e} "
-                  f"{int(a.saturations.sum()) if first else '':>12}")
+            every[kind].append((flat, a.config.endurance))
+            _row(name, kind, flat, flat.max().item() / a.config.endurance, width,
+                 int(a.saturations.sum()) if first else "")
             first = False
+    if len(hic) > 1:  # the whole net's devices
+        for kind, parts in every.items():
+            if parts:
+                flat = torch.cat([f for f, _ in parts])
+                worst = max(f.max().item() / e for f, e in parts)
+                _row("all layers", kind, flat, worst, width,
+                     sum(int(a.saturations.sum()) for _, a in hic) if kind == "binary" or
+                     not every["binary"] else "")
+
+
+def _row(name, kind, flat, worst, width, saturations) -> None:
+    q = torch.quantile(flat[:2 ** 24], 0.999).item()  # quantile's input limit
+    print(f"{name:<{width}} {kind:<12} {flat.max().item():>8.0f} {flat.mean().item():>9.2f} "
+          f"{q:>8.0f} {worst:>14.2e} {saturations:>12}")
