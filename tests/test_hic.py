@@ -169,13 +169,14 @@ def test_refresh_resets_the_pair_when_a_device_would_pass_its_top_level():
 
 def test_saturation_keeps_the_weight_in_range_and_is_counted():
     cfg = ideal(stochastic_rounding=False)
-    a = arrays_holding(torch.tensor([[[62.0, -47.0]]]), cfg)
+    a = arrays_holding(torch.tensor([[[62.0, -47.0, 0.0]]]), cfg)
     w = a.read().clone()
     _update(a, w, 5.0)
-    assert a.value().tolist() == [[[63.0, -42.0]]] and a.saturations.item() == 1
+    assert a.value().tolist() == [[[63.0, -42.0, 5.0]]] and a.saturations.item() == 1
     for _ in range(3):
         _update(a, w, -7.0)
-    assert a.value().tolist() == [[[42.0, -48.0]]] and a.saturations.item() == 4  # 1 + 3
+    assert a.value().tolist() == [[[42.0, -48.0, -16.0]]]
+    assert a.saturations.item() == 4  # 1 + 3, of 12 transfers
     assert w.abs().max() <= (cfg.span + cfg.capacity - 1) / cfg.span
 
 
@@ -573,3 +574,79 @@ def test_model_size_sums_the_devices_of_every_layer(tmp_path, capsys):
                        "1.00e-01", "7"]  # b's 1 of 10 is more than a's 9 of 100
     assert rows[1] == ["all", "layers", "multi-level", "3", f"{(300 + 2) / 300:.2f}", "2",
                        "3.00e-01"]
+
+
+def test_transfers_draw_from_the_given_generator_and_touch_only_what_they_change():
+    cfg = HICConfig(set_probability=0.5, reset_probability=0.5)  # noisy programming too
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(7)
+        a = arrays_holding(torch.tensor([[[5.0, -20.0, 30.0, 0.0, 7.0, -2.0]]]), cfg)
+        w = a.read().clone()
+        before = [b.clone() for b in a.state_blobs()]
+        torch.manual_seed(seed)  # the default generator differs, the given one does not
+        g = torch.Generator().manual_seed(11)
+        _update(a, w, 0.7, generator=g)
+        _update(a, w, 0.7, generator=g)  # 1.4 in all: one LSB for every weight
+        results.append([b.clone() for b in a.state_blobs()] + [w.clone()])
+    for mine, theirs in zip(*results):
+        assert torch.equal(mine, theirs)
+    # Devices that did not change keep their conductances: 5 -> 6 changes bits 0 and 1 only,
+    # and no weight carries into its pair (30 -> 31 = 16 + 15, -2 -> -1 = -16 + 15, ...).
+    g_binary_before, g_pair_before = before[2], before[4]
+    assert torch.equal(a.g_pair, g_pair_before)
+    assert torch.equal(a.g_binary[2:, 0, 0, 0], g_binary_before[2:, 0, 0, 0])
+    assert not torch.equal(a.g_binary[:2, 0, 0, 0], g_binary_before[:2, 0, 0, 0])
+    assert a.apply_update(w, 0.1) == 0  # nothing recorded: nothing done
+
+
+def test_pair_moves_refreshes_and_counts_weight_by_weight():
+    cfg = ideal(accumulator_bits=12, stochastic_rounding=False)
+    v = torch.tensor([[[37.0, 31.0, 0.0, 0.0, 16.0]]])
+    a = arrays_holding(v, cfg)
+    assert (a.reset_count == 2).all()  # map_ and the fresh hold each programmed every device
+    w = a.read().clone()
+    a.levels[:, 0, 0, 2] = torch.tensor([3.0, 3.0])  # weight 2: M = 0 as 3 - 3
+    a.levels[:, 0, 0, 3] = torch.tensor([1.0, 1.0])  # weight 3: M = 0 as 1 - 1
+    sets, resets = a.set_count.clone(), a.reset_count.clone()
+    t, o, k = a.shape
+    # Per weight: 37 -> 31 (M 2 -> 1: G- one level up), 31 -> 63 (M 1 -> 3: G+ to its top
+    # level, no refresh), 0 -> -16 (M 0 -> -1 with G- at its top: refresh to [0, 1]), 0 -> 16 (M 0
+    # -> 1, G+ one up: [2, 1]), 16 -> 16.
+    alpha = float(a.out_scale[0])
+    steps = torch.tensor([-6.0, 32.0, -16.0, 16.0, 0.0])
+    x = torch.eye(k, dtype=torch.float64)
+    d = torch.ones(k, o, dtype=torch.float64) * (-steps.double().view(-1, 1) * alpha ** 2
+                                                 / (0.5 * cfg.span))
+    a.pending.append((x, d, torch.zeros(k, dtype=torch.long)))
+    a.apply_update(w, 0.5)
+    assert a.value().tolist() == [[[31.0, 63.0, -16.0, 16.0, 16.0]]]
+    assert a.levels[:, 0, 0].t().tolist() == [[2, 1], [3, 0], [0, 1], [2, 1], [1, 0]]
+    moved_sets = (a.set_count - sets)[4:, 0, 0].t().tolist()
+    moved_resets = (a.reset_count - resets)[4:, 0, 0].t().tolist()
+    assert moved_sets == [[0, 1], [1, 0], [0, 1], [1, 0], [0, 0]]
+    assert moved_resets == [[0, 0], [0, 0], [1, 1], [0, 0], [0, 0]]  # one refresh only
+    assert a.saturations.item() == 0
+    # Counts add up over transfers: 31 -> 25 (bits only), 63 saturates, -16 -> -32 (G- up),
+    # 16 -> 32 (G+ up).
+    a.pending.append((x, d, torch.zeros(k, dtype=torch.long)))
+    a.apply_update(w, 0.5)
+    assert a.value().tolist() == [[[25.0, 63.0, -32.0, 32.0, 16.0]]]
+    assert (a.set_count - sets)[4:, 0, 0].t().tolist() == [[0, 1], [1, 0], [0, 2], [2, 0],
+                                                            [0, 0]]
+    assert a.saturations.item() == 1
+
+
+def test_dropped_patches_add_no_gradient_and_the_accumulator_saturates_both_ways():
+    cfg = ideal(stochastic_rounding=False)
+    a = arrays_holding(torch.zeros(1, 1, 2), cfg)
+    w = a.read().clone()
+    alpha = float(a.out_scale[0])
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    d = torch.full((2, 1), -0.5 * alpha ** 2 / (0.5 * cfg.span), dtype=torch.float64)
+    a.pending.append((x, d, torch.tensor([0, -1])))  # row 1 (weight 1's) dropped
+    a.apply_update(w, 0.5)
+    assert a.accumulator.tolist() == [[[0.5, 0.0]]]
+    _update(a, w, -100.0)  # saturates at -7.9375: 7 LSBs down from 0.5 - 7.9375
+    assert a.value().tolist() == [[[-7.0, -7.0]]]
+    assert a.accumulator.tolist() == [[[-0.9375, -0.9375]]]  # both clamped at -7.9375

@@ -452,10 +452,7 @@ class HICArrays(ArrayProducts):
         grad = self.gradient()
         dtype = torch.float64 if c.accumulator_bits > 24 else grad.dtype
         alpha = self.out_scale.to(dtype).view(-1, 1, 1)
-        # In grid steps, clamped first (beyond the range everything saturates alike), so that
-        # adding the rounding's uniform draw stays exact.
-        steps = (grad.to(dtype) * (-lr * c.span / res) / alpha.square()).clamp(
-            -2 * top / res, 2 * top / res)
+        steps = grad.to(dtype) * (-lr * c.span / res) / alpha.square()  # in grid steps
         if c.stochastic_rounding:
             u = torch.rand(steps.shape, generator=generator, dtype=dtype, device=steps.device)
             steps = torch.floor(steps + u)
