@@ -320,8 +320,9 @@ def test_digital_weights_loaded_into_an_analog_layer_are_mapped_like_fillers(tmp
     torch.testing.assert_close(unscaled.layer("ip").module(x), x @ torch.tensor([[0.4], [-1.5]]),
                                rtol=1e-6, atol=1e-6)
     # Into the digital net it does not fit, and the message says why.
-    with pytest.raises(RapaError, match="a model of an analog net holds its arrays' device "
-                                        "draws and scales after the weights"):
+    with pytest.raises(RapaError, match="a model of an analog net holds its arrays' state "
+                                        "after the weights: an RPU model loads only into a "
+                                        "layer with rpu_param"):
         load_weights(_ip_net(), tmp_path / "analog.caffemodel")
 
 

@@ -650,3 +650,19 @@ def test_dropped_patches_add_no_gradient_and_the_accumulator_saturates_both_ways
     _update(a, w, -100.0)  # saturates at -7.9375: 7 LSBs down from 0.5 - 7.9375
     assert a.value().tolist() == [[[-7.0, -7.0]]]
     assert a.accumulator.tolist() == [[[-0.9375, -0.9375]]]  # both clamped at -7.9375
+
+
+def test_a_model_of_other_arrays_does_not_load_and_the_message_names_both_kinds(tmp_path):
+    text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
+            'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 3 %s } }')
+    torch.manual_seed(0)
+    for saved, loaded in (("rpu_param { }", "hic_param { }"), ("hic_param { }", ""),
+                          ("hic_param { }", "rpu_param { }")):
+        save_weights(Net(parse_text(text % saved, pb.NetParameter()), pb.TRAIN),
+                     tmp_path / "m.caffemodel")
+        with pytest.raises(RapaError, match="an RPU model loads only into a layer with "
+                                            "rpu_param .*, a HIC model only into one with "
+                                            "hic_param"):
+            load_weights(Net(parse_text(text % loaded, pb.NetParameter()), pb.TRAIN),
+                         tmp_path / "m.caffemodel")
