@@ -666,3 +666,15 @@ def test_a_model_of_other_arrays_does_not_load_and_the_message_names_both_kinds(
                                             "hic_param"):
             load_weights(Net(parse_text(text % loaded, pb.NetParameter()), pb.TRAIN),
                          tmp_path / "m.caffemodel")
+
+
+def test_no_binary_cells_and_one_scale_per_array():
+    cfg = ideal(binary_cells=0, levels=5)  # U = 1: v = M in [-4, 4]
+    a = arrays_holding(torch.tensor([[[3.0, -4.0, 0.0]]]), cfg)
+    assert a.value().tolist() == [[[3.0, -4.0, 0.0]]]
+    assert torch.equal(a.read(), (a.value().double() / 4).float())
+    arrays = HICArrays(ideal(), (2, 1, 2))
+    w = torch.tensor([[[1.0, 0.5]], [[-4.0, 2.0]]])
+    assert arrays.map_(w) == 0  # the range covers every written weight
+    assert arrays.out_scale.tolist() == [1.0, 4.0]  # each array its own largest |W|
+    assert arrays.value().tolist() == [[[48.0, 24.0]], [[-48.0, 24.0]]]
