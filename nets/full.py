@@ -85,7 +85,7 @@ def data_layers(net: pb.NetParameter, ds: Dataset, batch: int, test_batch: int,
 
 
 def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
-         rpu: str | None = None, hic: bool = False):
+         rpu: str | None = None, hic: bool | str = False):
     layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
     layer.param.add(lr_mult=lr_mults[0])
     layer.param.add(lr_mult=lr_mults[1])
@@ -99,8 +99,16 @@ def conv(net, name, bottom, out, std, tiling: str, tiles: int, lr_mults=(1, 2),
     if rpu:
         analog(cp.rpu_param, rpu)
     if hic:
-        cp.hic_param.weight_range = ANALOG_WEIGHT_RANGE
+        hic_param(cp.hic_param, hic)
     return name
+
+
+def hic_param(param: pb.HICParameter, hic: bool | str) -> None:
+    """HIC arrays with rapa.analog.hic's defaults and weight_range ANALOG_WEIGHT_RANGE; hic
+    "pulsed": their multi-level devices programmed by SET pulses (programming "pulsed")."""
+    param.weight_range = ANALOG_WEIGHT_RANGE
+    if isinstance(hic, str):
+        param.programming = hic
 
 
 # The weights each analog layer must be able to reach (rapa.analog.MappingParameters): the
@@ -157,11 +165,11 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
              tiles=(16, 4, 1), batch: int = 10, test_batch: int = 100,
              brightness: float = 20.0, strong: bool = False,
              rpu: str | None = None, paper_rates: bool = False,
-             hic: bool = False) -> pb.NetParameter:
+             hic: bool | str = False) -> pb.NetParameter:
     """rpu: a preset of rapa.analog (e.g. rasch_2019): every Convolution and the InnerProduct
     on simulated analog arrays, one array per kernel replica (section 3.2). hic: on hybrid
     binary + multi-level PCM arrays instead (rapa.analog.hic, its defaults, weight_range
-    ANALOG_WEIGHT_RANGE). paper_rates: the
+    ANALOG_WEIGHT_RANGE; "pulsed": programming "pulsed", see hic_param). paper_rates: the
     input (pixels minus the mean) scaled by PAPER_INPUT_SCALE and conv1's filler widened to
     match, for solver(paper_rates=True)."""
     scale = PAPER_INPUT_SCALE if paper_rates else 1.0
@@ -170,7 +178,7 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
         raise ValueError(f"tiling must be one of {TILINGS}")
     channels = (54, 64, 64) if tiling == "enlarged" else (32, 32, 64)
     net = pb.NetParameter(name=f"{dataset}_full_{tiling}_{pools}" + ("_rpu" if rpu else "")
-                          + ("_hic" if hic else ""))
+                          + ("_hic" if hic else "") + (f"_{hic}" if isinstance(hic, str) else ""))
     data_layers(net, ds, batch, test_batch, brightness, strong, scale)
     method = POOLS[pools]
     x = conv(net, "conv1", "data", channels[0], 1e-4 / scale, tiling, tiles[0], rpu=rpu, hic=hic)
@@ -190,7 +198,7 @@ def full_net(dataset: str = "cifar10", tiling: str = "random", pools: str = "max
     if rpu:
         analog(ip.inner_product_param.rpu_param, rpu)
     if hic:
-        ip.inner_product_param.hic_param.weight_range = ANALOG_WEIGHT_RANGE
+        hic_param(ip.inner_product_param.hic_param, hic)
     acc = net.layer.add(name="accuracy", type="Accuracy", bottom=["ip1", "label"],
                         top=["accuracy"])
     acc.include.add(phase=pb.TEST)

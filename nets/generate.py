@@ -20,7 +20,8 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
                                                      weight decay, 9 votes
     DIR/cifar10/{none_max,resnet32_none,resnet32x2_none}_hic*  on HIC arrays
                                                      (rapa.analog.hic), with a full and a short
-                                                     schedule, and
+                                                     schedule (none_max_hic_pulsed: pulsed
+                                                     programming, short schedule), and
     DIR/cifar10/resnet32_none_{plain_sgd_short,e1}_solver.prototxt  their floating-point
                                                      baselines (1 epoch, without and with
                                                      momentum)
@@ -110,6 +111,14 @@ def hic_family():
            f"epochs, HIC", ("none_max_hic", lambda net: solver(
                net, "cifar10", False, "snapshots/cifar10/none_max_hic_short", analog=True,
                **SHORT_RPU)))
+    yield ("cifar10", "none_max_hic_pulsed", "Full net, cifar10, no tiling, HIC arrays whose "
+           "multi-level devices are programmed by SET pulses",
+           full_net("cifar10", "none", "max", hic="pulsed"))
+    yield ("cifar10", "none_max_hic_pulsed_short_solver", f"short schedule: "
+           f"{SHORT_RPU['epochs']} epochs, HIC, pulsed programming", (
+               "none_max_hic_pulsed", lambda net: solver(
+                   net, "cifar10", False, "snapshots/cifar10/none_max_hic_pulsed_short",
+                   analog=True, **SHORT_RPU)))
     for width in (1, 2):
         name = "resnet32" + (f"x{width}" if width != 1 else "") + "_none_hic"
         yield ("cifar10", name, f"ResNet-32, width {width}, cifar10, HIC arrays",

@@ -52,6 +52,17 @@ class Stop(Exception):
         self.code, self.shared = code, shared
 
 
+def _shared(group: Group, entry):
+    """One recorded backward pass of an analog blob, every process's: a summed weight
+    gradient (T, O, K) averaged, (x, d, tile) rows gathered with d divided by the world size
+    (both: the update of the whole step's images, each process's loss a mean over its own)."""
+    if isinstance(entry, torch.Tensor):
+        group.average_([entry])
+        return entry
+    x, d, tile = entry
+    return group.gather_rows(x), group.gather_rows(d) / group.world, group.gather_rows(tile)
+
+
 def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) -> torch.device:
     """--device if given, else the solver's solver_mode and device_id; GPU mode falls back to
     the CPU, with a notice, where there is no CUDA device (as a Caffe prototxt often says GPU)."""
@@ -399,8 +410,7 @@ class Solver:
         g.average_([t for e in self.net.entries for t in e.layer.running_blobs()])
         for b in self.params:
             if b.arrays is not None:
-                b.arrays.pending = [(g.gather_rows(x), g.gather_rows(d) / g.world,
-                                     g.gather_rows(tile)) for x, d, tile in b.arrays.pending]
+                b.arrays.pending = [_shared(g, entry) for entry in b.arrays.pending]
 
     def _update(self, rate: float) -> None:
         sp = self.sp

@@ -52,6 +52,10 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 ANALOG = ('rpu_param { forward { out_noise: 0 } backward { out_noise: 0 } '
           'device { dw_min: 0.01 dw_min_std: 0.3 } }')
+# HIC with exact products: the convolution's backward hands its summed gradient (averaged
+# over the processes), the InnerProduct's its rows (gathered).
+HIC = ('hic_param { forward { is_perfect: true } backward { is_perfect: true } '
+       'accumulator_frac_bits: 6 }')
 
 SOLVER = """
 net: "%(net)s"
@@ -84,8 +88,10 @@ DROPOUT = ('layer { name: "drop" type: "Dropout" bottom: "pool" top: "pool" '
 
 
 def write_run(workdir, name, batch, analog=False, max_iter=6, snapshot=3, dropout=False):
+    """analog: True (RPU arrays) or "hic"."""
     (workdir / f"{name}.prototxt").write_text(NET % {
-        "batch": batch, "bias": "false" if analog else "true", "rpu": ANALOG if analog else "",
+        "batch": batch, "bias": "false" if analog else "true",
+        "rpu": {False: "", True: ANALOG, "hic": HIC}[analog],
         "dropout": DROPOUT if dropout else ""})
     (workdir / f"{name}_solver.prototxt").write_text(SOLVER % {
         "net": f"{name}.prototxt", "max_iter": max_iter, "snapshot": snapshot,
@@ -214,6 +220,23 @@ def test_analog_arrays_are_bit_identical_to_one_process(workdir):
     moved = blobs("snap_two/two_iter_3.caffemodel")
     final = blobs("snap_two/two_iter_6.caffemodel")
     assert (moved["conv/0"] != final["conv/0"]).sum() > 10  # pulses were applied
+
+
+def test_hic_arrays_train_as_one_process_with_the_doubled_batch(workdir):
+    write_run(workdir, "one", batch=4, analog="hic")
+    write_run(workdir, "two", batch=2, analog="hic")
+    one_process(workdir, "one_solver.prototxt")
+    torchrun(workdir, "two_solver.prototxt")  # its snapshots check that the ranks agree
+    a, b = blobs("snap_one/one_iter_6.caffemodel"), blobs("snap_two/two_iter_6.caffemodel")
+    assert a.keys() == b.keys() and len(a) == 2 * 10  # weight + 9 HIC state blobs per layer
+    # The averaged gradient sums in another order than one process's: an accumulator may
+    # round the other way, but the devices' values (bits, levels) and counts agree.
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=2e-2), name
+    first = blobs("snap_two/two_iter_3.caffemodel")
+    for layer in ("conv", "ip"):
+        bits = f"{layer}/2"
+        assert (first[bits] != b[bits]).sum() > 5  # transfers reached the binary cells
 
 
 def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):

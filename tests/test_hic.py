@@ -246,6 +246,43 @@ def test_forward_and_update_match_a_float64_convolution():
     torch.testing.assert_close(conv.weight3().detach(), a.read(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stride,padding", [((1, 1), (2, 2)), ((2, 1), (0, 1))])
+def test_untiled_exact_products_are_the_dense_convolution_and_record_its_gradient(
+        stride, padding):
+    """One array, exact products: analog_conv's dense path (_ExactConv) against a float64
+    convolution and against the row-by-row path it replaces (records_gradient off)."""
+    torch.manual_seed(5)
+    cfg = ideal(weight_range=0.5)
+    conv = TiledConv2d(3, 4, (3, 5), stride=stride, padding=padding, rpu_config=cfg)
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
+    target = torch.randn_like(conv(x))
+    layer_w = (conv.weight3() * conv.arrays.out_scale.view(-1, 1, 1)).detach()
+    ref = F.conv2d(x.detach().double(), layer_w.double().view(4, 3, 3, 5), conv.bias.double(),
+                   stride, padding)
+    results = []
+    for dense in (True, False):
+        conv.arrays.records_gradient = dense  # the instance's: off takes the rows' path
+        x.grad = None
+        y = conv(x)
+        ((y - target) ** 2).sum().backward()
+        pending = conv.arrays.pending
+        assert len(pending) == 1 and isinstance(pending[0], torch.Tensor) == dense
+        results.append((y.detach(), x.grad.clone(), conv.arrays.gradient()))
+        pending.clear()
+    torch.testing.assert_close(results[0][0].double(), ref, rtol=1e-5, atol=1e-5)
+    # The input's gradient and dL/dw (d x^T, d = alpha dL/dy) against float64 autograd.
+    xr = x.detach().double().requires_grad_()
+    wr = layer_w.double().view(4, 3, 3, 5).requires_grad_()
+    out = F.conv2d(xr, wr, conv.bias.double(), stride, padding)
+    ((out - target.double()) ** 2).sum().backward()
+    alpha = float(conv.arrays.out_scale[0])
+    torch.testing.assert_close(results[0][1].double(), xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][2].double(), alpha * wr.grad.view(1, 4, 45),
+                               rtol=1e-5, atol=1e-5)
+    for dense, rows in zip(results[0], results[1]):
+        torch.testing.assert_close(dense, rows, rtol=1e-5, atol=1e-5)
+
+
 def test_drift_reads_the_hic_devices_from_t0_on():
     torch.manual_seed(4)
     text = ('name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 '
@@ -284,22 +321,28 @@ HIC_NET = NET.replace(
     'hic_param { set_probability: 0.5 } } }')
 
 
-def test_hic_net_trains_saves_and_resumes_bit_for_bit(workdir):  # noqa: F811
+@pytest.mark.parametrize("programming", ["statistical", "pulsed"])
+def test_hic_net_trains_saves_and_resumes_bit_for_bit(workdir, programming):  # noqa: F811
     assert HIC_NET.count("hic_param") == 2
-    (workdir / "net.prototxt").write_text(HIC_NET % "random")
+    net = HIC_NET.replace("hic_param {", f'hic_param {{ programming: "{programming}"')
+    (workdir / "net.prototxt").write_text(net % "random")
     (workdir / "solver.prototxt").write_text(SOLVER % 12)
     path = str(workdir / "solver.prototxt")
     said = []
     straight = Solver(path, say=said.append, progress=False)
     start = {n: w.clone() for n, w in weights(straight).items()}
+    pair_sets = [straight.net.layer(n).module.arrays.set_count[-2:].sum() for n in ("conv", "ip")]
     straight.solve()
     assert ("HIC weights of conv, ip: SGD steps into their accumulators at the rate times "
             "lr_mult, without momentum or weight decay (their biases have both)") in said
     final = weights(straight)
-    assert not torch.equal(final["conv/0"], start["conv/0"])
+    assert not torch.equal(final["ip/0"], start["ip/0"])
     arrays = {n: straight.net.layer(n).module.arrays for n in ("conv", "ip")}
+    # Carries reached the multi-level pairs (SET events, pulses when pulsed) during the run.
+    assert sum(a.set_count[-2:].sum() for a in arrays.values()) > sum(pair_sets)
     state = {n: [b.clone() for b in a.state_blobs()] for n, a in arrays.items()}
     assert state["conv"][5].sum() > 0  # set counts
+    assert len(state["conv"]) == 9 + (programming == "pulsed")  # + the pulse draws
     for f in (workdir / "snap").iterdir():
         f.unlink()
     Solver(path, max_iter=8, say=lambda m: None, progress=False).solve()

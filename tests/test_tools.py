@@ -94,10 +94,11 @@ def test_generator_needs_only_protobuf(tmp_path):
     # CIFAR-10: 8 tilings x 4 poolings (net, solver), the short solver, 2 analog nets (net,
     # 2 solvers); CIFAR-100 and SVHN: 8 tilings with max pooling (net, solver); residual nets
     # for CIFAR-10 and -100: 3 depths x 3 widths x 2 tilings (net, 2 solvers); the HIC nets
-    # (the Full net, ResNet-32 at widths 1 and 2: net, 2 solvers) and two 1-epoch solvers of
-    # the floating-point ResNet-32 (plain SGD, momentum).
+    # (the Full net, ResNet-32 at widths 1 and 2: net, 2 solvers; the Full net with pulsed
+    # programming: net, short solver) and two 1-epoch solvers of the floating-point ResNet-32
+    # (plain SGD, momentum).
     assert len(files) == (8 * 4 * 2 + 1 + 2 * 3 + 2 * 8 * 2 + 2 * 3 * 3 * 2 * 3
-                          + 3 * 3 + 2)  # 222
+                          + 3 * 3 + 2 + 2)  # 224
     net = re.search(r'net: "(.*)"', (out / "cifar10/random_max_short_solver.prototxt")
                     .read_text()).group(1)
     assert (ROOT / net).resolve() == (out / "cifar10/random_max.prototxt").resolve()
@@ -108,7 +109,7 @@ def test_every_generated_net_sets_up(tree):
     test_every_committed_net_builds_and_runs's, on the committed ones)."""
     paths = [p for p in generate.generate(tree / "nets")
              if not p.name.endswith("_solver.prototxt")]
-    assert len(paths) == 50 + 36 + 3
+    assert len(paths) == 50 + 36 + 4  # the Full nets, the residual nets, the HIC nets
     for path in paths:
         param = read_text(path, pb.NetParameter())
         for phase in (pb.TRAIN, pb.TEST):

@@ -29,7 +29,11 @@ class ArrayProducts(torch.nn.Module):
     (rapa.analog_mvm), each array's digital output scale `out_scale` (T,), and the (x, d,
     tile) rows of the backward passes since the last update (`pending`), which the optimizer's
     step hands to apply_update. AnalogArrays (RPU devices) and rapa.analog.hic.HICArrays (PCM)
-    are its kinds."""
+    are its kinds. A kind that learns from the weight gradient d x^T alone (records_gradient)
+    may also find in `pending` that gradient already summed, (T, O, K): the exact convolution
+    (analog_conv) hands it so."""
+
+    records_gradient = False
 
     def __init__(self, config, shape: tuple[int, int, int]):
         super().__init__()
@@ -50,6 +54,10 @@ class ArrayProducts(torch.nn.Module):
         # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
         # this net's configuration has none (they are the model's), and x * 1 is exact.
         return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
+
+    def exact(self) -> bool:
+        """Both directions' products are exact (is_perfect)."""
+        return self.config.forward.is_perfect and self.config.backward.is_perfect
 
 
 class AnalogArrays(ArrayProducts):
@@ -258,12 +266,43 @@ class _PatchRows(torch.autograd.Function):
                 None, None, None)
 
 
+class _ExactConv(torch.autograd.Function):
+    """One array's exact products over every patch: the dense convolution (its sums in
+    another order than one product per patch: equal to float rounding). The backward pass
+    records the weight gradient d x^T, summed over the patches by the convolution's own
+    weight-gradient kernel, for arrays that learn from it (records_gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, weight4, arrays, stride, padding):
+        ctx.save_for_backward(x, weight4)
+        ctx.arrays, ctx.geometry = arrays, (stride, padding)
+        return F.conv2d(x, weight4.detach(), None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight4 = ctx.saved_tensors
+        stride, padding = ctx.geometry
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight4.detach(), None, stride, padding, (1, 1), False, (0, 0), 1,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        if ctx.needs_input_grad[1]:
+            ctx.arrays.pending.append(grad_w.view(ctx.arrays.shape))
+        return grad_x, None, None, None, None
+
+
 def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
                 arrays: AnalogArrays) -> Tensor:
     """A convolution on analog arrays: one array product per patch (im2col), patch (n, y, x) on
     array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias). weight3 is
-    (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None."""
+    (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None. One array
+    with exact products, for arrays that learn from the weight gradient alone (HIC), is the
+    dense convolution (_ExactConv): the same numbers, at the digital convolution's speed."""
     n, _, h, w = x.shape
+    if tile is None and arrays.records_gradient and arrays.exact():
+        weight4 = weight3.view(weight3.shape[1], x.shape[1], *kernel)
+        out = _ExactConv.apply(x, weight4, arrays, tuple(stride), tuple(padding))
+        out = out * arrays.out_scale[0].to(out.dtype)
+        return out if bias is None else out + bias.view(weight3.shape[0], -1)[0].view(1, -1, 1, 1)
     ho, wo = conv_out(h, kernel[0], stride[0], padding[0]), conv_out(w, kernel[1], stride[1],
                                                                   padding[1])
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)

@@ -31,13 +31,16 @@ its top level the pair is refreshed: both RESET, and |M| programmed onto one of 
 saturates at its range (counted). Every SET and RESET event of every device is counted
 (`set_count`, `reset_count`), against `endurance`.
 
-Programming a multi-level device to a level, or a binary cell to SET, draws aihwkit's
-statistical programming noise (PCMLikeNoiseModel.program: the fit of Nandakumar et al. 2019 on
-iteratively programmed devices); RESET programs the target 0 the same way. Not modelled (ours:
+A binary cell's SET or RESET draws aihwkit's statistical programming noise
+(PCMLikeNoiseModel.program: the fit of Nandakumar et al. 2019 on iteratively programmed
+devices) around g_max or 0. A multi-level device reaches its level by `programming`:
+"statistical" (default): that same noise around the level's conductance; "pulsed": SET pulses
+with the state-dependent, stochastic increments of aihwkit's PCMPresetDevice, pulse-and-verify,
+each pulse counted as a SET event, and a RESET that leaves the device near zero, each device
+with its own step size, bound and RESET state (rapa.analog.pcm_pulses). Not modelled (ours:
 documented simplifications): drift and read noise during training (they apply after it:
-`rapa test --drift-time`), open-loop SET pulses with a state-dependent increment (aihwkit's
-PCMPresetDevice; a program-and-verify scheme hides them behind the programming noise), the
-separate periphery of each bit's array (one periphery reads the combined weight).
+`rapa test --drift-time`), the separate periphery of each bit's array (one periphery reads the
+combined weight).
 
 Defaults are ours, since the paper's split of bits and its accumulator are not public: 4
 binary cells (bit weights 1, 2, 4, 8) and a pair of 4-level (2-bit) devices, 8 bits held in
@@ -60,9 +63,12 @@ from ..errors import RapaError
 from .arrays import ArrayProducts
 from .config import IOParameters
 from .pcm import PCMLikeNoiseModel
+from .pcm_pulses import PCMPresetDevice
 
 STATE_NAMES = ("accumulator", "bits", "g_binary", "levels", "g_pair", "set_count",
                "reset_count", "out_scale", "saturations")
+PULSED_STATE_NAMES = ("pulse_draws",)
+PROGRAMMING = ("statistical", "pulsed")
 _COUNT_LIMIT = 2 ** 24  # counts are float32 state blobs: exact up to here
 
 
@@ -99,6 +105,12 @@ class HICConfig:
     """The devices' programming: g_max and the programming noise (prog_* fields; hic_param
     sets g_max and prog_noise_scale). Drift and read noise apply after training, from rapa
     test --drift-time's model, with this g_max."""
+    programming: str = "statistical"
+    """How a multi-level device reaches a level: "statistical" (pcm's programming noise
+    around it) or "pulsed" (SET pulses of `pulse`, pulse-and-verify)."""
+    pulse: PCMPresetDevice = field(default_factory=PCMPresetDevice)
+    """The multi-level devices' SET-pulse response with programming "pulsed" (aihwkit's
+    PCMPresetDevice; its w_max is g_max)."""
     forward: IOParameters = field(default_factory=IOParameters)
     backward: IOParameters = field(
         default_factory=lambda: IOParameters(bound_management="none"))
@@ -157,6 +169,10 @@ class HICConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok):
                 raise ValueError(f"{where}: {name} must be finite and {rule}, got {value:g}")
+        if self.programming not in PROGRAMMING:
+            raise ValueError(f"{where}: programming must be one of {', '.join(PROGRAMMING)}, "
+                             f"got '{self.programming}'")
+        self.pulse.check(f"{where}: pulse")
         try:
             self.pcm.check(f"{where}: pcm")
         except RapaError as err:
@@ -174,7 +190,7 @@ def hic_from_proto(msg, where: str = "hic_param") -> HICConfig:
     """A HICConfig from a HICParameter message: the defaults, then every field it sets."""
     config = HICConfig()
     for fd, value in msg.ListFields():
-        if fd.name in ("forward", "backward", "pcm"):
+        if fd.name in ("forward", "backward", "pcm", "pulse"):
             target = getattr(config, fd.name)
             for sub_fd, sub_value in value.ListFields():
                 setattr(target, sub_fd.name, _plain(sub_fd, sub_value, getattr(target,
@@ -215,7 +231,11 @@ class HICArrays(ArrayProducts):
     (see the module's docstring), `out_scale` alpha_t = delta_t (L - 1) U. Shapes: accumulator,
     out_scale-free per-weight tensors (T, O, K); bits and g_binary (n_binary, T, O, K); levels
     and g_pair (2, T, O, K), G+ first; set_count and reset_count (n_binary + 2, T, O, K), the
-    binary cells first, then G+ and G-; saturations (T,), the transfers that hit v's range."""
+    binary cells first, then G+ and G-; saturations (T,), the transfers that hit v's range.
+    With programming "pulsed" also pulse_draws (3, 2, T, O, K): each multi-level device's
+    step scale, upper bound and RESET state (rapa.analog.pcm_pulses, in its units)."""
+
+    records_gradient = True  # the update needs dL/dw alone, not the rows
 
     def __init__(self, config: HICConfig, shape: tuple[int, int, int]):
         super().__init__(config, shape)
@@ -228,18 +248,21 @@ class HICArrays(ArrayProducts):
         self.register_buffer("set_count", torch.zeros((nb + 2, *shape)))
         self.register_buffer("reset_count", torch.zeros((nb + 2, *shape)))
         self.register_buffer("saturations", torch.zeros(shape[0]))
+        self.pulsed = config.programming == "pulsed"
+        if self.pulsed:  # torch's generator, as AnalogArrays' draws: seeded runs repeat
+            self.register_buffer("pulse_draws", config.pulse.populate((2, *shape)))
 
     # -- state ------------------------------------------------------------------------------
 
     def state_names(self) -> tuple[str, ...]:
-        return STATE_NAMES
+        return STATE_NAMES + (PULSED_STATE_NAMES if self.pulsed else ())
 
     def state_blobs(self) -> list[Tensor]:
-        return [getattr(self, n) for n in STATE_NAMES]
+        return [getattr(self, n) for n in self.state_names()]
 
     def state_problem(self, index: int, value: Tensor) -> Optional[str]:
         """Why `value` cannot be state blob `index` (STATE_NAMES) from a model file, or None."""
-        name = STATE_NAMES[index]
+        name = self.state_names()[index]
         c = self.config
         if not torch.isfinite(value).all():
             return f"{name} must be finite"
@@ -259,6 +282,10 @@ class HICArrays(ArrayProducts):
             "out_scale": ((value > 0).all(), "> 0 (the arrays' digital scales)"),
             "saturations": (whole and (value >= 0).all(), "whole counts >= 0"),
         }
+        if name == "pulse_draws":  # (step scale, bound, RESET state) of each device
+            rules[name] = ((value >= 0).all() and (value[1] > 0).all() and
+                           (value[2] <= value[1]).all(),
+                           ">= 0, with bounds > 0 and RESET states within them")
         ok, rule = rules[name]
         return None if ok else f"{name} must be {rule}"
 
@@ -387,12 +414,36 @@ class HICArrays(ArrayProducts):
         # SETs a device to its higher level.
         moved = refresh | (new != levels)
         reset_count[nb:] += refresh.to(reset_count.dtype)
-        set_count[nb:] += (moved & (new > 0)).to(set_count.dtype)
-        g_pair[moved] = self._program(new[moved] * c.pcm.g_max / top, generator)
+        if self.pulsed:
+            set_count[nb:] += self._pulse_pair(g_pair, new, moved, refresh, index, generator)
+        else:
+            set_count[nb:] += (moved & (new > 0)).to(set_count.dtype)
+            g_pair[moved] = self._program(new[moved] * c.pcm.g_max / top, generator)
         self._store(self.levels, index, new)
         self._store(self.g_pair, index, g_pair)
         self._store(self.set_count, index, set_count)
         self._store(self.reset_count, index, reset_count)
+
+    def _pulse_pair(self, g_pair: Tensor, new: Tensor, moved: Tensor, refresh: Tensor,
+                    index: Optional[Tensor], generator) -> Tensor:
+        """In place: the pair's devices (2, N columns, uS) that move go to their new levels by
+        SET pulses, refreshed ones from their RESET state; returns the pulses per device."""
+        c = self.config
+        unit = c.pcm.g_max / c.pulse.w_max  # uS per device unit
+        draws = self._columns(self.pulse_draws.view(6, *self.shape), index).view(3, 2, -1)
+        scale, bound, reset = draws[0], draws[1], draws[2]
+        w = g_pair / unit
+        if bool(refresh.any()):
+            both = refresh.expand_as(w)
+            w[both] = c.pulse.after_reset(reset[both], bound[both], generator).to(w.dtype)
+        pulses = torch.zeros_like(w)
+        climb = moved & (new > 0)
+        if bool(climb.any()):
+            target = new[climb] * (c.pulse.w_max / (c.levels - 1))
+            w[climb], pulses[climb] = c.pulse.program(w[climb], target.to(w.dtype),
+                                                      scale[climb], bound[climb], generator)
+        g_pair.copy_(w * unit)
+        return pulses
 
     def _store(self, devices: Tensor, index: Optional[Tensor], columns: Tensor) -> None:
         flat = self._columns(devices, None)
@@ -418,10 +469,15 @@ class HICArrays(ArrayProducts):
         """dL/dw of the recorded passes (T, O, K), digitally: sum over rows of d x^T, per
         array (the rows' d already carry the output scale: d = alpha dL/dy), in the rows'
         precision (float32: the digital periphery's, as floating-point training's weight
-        gradient)."""
-        x0 = self.pending[0][0]
+        gradient). A pass recorded as its summed gradient (T, O, K) adds as it is."""
+        first = self.pending[0]
+        x0 = first if isinstance(first, Tensor) else first[0]
         grad = torch.zeros(self.shape, dtype=x0.dtype, device=x0.device)
-        for x, d, tile in self.pending:
+        for entry in self.pending:
+            if isinstance(entry, Tensor):  # already summed (analog_conv's exact products)
+                grad += entry
+                continue
+            x, d, tile = entry
             if self.shape[0] == 1:
                 if bool((tile < 0).any()):  # dropped patches (perforated) add nothing
                     d = d * (tile >= 0).to(d.dtype).unsqueeze(1)

@@ -1,0 +1,201 @@
+"""SET pulses of multi-level PCM (rapa.analog.pcm_pulses, aihwkit's PCMPresetDevice) and HIC's
+"pulsed" programming: one pulse against the exponential-step formula replayed in float64, the
+statistics of the increments and of the device-to-device draws, the pulse-and-verify loop
+against a scalar reference, RESET, and the counts and errors of HIC arrays that use them."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import rapa  # noqa: F401
+from rapa.analog import HICArrays, HICConfig
+from rapa.analog.pcm import PCMLikeNoiseModel
+from rapa.analog.pcm_pulses import PCMPresetDevice
+from rapa.errors import RapaError
+from rapa.layers.base import make_layer
+from rapa.proto import pb
+from rapa.prototxt import parse_text
+
+
+def reference_pulse(dev, w, s, b, xi):
+    """aihwkit's update_once_complex_noise, up direction, one device (float64 scalars)."""
+    z = 2.0 * w / b * dev.a + dev.b
+    dw = max(1.0 - dev.A_up * math.exp(dev.gamma_up * z), 0.0) * s
+    std = dev.dw_min_std * (abs(dw) + dev.dw_min_std_add + dev.dw_min_std_slope * abs(w))
+    return min(max(w + dw + std * xi, 0.0), b)
+
+
+def test_one_pulse_is_the_exponential_step_with_its_complex_noise():
+    dev = PCMPresetDevice(b=0.3, gamma_up=2.0)  # an offset, so that a and b cannot swap
+    w = torch.tensor([0.0, 0.05, 0.4, 1.1, 1.7, 1.95], dtype=torch.float64)
+    s = torch.tensor([0.01, 0.012, 0.008, 0.01, 0.011, 0.01], dtype=torch.float64)
+    b = torch.tensor([2.0, 1.9, 2.1, 2.0, 1.8, 1.96], dtype=torch.float64)
+    out = dev.pulse(w, s, b, torch.Generator().manual_seed(3))
+    xi = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expect = [reference_pulse(dev, *v) for v in zip(w.tolist(), s.tolist(), b.tolist(),
+                                                      xi.tolist())]
+    torch.testing.assert_close(out, torch.tensor(expect, dtype=torch.float64), rtol=1e-12,
+                               atol=1e-15)
+    assert (out <= b).all() and (out >= 0).all()
+
+
+def test_the_mean_increment_falls_with_the_state_and_the_draws_match_it():
+    dev = PCMPresetDevice()
+    n = 200_000
+    gen = torch.Generator().manual_seed(0)
+    s, b = torch.full((n,), 0.01, dtype=torch.float64), torch.full((n,), 2.0, dtype=torch.float64)
+    steps = []
+    for state in (0.5, 1.2):
+        w = torch.full((n,), state, dtype=torch.float64)
+        moved = dev.pulse(w, s, b, gen) - w
+        dw = 0.01 * (1 + 27.235 * math.exp(-2.5 * state))  # z = -w at the nominal bound 2
+        std = 0.6 * (dw + 0.042 + 0.108 * state)
+        assert float(dev.mean_step(w[:1], s[:1], b[:1])) == pytest.approx(dw, rel=1e-12)
+        assert float(moved.mean()) == pytest.approx(dw, abs=4 * std / math.sqrt(n))
+        assert float(moved.std()) == pytest.approx(std, rel=0.01)
+        steps.append(dw)
+    assert steps[0] > 3 * steps[1]  # PCM's saturating SET response
+
+
+def test_device_to_device_draws_follow_aihwkits_populate():
+    dev = PCMPresetDevice()
+    torch.manual_seed(1)
+    scale, bound, reset = dev.populate((400_000,)).double()
+    assert float(scale.mean()) == pytest.approx(0.01, rel=0.002)
+    assert float(scale.std()) == pytest.approx(0.01 * math.hypot(0.2, 0.05), rel=0.01)
+    assert float(bound.mean()) == pytest.approx(2.0, rel=0.002)
+    assert float(bound.std()) == pytest.approx(0.2, rel=0.01)
+    # RESET states: max(0.01 + 0.02 xi, 0), the mean of a normal clipped at zero.
+    mu, sigma = 0.01, 0.02
+    a = mu / sigma
+    phi, big_phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(a / 2 ** .5))
+    assert float(reset.mean()) == pytest.approx(mu * big_phi + sigma * phi, rel=0.01)
+    assert float((reset == 0).double().mean()) == pytest.approx(1 - big_phi, abs=0.003)
+    assert (reset <= bound).all()
+
+
+def reference_program(dev, w, target, s, b):
+    """The pulse-and-verify loop without noise, one device: (state, pulses)."""
+    pulses = 0
+    while pulses < dev.max_pulses and w < b:
+        step = max(1.0 - dev.A_up * math.exp(dev.gamma_up * (2.0 * w / b * dev.a + dev.b)),
+                   0.0) * s
+        if target - w <= step / 2:
+            break
+        w = min(w + step, b)
+        pulses += 1
+    return w, pulses
+
+
+def test_pulse_and_verify_matches_a_scalar_loop_and_stops_within_half_a_step():
+    quiet = PCMPresetDevice(dw_min_std=0.0, max_pulses=45)
+    w = torch.tensor([0.0, 1.5, 0.7, 1.5, 0.2, 1.0], dtype=torch.float64)
+    target = torch.tensor([0.667, 2.0, 1.333, 2.0, 0.1, 1.9], dtype=torch.float64)
+    s = torch.tensor([0.01, 0.01, 0.012, 0.009, 0.01, 0.01], dtype=torch.float64)
+    b = torch.tensor([2.0, 1.9, 2.0, 2.2, 2.0, 2.0], dtype=torch.float64)
+    got, pulses = quiet.program(w, target, s, b)
+    for i in range(len(w)):
+        ref_w, ref_p = reference_program(quiet, float(w[i]), float(target[i]), float(s[i]),
+                                         float(b[i]))
+        assert float(got[i]) == pytest.approx(ref_w, rel=1e-12) and pulses[i] == ref_p, i
+    assert pulses[4] == 0 and got[4] == w[4]   # above its target already: untouched
+    assert got[1] == b[1]                      # a target beyond the bound: stops at it
+    assert pulses[5] == 45                     # about 0.03 steps from 1.0 to 1.9: the limit
+    assert 0 < pulses[0] < pulses[2] < 45      # the state-dependent step: more pulses up high
+    # With noise, over many devices: each stops within half its next mean step, at its bound
+    # or at the limit.
+    dev = PCMPresetDevice()
+    torch.manual_seed(2)
+    scale, bound, reset = dev.populate((20_000,))
+    target = torch.full((20_000,), 4 / 3)
+    got, pulses = dev.program(reset, target, scale, bound, torch.Generator().manual_seed(4))
+    stopped = ((target - got) <= dev.mean_step(got, scale, bound) / 2) | (got >= bound) | \
+        (pulses == dev.max_pulses)
+    assert stopped.all() and pulses.min() >= 1
+    assert float(got.mean()) == pytest.approx(4 / 3, abs=0.1)
+
+
+def test_reset_leaves_the_device_near_its_own_reset_state():
+    dev = PCMPresetDevice(reset_std=0.0)
+    r, b = torch.tensor([0.0, 0.02, 0.05]), torch.tensor([2.0, 2.0, 0.03])
+    assert torch.equal(dev.after_reset(r, b), torch.tensor([0.0, 0.02, 0.03]))
+    noisy = PCMPresetDevice().after_reset(torch.full((100_000,), 0.5), torch.full((100_000,), 2.0))
+    assert float(noisy.mean()) == pytest.approx(0.5, abs=4e-4)
+    assert float(noisy.std()) == pytest.approx(0.01, rel=0.02)
+
+
+def quiet_pulsed(**fields) -> HICConfig:
+    """Pulsed programming without noise or device-to-device spread: deterministic pulses."""
+    pulse = PCMPresetDevice(dw_min_std=0.0, dw_min_dtod=0.0, up_down_dtod=0.0, w_max_dtod=0.0,
+                            reset_dtod=0.0, reset_std=0.0, reset=0.0)
+    cfg = HICConfig(programming="pulsed", pulse=pulse,
+                    pcm=PCMLikeNoiseModel(prog_noise_scale=0.0, g_max=24.0), **fields)
+    cfg.forward = dataclasses.replace(cfg.forward, is_perfect=True)
+    cfg.backward = dataclasses.replace(cfg.backward, is_perfect=True)
+    return cfg
+
+
+def test_pulsed_pairs_climb_by_counted_pulses_and_refresh_from_reset():
+    cfg = quiet_pulsed()  # U = 16, 4 levels: level m at m * 2/3 device units, 8 m uS
+    a = HICArrays(cfg, (1, 1, 3))
+    a._hold(torch.tensor([0.0, 16.0, 48.0]), None, None, fresh=True)
+    unit = 24.0 / 2.0
+    for col, level in enumerate([0, 1, 3]):
+        ref_w, ref_p = reference_program(cfg.pulse, 0.0, level * 2 / 3, 0.01, 2.0)
+        assert float(a.g_pair[0, 0, 0, col]) == pytest.approx(ref_w * unit, rel=1e-5)
+        assert a.set_count[-2, 0, 0, col] == ref_p  # every pulse counts as a SET
+        assert a.reset_count[-2:, 0, 0, col].tolist() == [1, 1]
+    assert a.g_pair[1].abs().max() == 0 and a.set_count[-1].sum() == 0  # G- stayed RESET
+    # A carry: weight 1 goes from level 1 to 2 on G+, pulsed from where it is.
+    g_before, sets = float(a.g_pair[0, 0, 0, 1]), a.set_count.clone()
+    a._hold(torch.tensor([32.0]), torch.tensor([1]), None)
+    ref_w, ref_p = reference_program(cfg.pulse, g_before / unit, 4 / 3, 0.01, 2.0)
+    assert float(a.g_pair[0, 0, 0, 1]) == pytest.approx(ref_w * unit, rel=1e-5)
+    assert a.set_count[-2, 0, 0, 1] - sets[-2, 0, 0, 1] == ref_p > 0
+    assert torch.equal(a.set_count[:, 0, 0, [0, 2]], sets[:, 0, 0, [0, 2]])  # others untouched
+    # Weight 2 from 48 (levels 3, 0) to -16: G- would pass its top level, so the pair is
+    # refreshed: both RESET (to 0 here), G- climbs to level 1 from there, G+ stays RESET.
+    sets, resets = a.set_count.clone(), a.reset_count.clone()
+    a._hold(torch.tensor([-16.0]), torch.tensor([2]), None)
+    assert a.levels[:, 0, 0, 2].tolist() == [0, 1] and a.value()[0, 0, 2] == -16
+    assert (a.reset_count - resets)[-2:, 0, 0, 2].tolist() == [1, 1]
+    ref_w, ref_p = reference_program(cfg.pulse, 0.0, 2 / 3, 0.01, 2.0)
+    assert float(a.g_pair[1, 0, 0, 2]) == pytest.approx(ref_w * unit, rel=1e-5)
+    assert a.g_pair[0, 0, 0, 2] == 0
+    assert (a.set_count - sets)[-2:, 0, 0, 2].tolist() == [0, ref_p]
+
+
+def test_pulsed_programming_is_configured_from_hic_param_and_its_errors_name_the_field():
+    layer = ('name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { '
+             'num_output: 3 hic_param { %s } }')
+    made = make_layer(parse_text(layer % 'programming: "pulsed" pulse { dw_min: 0.02 '
+                                 'max_pulses: 50 A_up: -10 }', pb.LayerParameter()),
+                      [(2, 6)], pb.TRAIN)
+    cfg = made.module.arrays.config
+    assert (cfg.programming, cfg.pulse.dw_min, cfg.pulse.max_pulses, cfg.pulse.A_up) == \
+        ("pulsed", 0.02, 50, -10.0)
+    assert cfg.pulse.gamma_up == 2.5  # the rest: PCMPresetDevice's
+    assert made.module.arrays.state_names()[-1] == "pulse_draws"
+    for field, message in [('programming: "open"', "hic_param: programming must be one of "
+                                                    "statistical, pulsed, got 'open'"),
+                           ("pulse { dw_min: 0 }", "hic_param: pulse: dw_min must be finite "
+                                                   "and in (0, 1], got 0"),
+                           ("pulse { max_pulses: 0 }", "hic_param: pulse: max_pulses must be "
+                                                       "in [1, 100000], got 0"),
+                           ("pulse { reset: 3 }", "hic_param: pulse: reset must be finite and "
+                                                  "in [0, w_max)")]:
+        with pytest.raises(RapaError) as e:
+            make_layer(parse_text(layer % field, pb.LayerParameter()), [(2, 6)], pb.TRAIN)
+        assert str(e.value).startswith("layer 'ip' (InnerProduct): ") and message in str(e.value)
+
+
+def test_pulse_draws_from_a_model_file_are_checked():
+    a = HICArrays(HICConfig(programming="pulsed"), (1, 2, 3))
+    index = a.state_names().index("pulse_draws")
+    good = a.pulse_draws.clone()
+    assert a.state_problem(index, good) is None
+    for bad in (good * -1, torch.cat([good[:1], good[1:2] * 0, good[2:]]),
+                torch.cat([good[:2], good[1:2] + 1])):
+        assert a.state_problem(index, bad) == ("pulse_draws must be >= 0, with bounds > 0 and "
+                                               "RESET states within them")
