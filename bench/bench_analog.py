@@ -36,14 +36,10 @@ import torch
 
 import rapa  # noqa: F401
 from rapa.allocator import KEEP_FREED_ENV
-from rapa.net import Net
-from rapa.proto import pb
-from rapa.prototxt import read_text
-from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_nets import add_malloc_option, data_tree, memory_setting, torch_step  # noqa: E402
+from bench_nets import add_malloc_option, data_tree, memory_setting, net_step, torch_step  # noqa: E402
 
 # The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
 # update takes, so the two must match.
@@ -51,10 +47,7 @@ LR = 0.001
 
 
 def analog_step(path, batch, device, first_layer_devices=1):
-    param = read_text(path, pb.NetParameter())
-    for layer in param.layer:
-        if layer.type == "Data":
-            layer.data_param.batch_size = batch
+    def edit(layer):
         # aihwkit's SingleRPUConfig defaults: the Gokmen & Vlasov device, no weight scaling.
         for sub in (layer.convolution_param, layer.inner_product_param):
             if sub.HasField("rpu_param"):
@@ -62,18 +55,9 @@ def analog_step(path, batch, device, first_layer_devices=1):
                 sub.rpu_param.preset = "gokmen_vlasov_2016"
                 if layer.name == "conv1" and first_layer_devices > 1:
                     sub.rpu_param.device.devices_per_weight = first_layer_devices
-    net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
-    net.train()
-    x = torch.rand(batch, 3, 32, 32, device=device) * 255 - 128
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    sgd = SGD(net.learnable())  # biases: plain SGD; weights: the arrays' pulsed update
-
-    def step():
-        loss = net.loss(net({"data": x, "label": y}))
-        loss.backward()
-        sgd.step(LR)
-    return step
+    # Plain SGD: the biases' update; the weights take the arrays' pulsed update.
+    return net_step(path, batch, device, edit=edit, lr=LR, momentum=0.0, weight_decay=0.0,
+                    pixels=True)[0]
 
 
 def rate(step, batch, seconds, device):

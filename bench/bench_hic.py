@@ -8,7 +8,10 @@ Nets (one step = forward, backward, update; the same in-memory batch; rate 0.001
                  InnerProduct on HIC arrays (rapa.analog.hic's defaults: products through the
                  Gokmen & Vlasov periphery, the digital accumulator, transfers to the devices)
   HIC, exact products   the same with is_perfect forward and backward periphery: what the
-                 accumulator and the transfers cost without the periphery's simulation
+                 accumulator and the transfers cost without the periphery's simulation (the
+                 untiled convolutions then run as dense convolutions, rapa.analog.analog_conv)
+  HIC, pulsed    prototxt/cifar10/none_max_hic_pulsed.prototxt: the multi-level devices
+                 programmed by SET pulses (pulse and verify) instead of the statistical model
   RPU            prototxt/cifar10/none_max_rpu.prototxt: the same net on RPU arrays (pulsed
                  updates), for comparison
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians and
@@ -26,37 +29,22 @@ import torch
 
 import rapa  # noqa: F401
 from rapa.allocator import keep_freed_memory
-from rapa.net import Net
-from rapa.proto import pb
-from rapa.prototxt import read_text
-from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_analog import rate  # noqa: E402
-from bench_nets import data_tree  # noqa: E402
+from bench_nets import data_tree, net_step  # noqa: E402
 
 LR = 0.001
 
 
-def net_step(name, batch, device, exact=False):
-    param = read_text(ROOT / f"prototxt/cifar10/{name}.prototxt", pb.NetParameter())
-    for layer in param.layer:
-        if layer.type == "Data":
-            layer.data_param.batch_size = batch
+def hic_step(name, batch, device, exact=False):
+    def edit(layer):
         for sub in (layer.convolution_param, layer.inner_product_param):
             if exact and sub.HasField("hic_param"):
                 sub.hic_param.forward.is_perfect = sub.hic_param.backward.is_perfect = True
-    net = Net(param, pb.TRAIN, source=name).to_device(device)
-    net.train()
-    x = torch.rand(batch, 3, 32, 32, device=device) * 255 - 128
-    y = torch.randint(0, 10, (batch,), device=device)
-    sgd = SGD(net.learnable())
-
-    def step():
-        net.loss(net({"data": x, "label": y})).backward()
-        sgd.step(LR)
-    return step
+    return net_step(ROOT / f"prototxt/cifar10/{name}.prototxt", batch, device, edit=edit, lr=LR,
+                    momentum=0.0, weight_decay=0.0, pixels=True)[0]
 
 
 def main():
@@ -75,10 +63,11 @@ def main():
           f"{args.seconds:g} s, {memory})")
     for batch in args.batch:
         torch.manual_seed(0)
-        steps = {"FP32": net_step("none_max", batch, device),
-                 "HIC": net_step("none_max_hic", batch, device),
-                 "HIC, exact products": net_step("none_max_hic", batch, device, exact=True),
-                 "RPU": net_step("none_max_rpu", batch, device)}
+        steps = {"FP32": hic_step("none_max", batch, device),
+                 "HIC": hic_step("none_max_hic", batch, device),
+                 "HIC, exact products": hic_step("none_max_hic", batch, device, exact=True),
+                 "HIC, pulsed": hic_step("none_max_hic_pulsed", batch, device),
+                 "RPU": hic_step("none_max_rpu", batch, device)}
         results = {k: [] for k in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():

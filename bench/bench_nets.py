@@ -63,21 +63,30 @@ def data_tree() -> pathlib.Path:
     return tmp
 
 
-def net_step(path, batch, device):
+def net_step(path, batch, device, *, edit=None, lr=1e-4, momentum=0.9, weight_decay=1e-4,
+             pixels=False):
+    """(step, net): one training step (forward, backward, rapa's SGD at `lr`) of the net at
+    `path` with its Data layers' batch set to `batch`, on one in-memory batch: Gaussian inputs
+    of std 50, or with `pixels` uniform in [-128, 127] (mean-subtracted pixels' range).
+    edit(layer), when given, changes each layer's parameters before the net is built. The
+    benchmarks of bench_analog.py and bench_hic.py build theirs with it too."""
     param = read_text(path, pb.NetParameter())
     for layer in param.layer:
         if layer.type == "Data":
             layer.data_param.batch_size = batch
+        if edit is not None:
+            edit(layer)
     net = Net(param, pb.TRAIN, source=str(path)).to_device(device)
     net.train()
-    sgd = SGD(net.learnable(), momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device) * 50
+    x = (torch.rand(batch, 3, 32, 32, device=device) * 255 - 128 if pixels
+         else torch.randn(batch, 3, 32, 32, device=device) * 50)
     y = torch.randint(0, 10, (batch,), device=device)
+    sgd = SGD(net.learnable(), momentum=momentum, weight_decay=weight_decay)
 
     def step():
         loss = net.loss(net({"data": x, "label": y}))
         loss.backward()
-        sgd.step(1e-4)
+        sgd.step(lr)
     return step, net
 
 

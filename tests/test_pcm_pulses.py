@@ -27,17 +27,44 @@ def reference_pulse(dev, w, s, b, xi):
 
 
 def test_one_pulse_is_the_exponential_step_with_its_complex_noise():
-    dev = PCMPresetDevice(b=0.3, gamma_up=2.0)  # an offset, so that a and b cannot swap
-    w = torch.tensor([0.0, 0.05, 0.4, 1.1, 1.7, 1.95], dtype=torch.float64)
-    s = torch.tensor([0.01, 0.012, 0.008, 0.01, 0.011, 0.01], dtype=torch.float64)
-    b = torch.tensor([2.0, 1.9, 2.1, 2.0, 1.8, 1.96], dtype=torch.float64)
-    out = dev.pulse(w, s, b, torch.Generator().manual_seed(3))
-    xi = torch.randn(6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    expect = [reference_pulse(dev, *v) for v in zip(w.tolist(), s.tolist(), b.tolist(),
-                                                      xi.tolist())]
-    torch.testing.assert_close(out, torch.tensor(expect, dtype=torch.float64), rtol=1e-12,
-                               atol=1e-15)
-    assert (out <= b).all() and (out >= 0).all()
+    w = torch.tensor([0.0, 0.05, 0.4, 1.1, 1.7, 1.95, 0.3], dtype=torch.float64)
+    s = torch.tensor([0.01, 0.012, 0.008, 0.01, 0.011, 0.01, 0.01], dtype=torch.float64)
+    b = torch.tensor([2.0, 1.9, 2.1, 2.0, 1.8, 1.96, 0.6], dtype=torch.float64)  # one below 1
+    # An offset b and a slope a other than -1 (they cannot swap or invert unseen); a positive
+    # A_up, whose step clamps at zero near the bottom.
+    for dev in (PCMPresetDevice(a=-1.3, b=0.3, gamma_up=2.0), PCMPresetDevice(A_up=1.5)):
+        torch.manual_seed(0)  # the generator given is the one used, not torch's
+        out = dev.pulse(w, s, b, torch.Generator().manual_seed(3))
+        xi = torch.randn(7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        expect = [reference_pulse(dev, *v) for v in zip(w.tolist(), s.tolist(), b.tolist(),
+                                                          xi.tolist())]
+        torch.testing.assert_close(out, torch.tensor(expect, dtype=torch.float64), rtol=1e-12,
+                                   atol=1e-15)
+        assert (out <= b).all() and (out >= 0).all()
+    steps = PCMPresetDevice(A_up=1.5).mean_step(w, s, b)
+    assert steps[0] == 0 and steps[3] > 0  # 1 - 1.5 e^0 < 0 at w = 0: no step there
+
+
+def test_device_draws_and_reset_replay_their_generator():
+    dev = PCMPresetDevice()
+    gen = torch.Generator().manual_seed(8)
+    torch.manual_seed(0)
+    draws = dev.populate((5,), gen)
+    xi = torch.randn((4, 5), generator=torch.Generator().manual_seed(8))
+    scale = (0.01 * (1 + 0.2 * xi[0] + 0.05 * xi[1])).abs()
+    bound = (2.0 * (1 + 0.1 * xi[2])).abs()
+    reset = torch.minimum((0.01 + 0.02 * xi[3]).clamp_min(0), bound)
+    torch.testing.assert_close(draws, torch.stack([scale, bound, reset]), rtol=1e-6, atol=0)
+    assert (reset > 0).any() and (reset < 0.01).any()  # the spread matters in this draw
+    after = torch.Generator().manual_seed(8)
+    torch.randn((4, 5), generator=after)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=after))  # 4 x 5
+    r = torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64)
+    b = torch.tensor([2.0, 2.0, 0.51], dtype=torch.float64)
+    got = dev.after_reset(r, b, torch.Generator().manual_seed(2))
+    xi = torch.randn(3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(got, torch.minimum((r + 0.01 * xi).clamp_min(0), b), rtol=1e-14,
+                               atol=0)
 
 
 def test_the_mean_increment_falls_with_the_state_and_the_draws_match_it():
@@ -103,6 +130,18 @@ def test_pulse_and_verify_matches_a_scalar_loop_and_stops_within_half_a_step():
     assert got[1] == b[1]                      # a target beyond the bound: stops at it
     assert pulses[5] == 45                     # about 0.03 steps from 1.0 to 1.9: the limit
     assert 0 < pulses[0] < pulses[2] < 45      # the state-dependent step: more pulses up high
+    # Exactly half a step below the target is close enough: no pulse.
+    half = quiet.mean_step(torch.zeros(1, dtype=torch.float64), s[:1], b[:1]) / 2
+    assert quiet.program(torch.zeros(1, dtype=torch.float64), half, s[:1], b[:1])[1] == 0
+    assert quiet.program(torch.zeros(1, dtype=torch.float64), half * 1.001, s[:1], b[:1])[1] == 1
+    # The pulses draw from the generator given.
+    noisy = PCMPresetDevice()
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(noisy.program(torch.zeros(50), torch.full((50,), 1.5), torch.full((50,), 0.01),
+                                  torch.full((50,), 2.0), torch.Generator().manual_seed(6)))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     # With noise, over many devices: each stops within half its next mean step, at its bound
     # or at the limit.
     dev = PCMPresetDevice()
@@ -199,3 +238,35 @@ def test_pulse_draws_from_a_model_file_are_checked():
                 torch.cat([good[:2], good[1:2] + 1])):
         assert a.state_problem(index, bad) == ("pulse_draws must be >= 0, with bounds > 0 and "
                                                "RESET states within them")
+
+
+@pytest.mark.parametrize("fields,ok", [
+    (dict(dw_min=1.0), True), (dict(dw_min=1.01), False), (dict(w_max=1e3), True),
+    (dict(w_max=1.001e3), False), (dict(w_max=0.5, reset=0.0), True), (dict(w_max=0.0), False),
+    (dict(gamma_up=100.0), True), (dict(gamma_up=-100.5), False), (dict(a=-100.0), True),
+    (dict(a=100.5), False), (dict(b=100.0), True), (dict(b=-101.0), False),
+    (dict(A_up=-1e6), True), (dict(A_up=1.0000005e6), False), (dict(dw_min_dtod=10.0), True),
+    (dict(dw_min_dtod=10.5), False), (dict(up_down_dtod=0.0), True),
+    (dict(up_down_dtod=-0.01), False), (dict(w_max_dtod=10.0), True), (dict(w_max_dtod=11.0),
+                                                                       False),
+    (dict(dw_min_std=10.0), True), (dict(dw_min_std=-1.0), False),
+    (dict(dw_min_std_add=10.0), True), (dict(dw_min_std_add=10.1), False),
+    (dict(dw_min_std_slope=10.0), True), (dict(dw_min_std_slope=float("nan")), False),
+    (dict(reset_dtod=10.0), True), (dict(reset_dtod=12.0), False), (dict(reset_std=10.0), True),
+    (dict(reset_std=float("inf")), False), (dict(reset=0.0), True), (dict(reset=1.99), True),
+    (dict(reset=2.0), False), (dict(reset=-0.01), False), (dict(max_pulses=1), True),
+    (dict(max_pulses=100000), True), (dict(max_pulses=100001), False),
+])
+def test_pulse_configuration_edges(fields, ok):
+    dev = PCMPresetDevice(**fields)
+    if ok:
+        dev.check("pulse")
+    else:
+        name = next(iter(fields))
+        rule = {"dw_min": "in (0, 1]", "w_max": "in (0, 1e3]", "gamma_up": "within +-100",
+                "a": "within +-100", "b": "within +-100", "A_up": "within +-1e6",
+                "reset": "in [0, w_max)", "max_pulses": "in [1, 100000]"}.get(name, "in [0, 10]")
+        with pytest.raises(ValueError) as e:
+            dev.check("pulse")
+        finite = "" if name == "max_pulses" else "finite and "
+        assert str(e.value).startswith(f"pulse: {name} must be {finite}{rule}, got ")

@@ -34,6 +34,7 @@ class ArrayProducts(torch.nn.Module):
     (analog_conv) hands it so."""
 
     records_gradient = False
+    holds_pcm = False  # PCM devices programmed in training (pcm_terms), read by drift tests
 
     def __init__(self, config, shape: tuple[int, int, int]):
         super().__init__()

@@ -44,7 +44,7 @@ class _Programmed:
 def _model_for(arrays, model: PCMLikeNoiseModel) -> PCMLikeNoiseModel:
     """The statistics a layer's devices read with: `model`, with a HIC layer's own g_max (the
     conductance scale its training programmed; drift and read noise are the test's)."""
-    if hasattr(arrays, "pcm_terms"):
+    if arrays.holds_pcm:
         return dataclasses.replace(model, g_max=arrays.config.pcm.g_max)
     return model
 
@@ -54,7 +54,7 @@ def _terms(arrays, weight3: Tensor, model: PCMLikeNoiseModel, generator) -> list
     arrays have their devices already (programmed during training: their noise is in them),
     and draw only the drift exponents, from the targets their levels mean; RPU arrays are
     mapped onto differential pairs and programmed here."""
-    if hasattr(arrays, "pcm_terms"):
+    if arrays.holds_pcm:
         return [(g.double(), model.drift_coefficients(target.double(), generator), coef)
                 for g, target, coef in arrays.pcm_terms()]
     g_plus, g_minus, scale = to_pair(weight3.double(), model.g_max)

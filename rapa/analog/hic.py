@@ -236,6 +236,7 @@ class HICArrays(ArrayProducts):
     step scale, upper bound and RESET state (rapa.analog.pcm_pulses, in its units)."""
 
     records_gradient = True  # the update needs dL/dw alone, not the rows
+    holds_pcm = True
 
     def __init__(self, config: HICConfig, shape: tuple[int, int, int]):
         super().__init__(config, shape)

@@ -112,7 +112,7 @@ def _test_drift(net, args, device, progress) -> int:
         finally:
             programmed.restore()
     spread = " (mean +- standard deviation over them)" if args.drift_repeats > 1 else ""
-    hic = any(hasattr(b.arrays, "pcm_terms") for b in net.learnable())
+    hic = any(b.arrays is not None and b.arrays.holds_pcm for b in net.learnable())
     kept = " (HIC layers: their trained devices, drift exponents drawn anew)" if hic else ""
     print(f"{images} images, {args.iterations} batches; PCM programmed {args.drift_repeats} "
           f"time(s){kept}{spread}, drift compensation {compensation}")
