@@ -77,7 +77,8 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
         if len(lp.blobs) not in counts:
             extra = (" (a model of an analog net holds its arrays' state after the weights: "
                      "an RPU model loads only into a layer with rpu_param and the same "
-                     "devices_per_weight, a HIC model only into one with hic_param)"
+                     "devices_per_weight, a HIC model only into one with hic_param and the same "
+                     "programming: \"pulsed\" adds the blob pulse_draws)"
                      if len(lp.blobs) > len(learn) + len(state) or arrays else "")
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
                             f"net's layer has {len(learn)} learnable (+{len(state)} state)"

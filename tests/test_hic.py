@@ -215,11 +215,13 @@ def test_programming_noise_of_the_devices_follows_the_pcm_model():
     assert not torch.equal(a.read() * cfg.span, v)
 
 
-def test_forward_and_update_match_a_float64_convolution():
+@pytest.mark.parametrize("out,tiles", [(4, 2), (2, 4)])  # more tiles than outputs too
+def test_forward_and_update_match_a_float64_convolution(out, tiles):
     torch.manual_seed(3)
     cfg = ideal(accumulator_bits=32, accumulator_frac_bits=24, stochastic_rounding=False,
                 weight_range=1.0)
-    conv = TiledConv2d(3, 4, 3, padding=1, tiling="random", num_tiles=2, rpu_config=cfg).double()
+    conv = TiledConv2d(3, out, 3, padding=1, tiling="random", num_tiles=tiles,
+                       rpu_config=cfg).double()
     a = conv.arrays
     a.clip_(conv.weight3())  # in float64 now: the weight read from the devices again
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
@@ -232,7 +234,7 @@ def test_forward_and_update_match_a_float64_convolution():
     rows = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
     per_tile = torch.einsum("mk,tok->mto", rows, w_layer)
     ref = per_tile[torch.arange(len(rows)), assign.reshape(-1)] + conv.bias[assign.reshape(-1)]
-    ref = ref.view(2, 5, 5, 4).permute(0, 3, 1, 2)
+    ref = ref.view(2, 5, 5, out).permute(0, 3, 1, 2)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     target = torch.randn_like(ref)
     ((y - target) ** 2).sum().backward()
@@ -281,6 +283,20 @@ def test_untiled_exact_products_are_the_dense_convolution_and_record_its_gradien
                                rtol=1e-5, atol=1e-5)
     for dense, rows in zip(results[0], results[1]):
         torch.testing.assert_close(dense, rows, rtol=1e-5, atol=1e-5)
+    # Two passes before an update: both gradients count.
+    conv.arrays.records_gradient = True
+    for _ in range(2):
+        ((conv(x) - target) ** 2).sum().backward()
+    assert len(conv.arrays.pending) == 2
+    torch.testing.assert_close(conv.arrays.gradient(), 2 * results[0][2], rtol=1e-6, atol=1e-6)
+    conv.arrays.pending.clear()
+    # Exact products one way only: the rows' path (the other direction needs its periphery).
+    for direction in ("forward", "backward"):
+        half = dataclasses.replace(cfg, **{direction: dataclasses.replace(
+            getattr(cfg, direction), is_perfect=False)})
+        other = TiledConv2d(3, 4, (3, 5), stride=stride, padding=padding, rpu_config=half)
+        ((other(x) - target) ** 2).sum().backward()
+        assert isinstance(other.arrays.pending[0], tuple), direction
 
 
 def test_drift_reads_the_hic_devices_from_t0_on():
@@ -457,6 +473,7 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     a = net.layer("hic/ip").module.arrays
     a.reset_count[0, 0, 0, :30] = 7  # 30 of 120,000 binary cells RESET 6 times more
     a.reset_count[4, 0, 1, 1] = 3
+    a.set_count[5, 0, 2, 3] = 40  # G- of one weight: 40 SET pulses
     a.saturations += 4
     save_weights(net, tmp_path / "n.caffemodel")
     assert main(["model-size", "--model", str(tmp_path / "n.prototxt"), "--weights",
@@ -465,12 +482,19 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
     assert out[6] == "write-erase cycles (RESETs) per device, against endurance:"
     assert out[7].split() == ["layer", "devices", "max", "mean", "99.9%", "max/endurance",
                               "saturations"]
-    rows = [line.split() for line in out[8:]]
+    rows = [line.split() for line in out[8:10]]
     # 30 of 120,000 cells at 7: above the 99.9th percentile (120 cells), which stays 1.
     assert rows[0] == ["hic/ip", "binary", "7", f"{(120000 + 180) / 120000:.2f}", "1", "7.00e-03",
                        "4"]
     assert rows[1] == ["hic/ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
-    assert len(rows) == 2  # one layer: no rows for the whole net
+    # The SET events, after it (one layer: no rows for the whole net in either table).
+    assert out[10:13] == ["", 'SET events per device (programming "pulsed": SET pulses):',
+                          "layer        devices           max      mean    99.9%"]
+    for line, counts in zip(out[13:], (a.set_count[:4], a.set_count[4:])):
+        flat = counts.double().flatten()
+        assert line.split()[2:] == [f"{flat.max():.0f}", f"{flat.mean():.2f}",
+                                    f"{torch.quantile(flat, 0.999):.0f}"]
+    assert len(out) == 15 and out[14].split()[2] == "40"
     with pytest.raises(SystemExit) as e:  # argparse: --model is required
         main(["model-size"])
     assert e.value.code == 2 and "--model" in capsys.readouterr().err
@@ -700,13 +724,16 @@ def test_a_model_of_other_arrays_does_not_load_and_the_message_names_both_kinds(
             'dim: 6 } } } layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
             'inner_product_param { num_output: 3 %s } }')
     torch.manual_seed(0)
+    pulsed = 'hic_param { programming: "pulsed" }'
     for saved, loaded in (("rpu_param { }", "hic_param { }"), ("hic_param { }", ""),
-                          ("hic_param { }", "rpu_param { }")):
+                          ("hic_param { }", "rpu_param { }"), ("hic_param { }", pulsed),
+                          (pulsed, "hic_param { }")):
         save_weights(Net(parse_text(text % saved, pb.NetParameter()), pb.TRAIN),
                      tmp_path / "m.caffemodel")
         with pytest.raises(RapaError, match="an RPU model loads only into a layer with "
                                             "rpu_param .*, a HIC model only into one with "
-                                            "hic_param"):
+                                            "hic_param and the same programming: \"pulsed\" "
+                                            "adds the blob pulse_draws"):
             load_weights(Net(parse_text(text % loaded, pb.NetParameter()), pb.TRAIN),
                          tmp_path / "m.caffemodel")
 

@@ -216,14 +216,19 @@ def test_pulsed_programming_is_configured_from_hic_param_and_its_errors_name_the
         ("pulsed", 0.02, 50, -10.0)
     assert cfg.pulse.gamma_up == 2.5  # the rest: PCMPresetDevice's
     assert made.module.arrays.state_names()[-1] == "pulse_draws"
-    for field, message in [('programming: "open"', "hic_param: programming must be one of "
-                                                    "statistical, pulsed, got 'open'"),
-                           ("pulse { dw_min: 0 }", "hic_param: pulse: dw_min must be finite "
-                                                   "and in (0, 1], got 0"),
-                           ("pulse { max_pulses: 0 }", "hic_param: pulse: max_pulses must be "
-                                                       "in [1, 100000], got 0"),
-                           ("pulse { reset: 3 }", "hic_param: pulse: reset must be finite and "
-                                                  "in [0, w_max)")]:
+    pulsed = 'programming: "pulsed" '
+    for field, message in [
+            ('programming: "open"', "hic_param: programming must be one of statistical, "
+                                    "pulsed, got 'open'"),
+            (pulsed + "pulse { dw_min: 0 }", "hic_param: pulse: dw_min must be finite and in "
+                                             "(0, 1], got 0"),
+            (pulsed + "pulse { max_pulses: 0 }", "hic_param: pulse: max_pulses must be in "
+                                                 "[1, 100000], got 0"),
+            (pulsed + "pulse { reset: 3 }", "hic_param: pulse: reset must be finite and in "
+                                            "[0, w_max)"),
+            ("pulse { dw_min: 0.02 }", "hic_param: pulse is given, but programming is "
+                                       "'statistical': pulse applies with programming: "
+                                       '"pulsed"')]:
         with pytest.raises(RapaError) as e:
             make_layer(parse_text(layer % field, pb.LayerParameter()), [(2, 6)], pb.TRAIN)
         assert str(e.value).startswith("layer 'ip' (InnerProduct): ") and message in str(e.value)
@@ -270,3 +275,37 @@ def test_pulse_configuration_edges(fields, ok):
             dev.check("pulse")
         finite = "" if name == "max_pulses" else "finite and "
         assert str(e.value).startswith(f"pulse: {name} must be {finite}{rule}, got ")
+
+
+def test_pulsed_programming_draws_from_the_given_generator_and_refreshes_only_its_weights():
+    cfg = HICConfig(programming="pulsed", pcm=PCMLikeNoiseModel(g_max=24.0))  # noisy pulses
+    torch.manual_seed(1)
+    base = HICArrays(cfg, (1, 1, 2))
+    base._hold(torch.tensor([40.0, 16.0]), None, torch.Generator().manual_seed(0), fresh=True)
+    results = []
+    for seed in (5, 6):
+        a = HICArrays(cfg, (1, 1, 2))
+        a.load_state_dict(base.state_dict())
+        torch.manual_seed(seed)  # not what the pulses draw from
+        # Weight 0: 40 (levels 2, 0) to -40 (M = -3: G- would reach level 5, so refresh);
+        # weight 1: 16 (level 1) to 32, G+ climbs from where it is, in the same call.
+        a._hold(torch.tensor([-40.0, 32.0]), None, torch.Generator().manual_seed(3))
+        results.append(a)
+    for name in ("g_pair", "set_count", "reset_count", "levels"):
+        assert torch.equal(getattr(results[0], name), getattr(results[1], name)), name
+    a = results[0]
+    assert a.levels[:, 0, 0, 0].tolist() == [0, 3] and a.levels[:, 0, 0, 1].tolist() == [2, 0]
+    assert (a.reset_count - base.reset_count)[-2:, 0, 0].tolist() == [[1, 0], [1, 0]]
+    # Without noise, the pulses replayed: weight 1's G+ goes on from its level-1 conductance
+    # while weight 0's pair is refreshed in the same call.
+    quiet = quiet_pulsed()
+    a = HICArrays(quiet, (1, 1, 2))
+    a._hold(torch.tensor([40.0, 16.0]), None, None, fresh=True)
+    g1, sets = float(a.g_pair[0, 0, 0, 1]), a.set_count.clone()
+    a._hold(torch.tensor([-40.0, 32.0]), None, None)
+    unit = 24.0 / 2.0
+    ref_w, ref_p = reference_program(quiet.pulse, g1 / unit, 4 / 3, 0.01, 2.0)
+    assert (a.set_count - sets)[-2, 0, 0, 1] == ref_p > 0
+    assert float(a.g_pair[0, 0, 0, 1]) == pytest.approx(ref_w * unit, rel=1e-5)
+    ref_w, ref_p = reference_program(quiet.pulse, 0.0, 2.0, 0.01, 2.0)  # G- from RESET to 3
+    assert (a.set_count - sets)[-1, 0, 0, 0] == ref_p and a.g_pair[0, 0, 0, 0] == 0

@@ -201,6 +201,9 @@ def hic_from_proto(msg, where: str = "hic_param") -> HICConfig:
                 config.binary_cells = len(config.bit_weights)
         else:
             setattr(config, fd.name, _plain(fd, value, getattr(config, fd.name)))
+    if msg.HasField("pulse") and config.programming != "pulsed":
+        raise ValueError(f"{where}: pulse is given, but programming is "
+                         f"'{config.programming}': pulse applies with programming: \"pulsed\"")
     config.check(where)
     return config
 

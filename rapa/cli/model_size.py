@@ -104,9 +104,26 @@ def _write_erase(net: Net, width: int) -> None:
                 _row("all layers", kind, flat, worst, width,
                      sum(int(a.saturations.sum()) for _, a in hic) if kind == "binary" or
                      not every["binary"] else "")
+    # SET events: one per switching attempt of a binary cell, one per level a multi-level
+    # device is programmed to, or with programming "pulsed" one per SET pulse.
+    print("\nSET events per device (programming \"pulsed\": SET pulses):")
+    print(f"{'layer':<{width}} {'devices':<12} {'max':>8} {'mean':>9} {'99.9%':>8}")
+    every = {"binary": [], "multi-level": []}
+    for name, a in hic:
+        nb = a.config.binary_cells
+        for kind, counts in (("binary", a.set_count[:nb]), ("multi-level", a.set_count[nb:])):
+            if counts.numel():
+                every[kind].append(counts.double().flatten())
+                _row(name, kind, every[kind][-1], None, width, None)
+    if len(hic) > 1:
+        for kind, parts in every.items():
+            if parts:
+                _row("all layers", kind, torch.cat(parts), None, width, None)
 
 
 def _row(name, kind, flat, worst, width, saturations) -> None:
+    """One table row; worst None: the row without the endurance and saturation columns."""
     q = torch.quantile(flat[:2 ** 24], 0.999).item()  # quantile's input limit
-    print(f"{name:<{width}} {kind:<12} {flat.max().item():>8.0f} {flat.mean().item():>9.2f} "
-          f"{q:>8.0f} {worst:>14.2e} {saturations:>12}")
+    row = (f"{name:<{width}} {kind:<12} {flat.max().item():>8.0f} {flat.mean().item():>9.2f} "
+           f"{q:>8.0f}")
+    print(row if worst is None else f"{row} {worst:>14.2e} {saturations:>12}")
