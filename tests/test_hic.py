@@ -283,6 +283,13 @@ def test_untiled_exact_products_are_the_dense_convolution_and_record_its_gradien
                                rtol=1e-5, atol=1e-5)
     for dense, rows in zip(results[0], results[1]):
         torch.testing.assert_close(dense, rows, rtol=1e-5, atol=1e-5)
+    # A channels-last input (as a rows-path layer hands on): the same numbers.
+    conv.arrays.records_gradient = True
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ((conv(x_cl) - target) ** 2).sum().backward()
+    torch.testing.assert_close(conv.arrays.gradient(), results[0][2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x_cl.grad, results[0][1], rtol=1e-6, atol=1e-6)
+    conv.arrays.pending.clear()
     # Two passes before an update: both gradients count.
     conv.arrays.records_gradient = True
     for _ in range(2):

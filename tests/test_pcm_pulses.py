@@ -309,3 +309,78 @@ def test_pulsed_programming_draws_from_the_given_generator_and_refreshes_only_it
     assert float(a.g_pair[0, 0, 0, 1]) == pytest.approx(ref_w * unit, rel=1e-5)
     ref_w, ref_p = reference_program(quiet.pulse, 0.0, 2.0, 0.01, 2.0)  # G- from RESET to 3
     assert (a.set_count - sets)[-1, 0, 0, 0] == ref_p and a.g_pair[0, 0, 0, 0] == 0
+
+
+def test_draws_are_magnitudes_and_resets_lie_within_their_bounds():
+    torch.manual_seed(0)
+    scale, bound, reset = PCMPresetDevice(dw_min_dtod=10.0, w_max_dtod=10.0,
+                                          reset=0.5, reset_dtod=1.0).populate((10_000,))
+    assert (scale >= 0).all() and (bound >= 0).all() and (reset <= bound).all()
+    assert (reset == bound).sum() > 100  # tiny bounds clip their RESET states
+
+
+def test_levels_out_of_a_pulse_s_reach_are_refused_and_a_stuck_device_stops_pulsing():
+    for fields, state in [(dict(w_max=0.05, reset=0.0), "0"),            # one pulse > a level
+                          (dict(gamma_up=100.0, A_up=-1e6), "0.01"),      # inf
+                          (dict(A_up=1.5), "0.01")]:                      # 0 from RESET
+        with pytest.raises(ValueError, match=f"^pulse: a SET pulse at w = {state} steps by "):
+            PCMPresetDevice(**fields).check_levels(4, "pulse")
+    PCMPresetDevice().check_levels(4, "pulse")
+    with pytest.raises(RapaError, match="hic_param: pulse: a SET pulse at w = 0.01"):
+        make_layer(parse_text('name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                              'inner_product_param { num_output: 3 hic_param { programming: '
+                              '"pulsed" levels: 64 } }', pb.LayerParameter()), [(2, 6)],
+                   pb.TRAIN)  # 63 levels: one pulse from RESET (0.28) spans several
+    stuck = PCMPresetDevice(A_up=1.5, dw_min_std_add=0.0, max_pulses=100_000)
+    w, pulses = stuck.program(torch.zeros(3), torch.ones(3), torch.full((3,), 0.01),
+                              torch.full((3,), 2.0))
+    assert pulses.tolist() == [1, 1, 1] and w.tolist() == [0, 0, 0]  # no step, no noise
+
+
+def test_each_device_pulses_with_its_own_draws_and_resets_to_its_own_state():
+    # No cycle-to-cycle noise, but device-to-device spread: every device deterministic and
+    # different, G+ and G- included.
+    pulse = PCMPresetDevice(dw_min_std=0.0, reset_std=0.0, reset=0.02, reset_dtod=0.01)
+    cfg = HICConfig(programming="pulsed", pulse=pulse,
+                    pcm=PCMLikeNoiseModel(prog_noise_scale=0.0, g_max=24.0))
+    torch.manual_seed(4)
+    a = HICArrays(cfg, (1, 2, 2))
+    a._hold(torch.tensor([40.0, -40.0, 16.0, 0.0]), None, None, fresh=True)
+    scale, bound, reset = (d.reshape(2, 4).double() for d in a.pulse_draws)
+    assert len(set(scale.flatten().tolist())) == 8  # all devices differ
+    unit = 12.0
+    for col, (plus, minus) in enumerate([(2, 0), (0, 3), (1, 0), (0, 0)]):
+        for dev, level in ((0, plus), (1, minus)):
+            start = float(reset[dev, col])
+            ref_w, ref_p = (reference_program(pulse, start, level * 2 / 3, float(scale[dev, col]),
+                                              float(bound[dev, col])) if level else (start, 0))
+            assert float(a.g_pair[dev, 0, col // 2, col % 2]) == pytest.approx(ref_w * unit,
+                                                                              rel=1e-5)
+            assert a.set_count[-2 + dev, 0, col // 2, col % 2] == ref_p
+    # Weight 2 alone (index 2): 16 to 32, its G+ climbs with its own draws.
+    g = float(a.g_pair[0, 0, 1, 0]) / unit
+    before = a.set_count.clone()
+    a._hold(torch.tensor([32.0]), torch.tensor([2]), None)
+    ref_w, ref_p = reference_program(pulse, g, 4 / 3, float(scale[0, 2]), float(bound[0, 2]))
+    assert float(a.g_pair[0, 0, 1, 0]) == pytest.approx(ref_w * unit, rel=1e-5)
+    assert (a.set_count - before)[-2, 0, 1, 0] == ref_p and (a.set_count - before).sum() == ref_p
+
+
+def test_pulse_draws_edges_and_a_legacy_shaped_blob():
+    a = HICArrays(HICConfig(programming="pulsed"), (1, 1, 3))
+    index = a.state_names().index("pulse_draws")
+    good = a.pulse_draws.clone()
+    edge = good.clone()
+    edge[2] = edge[1]  # RESET states at their bounds: allowed
+    assert a.state_problem(index, edge) is None
+    assert a.state_problem(index, good.reshape(1, 3, 2, 1, 1, 3)) is None  # 1s elsewhere
+    for rule in range(3):  # each breaks one rule only
+        bad = good.clone()
+        if rule == 0:
+            bad[0, 0, 0, 0, 0] = -0.001                  # a negative step scale
+        elif rule == 1:
+            bad[1, 0, 0, 0, 0] = bad[2, 0, 0, 0, 0] = 0  # a zero bound (its reset 0 within)
+        else:
+            bad[2, 1, 0, 0, 2] = bad[1, 1, 0, 0, 2] + 1e-3
+        assert a.state_problem(index, bad.reshape(1, 3, 2, 1, 1, 3)) == (
+            "pulse_draws must be >= 0, with bounds > 0 and RESET states within them"), rule

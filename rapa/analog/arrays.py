@@ -287,7 +287,8 @@ class _ExactConv(torch.autograd.Function):
             grad, x, weight4.detach(), None, stride, padding, (1, 1), False, (0, 0), 1,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
         if ctx.needs_input_grad[1]:
-            ctx.arrays.pending.append(grad_w.view(ctx.arrays.shape))
+            # reshape: a channels-last input gives a channels-last gradient
+            ctx.arrays.pending.append(grad_w.reshape(ctx.arrays.shape))
         return grad_x, None, None, None, None
 
 

@@ -173,6 +173,8 @@ class HICConfig:
             raise ValueError(f"{where}: programming must be one of {', '.join(PROGRAMMING)}, "
                              f"got '{self.programming}'")
         self.pulse.check(f"{where}: pulse")
+        if self.programming == "pulsed":
+            self.pulse.check_levels(self.levels, f"{where}: pulse")
         try:
             self.pcm.check(f"{where}: pcm")
         except RapaError as err:
@@ -287,8 +289,9 @@ class HICArrays(ArrayProducts):
             "saturations": (whole and (value >= 0).all(), "whole counts >= 0"),
         }
         if name == "pulse_draws":  # (step scale, bound, RESET state) of each device
-            rules[name] = ((value >= 0).all() and (value[1] > 0).all() and
-                           (value[2] <= value[1]).all(),
+            draws = value.reshape(3, -1)  # a file may give the shape with other 1s
+            rules[name] = ((draws >= 0).all() and (draws[1] > 0).all() and
+                           (draws[2] <= draws[1]).all(),
                            ">= 0, with bounds > 0 and RESET states within them")
         ok, rule = rules[name]
         return None if ok else f"{name} must be {rule}"

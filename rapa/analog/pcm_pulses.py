@@ -18,10 +18,12 @@ of PCM. RESET leaves r + reset_std xi, r = reset (1 + 0) + reset_dtod xi_4 drawn
 (aihwkit's reset, reset_dtod, reset_std), clipped to [0, b]. A conductance g in uS is
 w g_max / w_max.
 
-Reaching a level (PulsedProgramming.program) is a pulse-and-verify loop: SET pulses are applied
+Reaching a level (PCMPresetDevice.program) is a pulse-and-verify loop: SET pulses are applied
 while the device lies below its target by more than half the mean increment of its next pulse,
-at most max_pulses times; a device that reached its bound stops there. Every pulse counts as a
-SET event. The loop and max_pulses are ours (aihwkit's PCM unit cell is pulsed by its SGD
+at most max_pulses times (a device still short of its target then stays there, neither
+counted nor reported apart from its pulses); a device that reached its bound stops there.
+Every pulse counts as a SET event. HIC checks that a nominal device can reach every level
+(check_levels). The loop and max_pulses are ours (aihwkit's PCM unit cell is pulsed by its SGD
 update instead); they are what a program-and-verify controller over this device would do.
 """
 from __future__ import annotations
@@ -92,6 +94,22 @@ class PCMPresetDevice:
             raise ValueError(f"{where}: max_pulses must be in [1, 100000], got "
                              f"{self.max_pulses}")
 
+    def check_levels(self, levels: int, where: str) -> None:
+        """ValueError naming `where` unless a nominal device (step dw_min, bound w_max) can
+        reach each of `levels` evenly spaced levels: the mean step from the RESET state and at
+        every level below the top must be finite, > 0 and at most one level's spacing."""
+        spacing = self.w_max / (levels - 1)
+        states = torch.tensor([self.reset] + [i * spacing for i in range(levels - 1)],
+                              dtype=torch.float64)
+        steps = self.mean_step(states, torch.full_like(states, self.dw_min),
+                               torch.full_like(states, self.w_max))
+        for w, step in zip(states.tolist(), steps.tolist()):
+            if not (math.isfinite(step) and 0 < step <= spacing):
+                raise ValueError(f"{where}: a SET pulse at w = {w:.3g} steps by {step:.3g} on "
+                                 f"average, which must be > 0 and at most one level's spacing "
+                                 f"({spacing:.3g} = w_max / (levels - 1)): dw_min, a, b, "
+                                 f"gamma_up, A_up or w_max leave the levels out of reach")
+
     def populate(self, shape, generator: Optional[torch.Generator] = None) -> Tensor:
         """Each device's draws, stacked (3, *shape): step scale s, upper bound b and RESET
         state r (aihwkit's PulsedRPUDevice::populate; s and b taken as magnitudes, r within
@@ -132,7 +150,10 @@ class PCMPresetDevice:
             if not bool(below.any()):
                 break
             index = below.nonzero().squeeze(1)
-            w = w.index_put((index,), self.pulse(w[index], scale[index], bound[index],
-                                                 generator))
+            before = w[index]
+            after = self.pulse(before, scale[index], bound[index], generator)
+            w = w.index_put((index,), after)
             pulses = pulses.index_put((index,), pulses[index] + 1)
+            if bool((after == before).all()):  # steps and noise of 0: nothing will move
+                break
         return w, pulses
