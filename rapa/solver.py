@@ -282,6 +282,16 @@ class Solver:
     def rate(self) -> float:
         return learning_rate(self.sp, self.iter)
 
+    def _generators(self, states: Optional[tuple] = None) -> tuple:
+        """The states of this process's generators (CPU, and the device's on CUDA); given
+        `states`, sets them back to those."""
+        cuda = self.device.type == "cuda"
+        if states is not None:
+            torch.set_rng_state(states[0])
+            if cuda:
+                torch.cuda.set_rng_state(states[1], self.device)
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
+
     def _generator_states(self) -> tuple[bytes, bytes]:
         cuda = (torch.cuda.get_rng_state(self.device).numpy().tobytes()
                 if self.device.type == "cuda" else b"")
@@ -607,13 +617,17 @@ class Solver:
                         self.iter > 0 or sp.test_initialization) and self.test_nets:
                     bar.clear()
                     t_test = time.monotonic()
+                    drawn = self._generators()
                     if leader:
                         self._test_all(log)
                     t_display += time.monotonic() - t_test  # images/s: training time only
                     # A signal during the test stops the run here, before the step, as in
                     # Caffe: the snapshot is of this iteration, whose tests the resumed run
-                    # does again. (The other processes wait here for process 0's tests.)
+                    # does again. (The other processes wait here for process 0's tests.) Its
+                    # generators are those from before the tests, which draw from them
+                    # (random tiling, analog noise): the tests done again draw the same.
                     if self.group.sum([self._interrupted is not None])[0]:
+                        self._generators(drawn)
                         self._stop_for_signal(bar)
                 rate = self.rate()
                 loss_sum, hits, predictions = 0.0, 0, 0

@@ -491,11 +491,14 @@ def test_a_second_ctrl_c_stops_at_once_and_quietly(workdir, gap):
     assert resumed.iter == done + 2 and not list((workdir / "snap").glob(".*.tmp*"))
 
 
-def test_a_signal_during_a_test_stops_before_the_step_and_the_resume_tests_again(workdir):
+@pytest.mark.parametrize("scheme", ["random_fixed", "random"])
+def test_a_signal_during_a_test_stops_before_the_step_and_the_resume_tests_again(workdir,
+                                                                                 scheme):
     """Caffe's "Test interrupted": the test stops at its next batch, the snapshot is of the
     test's iteration (no step taken), its lines are not logged, and the resumed run tests
-    that iteration again and ends as an uninterrupted run does."""
-    path = setup_files(workdir, max_iter=12)
+    that iteration again and ends as an uninterrupted run does. With random tiling the test
+    draws its own partitions, from the generator the training draws from."""
+    path = setup_files(workdir, max_iter=12, scheme=scheme)
     pathlib.Path(path).write_text(pathlib.Path(path).read_text().replace("snapshot: 4",
                                                                          "snapshot: 100"))
     whole = Solver(path, say=lambda m: None, progress=False)
@@ -509,11 +512,18 @@ def test_a_signal_during_a_test_stops_before_the_step_and_the_resume_tests_again
     calls = []
     run_test = solver_module.test_net
 
-    def test_with_a_signal(net, iterations, *args, **kw):
+    def test_with_a_signal(net, iterations, *args, stop, **kw):
         calls.append(solver.iter)
-        if solver.iter == 5:  # the signal comes while the second test reads its first batch
-            solver._interrupted = "SIGINT"
-        return run_test(net, iterations, *args, **kw)
+        batches = []
+
+        def signal_after_a_batch():
+            # The signal comes while the second test reads its second batch, after the
+            # first has drawn (random tiling) from the training's generator.
+            batches.append(1)
+            if solver.iter == 5 and len(batches) == 2:
+                solver._interrupted = "SIGINT"
+            return stop()
+        return run_test(net, iterations, *args, stop=signal_after_a_batch, **kw)
     solver_module.test_net = test_with_a_signal
     try:
         with pytest.raises(Stop, match="SIGINT at iteration 5: stopped after writing "
