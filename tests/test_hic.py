@@ -215,7 +215,7 @@ def test_programming_noise_of_the_devices_follows_the_pcm_model():
     assert not torch.equal(a.read() * cfg.span, v)
 
 
-@pytest.mark.parametrize("out,tiles", [(4, 2), (2, 4)])  # more tiles than outputs too
+@pytest.mark.parametrize("out,tiles", [(4, 2), (2, 4), (1, 4)])  # more tiles than outputs too
 def test_forward_and_update_match_a_float64_convolution(out, tiles):
     torch.manual_seed(3)
     cfg = ideal(accumulator_bits=32, accumulator_frac_bits=24, stochastic_rounding=False,
