@@ -27,7 +27,7 @@ VOTES ?= 9
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: setup build test run bench proto check-cuda cuda-build clean
+.PHONY: setup build test test-gpu run bench proto check-cuda cuda-build clean
 
 # Re-run when this Makefile changes (new dependencies); never installs a second torch.
 $(VENV)/.deps: Makefile
@@ -43,11 +43,27 @@ setup:  # your own interpreter keeps its torch; only the other packages are adde
 	$(PYTHON) -m pip install -q $(PY_DEPS)
 endif
 
+INSTALL = $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+
 build: setup
-	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(INSTALL)
 
 test: build
 	$(PYTHON) -m pytest -q
+
+# make test-gpu PYTHON=python3: on a machine with a GPU and a CUDA build of torch that has the
+# other packages already (it installs nothing but the library, built with its CUDA kernels):
+# every test case that runs on CUDA (each op's and module's cuda case), on 8 workers where
+# pytest-xdist is there, without the nvcc compile checks (the build has just compiled the
+# CUDA sources). Stops with one line on a machine without a GPU; RAPA_CUDA=ON makes a build
+# without the CUDA kernels an error rather than a run whose CUDA cases all skip.
+test-gpu:
+	$(PYTHON) -c "import sys, torch; torch.cuda.is_available() or sys.exit( \
+	    'make test-gpu: needs a GPU and a CUDA build of torch (torch ' + torch.__version__ + \
+	    ' sees no GPU)')"
+	RAPA_CUDA=ON $(INSTALL)
+	$(PYTHON) -m pytest -q -k cuda --ignore=tests/test_cuda_sources.py \
+	    $(shell $(PYTHON) -c "import xdist; print('-n 8')" 2>/dev/null)
 
 # mean.binaryproto is written last: its presence means the conversion finished.
 data/cifar10/mean.binaryproto:

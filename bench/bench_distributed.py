@@ -26,7 +26,8 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 SOLVERS = ["prototxt/cifar10/random_max_short_solver.prototxt",
            "prototxt/cifar10/random_max_rpu_short_solver.prototxt",
@@ -42,7 +43,9 @@ def bench_solver(source: str, folder: str, iters: int) -> str:
     sp.test_interval, sp.test_initialization, sp.snapshot = iters + 1, False, 0
     sp.snapshot_after_train, sp.display = False, 0
     sp.snapshot_prefix = os.path.join(folder, "bench")
-    sp.net = os.path.abspath(sp.net)
+    # The committed solvers name their nets from the repository's root; the data their nets
+    # read is found from the folder this runs in (the root after `make run`, or another).
+    sp.net = os.path.abspath(sp.net if os.path.exists(sp.net) else ROOT / sp.net)
     path = os.path.join(folder, "solver.prototxt")
     with open(path, "w") as f:
         from google.protobuf import text_format
@@ -63,8 +66,10 @@ def worker(rank: int, world: int, port: int, solver_path: str, device: str, out:
         if not sent:
             for b in solver.params:
                 if b.arrays is not None:
-                    sent[b.name] = sum(t.numel() * t.element_size()
-                                       for entry in b.arrays.pending for t in entry)
+                    entries = b.arrays.exchanged()
+                    sent[b.name] = sum(t.numel() * t.element_size() for entry in entries
+                                       for t in ([entry] if isinstance(entry, torch.Tensor)
+                                                 else entry))
                 elif b.blob.grad is not None:
                     sent[b.name] = b.blob.grad.numel() * b.blob.grad.element_size()
         sync()

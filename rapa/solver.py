@@ -408,8 +408,10 @@ class Solver:
         digital ones averaged, as Caffe's multi-GPU solver does (each process's loss is the
         mean over its own batch); the analog rows gathered in rank order, their d divided by
         the world size for the same reason. Every process then makes the same update as one
-        process would with the concatenated batch. BatchNorm's moving averages are averaged
-        too (Caffe keeps the root solver's), so that every process holds the same net."""
+        process would with the concatenated batch; arrays that learn from the weight gradient
+        alone (HIC) exchange its sum, averaged, instead of their rows (ArrayProducts.exchanged).
+        BatchNorm's moving averages are averaged too (Caffe keeps the root solver's), so that
+        every process holds the same net."""
         g = self.group
         if g.world == 1:
             return
@@ -420,7 +422,7 @@ class Solver:
         g.average_([t for e in self.net.entries for t in e.layer.running_blobs()])
         for b in self.params:
             if b.arrays is not None:
-                b.arrays.pending = [_shared(g, entry) for entry in b.arrays.pending]
+                b.arrays.pending = [_shared(g, entry) for entry in b.arrays.exchanged()]
 
     def _update(self, rate: float) -> None:
         sp = self.sp

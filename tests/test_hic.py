@@ -14,6 +14,7 @@ from rapa.analog import HICArrays, HICConfig, hic_from_proto
 from rapa.analog.drift import ProgrammedNet
 from rapa.analog.hic import encode
 from rapa.analog.pcm import PCMLikeNoiseModel
+from rapa.analog.pcm_pulses import PCMPresetDevice
 from rapa.errors import RapaError
 from rapa.layers.base import make_layer
 from rapa.net import Net
@@ -755,3 +756,80 @@ def test_no_binary_cells_and_one_scale_per_array():
     assert arrays.map_(w) == 0  # the range covers every written weight
     assert arrays.out_scale.tolist() == [1.0, 4.0]  # each array its own largest |W|
     assert arrays.value().tolist() == [[[48.0, 24.0]], [[-48.0, 24.0]]]
+
+
+@pytest.mark.parametrize("programming", ["statistical", "pulsed"])
+def test_hic_arrays_on_the_device_do_what_they_do_on_the_cpu(device, programming):
+    """The representation, the accumulator, the transfers and the counts on `device` (CUDA
+    where present) against the CPU, with draws-free settings: ideal devices (pulses without
+    noise), nearest rounding, integer rows in float64 (exact sums in any order)."""
+    cfg = ideal(stochastic_rounding=False, weight_range=3.0)
+    if programming == "pulsed":
+        cfg = dataclasses.replace(cfg, programming="pulsed", pulse=PCMPresetDevice(
+            dw_min_std=0.0, reset_std=0.0))
+    torch.manual_seed(2)
+    cpu = HICArrays(cfg, (2, 3, 5)).double()
+    weight = torch.randn(2, 3, 5, dtype=torch.float64)
+    cpu.map_(weight)  # weight becomes what the devices read
+    v0 = cpu.value().clone()
+    there = HICArrays(cfg, (2, 3, 5)).double()
+    there.load_state_dict(cpu.state_dict())
+    there = there.to(device)
+    weights = [weight, weight.to(device).clone()]
+    for step in range(3):
+        x = torch.randint(-3, 4, (7, 5), dtype=torch.float64)
+        d = torch.randint(-3, 4, (7, 3), dtype=torch.float64)
+        tile = torch.tensor([0, 1, 1, 0, -1, 1, 0])
+        for a, w in zip((cpu, there), weights):
+            a.pending.append((x.to(w.device), d.to(w.device), tile.to(w.device)))
+            a.apply_update(w, 0.02)
+    for name, mine in cpu.state_dict().items():
+        torch.testing.assert_close(getattr(there, name).cpu(), mine, rtol=1e-6, atol=1e-6,
+                                   msg=name)
+    torch.testing.assert_close(weights[1].cpu(), weights[0], rtol=1e-6, atol=1e-7)
+    assert (cpu.value() != v0).sum() > 5  # transfers happened
+
+
+def test_the_exact_convolution_on_the_device(device):
+    """_ExactConv on `device` (cuDNN on CUDA) against a float64 convolution on the CPU."""
+    torch.manual_seed(6)
+    conv = TiledConv2d(3, 4, 3, stride=2, padding=1, rpu_config=ideal(weight_range=0.5))
+    layer_w = (conv.weight3() * conv.arrays.out_scale.view(-1, 1, 1)).detach().double()
+    conv = conv.to(device)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    xd = x.float().to(device).requires_grad_()
+    y = conv(xd)
+    y.square().sum().backward()
+    xr = x.clone().requires_grad_()
+    wr = layer_w.view(4, 3, 3, 3).requires_grad_()
+    ref = torch.nn.functional.conv2d(xr, wr, conv.bias.detach().double().cpu(), 2, 1)
+    ref.square().sum().backward()
+    tol = 1e-4 if device.type == "cpu" else 3e-3  # cuDNN may take TF32 for float32
+    torch.testing.assert_close(y.detach().cpu().double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(xd.grad.cpu().double(), xr.grad, rtol=tol, atol=tol)
+    alpha = float(conv.arrays.out_scale[0])
+    assert isinstance(conv.arrays.pending[0], torch.Tensor)
+    torch.testing.assert_close(conv.arrays.gradient().cpu().double(),
+                               alpha * wr.grad.view(1, 4, 27), rtol=tol, atol=tol)
+
+
+def test_a_data_parallel_exchange_sends_the_summed_gradient_not_the_rows():
+    """HICArrays.exchanged: one (T, O, K) gradient, the sum of every recorded pass; RPU arrays
+    hand their rows as recorded."""
+    a = HICArrays(ideal(), (2, 3, 4))
+    assert a.exchanged() == []
+    passes = [(torch.randn(5, 4), torch.randn(5, 3), torch.tensor([0, 1, 1, -1, 0]))
+              for _ in range(2)]
+    a.pending.extend(passes)
+    summed = a.gradient()
+    (sent,) = a.exchanged()
+    assert sent.shape == (2, 3, 4) and torch.equal(sent, summed)
+    ref = torch.zeros(2, 3, 4, dtype=torch.float64)
+    for x, d, tile in passes:
+        for m in range(5):
+            if tile[m] >= 0:
+                ref[tile[m]] += torch.outer(d[m].double(), x[m].double())
+    torch.testing.assert_close(sent.double(), ref, rtol=1e-6, atol=1e-6)
+    rpu = Linear(4, 3, rpu_config=rapa.analog.RPUConfig()).arrays
+    rpu.pending.extend(passes[:1])
+    assert rpu.exchanged() is rpu.pending

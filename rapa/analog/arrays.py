@@ -56,6 +56,11 @@ class ArrayProducts(torch.nn.Module):
         # this net's configuration has none (they are the model's), and x * 1 is exact.
         return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
 
+    def exchanged(self) -> list:
+        """The recorded passes as the processes of a data-parallel run exchange them: the
+        rows as recorded (the pulsed update needs each)."""
+        return self.pending
+
     def exact(self) -> bool:
         """Both directions' products are exact (is_perfect)."""
         return self.config.forward.is_perfect and self.config.backward.is_perfect

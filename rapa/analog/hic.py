@@ -496,6 +496,11 @@ class HICArrays(ArrayProducts):
                         grad[t].addmm_(d[rows].t(), x[rows])
         return grad
 
+    def exchanged(self) -> list:
+        """The recorded passes as the processes exchange them: their summed gradient dL/dw
+        (T x O x K numbers, the update needs no more), not the rows (patches x (K + O))."""
+        return [self.gradient()] if self.pending else []
+
     @torch.no_grad()
     def apply_update(self, weight: Tensor, lr: float,
                      generator: Optional[torch.Generator] = None) -> int:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one go, for a machine with one GPU and torch with CUDA:
+#
+#   bash bench/gpu_checks.sh OUT [PYTHON]
+#
+# make test-gpu (the library built with its CUDA kernels, every CUDA test case), then the
+# benchmarks on cuda with short rounds: the tiled convolution against cuDNN at batch 10 and 100,
+# the nets, the analog and HIC nets, and data-parallel training with 2 processes on the one GPU
+# (NCCL) against one process. Each step's output goes to OUT/<step>.txt (7 files) and its last
+# lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
+# the packages of the Makefile's PY_DEPS (lmdb included: the benchmarks write small LMDBs when
+# data/cifar10 is missing); nothing is installed but the library.
+set -uo pipefail
+OUT=${1:?usage: bash bench/gpu_checks.sh OUT [PYTHON]}
+PY=${2:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+step() {
+    local name=$1 start=$SECONDS rc
+    shift
+    echo "== $name: $*"
+    "$@" > "$OUT/$name.txt" 2>&1
+    rc=$?
+    echo "   exit $rc after $((SECONDS - start)) s"
+    tail -n 12 "$OUT/$name.txt"
+}
+
+"$PY" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name() \
+    if torch.cuda.is_available() else None)"
+step test_gpu make test-gpu PYTHON="$PY"
+step bench_ops_b10 "$PY" bench/bench_ops.py --device cuda --batch 10
+step bench_ops_b100 "$PY" bench/bench_ops.py --device cuda --batch 100
+step bench_nets "$PY" bench/bench_nets.py --device cuda --skip-data
+step bench_analog "$PY" bench/bench_analog.py --device cuda --seconds 3 --rounds 2
+step bench_hic "$PY" bench/bench_hic.py --device cuda --seconds 3 --rounds 2
+# bench_distributed's solvers read data/cifar10 from the folder it runs in: the real data
+# where `make run` converted it, else a small random tree in a temporary folder.
+ROOT=$(pwd)
+RUN_IN=$ROOT
+if [ ! -d data/cifar10 ]; then
+    RUN_IN=$(mktemp -d)
+    "$PY" -c "import pathlib, sys; sys.path.insert(0, 'tests'); from datasets import cifar_tree; \
+        cifar_tree(pathlib.Path('$RUN_IN'), n_train=2000, n_test=100)"
+fi
+SOLVERS="$ROOT/prototxt/cifar10/random_max_short_solver.prototxt \
+    $ROOT/prototxt/cifar10/random_max_rpu_short_solver.prototxt \
+    $ROOT/prototxt/cifar10/none_max_rpu_short_solver.prototxt"
+step bench_distributed bash -c "cd '$RUN_IN' && '$PY' '$ROOT/bench/bench_distributed.py' \
+    --device cuda --processes 2 --iters 30 --solver $SOLVERS"
