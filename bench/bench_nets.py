@@ -134,33 +134,33 @@ def bench_nets(device, batches, repeat, memory):
         n.close()
 
 
-def bench_data(batches, seconds=3.0):
+def bench_data(batches, threads=(1,), seconds=3.0):
     root = data_tree()
     print(f"\nData path, images/s (LMDB {root / 'data/cifar10/cifar10_train_lmdb'}, prefetcher "
-          f"thread, decode + transform)")
-    for strong in (False, True):
-        for batch in batches:
-            param = pb.NetParameter()
-            layer = param.layer.add(name="data", type="Data", top=["data", "label"])
-            layer.data_param.source = str(root / "data/cifar10/cifar10_train_lmdb")
-            layer.data_param.batch_size = batch
-            tp = layer.transform_param
-            tp.mean_file = str(root / "data/cifar10/mean.binaryproto")
-            tp.mirror, tp.brightness = True, 20
-            if strong:
-                tp.strong_augmentation.max_scale = 1.3
-            net = Net(param, pb.TRAIN)
-            # As a net with a 10-class loss has it: each batch's labels are range-checked.
-            net.layer("data").limit_labels(10, None, "the loss")
-            for _ in range(3):
-                net.read_data()
-            count, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                count += net.read_data()["data"].shape[0]
-            rate = count / (time.perf_counter() - t0)
-            net.close()
-            what = "mirror+brightness+mean" + (" +strong" if strong else "")
-            print(f"  batch {batch:>4}, {what:<30} {rate:>9.0f}")
+          f"threads, decode + transform)")
+    for strong, batch, n in ((s, b, n) for s in (False, True) for b in batches for n in threads):
+        param = pb.NetParameter()
+        layer = param.layer.add(name="data", type="Data", top=["data", "label"])
+        layer.data_param.source = str(root / "data/cifar10/cifar10_train_lmdb")
+        layer.data_param.batch_size = batch
+        layer.data_param.threads = n
+        tp = layer.transform_param
+        tp.mean_file = str(root / "data/cifar10/mean.binaryproto")
+        tp.mirror, tp.brightness = True, 20
+        if strong:
+            tp.strong_augmentation.max_scale = 1.3
+        net = Net(param, pb.TRAIN)
+        # As a net with a 10-class loss has it: each batch's labels are range-checked.
+        net.layer("data").limit_labels(10, None, "the loss")
+        for _ in range(3):
+            net.read_data()
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            count += net.read_data()["data"].shape[0]
+        rate = count / (time.perf_counter() - t0)
+        net.close()
+        what = "mirror+brightness+mean" + (" +strong" if strong else "")
+        print(f"  batch {batch:>4}, {what:<30} {n:>2} thread(s) {rate:>9.0f}")
 
 
 def main():
@@ -170,6 +170,8 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[10, 100])
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--data-threads", type=int, nargs="+", default=[1, 2],
+                   help="prefetch threads of the data path's runs (data_param.threads)")
     add_malloc_option(p)
     args = p.parse_args()
     _, memory = memory_setting(args)
@@ -178,7 +180,7 @@ def main():
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
     bench_nets(device, args.batch, args.repeat, memory)
     if not args.skip_data:
-        bench_data(args.batch)
+        bench_data(args.batch, args.data_threads)
 
 
 if __name__ == "__main__":

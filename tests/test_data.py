@@ -230,3 +230,61 @@ def test_the_writer_grows_its_map_as_records_come(tmp_path, batch):
     got, got_labels = LmdbSource(tmp_path / "db").read_many(0, 60)
     np.testing.assert_array_equal(got, images)
     np.testing.assert_array_equal(got_labels, labels)
+
+
+@pytest.mark.parametrize("threads,world", [(3, 1), (2, 2)])
+def test_several_prefetch_threads_give_the_same_batches_in_order(tmp_path, threads, world):
+    images, labels = random_images(25, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    t = transformer("crop_size: 6 mirror: true brightness: 10")
+    one = Prefetcher(src, t, batch_size=4, seed=5, depth=2)
+    many = Prefetcher(src, t, batch_size=4, seed=5, depth=5, threads=threads)
+    for p in (one, many):
+        p.shard(world - 1, world)  # the last process of `world`
+    try:
+        for step in range(9):  # past the records' end, and past the threads' first turn
+            x, y = next(many)
+            ref = next(one)
+            assert torch.equal(x, ref[0]) and torch.equal(y, ref[1]), step
+        assert many.next_index == one.next_index == 9 * world
+        many.seek(5)  # a resume: the turns start again from there
+        one.seek(5)
+        for step in range(4):
+            assert torch.equal(next(many)[0], next(one)[0]), step
+        assert len(many._workers) == threads
+    finally:
+        one.close(), many.close()
+    assert many._workers == []
+
+
+def test_a_bad_record_in_a_prefetch_thread_is_raised_in_turn(tmp_path):
+    images, labels = random_images(12, h=8, w=8, classes=3)
+    labels[9] = 7  # batch 2 (records 8-11) of a 3-class net
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, threads=3)
+    p.limit_labels(3, None, "the loss")
+    try:
+        next(p), next(p)  # batches 0 and 1 come first, whatever thread 2 found
+        with pytest.raises(RapaError, match="key .*: label 7, but the loss takes labels in "
+                                            "\\[0, 3\\)"):
+            next(p)
+    finally:
+        p.close()
+
+
+def test_the_data_layer_takes_its_threads_and_refuses_too_many(tmp_path, monkeypatch):
+    from rapa.net import Net
+    from rapa.proto import pb
+    from rapa.prototxt import parse_text
+    write_lmdb(tmp_path / "db", *random_images(8, h=6, w=6))
+    monkeypatch.chdir(tmp_path)
+    text = ('layer { name: "d" type: "Data" top: "x" data_param { source: "db" batch_size: 2 '
+            'threads: %d } }')
+    net = Net(parse_text(text % 3, pb.NetParameter()), pb.TRAIN)
+    assert net.layer("d").prefetcher.threads == 3
+    assert net.read_data()["x"].shape == (2, 3, 6, 6)
+    net.close()
+    for bad in (0, 65):
+        with pytest.raises(RapaError, match=f"layer 'd'.*data_param.threads must be in "
+                                            f"\\[1, 64\\], got {bad}"):
+            Net(parse_text(text % bad, pb.NetParameter()), pb.TRAIN)

@@ -1,4 +1,4 @@
-"""Batches prepared in a background thread, in order, a few ahead of the training loop.
+"""Batches prepared in background threads, in order, a few ahead of the training loop.
 
 Batch b holds the records from position (rand_skip + b * batch_size) on, wrapping around, and
 its augmentation draws come from a generator seeded by (seed, b). So a batch depends on its
@@ -9,6 +9,11 @@ In a run of `world` processes (rapa.distributed) process `rank` reads batches ra
 world, rank + 2 world, ...: the processes' batches of one step, in rank order, are the records
 one process would read with a batch `world` times larger. The position (next_index) counts the
 batches of all processes, so a snapshot's cursor means the same records for any world size.
+
+With `threads` n > 1 (data_param.threads), thread j prepares the j-th of every n batches this
+process reads, each into its own queue, and the consumer takes them in turn: the same batches
+in the same order as one thread's (LMDB reads, decoding and torch's transforms release the
+GIL, so the threads run in parallel).
 """
 from __future__ import annotations
 
@@ -27,14 +32,15 @@ from .transform import Transformer
 
 class Prefetcher:
     def __init__(self, source: LmdbSource, transform: Transformer, batch_size: int,
-                 seed: int, depth: int = 4, skip: int = 0):
+                 seed: int, depth: int = 4, skip: int = 0, threads: int = 1):
         self.source, self.transform = source, transform
         self.batch_size, self.seed, self.skip = batch_size, seed, skip
         self.depth = max(1, depth)
+        self.threads = max(1, threads)
         self.next_index = 0
         self.rank, self.world = 0, 1
-        self._thread = None
-        self._queue = None
+        self._workers: list[tuple[threading.Thread, queue.Queue]] = []
+        self._first = 0  # next_index when the workers started
         self._stop = threading.Event()
         self._label_limits: list[tuple[int, Optional[int], str]] = []
 
@@ -66,6 +72,7 @@ class Prefetcher:
         self.rank, self.world = rank, world
 
     def _run(self, first: int, q: queue.Queue, stop: threading.Event) -> None:
+        """Batches first + rank, then every (threads x world)-th after it, into q."""
         index = first + self.rank
         while not stop.is_set():
             try:
@@ -80,7 +87,7 @@ class Prefetcher:
                     continue
             if item[2] is not None:
                 return
-            index += self.world
+            index += self.world * self.threads
 
     def seek(self, index: int) -> None:
         """The next batch returned will be batch `index` (plus the rank)."""
@@ -88,13 +95,19 @@ class Prefetcher:
         self.next_index = index
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._thread is None:
+        if not self._workers:
             self._stop = threading.Event()
-            self._queue = queue.Queue(self.depth)
-            self._thread = threading.Thread(target=self._run, daemon=True, name="rapa-prefetch",
-                                            args=(self.next_index, self._queue, self._stop))
-            self._thread.start()
-        index, batch, error = self._queue.get()
+            self._first = self.next_index
+            per_thread = -(-self.depth // self.threads)  # depth batches ahead in all
+            for j in range(self.threads):
+                q = queue.Queue(per_thread)
+                thread = threading.Thread(target=self._run, daemon=True,
+                                          name=f"rapa-prefetch-{j}",
+                                          args=(self.next_index + j * self.world, q, self._stop))
+                thread.start()
+                self._workers.append((thread, q))
+        turn = (self.next_index - self._first) // self.world % self.threads
+        index, batch, error = self._workers[turn][1].get()
         if error is not None:
             self.close()
             raise error
@@ -103,7 +116,8 @@ class Prefetcher:
         return batch
 
     def close(self) -> None:
-        if self._thread is not None:
+        if self._workers:
             self._stop.set()
-            self._thread.join()
-            self._thread = None
+            for thread, _ in self._workers:
+                thread.join()
+            self._workers = []

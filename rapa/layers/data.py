@@ -46,6 +46,8 @@ class Data(DataLayer):
             raise self.error("data_param.source (the LMDB path) is missing")
         if not dp.batch_size:
             raise self.error("data_param.batch_size must be > 0")
+        if not 1 <= dp.threads <= 64:
+            raise self.error(f"data_param.threads must be in [1, 64], got {dp.threads}")
         # Caffe's deprecated DataParameter fields still count.
         tp = pb.TransformationParameter.FromString(tp.SerializeToString())
         if dp.HasField("scale") and not tp.HasField("scale"):
@@ -68,7 +70,7 @@ class Data(DataLayer):
         seed = (context.seed if context is not None else 0) + self.seed_offset
         self.prefetcher = Prefetcher(source, self.transformer, dp.batch_size,
                                      seed=seed, depth=dp.prefetch,
-                                     skip=dp.rand_skip)
+                                     skip=dp.rand_skip, threads=dp.threads)
         self.source = source
         self.batch_size = dp.batch_size
 
