@@ -6,7 +6,7 @@
 # make test-gpu (the library built with its CUDA kernels, every CUDA test case), then the
 # benchmarks on cuda with short rounds: the tiled convolution against cuDNN at batch 10 and 100,
 # the nets, the analog and HIC nets, and data-parallel training with 2 processes on the one GPU
-# (NCCL) against one process. Each step's output goes to OUT/<step>.txt (7 files) and its last
+# (NCCL) against one process (FP, RPU and HIC nets). Each step's output goes to OUT/<step>.txt (7 files) and its last
 # lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
 # the packages of the Makefile's PY_DEPS (lmdb included: the benchmarks write small LMDBs when
 # data/cifar10 is missing); nothing is installed but the library.
@@ -14,6 +14,8 @@ set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_checks.sh OUT [PYTHON]}
 PY=${2:-python3}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."  # the repository's root, wherever this is called from
 export PYTHONUNBUFFERED=1
 
 step() {
@@ -45,6 +47,7 @@ if [ ! -d data/cifar10 ]; then
 fi
 SOLVERS="$ROOT/prototxt/cifar10/random_max_short_solver.prototxt \
     $ROOT/prototxt/cifar10/random_max_rpu_short_solver.prototxt \
-    $ROOT/prototxt/cifar10/none_max_rpu_short_solver.prototxt"
+    $ROOT/prototxt/cifar10/none_max_rpu_short_solver.prototxt \
+    $ROOT/prototxt/cifar10/none_max_hic_short_solver.prototxt"
 step bench_distributed bash -c "cd '$RUN_IN' && '$PY' '$ROOT/bench/bench_distributed.py' \
     --device cuda --processes 2 --iters 30 --solver $SOLVERS"

@@ -293,9 +293,8 @@ class Solver:
         return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
 
     def _generator_states(self) -> tuple[bytes, bytes]:
-        cuda = (torch.cuda.get_rng_state(self.device).numpy().tobytes()
-                if self.device.type == "cuda" else b"")
-        return torch.get_rng_state().numpy().tobytes(), cuda
+        cpu, cuda = self._generators()
+        return cpu.numpy().tobytes(), cuda.numpy().tobytes() if cuda is not None else b""
 
     def snapshot(self) -> pathlib.Path:
         """Every process takes part (their generators are saved, and they are checked to hold

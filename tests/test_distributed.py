@@ -52,8 +52,9 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 ANALOG = ('rpu_param { forward { out_noise: 0 } backward { out_noise: 0 } '
           'device { dw_min: 0.01 dw_min_std: 0.3 } }')
-# HIC with exact products: the convolution's backward hands its summed gradient (averaged
-# over the processes), the InnerProduct's its rows (gathered).
+# HIC with exact products: the convolution's backward hands its summed gradient, the
+# InnerProduct's its rows; each process sums them into one gradient, averaged over the
+# processes (HICArrays.exchanged).
 HIC = ('hic_param { forward { is_perfect: true } backward { is_perfect: true } '
        'accumulator_frac_bits: 6 }')
 

@@ -10,6 +10,7 @@ each analog tile to update. Forward and backward products go through the array's
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -41,7 +42,7 @@ class ArrayProducts(torch.nn.Module):
         self.config = config
         self.shape = tuple(shape)
         self.register_buffer("out_scale", torch.ones(shape[0]))
-        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.pending: list[tuple[Tensor, Tensor, Tensor] | Tensor] = []
 
     def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
         """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
@@ -272,6 +273,17 @@ class _PatchRows(torch.autograd.Function):
                 None, None, None)
 
 
+@contextlib.contextmanager
+def _full_float32():
+    """cuDNN without TF32 (its default on Ampere and later): exact products in float32."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 class _ExactConv(torch.autograd.Function):
     """One array's exact products over every patch: the dense convolution (its sums in
     another order than one product per patch: equal to float rounding). The backward pass
@@ -282,15 +294,17 @@ class _ExactConv(torch.autograd.Function):
     def forward(ctx, x, weight4, arrays, stride, padding):
         ctx.save_for_backward(x, weight4)
         ctx.arrays, ctx.geometry = arrays, (stride, padding)
-        return F.conv2d(x, weight4.detach(), None, stride, padding)
+        with _full_float32():
+            return F.conv2d(x, weight4.detach(), None, stride, padding)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight4 = ctx.saved_tensors
         stride, padding = ctx.geometry
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight4.detach(), None, stride, padding, (1, 1), False, (0, 0), 1,
-            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        with _full_float32():
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight4.detach(), None, stride, padding, (1, 1), False, (0, 0), 1,
+                (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
         if ctx.needs_input_grad[1]:
             # reshape: a channels-last input gives a channels-last gradient
             ctx.arrays.pending.append(grad_w.reshape(ctx.arrays.shape))

@@ -440,8 +440,8 @@ class HICArrays(ArrayProducts):
         draws = self._columns(self.pulse_draws.view(6, *self.shape), index).view(3, 2, -1)
         scale, bound, reset = draws[0], draws[1], draws[2]
         w = g_pair / unit
+        both = refresh.expand_as(w)
         if bool(refresh.any()):
-            both = refresh.expand_as(w)
             w[both] = c.pulse.after_reset(reset[both], bound[both], generator).to(w.dtype)
         pulses = torch.zeros_like(w)
         climb = moved & (new > 0)
@@ -449,7 +449,10 @@ class HICArrays(ArrayProducts):
             target = new[climb] * (c.pulse.w_max / (c.levels - 1))
             w[climb], pulses[climb] = c.pulse.program(w[climb], target.to(w.dtype),
                                                       scale[climb], bound[climb], generator)
-        g_pair.copy_(w * unit)
+        # Only the devices programmed: the others keep their conductances bit for bit (the
+        # way to device units and back need not be exact).
+        touched = both | climb
+        g_pair[touched] = w[touched] * unit
         return pulses
 
     def _store(self, devices: Tensor, index: Optional[Tensor], columns: Tensor) -> None:
@@ -510,7 +513,8 @@ class HICArrays(ArrayProducts):
         the accumulator's grid and added (saturating); whole LSBs are transferred to the
         devices (see the module's docstring): only the weights they reach are touched.
         Rounding and switching draw from `generator` (torch's default when None), the
-        solver's own in a data-parallel run. The accumulator's arithmetic is exact: float32
+        solver's own in a data-parallel run. The count is of recorded entries: after a
+        data-parallel exchange (exchanged) one, the passes' summed gradient. The accumulator's arithmetic is exact: float32
         up to 24 accumulator bits (float64 rows or more bits: float64)."""
         done = len(self.pending)
         if not done:

@@ -6,16 +6,16 @@ an exponential-step device (rpu_expstep_device.cpp, update_once_complex_noise) f
 Ge2Sb2Te5 devices of Nandakumar et al., Front. Neurosci. 2020. In aihwkit's units, where the
 device runs from 0 to w_max = 2, one SET pulse on a device at w does
 
-    z  = 2 w / b * a + b_offset              (b: the device's upper bound, its w_max)
+    z  = 2 w / bound * a + b                 (bound: the device's own w_max)
     dw = max(1 - A_up exp(gamma_up z), 0) * s
-    w  <- clip(w + dw + dw_min_std (|dw| + dw_min_std_add + dw_min_std_slope |w|) xi, 0, b)
+    w  <- clip(w + dw + dw_min_std (|dw| + dw_min_std_add + dw_min_std_slope |w|) xi, 0, bound)
 
-with s = dw_min (1 + dw_min_dtod xi_1 + up_down_dtod xi_2) and b = w_max (1 + w_max_dtod
+with s = dw_min (1 + dw_min_dtod xi_1 + up_down_dtod xi_2) and bound = w_max (1 + w_max_dtod
 xi_3) drawn once per device (device-to-device variation, aihwkit's PulsedRPUDevice::populate),
 xi Gaussian. With a = -1, A_up = -27.235, gamma_up = 2.5 the first pulses from 0 raise the
 device about 28 dw_min each, those near the top about 1.2 dw_min: the saturating SET response
-of PCM. RESET leaves r + reset_std xi, r = reset (1 + 0) + reset_dtod xi_4 drawn per device
-(aihwkit's reset, reset_dtod, reset_std), clipped to [0, b]. A conductance g in uS is
+of PCM. RESET leaves r + reset_std xi, r = reset + reset_dtod xi_4 drawn per device
+(aihwkit's reset, reset_dtod, reset_std), clipped to [0, bound]. A conductance g in uS is
 w g_max / w_max.
 
 Reaching a level (PCMPresetDevice.program) is a pulse-and-verify loop: SET pulses are applied
@@ -125,11 +125,16 @@ class PCMPresetDevice:
         z = 2 * w / bound.clamp_min(1e-30) * self.a + self.b
         return (1 - self.A_up * torch.exp(self.gamma_up * z)).clamp_min(0) * scale
 
+    def pulse_noise(self, w: Tensor, dw: Tensor) -> Tensor:
+        """The standard deviation of one pulse's increment on devices at w with mean step dw
+        (aihwkit's complex noise)."""
+        return self.dw_min_std * (dw.abs() + self.dw_min_std_add + self.dw_min_std_slope * w.abs())
+
     def pulse(self, w: Tensor, scale: Tensor, bound: Tensor,
               generator: Optional[torch.Generator] = None) -> Tensor:
         """The devices after one SET pulse each."""
         dw = self.mean_step(w, scale, bound)
-        std = self.dw_min_std * (dw.abs() + self.dw_min_std_add + self.dw_min_std_slope * w.abs())
+        std = self.pulse_noise(w, dw)
         xi = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
         return torch.minimum((w + dw + std * xi).clamp_min(0), bound)
 
@@ -150,10 +155,10 @@ class PCMPresetDevice:
             if not bool(below.any()):
                 break
             index = below.nonzero().squeeze(1)
-            before = w[index]
-            after = self.pulse(before, scale[index], bound[index], generator)
-            w = w.index_put((index,), after)
+            at, step_scale, top = w[index], scale[index], bound[index]
+            dw = self.mean_step(at, step_scale, top)
+            if not bool(((dw > 0) | (self.pulse_noise(at, dw) > 0)).any()):
+                break  # neither a step nor noise: no pulse can move these devices
+            w = w.index_put((index,), self.pulse(at, step_scale, top, generator))
             pulses = pulses.index_put((index,), pulses[index] + 1)
-            if bool((after == before).all()):  # steps and noise of 0: nothing will move
-                break
         return w, pulses

@@ -3,7 +3,7 @@
 Batch b holds the records from position (rand_skip + b * batch_size) on, wrapping around, and
 its augmentation draws come from a generator seeded by (seed, b). So a batch depends on its
 index alone and a resumed run (seek(b)) sees exactly the batches that an uninterrupted run
-would. Errors in the thread (a bad record) are raised in the consumer.
+would. Errors in a thread (a bad record) are raised in the consumer, at that batch's turn.
 
 In a run of `world` processes (rapa.distributed) process `rank` reads batches rank, rank +
 world, rank + 2 world, ...: the processes' batches of one step, in rank order, are the records
@@ -12,8 +12,8 @@ batches of all processes, so a snapshot's cursor means the same records for any 
 
 With `threads` n > 1 (data_param.threads), thread j prepares the j-th of every n batches this
 process reads, each into its own queue, and the consumer takes them in turn: the same batches
-in the same order as one thread's (LMDB reads, decoding and torch's transforms release the
-GIL, so the threads run in parallel).
+in the same order as one thread's. LMDB reads, image decoding and torch's transforms release
+the GIL and run in parallel; parsing the Datum records does not.
 """
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ class Prefetcher:
         if not self._workers:
             self._stop = threading.Event()
             self._first = self.next_index
-            per_thread = -(-self.depth // self.threads)  # depth batches ahead in all
+            # About depth batches waiting in all (each thread's queue at least one, and each
+            # thread preparing one more).
+            per_thread = max(1, self.depth // self.threads)
             for j in range(self.threads):
                 q = queue.Queue(per_thread)
                 thread = threading.Thread(target=self._run, daemon=True,
