@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .analog import HICArrays
+from .analog.arrays import ConvInputs
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -55,12 +56,17 @@ class Stop(Exception):
 def _shared(group: Group, entry):
     """One recorded backward pass of an analog blob, every process's: a summed weight
     gradient (T, O, K) averaged, (x, d, tile) rows gathered with d divided by the world size
-    (both: the update of the whole step's images, each process's loss a mean over its own)."""
+    (both: the update of the whole step's images, each process's loss a mean over its own);
+    a convolution's input images gathered in place of its rows, which are then made from
+    them (ConvInputs: everybody's patches, in rank order, as gathered rows would be)."""
     if isinstance(entry, torch.Tensor):
         group.average_([entry])
         return entry
     x, d, tile = entry
-    return group.gather_rows(x), group.gather_rows(d) / group.world, group.gather_rows(tile)
+    x, d, tile = group.gather_rows(x), group.gather_rows(d) / group.world, group.gather_rows(tile)
+    if isinstance(entry, ConvInputs):
+        return ConvInputs(x, d, tile, entry.geometry).rows()
+    return x, d, tile
 
 
 def pick_device(sp: pb.SolverParameter, override: Optional[str], say: Callable) -> torch.device:
@@ -199,6 +205,9 @@ class Solver:
         everyone = g.agree(problem, digests)
         if g.world > 1:
             self._join_run(everyone)
+            for b in self.params:  # RPU convolutions exchange their input images
+                if b.arrays is not None and not b.arrays.records_gradient:
+                    b.arrays.keep_inputs = True
 
     def _build_nets(self):
         sp, where = self.sp, str(self.path)

@@ -832,4 +832,29 @@ def test_a_data_parallel_exchange_sends_the_summed_gradient_not_the_rows():
     torch.testing.assert_close(sent.double(), ref, rtol=1e-6, atol=1e-6)
     rpu = Linear(4, 3, rpu_config=rapa.analog.RPUConfig()).arrays
     rpu.pending.extend(passes[:1])
-    assert rpu.exchanged() is rpu.pending
+    assert len(rpu.exchanged()) == 1 and rpu.exchanged()[0] is rpu.pending[0]
+
+
+@pytest.mark.parametrize("tiling,tiles", [("none", 1), ("perforated", 4)])
+def test_an_rpu_convolution_exchanges_its_input_image_and_makes_the_same_rows(tiling, tiles):
+    """With keep_inputs (a data-parallel run) an RPU convolution's pass keeps its input; the
+    exchange sends the image, and the rows made from it are the recorded ones exactly."""
+    from rapa.analog.arrays import ConvInputs, ConvRows
+    torch.manual_seed(1)
+    conv = TiledConv2d(3, 4, 3, padding=2, tiling=tiling, num_tiles=tiles,
+                       rpu_config=rapa.analog.RPUConfig())  # padding != stride: no swap hides
+    conv.arrays.keep_inputs = True
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    out = conv(x)
+    x.data.mul_(2)  # a later in-place change of the input: the kept copy is unaffected
+    out.square().sum().backward()
+    (entry,) = conv.arrays.pending
+    assert isinstance(entry, ConvRows)
+    (sent,) = conv.arrays.exchanged()
+    assert isinstance(sent, ConvInputs) and sent[0].shape == (2, 3, 9, 9)
+    assert sent[0].numel() * 13 < entry[0].numel()  # 11 x 11 patches of 27 from 9 x 9 x 3
+    rows, d, tile = sent.rows()
+    assert torch.equal(rows, entry[0]) and d is entry[1] and tile is entry[2]
+    assert (tile < 0).any() == (tiling == "perforated")
+    conv.arrays.apply_update(conv.weight, 0.01)  # the update takes a ConvRows as any pass
+    assert conv.arrays.pending == []

@@ -43,24 +43,33 @@ class ArrayProducts(torch.nn.Module):
         self.shape = tuple(shape)
         self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor] | Tensor] = []
+        # A convolution's passes also keep the input image its rows are the patches of, which
+        # a data-parallel run exchanges instead of the rows (exchanged): set by the solver.
+        self.keep_inputs = False
 
     def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
         """The output scale alpha of each row's array, (M, 1); a tile of -1 takes array 0's
         (its row is zero whatever the scale)."""
         return self.out_scale.to(dtype)[tile.clamp_min(0)].unsqueeze(1)
 
-    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor) -> Tensor:
+    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor, image=None) -> Tensor:
         """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
         scale. Differentiable in `rows`; the backward pass records the rows for the arrays'
-        update instead of a weight gradient."""
+        update instead of a weight gradient (given `image`, (input, kernel, padding, stride)
+        whose patches the rows are, as a ConvRows that keeps it)."""
         # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
         # this net's configuration has none (they are the model's), and x * 1 is exact.
-        return _AnalogProduct.apply(rows, weight3, tile, self) * self.row_scales(tile, rows.dtype)
+        return (_AnalogProduct.apply(rows, weight3, tile, self, image)
+                * self.row_scales(tile, rows.dtype))
 
     def exchanged(self) -> list:
-        """The recorded passes as the processes of a data-parallel run exchange them: the
-        rows as recorded (the pulsed update needs each)."""
-        return self.pending
+        """The recorded passes as the processes of a data-parallel run exchange them (the
+        pulsed update needs every row): (x, d, tile) rows as recorded, or for a convolution's
+        pass that kept its input (ConvRows) a ConvInputs, the input image in place of its
+        patches (about kh kw times fewer numbers), from which every process makes the rows
+        again (ConvInputs.rows)."""
+        return [ConvInputs(e.image, e[1], e[2], e.geometry) if isinstance(e, ConvRows) else e
+                for e in self.pending]
 
     def exact(self) -> bool:
         """Both directions' products are exact (is_perfect)."""
@@ -228,11 +237,35 @@ class AnalogArrays(ArrayProducts):
         return done
 
 
+class ConvRows(tuple):
+    """(x, d, tile) of a convolution's pass, as any pass's, with the input image its rows x
+    are the patches of (`image`, (N, C, H, W)) and `geometry` (kernel, padding, stride)."""
+
+    def __new__(cls, x, d, tile, image, geometry):
+        entry = super().__new__(cls, (x, d, tile))
+        entry.image, entry.geometry = image, geometry
+        return entry
+
+
+class ConvInputs(tuple):
+    """(image, d, tile) of a convolution's pass as processes exchange it, with `geometry`:
+    rows() makes the pass's (x, d, tile) from it (after the exchange, from everybody's)."""
+
+    def __new__(cls, image, d, tile, geometry):
+        entry = super().__new__(cls, (image, d, tile))
+        entry.geometry = geometry
+        return entry
+
+    def rows(self) -> tuple[Tensor, Tensor, Tensor]:
+        image, d, tile = self
+        return patch_rows(image, *self.geometry), d, tile
+
+
 class _AnalogProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weight3, tile, arrays):
+    def forward(ctx, rows, weight3, tile, arrays, image):
         ctx.save_for_backward(rows, weight3, tile)
-        ctx.arrays = arrays
+        ctx.arrays, ctx.image = arrays, image
         return analog_mvm(rows, weight3.detach(), tile, arrays.config.forward)
 
     @staticmethod
@@ -244,8 +277,16 @@ class _AnalogProduct(torch.autograd.Function):
             grad_rows = analog_mvm(grad, weight3.detach(), tile, ctx.arrays.config.backward,
                                    transposed=True)
         if ctx.needs_input_grad[1]:
-            ctx.arrays.pending.append((rows, grad, tile))
-        return grad_rows, None, None, None
+            ctx.arrays.pending.append((rows, grad, tile) if ctx.image is None else
+                                      ConvRows(rows, grad, tile, ctx.image[0], ctx.image[1:]))
+        return grad_rows, None, None, None, None
+
+
+def patch_rows(x: Tensor, kernel, padding, stride) -> Tensor:
+    """im2col of x (N, C, H, W): one row per patch, (N * Ho * Wo, C * kh * kw), without
+    autograd (see _PatchRows)."""
+    with torch.no_grad():
+        return _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))
 
 
 class _PatchRows(torch.autograd.Function):
@@ -329,7 +370,10 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
-    out = arrays.matmul(rows, weight3, flat)                           # (N*L, O)
+    # A copy: a later layer may change the input in place before the exchange reads it.
+    image = ((x.detach().clone(), tuple(kernel), tuple(padding), tuple(stride))
+             if arrays.keep_inputs else None)
+    out = arrays.matmul(rows, weight3, flat, image)                    # (N*L, O)
     if bias is not None:
         b = bias.view(weight3.shape[0], -1)
         if tile is None:
