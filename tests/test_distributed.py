@@ -240,6 +240,47 @@ def test_hic_arrays_train_as_one_process_with_the_doubled_batch(workdir):
         assert (first[bits] != b[bits]).sum() > 5  # transfers reached the binary cells
 
 
+TWO_CONVS = """
+name: "dp2"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { scale: 0.01 }
+  data_param { source: "train_lmdb" batch_size: %(batch)d backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false
+    weight_filler { type: "xavier" } tiling_param { scheme: "random_fixed" num_tiles: 4 }
+    %(rpu)s } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 bias_term: false
+    weight_filler { type: "xavier" } %(rpu)s } }
+layer { name: "relu" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip"
+  inner_product_param { num_output: 3 bias_term: false
+    weight_filler { type: "gaussian" std: 0.1 } %(rpu)s } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_tiled_and_stacked_analog_convolutions_exchange_images_as_one_process(workdir):
+    """Two analog convolutions, the first on tiles, the second on the first's output (a
+    channels-last view), two passes a step: the images exchanged in place of the rows give
+    the one-process run's arrays bit for bit."""
+    for name, batch in (("one", 4), ("two", 2)):
+        (workdir / f"{name}.prototxt").write_text(TWO_CONVS % {"batch": batch, "rpu": ANALOG})
+        (workdir / f"{name}_solver.prototxt").write_text(
+            (SOLVER % {"net": f"{name}.prototxt", "max_iter": 4, "snapshot": 2,
+                       "prefix": f"snap_{name}/{name}"}).replace("test_iter: 2\n", "")
+            .replace("test_interval: 4\n", "") + "iter_size: 2\n")
+    one_process(workdir, "one_solver.prototxt")
+    torchrun(workdir, "two_solver.prototxt")
+    a = read_binary("snap_one/one_iter_4.caffemodel", pb.NetParameter())
+    b = read_binary("snap_two/two_iter_4.caffemodel", pb.NetParameter())
+    assert [list(x.data) for l in a.layer for x in l.blobs] == \
+        [list(x.data) for l in b.layer for x in l.blobs]
+    first, final = blobs("snap_two/two_iter_2.caffemodel"), blobs("snap_two/two_iter_4.caffemodel")
+    for layer in ("conv1", "conv2"):
+        assert (first[f"{layer}/0"] != final[f"{layer}/0"]).sum() > 5, layer  # pulses applied
+
+
 def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
     # Dropout: each process draws its own masks, so a resume must give each its own generator.
     write_run(workdir, "two", batch=2, analog=True, max_iter=400, snapshot=1000, dropout=True)

@@ -279,6 +279,7 @@ class _AnalogProduct(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             ctx.arrays.pending.append((rows, grad, tile) if ctx.image is None else
                                       ConvRows(rows, grad, tile, ctx.image[0], ctx.image[1:]))
+        ctx.image = None  # the graph outlives the step: let the pending entry hold it alone
         return grad_rows, None, None, None, None
 
 
@@ -370,9 +371,11 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
-    # A copy: a later layer may change the input in place before the exchange reads it.
-    image = ((x.detach().clone(), tuple(kernel), tuple(padding), tuple(stride))
-             if arrays.keep_inputs else None)
+    # A copy (a later layer may change the input in place before the exchange reads it), in
+    # the layout the exchange sends; only where a backward pass will record the rows.
+    keep = arrays.keep_inputs and torch.is_grad_enabled() and weight3.requires_grad
+    image = ((x.detach().clone(memory_format=torch.contiguous_format), tuple(kernel),
+              tuple(padding), tuple(stride)) if keep else None)
     out = arrays.matmul(rows, weight3, flat, image)                    # (N*L, O)
     if bias is not None:
         b = bias.view(weight3.shape[0], -1)
