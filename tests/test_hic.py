@@ -837,24 +837,34 @@ def test_a_data_parallel_exchange_sends_the_summed_gradient_not_the_rows():
 
 @pytest.mark.parametrize("tiling,tiles", [("none", 1), ("perforated", 4)])
 def test_an_rpu_convolution_exchanges_its_input_image_and_makes_the_same_rows(tiling, tiles):
-    """With keep_inputs (a data-parallel run) an RPU convolution's pass keeps its input; the
-    exchange sends the image, and the rows made from it are the recorded ones exactly."""
-    from rapa.analog.arrays import ConvInputs, ConvRows
+    """With keep_inputs (a data-parallel run) an RPU convolution's pass records its input image
+    in place of its rows; the exchange sends the image, and the rows made from it are those a
+    pass without keep_inputs records, exactly; the update takes either alike."""
+    from rapa.analog.arrays import ConvInputs
     torch.manual_seed(1)
     conv = TiledConv2d(3, 4, 3, padding=2, tiling=tiling, num_tiles=tiles,
                        rpu_config=rapa.analog.RPUConfig())  # padding != stride: no swap hides
-    conv.arrays.keep_inputs = True
-    x = torch.randn(2, 3, 9, 9, requires_grad=True)
-    out = conv(x)
-    x.data.mul_(2)  # a later in-place change of the input: the kept copy is unaffected
-    out.square().sum().backward()
-    (entry,) = conv.arrays.pending
-    assert isinstance(entry, ConvRows)
-    (sent,) = conv.arrays.exchanged()
-    assert isinstance(sent, ConvInputs) and sent[0].shape == (2, 3, 9, 9)
-    assert sent[0].numel() * 13 < entry[0].numel()  # 11 x 11 patches of 27 from 9 x 9 x 3
-    rows, d, tile = sent.rows()
-    assert torch.equal(rows, entry[0]) and d is entry[1] and tile is entry[2]
+    x = torch.randn(2, 3, 9, 9)
+    entries, weights = [], []
+    for keep in (False, True):
+        conv.arrays.keep_inputs = keep
+        xi = x.clone().requires_grad_()
+        gen = torch.Generator().manual_seed(7)  # the same partition both times
+        torch.manual_seed(3)  # the same periphery noise both times
+        out = conv(xi, generator=gen)
+        xi.data.mul_(2)  # a later in-place change of the input: the kept copy is unaffected
+        out.square().sum().backward()
+        entries.append(conv.arrays.pending[0])
+        weight = conv.weight.detach().clone()
+        torch.manual_seed(4)
+        conv.arrays.apply_update(weight, 0.01)
+        weights.append(weight)
+        assert conv.arrays.pending == []
+    plain, kept = entries
+    assert not isinstance(plain, ConvInputs) and isinstance(kept, ConvInputs)
+    assert kept[0].shape == (2, 3, 9, 9)  # what the exchange sends: the image
+    assert kept[0].numel() * 13 < plain[0].numel()  # 11 x 11 patches of 27 from 9 x 9 x 3
+    rows, d, tile = kept.rows()
+    assert torch.equal(rows, plain[0]) and torch.equal(d, plain[1]) and torch.equal(tile, plain[2])
     assert (tile < 0).any() == (tiling == "perforated")
-    conv.arrays.apply_update(conv.weight, 0.01)  # the update takes a ConvRows as any pass
-    assert conv.arrays.pending == []
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], conv.weight)

@@ -43,8 +43,8 @@ class ArrayProducts(torch.nn.Module):
         self.shape = tuple(shape)
         self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor] | Tensor] = []
-        # A convolution's passes also keep the input image its rows are the patches of, which
-        # a data-parallel run exchanges instead of the rows (exchanged): set by the solver.
+        # A convolution's passes record their input image in place of its patch rows (a
+        # ConvInputs), which a data-parallel run exchanges: set by the solver there.
         self.keep_inputs = False
 
     def row_scales(self, tile: Tensor, dtype: torch.dtype) -> Tensor:
@@ -56,7 +56,7 @@ class ArrayProducts(torch.nn.Module):
         """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
         scale. Differentiable in `rows`; the backward pass records the rows for the arrays'
         update instead of a weight gradient (given `image`, (input, kernel, padding, stride)
-        whose patches the rows are, as a ConvRows that keeps it)."""
+        whose patches the rows are, a ConvInputs with that image in place of the rows)."""
         # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
         # this net's configuration has none (they are the model's), and x * 1 is exact.
         return (_AnalogProduct.apply(rows, weight3, tile, self, image)
@@ -64,12 +64,10 @@ class ArrayProducts(torch.nn.Module):
 
     def exchanged(self) -> list:
         """The recorded passes as the processes of a data-parallel run exchange them (the
-        pulsed update needs every row): (x, d, tile) rows as recorded, or for a convolution's
-        pass that kept its input (ConvRows) a ConvInputs, the input image in place of its
-        patches (about kh kw times fewer numbers), from which every process makes the rows
-        again (ConvInputs.rows)."""
-        return [ConvInputs(e.image, e[1], e[2], e.geometry) if isinstance(e, ConvRows) else e
-                for e in self.pending]
+        pulsed update needs every row): as recorded, (x, d, tile) rows or a convolution's
+        ConvInputs, the input image in place of its patches (about kh kw times fewer
+        numbers), from which every process makes the rows again (ConvInputs.rows)."""
+        return self.pending
 
     def exact(self) -> bool:
         """Both directions' products are exact (is_perfect)."""
@@ -214,7 +212,8 @@ class AnalogArrays(ArrayProducts):
         state = self.device_state()
         n, arrays = self.devices, self.shape[0]
         held = self.device_weights if n > 1 else weight3
-        for x, d, tile in self.pending:
+        for entry in self.pending:
+            x, d, tile = entry.rows() if isinstance(entry, ConvInputs) else entry
             d = d / self.row_scales(tile, d.dtype).square()
             if n > 1:
                 # Device i of array t is array i T + t; a dropped patch (-1) stays dropped.
@@ -237,19 +236,10 @@ class AnalogArrays(ArrayProducts):
         return done
 
 
-class ConvRows(tuple):
-    """(x, d, tile) of a convolution's pass, as any pass's, with the input image its rows x
-    are the patches of (`image`, (N, C, H, W)) and `geometry` (kernel, padding, stride)."""
-
-    def __new__(cls, x, d, tile, image, geometry):
-        entry = super().__new__(cls, (x, d, tile))
-        entry.image, entry.geometry = image, geometry
-        return entry
-
-
 class ConvInputs(tuple):
-    """(image, d, tile) of a convolution's pass as processes exchange it, with `geometry`:
-    rows() makes the pass's (x, d, tile) from it (after the exchange, from everybody's)."""
+    """(image, d, tile) of a convolution's pass recorded with its input image (N, C, H, W) in
+    place of the patch rows, and `geometry` (kernel, padding, stride): rows() makes the pass's
+    (x, d, tile) from it (in a data-parallel run, from everybody's images)."""
 
     def __new__(cls, image, d, tile, geometry):
         entry = super().__new__(cls, (image, d, tile))
@@ -278,7 +268,7 @@ class _AnalogProduct(torch.autograd.Function):
                                    transposed=True)
         if ctx.needs_input_grad[1]:
             ctx.arrays.pending.append((rows, grad, tile) if ctx.image is None else
-                                      ConvRows(rows, grad, tile, ctx.image[0], ctx.image[1:]))
+                                      ConvInputs(ctx.image[0], grad, tile, ctx.image[1:]))
         ctx.image = None  # the graph outlives the step: let the pending entry hold it alone
         return grad_rows, None, None, None, None
 

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from ..errors import RapaError
 from .arrays import ArrayProducts
-from .config import IOParameters
+from .config import IOParameters, check_finite
 from .pcm import PCMLikeNoiseModel
 from .pcm_pulses import PCMPresetDevice
 
@@ -161,14 +161,11 @@ class HICConfig:
             raise ValueError(f"{where}: accumulator_frac_bits must be in [0, accumulator_bits - "
                              f"2 = {self.accumulator_bits - 2}] (one sign bit, at least one "
                              f"LSB), got {self.accumulator_frac_bits}")
-        for name, ok, rule in (
-                ("weight_range", 0 <= self.weight_range <= 1e6, "in [0, 1e6]"),
-                ("set_probability", 0.01 <= self.set_probability <= 1, "in [0.01, 1]"),
-                ("reset_probability", 0.01 <= self.reset_probability <= 1, "in [0.01, 1]"),
-                ("endurance", self.endurance >= 1, ">= 1")):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok):
-                raise ValueError(f"{where}: {name} must be finite and {rule}, got {value:g}")
+        check_finite(self, [
+            ("weight_range", 0 <= self.weight_range <= 1e6, "in [0, 1e6]"),
+            ("set_probability", 0.01 <= self.set_probability <= 1, "in [0.01, 1]"),
+            ("reset_probability", 0.01 <= self.reset_probability <= 1, "in [0.01, 1]"),
+            ("endurance", self.endurance >= 1, ">= 1")], where)
         if self.programming not in PROGRAMMING:
             raise ValueError(f"{where}: programming must be one of {', '.join(PROGRAMMING)}, "
                              f"got '{self.programming}'")
@@ -514,8 +511,9 @@ class HICArrays(ArrayProducts):
         devices (see the module's docstring): only the weights they reach are touched.
         Rounding and switching draw from `generator` (torch's default when None), the
         solver's own in a data-parallel run. The count is of recorded entries: after a
-        data-parallel exchange (exchanged) one, the passes' summed gradient. The accumulator's arithmetic is exact: float32
-        up to 24 accumulator bits (float64 rows or more bits: float64)."""
+        data-parallel exchange (exchanged) one, the passes' summed gradient. The
+        accumulator's arithmetic is exact: float32 up to 24 accumulator bits (float64 rows or
+        more bits: float64)."""
         done = len(self.pending)
         if not done:
             return 0
