@@ -22,6 +22,15 @@ BOUND_MANAGEMENT = ("none", "iterative")
 UPDATE_POLICIES = ("all", "single_random", "single_sequential")
 
 
+def check_finite(config, rules, where: str, error: type = ValueError) -> None:
+    """Raises `error` "<where>: <name> must be finite and <rule>, got <value>" for the first
+    (name, ok, rule) of `rules` whose field `name` of `config` is not finite or not `ok`."""
+    for name, ok, rule in rules:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and ok):
+            raise error(f"{where}: {name} must be finite and {rule}, got {value:g}")
+
+
 @dataclass
 class ConstantStepDevice:
     """A device that moves by a constant step per pulse coincidence, within saturating bounds.

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RapaError
+from .config import check_finite
 
 _ZERO_CLIP = 1e-7
 
@@ -70,10 +71,7 @@ class PCMLikeNoiseModel:
                  ("prog_noise_scale", self.prog_noise_scale >= 0, ">= 0"),
                  ("read_noise_scale", self.read_noise_scale >= 0, ">= 0"),
                  ("drift_scale", self.drift_scale >= 0, ">= 0")]
-        for name, ok, rule in rules:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok):
-                raise RapaError(f"{where}: {name} must be finite and {rule}, got {value:g}")
+        check_finite(self, rules, where, RapaError)
         if len(self.prog_coeff) != 3 or not all(math.isfinite(c) for c in self.prog_coeff):
             raise RapaError(f"{where}: prog_coeff must be 3 finite numbers, got "
                             f"{self.prog_coeff}")

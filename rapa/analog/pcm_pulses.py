@@ -35,6 +35,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .config import check_finite
+
 
 @dataclass
 class PCMPresetDevice:
@@ -86,10 +88,7 @@ class PCMPresetDevice:
                   ("dw_min_dtod", "up_down_dtod", "w_max_dtod", "dw_min_std",
                    "dw_min_std_add", "dw_min_std_slope", "reset_dtod", "reset_std")]
         rules.append(("reset", 0 <= self.reset < self.w_max, "in [0, w_max)"))
-        for name, ok, rule in rules:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok):
-                raise ValueError(f"{where}: {name} must be finite and {rule}, got {value:g}")
+        check_finite(self, rules, where)
         if not 1 <= self.max_pulses <= 100000:
             raise ValueError(f"{where}: max_pulses must be in [1, 100000], got "
                              f"{self.max_pulses}")

@@ -86,12 +86,8 @@ def _write_erase(net: Net, width: int) -> None:
           f"{'max/endurance':>14} {'saturations':>12}")
     every = {"binary": [], "multi-level": []}
     for name, a in hic:
-        nb = a.config.binary_cells
         first = True
-        for kind, counts in (("binary", a.reset_count[:nb]), ("multi-level", a.reset_count[nb:])):
-            if not counts.numel():  # binary_cells 0
-                continue
-            flat = counts.double().flatten()
+        for kind, flat in _per_kind(a, a.reset_count):
             every[kind].append((flat, a.config.endurance))
             _row(name, kind, flat, flat.max().item() / a.config.endurance, width,
                  int(a.saturations.sum()) if first else "")
@@ -110,15 +106,21 @@ def _write_erase(net: Net, width: int) -> None:
     print(f"{'layer':<{width}} {'devices':<12} {'max':>8} {'mean':>9} {'99.9%':>8}")
     every = {"binary": [], "multi-level": []}
     for name, a in hic:
-        nb = a.config.binary_cells
-        for kind, counts in (("binary", a.set_count[:nb]), ("multi-level", a.set_count[nb:])):
-            if counts.numel():
-                every[kind].append(counts.double().flatten())
-                _row(name, kind, every[kind][-1], None, width, None)
+        for kind, flat in _per_kind(a, a.set_count):
+            every[kind].append(flat)
+            _row(name, kind, flat, None, width, None)
     if len(hic) > 1:
         for kind, parts in every.items():
             if parts:
                 _row("all layers", kind, torch.cat(parts), None, width, None)
+
+
+def _per_kind(arrays: HICArrays, counts) -> list:
+    """(kind, counts flattened in float64) of the binary cells, then of the multi-level
+    devices, of one of the arrays' count blobs; none for binary cells where there are none."""
+    nb = arrays.config.binary_cells
+    return [(kind, part.double().flatten()) for kind, part in
+            (("binary", counts[:nb]), ("multi-level", counts[nb:])) if part.numel()]
 
 
 def _row(name, kind, flat, worst, width, saturations) -> None:
