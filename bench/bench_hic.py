@@ -6,7 +6,10 @@ Nets (one step = forward, backward, update; the same in-memory batch; rate 0.001
   FP32           prototxt/cifar10/none_max.prototxt: the digital Full net, rapa's SGD
   HIC            prototxt/cifar10/none_max_hic.prototxt: every Convolution and the
                  InnerProduct on HIC arrays (rapa.analog.hic's defaults: products through the
-                 Gokmen & Vlasov periphery, the digital accumulator, transfers to the devices)
+                 Gokmen & Vlasov periphery, the digital accumulator, transfers to the devices;
+                 on the CPU the fused rapa.analog_conv and rapa.hic_update)
+  HIC, tensor update   the same with the update in HICArrays' tensor code (native_update
+                 off, as pulsed programming and CUDA run it): what rapa.hic_update saves
   HIC, exact products   the same with is_perfect forward and backward periphery: what the
                  accumulator and the transfers cost without the periphery's simulation (the
                  untiled convolutions then run as dense convolutions, rapa.analog.analog_conv)
@@ -29,6 +32,7 @@ import torch
 
 import rapa  # noqa: F401
 from rapa.allocator import keep_freed_memory
+from rapa.analog import HICArrays
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -38,13 +42,17 @@ from bench_nets import data_tree, net_step  # noqa: E402
 LR = 0.001
 
 
-def hic_step(name, batch, device, exact=False):
+def hic_step(name, batch, device, exact=False, native=True):
     def edit(layer):
         for sub in (layer.convolution_param, layer.inner_product_param):
             if exact and sub.HasField("hic_param"):
                 sub.hic_param.forward.is_perfect = sub.hic_param.backward.is_perfect = True
-    return net_step(ROOT / f"prototxt/cifar10/{name}.prototxt", batch, device, edit=edit, lr=LR,
-                    momentum=0.0, weight_decay=0.0, pixels=True)[0]
+    step, net = net_step(ROOT / f"prototxt/cifar10/{name}.prototxt", batch, device, edit=edit,
+                         lr=LR, momentum=0.0, weight_decay=0.0, pixels=True)
+    for module in net.modules():
+        if isinstance(module, HICArrays):
+            module.native_update = native
+    return step
 
 
 def main():
@@ -65,6 +73,7 @@ def main():
         torch.manual_seed(0)
         steps = {"FP32": hic_step("none_max", batch, device),
                  "HIC": hic_step("none_max_hic", batch, device),
+                 "HIC, tensor update": hic_step("none_max_hic", batch, device, native=False),
                  "HIC, exact products": hic_step("none_max_hic", batch, device, exact=True),
                  "HIC, pulsed": hic_step("none_max_hic_pulsed", batch, device),
                  "RPU": hic_step("none_max_rpu", batch, device)}

@@ -1,9 +1,6 @@
-// Pieces shared by the analog (RPU) array kernels on the host and the device: the counter-based
-// Gaussian draws, quantization, the argument checks, and the tile grouping of rows.
-//
-// Gaussian numbers come from a table of 65,536 equally likely values, the standard normal's
-// quantiles at (k + 1/2) / 65536, rescaled to unit variance: one 16-bit counter-based draw per
-// number, the same on CPU and GPU. Its tails end at 4.17 sigma, a probability of 1.5e-5 each.
+// Pieces shared by the analog (RPU) array kernels on the host and the device: the table of
+// Gaussian draws, the argument checks, and the tile grouping of rows (the per-value arithmetic
+// of the periphery is in periphery.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,70 +12,10 @@
 #include <vector>
 
 #include "checks.h"
-#include "counter_rng.h"
 #include "host_device.h"
+#include "periphery.h"
 
 namespace rapa {
-
-constexpr int64_t kNormalTableSize = 1 << 16;
-
-// Streams of the counter-based generator, one family per use, so that no two draws collide.
-constexpr uint64_t kStreamOutNoise = 0x6F75746E6F697365ull;
-constexpr uint64_t kStreamPulseX = 0x70756C736578ull;
-constexpr uint64_t kStreamPulseD = 0x70756C736564ull;
-constexpr uint64_t kStreamStepNoise = 0x737465706E6Full;
-
-RAPA_HD inline uint64_t mix_seed(uint64_t seed, uint64_t family) {
-  CounterRng r(seed, family);
-  return r.next();
-}
-
-// The Gaussian draw number `index` of the stream keyed by `seed` (already mixed with a family).
-template <typename S>
-RAPA_HD inline S normal_draw(const S* table, uint64_t seed, uint64_t index) {
-  CounterRng r(seed, index);
-  return table[r.next() >> 48];
-}
-
-// Rounds half to even. On the host by the magic-number trick, exact for |v| < 2^22 (floats)
-// or 2^51 (doubles) and vectorizable; callers round values within a converter's range (a few
-// thousand steps), and larger ones only ever saturate.
-RAPA_HD inline float round_even(float v) {
-#if defined(__CUDA_ARCH__)
-  return rintf(v);
-#else
-  if (!(std::fabs(v) < 4194304.0f)) return v;
-  const float m = 12582912.0f;  // 1.5 * 2^23 (IEEE arithmetic: never folded without fast-math)
-  return (v + m) - m;
-#endif
-}
-
-RAPA_HD inline double round_even(double v) {
-#if defined(__CUDA_ARCH__)
-  return rint(v);
-#else
-  if (!(std::fabs(v) < 2251799813685248.0)) return v;
-  const double m = 6755399441055744.0;  // 1.5 * 2^52
-  return (v + m) - m;
-#endif
-}
-
-// Rounds v to a multiple of step (step 0: no rounding), then clips it to [-bound, bound]: the
-// converters' order in aihwkit 1.1.0 (getDiscretizedValue, then the bound), so an output never
-// exceeds the bound even when the bound is not a multiple of the step.
-template <typename S>
-RAPA_HD inline S quantize_clip(S v, S bound, S step) {
-  v = step > S(0) ? round_even(v / step) * step : v;
-  return v > bound ? bound : (v < -bound ? -bound : v);
-}
-
-// Whether the ADC saturates on v: its rounded value lies beyond the bound (strictly; aihwkit
-// 1.1.0's bound test, after the rounding). NaN does not saturate, as there.
-template <typename S>
-RAPA_HD inline bool adc_saturates(S v, S bound, S step) {
-  v = step > S(0) ? round_even(v / step) * step : v;
-  return v > bound || v < -bound;
-}
 
 // The table of Gaussian quantiles on `device`, in dtype `dtype`, built once per pair.
 inline at::Tensor normal_table(at::ScalarType dtype, at::Device device) {

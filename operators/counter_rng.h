@@ -8,16 +8,23 @@
 
 namespace rapa {
 
+// The generator's two steps as free functions with internal linkage, so that the kernels
+// compiled for wide vector instruction sets (operators/isa/) inline their own copies: the
+// start state of stream `stream` under `seed`, and splitmix64's output for a state.
+RAPA_HD static inline uint64_t counter_state(uint64_t seed, uint64_t stream) {
+  return seed ^ (stream * 0xD1B54A32D192ED03ull + 0x9E3779B97F4A7C15ull);
+}
+
+RAPA_HD static inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 struct CounterRng {
   uint64_t state;
-  RAPA_HD CounterRng(uint64_t seed, uint64_t stream)
-      : state(seed ^ (stream * 0xD1B54A32D192ED03ull + 0x9E3779B97F4A7C15ull)) {}
-  RAPA_HD uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  RAPA_HD CounterRng(uint64_t seed, uint64_t stream) : state(counter_state(seed, stream)) {}
+  RAPA_HD uint64_t next() { return splitmix64(state += 0x9E3779B97F4A7C15ull); }
   // An integer in [0, n): the high word of a 64x64 product (bias below 2^-40 for n < 2^24).
   RAPA_HD uint64_t below(uint64_t n) {
 #if defined(__CUDA_ARCH__)

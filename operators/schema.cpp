@@ -49,6 +49,34 @@ TORCH_LIBRARY(rapa, m) {
       "analog_mvm(Tensor input, Tensor weight, Tensor tile, Tensor seed, bool transposed, "
       "float inp_step, float inp_bound, float out_step, float out_bound, float out_noise, "
       "bool noise_management, bool bound_management, float max_bm_factor) -> Tensor");
+  // A convolution on analog arrays (weight (T, O, C, kh, kw)): patch (n, y, x) through
+  // array t = assignment[n, y, x] with analog_mvm's periphery (the same noise draws as
+  // analog_mvm over F.unfold's patch rows), times out_scale[t], plus bias[t] (-1: output 0);
+  // channels-last output. Its input gradient: each output pixel's gradient times out_scale[t]
+  // through the transposed array with the (backward) periphery, summed into the input's
+  // pixels. CPU kernels only (the CUDA path goes through analog_mvm).
+  m.def(
+      "analog_conv(Tensor input, Tensor weight, Tensor? bias, Tensor assignment, "
+      "Tensor out_scale, Tensor seed, int[2] stride, int[2] padding, float inp_step, "
+      "float inp_bound, float out_step, float out_bound, float out_noise, "
+      "bool noise_management, bool bound_management, float max_bm_factor) -> Tensor");
+  m.def(
+      "analog_conv_input_grad(Tensor grad_output, Tensor input, Tensor weight, Tensor assignment, "
+      "Tensor out_scale, Tensor seed, int[2] stride, int[2] padding, float inp_step, "
+      "float inp_bound, float out_step, float out_bound, float out_noise, "
+      "bool noise_management, bool bound_management, float max_bm_factor) -> Tensor");
+  // The hybrid in-memory computing update of one layer's arrays, in place (rapa/analog/hic.py,
+  // HICArrays.apply_update with statistical programming): the gradient's steps into the
+  // accumulator, whole LSBs transferred to the binary cells and the multi-level pair, programmed,
+  // counted, and read back into `weight`. Returns how many weights transferred.
+  m.def(
+      "hic_update(Tensor(a!) weight, Tensor(b!) accumulator, Tensor(c!) bits, "
+      "Tensor(d!) g_binary, Tensor(e!) levels, Tensor(f!) g_pair, Tensor(g!) set_count, "
+      "Tensor(h!) reset_count, Tensor(i!) saturations, Tensor grad, Tensor out_scale, float lr, "
+      "int[] bit_weights, int levels_count, int accumulator_bits, int accumulator_frac_bits, "
+      "bool stochastic_rounding, float set_probability, float reset_probability, float g_max, "
+      "float prog_noise_scale, float[] prog_coeff, float prog_coeff_g_max_reference, *, "
+      "Generator? generator=None) -> int");
   // Pulsed update, in place: each row m is the rank-one update -lr d_m x_m^T of array tile[m],
   // by stochastic pulse coincidences on devices with their own steps and bounds.
   m.def(

@@ -45,20 +45,27 @@ at::Tensor stochastic_pool_train_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& index) {
   check_pool_index(grad_output, input, index);
   const at::Tensor g = grad_output.contiguous(), idx = index.contiguous();
-  at::Tensor grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
-  const int64_t plane_in = input.size(2) * input.size(3);
+  // The input's layout, as torch's pooling gradients: a channels-last input (max_pool's) gets a
+  // channels-last gradient, which the layers before it then read without a transposing copy.
+  const bool last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  at::Tensor grad_input = at::zeros_like(input, input.suggest_memory_format());
+  const int64_t C = input.size(1), plane_in = input.size(2) * input.size(3);
   const int64_t plane_out = g.size(2) * g.size(3);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "stochastic_pool_train_backward_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const int64_t* ip = idx.data_ptr<int64_t>();
     scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    at::parallel_for(0, input.size(0) * input.size(1), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane)
+    // Per (image, channel) plane; channels last by image, so that no two threads share a pixel.
+    const int64_t units = last ? input.size(0) : input.size(0) * C, per_unit = last ? C : 1;
+    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin * per_unit; plane < end * per_unit; ++plane) {
+        const int64_t n = plane / C, c = plane % C;
         for (int64_t o = plane * plane_out; o < (plane + 1) * plane_out; ++o) {
           TORCH_CHECK(ip[o] >= 0 && ip[o] < plane_in, "rapa: argument 'index' holds ", ip[o],
               ", outside the input plane of ", plane_in, " pixels");
-          gi[plane * plane_in + ip[o]] += gp[o];
+          gi[last ? (n * plane_in + ip[o]) * C + c : plane * plane_in + ip[o]] += gp[o];
         }
+      }
     });
   });
   return grad_input;

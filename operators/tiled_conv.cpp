@@ -10,38 +10,18 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "checks.h"
+#include "cpu_fused.h"
 #include "isa/fused_conv.h"
 #include "single_tile.h"
 
 namespace rapa {
 namespace {
-
-enum class Isa { avx512, avx2, generic };
-
-// The widest instruction set this CPU runs; RAPA_CPU_ISA=generic|avx2|avx512 narrows it.
-Isa cpu_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::generic;
-#if defined(RAPA_X86_KERNELS)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-    if (__builtin_cpu_supports("avx512f")) best = Isa::avx512;
-#endif
-    const char* wanted = std::getenv("RAPA_CPU_ISA");
-    if (wanted && std::strcmp(wanted, "generic") == 0) return Isa::generic;
-    if (wanted && std::strcmp(wanted, "avx2") == 0 && best != Isa::generic) return Isa::avx2;
-    return best;
-  }();
-  return isa;
-}
 
 template <typename S>
 bool run_fused(bool forward, const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch,
@@ -60,25 +40,6 @@ bool run_fused(bool forward, const FusedConv<S>& a, int64_t n0, int64_t n1, S* s
 #endif
   return forward ? fused_forward_generic(a, n0, n1, scratch, index, bad)
                  : fused_backward_generic(a, n0, n1, scratch, index, bad);
-}
-
-int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-
-// Kernel matrices with K in (ky, kx, c) order, matching the channels-last gather: (T, O, K).
-at::Tensor kernels_hwc(const at::Tensor& weight) {
-  return weight.permute({0, 1, 3, 4, 2}).contiguous().view({weight.size(0), weight.size(1), -1});
-}
-
-template <typename S>
-FusedConv<S> fused_geometry(const ConvGeometry& s, bool has_region) {
-  FusedConv<S> a{};
-  static_cast<ConvGeometry&>(a) = s;
-  a.Kpad = round_up(a.K, kFusedPad);
-  a.Opad = round_up(a.O, kFusedPad);
-  // The kernels' unit copies are padded unless a region map needs per-pixel tests.
-  a.Hp = has_region ? s.H : s.H + 2 * s.ph;
-  a.Wp = has_region ? s.W : s.W + 2 * s.pw;
-  return a;
 }
 
 // Runs the fused kernel over the batch, images split over threads; `per_range(begin, a)` may
@@ -111,7 +72,7 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
   const auto b = defined_or_none(bias), reg = defined_or_none(region);
   const at::Tensor x = input.contiguous(), assign = assignment.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_cpu", [&] {
-    FusedConv<scalar_t> a = fused_geometry<scalar_t>(s, reg.has_value());
+    FusedConv<scalar_t> a = fused_geometry<FusedConv<scalar_t>>(s, reg.has_value());
     at::Tensor kernels = at::zeros({s.T, a.K, a.Opad}, input.options());
     kernels.narrow(2, 0, s.O).copy_(kernels_hwc(weight).transpose(1, 2));
     a.x = x.data_ptr<scalar_t>();
@@ -144,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
     const at::Tensor x = input.contiguous(), assign = assignment.contiguous();
     const at::Tensor go = grad_output.contiguous();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "tiled_conv_backward_cpu", [&] {
-      FusedConv<scalar_t> a = fused_geometry<scalar_t>(s, reg.has_value());
+      FusedConv<scalar_t> a = fused_geometry<FusedConv<scalar_t>>(s, reg.has_value());
       at::Tensor kernels;
       if (mask[0]) {
         kernels = at::zeros({T, O, a.Kpad}, opts);

@@ -298,13 +298,22 @@ def test_untiled_exact_products_are_the_dense_convolution_and_record_its_gradien
     assert len(conv.arrays.pending) == 2
     torch.testing.assert_close(conv.arrays.gradient(), 2 * results[0][2], rtol=1e-6, atol=1e-6)
     conv.arrays.pending.clear()
-    # Exact products one way only: the rows' path (the other direction needs its periphery).
+    # Exact products one way only: that direction's periphery applies (its results leave the
+    # dense convolution's), the other's products stay exact, the gradient is recorded summed.
     for direction in ("forward", "backward"):
         half = dataclasses.replace(cfg, **{direction: dataclasses.replace(
             getattr(cfg, direction), is_perfect=False)})
         other = TiledConv2d(3, 4, (3, 5), stride=stride, padding=padding, rpu_config=half)
-        ((other(x) - target) ** 2).sum().backward()
-        assert isinstance(other.arrays.pending[0], tuple), direction
+        other.load_state_dict(conv.state_dict())
+        x.grad = None
+        y = other(x)
+        ((y - target) ** 2).sum().backward()
+        assert isinstance(other.arrays.pending[0], torch.Tensor), direction
+        moved = (y.detach() if direction == "forward" else x.grad) - \
+            (results[0][0] if direction == "forward" else results[0][1])
+        assert moved.abs().max() > 1e-3, direction
+        if direction == "backward":
+            torch.testing.assert_close(y.detach(), results[0][0], rtol=1e-5, atol=1e-5)
 
 
 def test_drift_reads_the_hic_devices_from_t0_on():
@@ -838,9 +847,10 @@ def test_a_data_parallel_exchange_sends_the_summed_gradient_not_the_rows():
 @pytest.mark.parametrize("tiling,tiles", [("none", 1), ("perforated", 4)])
 def test_an_rpu_convolution_exchanges_its_input_image_and_makes_the_same_rows(tiling, tiles):
     """With keep_inputs (a data-parallel run) an RPU convolution's pass records its input image
-    in place of its rows; the exchange sends the image, and the rows made from it are those a
-    pass without keep_inputs records, exactly; the update takes either alike."""
-    from rapa.analog.arrays import ConvInputs
+    in place of its rows (on the CPU it always does: its fused kernels make no rows); the
+    exchange sends the image, and the rows made from it are those the row-by-row pass records,
+    exactly; the update takes either alike."""
+    from rapa.analog.arrays import ConvInputs, patch_rows
     torch.manual_seed(1)
     conv = TiledConv2d(3, 4, 3, padding=2, tiling=tiling, num_tiles=tiles,
                        rpu_config=rapa.analog.RPUConfig())  # padding != stride: no swap hides
@@ -861,10 +871,90 @@ def test_an_rpu_convolution_exchanges_its_input_image_and_makes_the_same_rows(ti
         weights.append(weight)
         assert conv.arrays.pending == []
     plain, kept = entries
-    assert not isinstance(plain, ConvInputs) and isinstance(kept, ConvInputs)
+    assert isinstance(kept, ConvInputs)
     assert kept[0].shape == (2, 3, 9, 9)  # what the exchange sends: the image
-    assert kept[0].numel() * 13 < plain[0].numel()  # 11 x 11 patches of 27 from 9 x 9 x 3
     rows, d, tile = kept.rows()
+    assert x.numel() * 13 < rows.numel()  # 11 x 11 patches of 27 from 9 x 9 x 3
+    if isinstance(plain, ConvInputs):  # the CPU's fused kernels
+        assert torch.equal(plain[0], x) and torch.equal(plain.rows()[0], rows)
+        plain = plain.rows()
+    assert torch.equal(rows, patch_rows(x, (3, 3), (2, 2), (1, 1)))
     assert torch.equal(rows, plain[0]) and torch.equal(d, plain[1]) and torch.equal(tile, plain[2])
     assert (tile < 0).any() == (tiling == "perforated")
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], conv.weight)
+
+
+NATIVE_CASES = {
+    "defaults": dict(),
+    "no binary cells, 8 levels": dict(binary_cells=0, levels=8),
+    "greedy bit weights": dict(binary_cells=4, bit_weights=(1, 1, 2, 3)),
+    "five cells": dict(binary_cells=5),
+    "switching attempts": dict(set_probability=0.3, reset_probability=0.6),
+    "nearest rounding": dict(stochastic_rounding=False),
+    "wide accumulator": dict(accumulator_bits=30, accumulator_frac_bits=12),
+    "2 levels": dict(levels=2, binary_cells=2),
+}
+
+
+@pytest.mark.parametrize("name", list(NATIVE_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_native_update_is_the_tensor_code_bit_for_bit(name, dtype):
+    """rapa.hic_update (C++, the CPU's statistical programming) against HICArrays' tensor code
+    (native_update off): the same random draws and arithmetic give the same devices, counts,
+    accumulator and weights, bit for bit, through transfers, carries, refreshes, saturation
+    and switching attempts, over arrays with their own scales; the other paths are taken."""
+    cfg = HICConfig(weight_range=0.0, **NATIVE_CASES[name])
+    shape = (3, 5, 7)
+    results, transfers = [], []
+    for native in (True, False):
+        torch.manual_seed(0)
+        a = HICArrays(cfg, shape).to(dtype)
+        a.native_update = native
+        w = (torch.randn(shape, dtype=dtype) * torch.tensor([0.1, 1.0, 5.0], dtype=dtype)
+             .view(-1, 1, 1))
+        a.map_(w)
+        gen = torch.Generator().manual_seed(3)
+        moved = 0
+        for step in range(12):
+            # Large and small steps, both signs: saturation at the range's ends included.
+            grad = torch.randn(shape, dtype=dtype, generator=gen) * (10.0 if step % 4 else 0.1)
+            a.pending.append(grad)
+            before = a.levels.clone(), a.bits.clone()
+            a.apply_update(w, 0.05 * (1 + step % 3), gen)
+            moved += int((a.levels != before[0]).sum() + (a.bits != before[1]).sum())
+        results.append([t.clone() for t in a.state_blobs()] + [w.clone()])
+        transfers.append(moved)
+    for (name_, mine, theirs) in zip(a.state_names() + ("weight",), *results):
+        assert torch.equal(mine, theirs), name_
+    assert transfers[0] > 50  # the rules under test ran
+    sat, refresh = results[0][a.state_names().index("saturations")], results[0][
+        a.state_names().index("reset_count")]
+    assert sat.sum() > 0 and (refresh[cfg.binary_cells:] > 1).any()
+
+
+def test_the_native_update_is_taken_where_it_applies():
+    calls = []
+    orig = torch.ops.rapa.hic_update
+
+    class Spy:
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return orig(*args, **kwargs)
+
+    cfg = HICConfig()
+    for pulsed, expected in ((False, 1), (True, 0)):
+        calls.clear()
+        c = dataclasses.replace(cfg, programming="pulsed") if pulsed else cfg
+        torch.manual_seed(0)
+        a = HICArrays(c, (1, 2, 3))
+        w = torch.randn(1, 2, 3)
+        a.map_(w)
+        a.pending.append(torch.randn(1, 2, 3))
+        import rapa.analog.hic as hic_module
+        saved = hic_module.torch.ops.rapa.hic_update
+        try:
+            torch.ops.rapa.hic_update = Spy()
+            a.apply_update(w, 0.1)
+        finally:
+            torch.ops.rapa.hic_update = saved
+        assert len(calls) == expected, pulsed

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..geometry import conv_out
 from .config import RPUConfig
-from .ops import analog_mvm, draw_seed, rpu_update
+from .ops import (analog_conv_forward, analog_conv_input_grad, analog_mvm, draw_seed,
+                  rpu_update)
 
 STATE_NAMES = ("dw_up", "dw_down", "w_min", "w_max")
 
@@ -343,6 +344,69 @@ class _ExactConv(torch.autograd.Function):
         return grad_x, None, None, None, None
 
 
+class _FusedAnalogConv(torch.autograd.Function):
+    """The convolution's array products without the patch rows (rapa.analog_conv_forward and
+    its input gradient, CPU), each array's output scale and the bias applied in the same pass:
+    the same draws and numbers as _AnalogProduct over _PatchRows' rows, to the products'
+    rounding. The backward pass records for the update what the arrays learn from: the weight
+    gradient d x^T summed per array (records_gradient, by the digital convolution's own
+    kernels), else the input image with the rows' d (ConvInputs); d = alpha_t dL/dout."""
+
+    @staticmethod
+    def forward(ctx, x, weight3, bias, assignment, arrays, kernel, stride, padding, untiled):
+        weight5 = weight3.detach().view(*weight3.shape[:2], x.shape[1], *kernel)
+        scale = arrays.out_scale.to(x.dtype)
+        ctx.save_for_backward(x, weight5, assignment, scale)
+        ctx.arrays, ctx.geometry, ctx.untiled = arrays, (kernel, stride, padding), untiled
+        # The image the pulsed update will make its rows from, copied now: a later layer (or a
+        # buffer refilled for the next step) may change the input in place before the update.
+        ctx.image = (x.detach().clone(memory_format=torch.contiguous_format)
+                     if ctx.needs_input_grad[1] and not arrays.records_gradient else None)
+        b = None if bias is None else bias.detach().view(weight3.shape[0], -1)
+        return analog_conv_forward(x, weight5, b, assignment, scale, stride, padding,
+                                   arrays.config.forward)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight5, assignment, scale = ctx.saved_tensors
+        kernel, stride, padding = ctx.geometry
+        arrays = ctx.arrays
+        grad = grad.contiguous(memory_format=torch.channels_last)  # the kernels' rows
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])  # a view: (N Ho Wo, O)
+        flat = assignment.reshape(-1)
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = analog_conv_input_grad(grad, x, weight5, assignment, scale, stride, padding,
+                                            arrays.config.backward)
+        if ctx.needs_input_grad[2]:
+            if ctx.untiled:
+                grad_bias = rows.sum(0)
+            else:  # per array; dropped patches (-1) have no bias
+                kept = (flat >= 0).to(rows.dtype).unsqueeze(1)
+                grad_bias = rows.new_zeros((weight5.shape[0], rows.shape[1]))
+                grad_bias.index_add_(0, flat.clamp_min(0), rows * kept)
+        if ctx.needs_input_grad[1]:
+            if arrays.records_gradient:
+                with _full_float32():
+                    if ctx.untiled:  # the dense convolution's weight gradient, times alpha
+                        # The image in the gradient's layout (channels last): oneDNN would
+                        # otherwise transpose the larger gradient (5x slower for conv1).
+                        grad_w = torch.ops.aten.convolution_backward(
+                            grad, x.contiguous(memory_format=torch.channels_last), weight5[0],
+                            None, stride, padding, (1, 1), False, (0, 0), 1,
+                            (False, True, False))[1].unsqueeze(0)
+                    else:
+                        grad_w = torch.ops.rapa.tiled_conv_backward(
+                            grad, x, weight5, assignment, list(stride), list(padding), None,
+                            [False, True, False])[1]
+                arrays.pending.append(grad_w.reshape(arrays.shape) * scale.view(-1, 1, 1))
+            else:
+                d = rows * scale[flat.clamp_min(0)].unsqueeze(1)
+                arrays.pending.append(ConvInputs(ctx.image, d, flat, (kernel, padding, stride)))
+        ctx.image = None  # the graph outlives the step: let the pending entry hold it alone
+        return grad_x, None, grad_bias, None, None, None, None, None, None
+
+
 def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
                 arrays: AnalogArrays) -> Tensor:
     """A convolution on analog arrays: one array product per patch (im2col), patch (n, y, x) on
@@ -358,6 +422,9 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
         return out if bias is None else out + bias.view(weight3.shape[0], -1)[0].view(1, -1, 1, 1)
     ho, wo = conv_out(h, kernel[0], stride[0], padding[0]), conv_out(w, kernel[1], stride[1],
                                                                   padding[1])
+    if x.device.type == "cpu":
+        return _fused_analog_conv(x, weight3, bias, tile, (ho, wo), kernel, stride, padding,
+                                  arrays)
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
@@ -378,3 +445,12 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     # The rows are already (n, y, x, o): a channels-last view, no copy (the layers after it
     # take either layout).
     return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def _fused_analog_conv(x, weight3, bias, tile, out_hw, kernel, stride, padding, arrays):
+    """analog_conv on the CPU: the fused kernels (_FusedAnalogConv), output (N, O, Ho, Wo)
+    channels last."""
+    assignment = (tile if tile is not None
+                  else torch.zeros((x.shape[0], *out_hw), dtype=torch.long, device=x.device))
+    return _FusedAnalogConv.apply(x, weight3, bias, assignment, arrays, tuple(kernel),
+                                  tuple(stride), tuple(padding), tile is None)

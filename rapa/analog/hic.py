@@ -51,6 +51,7 @@ given for PCM).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -60,7 +61,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RapaError
-from .arrays import ArrayProducts
+from .arrays import ArrayProducts, ConvInputs
 from .config import IOParameters, check_finite
 from .pcm import PCMLikeNoiseModel
 from .pcm_pulses import PCMPresetDevice
@@ -213,9 +214,18 @@ def _plain(fd, value, default):
     return type(default)(value)
 
 
+@functools.lru_cache(maxsize=None)
+def _powers(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return 2.0 ** torch.arange(n, dtype=dtype, device=device)
+
+
 def encode(value: Tensor, weights: tuple[int, ...]) -> Tensor:
     """The binary cells (len(weights), *value.shape) that hold `value` (integers in [0, sum of
     weights]), greedily from the largest weight."""
+    if weights == tuple(2 ** i for i in range(len(weights))):  # the default: binary digits
+        powers = _powers(len(weights), value.dtype, value.device)
+        return torch.div(value.unsqueeze(0), powers.view(-1, *[1] * value.dim()),
+                         rounding_mode="floor").remainder(2)
     rest = value.clone()
     cells = value.new_zeros((len(weights), *value.shape))
     for i in reversed(range(len(weights))):
@@ -252,6 +262,7 @@ class HICArrays(ArrayProducts):
         self.register_buffer("reset_count", torch.zeros((nb + 2, *shape)))
         self.register_buffer("saturations", torch.zeros(shape[0]))
         self.pulsed = config.programming == "pulsed"
+        self._weights_cache: dict = {}
         if self.pulsed:  # torch's generator, as AnalogArrays' draws: seeded runs repeat
             self.register_buffer("pulse_draws", config.pulse.populate((2, *shape)))
 
@@ -300,7 +311,7 @@ class HICArrays(ArrayProducts):
         `index` (flat positions in T x O x K), of those weights only."""
         c = self.config
         bits, levels = self._columns(self.bits, index), self._columns(self.levels, index)
-        b = torch.tensor(c.weights(), dtype=bits.dtype, device=bits.device)
+        b = self._bit_weights(bits.dtype, bits.device)
         v = (bits * b.view(-1, 1)).sum(0) if c.binary_cells else 0.0
         v = v + c.capacity * (levels[0] - levels[1])
         return v if index is not None else v.view(self.shape)
@@ -312,15 +323,28 @@ class HICArrays(ArrayProducts):
         g_max = c.pcm.g_max
         g_binary, g_pair = (self._columns(self.g_binary, index).double(),
                             self._columns(self.g_pair, index).double())
-        b = torch.tensor(c.weights(), dtype=torch.float64, device=g_pair.device)
-        binary = (g_binary * b.view(-1, 1)).sum(0) / g_max if c.binary_cells else 0.0
+        binary = 0.0
+        for i, b in enumerate(c.weights()):  # in order: rapa.hic_update adds them so too
+            binary = g_binary[i] * float(b) if i == 0 else binary + g_binary[i] * float(b)
+        if c.binary_cells:
+            binary = binary / g_max
         pair = c.capacity * (c.levels - 1) * (g_pair[0] - g_pair[1]) / g_max
         w = ((binary + pair) / c.span).to(self.g_pair.dtype)
         return w if index is not None else w.view(self.shape)
 
+    def _bit_weights(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The binary cells' bit weights as a tensor (n_binary,), made once per dtype and
+        device (every update reads them)."""
+        key = (dtype, device)
+        if key not in self._weights_cache:
+            self._weights_cache[key] = torch.tensor(self.config.weights(), dtype=dtype,
+                                                    device=device)
+        return self._weights_cache[key]
+
     def _columns(self, devices: Tensor, index: Optional[Tensor]) -> Tensor:
         """The devices (n, T, O, K) as (n, N) columns, one per weight, or those of `index`."""
-        flat = devices.view(devices.shape[0], devices[0].numel() if len(devices) else 0)
+        # The weights' count from the shape: with no binary cells the (0, N) view is empty.
+        flat = devices.view(devices.shape[0], math.prod(devices.shape[1:]))
         return flat if index is None else flat[:, index]
 
     def pcm_terms(self) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -401,7 +425,9 @@ class HICArrays(ArrayProducts):
                 changed = up | down
                 set_count[:nb] += self._attempts(up, c.set_probability, generator)
                 reset_count[:nb] += self._attempts(down, c.reset_probability, generator)
-            g_binary[changed] = self._program(new_bits[changed] * c.pcm.g_max, generator)
+            # Every cell drawn, the changed ones kept: no masked gather and scatter.
+            g_binary = torch.where(changed, self._program(new_bits * c.pcm.g_max, generator),
+                                   g_binary)
             self._store(self.bits, index, new_bits)
             self._store(self.g_binary, index, g_binary)
         levels, g_pair = columns(self.levels), columns(self.g_pair)
@@ -422,7 +448,8 @@ class HICArrays(ArrayProducts):
             set_count[nb:] += self._pulse_pair(g_pair, new, moved, refresh, index, generator)
         else:
             set_count[nb:] += (moved & (new > 0)).to(set_count.dtype)
-            g_pair[moved] = self._program(new[moved] * c.pcm.g_max / top, generator)
+            g_pair = torch.where(moved, self._program(new * c.pcm.g_max / top, generator),
+                                 g_pair)
         self._store(self.levels, index, new)
         self._store(self.g_pair, index, g_pair)
         self._store(self.set_count, index, set_count)
@@ -478,13 +505,15 @@ class HICArrays(ArrayProducts):
         precision (float32: the digital periphery's, as floating-point training's weight
         gradient). A pass recorded as its summed gradient (T, O, K) adds as it is."""
         first = self.pending[0]
+        if len(self.pending) == 1 and isinstance(first, Tensor):
+            return first
         x0 = first if isinstance(first, Tensor) else first[0]
         grad = torch.zeros(self.shape, dtype=x0.dtype, device=x0.device)
         for entry in self.pending:
             if isinstance(entry, Tensor):  # already summed (analog_conv's exact products)
                 grad += entry
                 continue
-            x, d, tile = entry
+            x, d, tile = entry.rows() if isinstance(entry, ConvInputs) else entry
             if self.shape[0] == 1:
                 if bool((tile < 0).any()):  # dropped patches (perforated) add nothing
                     d = d * (tile >= 0).to(d.dtype).unsqueeze(1)
@@ -517,9 +546,36 @@ class HICArrays(ArrayProducts):
         done = len(self.pending)
         if not done:
             return 0
+        grad = self.gradient()
+        if self._native(weight, grad):
+            c, pcm = self.config, self.config.pcm
+            torch.ops.rapa.hic_update(
+                weight, self.accumulator, self.bits, self.g_binary, self.levels, self.g_pair,
+                self.set_count, self.reset_count, self.saturations, grad, self.out_scale,
+                float(lr), list(c.weights()), c.levels, c.accumulator_bits,
+                c.accumulator_frac_bits, c.stochastic_rounding, c.set_probability,
+                c.reset_probability, pcm.g_max, pcm.prog_noise_scale,
+                [float(v) for v in pcm.prog_coeff], pcm.prog_coeff_g_max_reference,
+                generator=generator)
+        else:
+            self._update(weight, grad, lr, generator)
+        self.pending.clear()
+        return done
+
+    # rapa.hic_update (C++) where it applies: CPU tensors of one dtype, statistical programming.
+    # Off: this module's tensor code, the reference it equals bit for bit (test_hic.py).
+    native_update = True
+
+    def _native(self, weight: Tensor, grad: Tensor) -> bool:
+        tensors = [weight, grad, self.out_scale] + self.state_blobs()
+        return (self.native_update and not self.pulsed and weight.is_contiguous()
+                and all(t.device.type == "cpu" for t in tensors)
+                and all(t.dtype == weight.dtype for t in tensors))
+
+    def _update(self, weight: Tensor, grad: Tensor, lr: float, generator) -> None:
+        """apply_update's work in tensor operations (every device and programming)."""
         c = self.config
         top, res = c.limits()
-        grad = self.gradient()
         dtype = torch.float64 if c.accumulator_bits > 24 else grad.dtype
         alpha = self.out_scale.to(dtype).view(-1, 1, 1)
         steps = grad.to(dtype) * (-lr * c.span / res) / alpha.square()  # in grid steps
@@ -541,5 +597,3 @@ class HICArrays(ArrayProducts):
                                         cut)
             self._hold(held, index, generator)
             weight.view(-1)[index] = self.read(index).to(weight.dtype)
-        self.pending.clear()
-        return done

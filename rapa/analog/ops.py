@@ -1,6 +1,6 @@
-"""Python side of the analog ops rapa::analog_mvm and rapa::rpu_update: fake kernels and
-typed wrappers that take the dataclasses of config.py. Random draws come from a 64-bit seed
-drawn from torch's generator of the tensors' device, so torch.manual_seed reproduces them and a
+"""Python side of the analog ops rapa::analog_mvm, rapa::analog_conv (and its input gradient)
+and rapa::rpu_update: fake kernels and typed wrappers that take the dataclasses of config.py.
+Random draws come from a 64-bit seed drawn from torch's generator of the tensors' device, so torch.manual_seed reproduces them and a
 solver snapshot (which saves the generators) resumes them."""
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def _analog_mvm_fake(input, weight, tile, seed, transposed, *args):
     return input.new_empty((input.shape[0], weight.shape[2] if transposed else weight.shape[1]))
 
 
+@torch.library.register_fake("rapa::analog_conv")
+def _analog_conv_fake(input, weight, bias, assignment, *args):
+    return input.new_empty((input.shape[0], weight.shape[1], *assignment.shape[1:])).contiguous(
+        memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("rapa::analog_conv_input_grad")
+def _analog_conv_input_grad_fake(grad_output, input, weight, *args):
+    return input.new_empty(input.shape)
+
+
 @torch.library.register_fake("rapa::rpu_update")
 def _rpu_update_fake(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, *args):
     return None
@@ -36,6 +47,33 @@ def analog_mvm(input: Tensor, weight: Tensor, tile: Tensor, io: IOParameters, *,
     if seed is None:
         seed = draw_seed(input.device)
     return torch.ops.rapa.analog_mvm(input, weight, tile, seed, transposed, **io.op_args())
+
+
+def analog_conv_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        assignment: Tensor, out_scale: Tensor, stride, padding,
+                        io: IOParameters, *, seed: Optional[Tensor] = None) -> Tensor:
+    """Patch (n, y, x) of `input` (N, C, H, W) through array t = assignment[n, y, x] of
+    `weight` (T, O, C, kh, kw) with the periphery `io`, times out_scale[t] (T,), plus bias[t]
+    ((T, O) or None); -1: output 0. (N, O, Ho, Wo), channels last. The numbers of analog_mvm
+    over F.unfold's patch rows, computed without them (CPU only)."""
+    if seed is None:
+        seed = draw_seed(input.device)
+    return torch.ops.rapa.analog_conv(input, weight, bias, assignment, out_scale, seed,
+                                      list(stride), list(padding), **io.op_args())
+
+
+def analog_conv_input_grad(grad_output: Tensor, input: Tensor, weight: Tensor,
+                           assignment: Tensor, out_scale: Tensor, stride, padding,
+                           io: IOParameters, *, seed: Optional[Tensor] = None) -> Tensor:
+    """The input gradient (N, C, H, W) of analog_conv_forward: each output pixel's gradient
+    grad_output[n, :, y, x] times out_scale[t] through the transposed array t with the
+    periphery `io`, its K values added into the patch's pixels (analog_mvm transposed, then
+    F.fold, without the rows)."""
+    if seed is None:
+        seed = draw_seed(input.device)
+    return torch.ops.rapa.analog_conv_input_grad(grad_output, input, weight, assignment,
+                                                 out_scale, seed, list(stride), list(padding),
+                                                 **io.op_args())
 
 
 def rpu_update(weight: Tensor, x: Tensor, d: Tensor, tile: Tensor, lr: float,
