@@ -59,9 +59,11 @@ IOS = {
     "default": IOParameters(),
     "bound management": IOParameters(out_bound=0.1, bound_management="iterative"),
     "no noise management": IOParameters(noise_management="none", inp_bound=4.0),
-    # A bound that is no multiple of the ADC's step: outputs below it may round beyond it.
     "coarse converters": IOParameters(inp_res=0.09, out_res=0.07, out_bound=0.5,
                                       bound_management="iterative"),
+    # A limit that is a power of two: the last repeat is the one at the limit itself.
+    "bound management to 4": IOParameters(out_bound=0.1, bound_management="iterative",
+                                           max_bm_factor=4.0, max_bm_res=1.0),
     "perfect": IOParameters(is_perfect=True),
 }
 
@@ -96,10 +98,32 @@ def test_the_fused_convolution_is_the_row_by_row_one_exactly(case, name):
     exact = reference_forward(x, weight, bias, assignment, out_scale, stride, padding,
                               IOS["perfect"], seed)
     assert (name == "perfect") == torch.equal(y, exact)
-    if name in ("bound management", "coarse converters"):  # rows repeated, input halved
+    if name.startswith("bound management") or name == "coarse converters":  # rows repeated
         plain = dataclasses.replace(io, bound_management="none")
         assert not torch.equal(y, analog_conv_forward(x, weight, bias, assignment, out_scale,
                                                       stride, padding, plain, seed=seed))
+
+
+def test_outputs_below_the_bound_that_round_beyond_it_saturate():
+    """With a bound that is no multiple of the ADC's step (0.5 = 7.69 steps of 0.065), an
+    output of 0.49 rounds to 0.52, beyond it: bound management repeats that row, as the
+    reference does; 0.2 and 0.3 alone would not."""
+    io = IOParameters(out_res=0.065, out_bound=0.5, out_noise=0.0,
+                      bound_management="iterative")
+    x = torch.ones(1, 1, 1, 1, dtype=F64)
+    one = torch.zeros(1, 1, 1, dtype=torch.long)
+    scale, seed = torch.ones(1, dtype=F64), torch.tensor([1])
+    outputs = []
+    for w in ([0.2, 0.3, 0.49, 0.495], [0.2, 0.3, 0.2, 0.3]):
+        weight = torch.tensor(w, dtype=F64).view(1, 4, 1, 1, 1)
+        y = analog_conv_forward(x, weight, None, one, scale, (1, 1), (0, 0), io, seed=seed)
+        ref = reference_forward(x, weight, None, one, scale, (1, 1), (0, 0), io, seed)
+        assert torch.equal(y, ref)
+        outputs.append(y.flatten())
+    step = 0.065
+    # Repeated at half the input: 0.2 reads 0.1 -> 0.13 (2 steps) -> 0.26; unrepeated 0.195.
+    assert torch.allclose(outputs[0][0], torch.tensor(4 * step, dtype=F64))
+    assert torch.allclose(outputs[1][0], torch.tensor(3 * step, dtype=F64))
 
 
 def test_float32_and_the_backward_bound_management():

@@ -34,6 +34,22 @@ def test_training_gradient_goes_to_the_chosen_pixel(device):
     torch.testing.assert_close(got, want.view_as(x))
 
 
+def test_the_gradient_takes_the_inputs_layout_on_the_cpu():
+    """A channels-last input (max_pool's) gets a channels-last gradient with the same values:
+    the layers before it then read it without a transposing copy."""
+    x = torch.rand(2, 3, 9, 9, dtype=F64)
+    u = torch.rand(2, 3, 4, 4, dtype=F64)
+    g = torch.randn(2, 3, 4, 4, dtype=F64)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xg = x.contiguous(memory_format=layout).requires_grad_()
+        out = torch.ops.rapa.stochastic_pool_train(xg, u, [3, 3], [2, 2], [0, 0])[0]
+        (got,) = torch.autograd.grad(out, xg, g)
+        assert got.is_contiguous(memory_format=layout)
+        grads.append(got)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
 def test_training_reproducible_with_generator(device):
     x = torch.rand(2, 3, 8, 8, device=device)
     g1 = torch.Generator(device=device).manual_seed(3)
