@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import rapa
-from rapa.analog import HICConfig, IOParameters, RPUConfig
-from rapa.analog.arrays import patch_rows
+from rapa.analog import AnalogArrays, HICConfig, IOParameters, RPUConfig
+from rapa.analog.arrays import analog_conv, patch_rows
 from rapa.analog.ops import analog_conv_forward, analog_conv_input_grad, analog_mvm
 from rapa.nn import TiledConv2d
 
@@ -249,7 +249,8 @@ def test_a_module_records_what_its_arrays_learn_from_as_the_rows_would(kind):
     target = torch.randn(2, 5, 7, 7, dtype=F64)
     results = []
     for fused in (True, False):
-        xi = x.clone().requires_grad_()
+        # A channels-last input (as an analog layer hands on): the kept image is plain.
+        xi = x.contiguous(memory_format=torch.channels_last).requires_grad_()
         conv.zero_grad()
         torch.manual_seed(4)
         out = conv(xi) if fused else rows_path(conv, xi, 4)
@@ -262,9 +263,37 @@ def test_a_module_records_what_its_arrays_learn_from_as_the_rows_would(kind):
     torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gb, gb_ref, rtol=1e-12, atol=1e-12)
     if kind == "rpu":
+        assert fused_entry[0].is_contiguous()
         for mine, theirs in zip(fused_entry.rows(), rows_entry):
             assert torch.equal(mine, theirs)
     else:
         x_rows, d, _ = rows_entry
         torch.testing.assert_close(fused_entry, (d.t() @ x_rows).unsqueeze(0), rtol=1e-12,
                                    atol=1e-12)
+
+
+def test_tiled_outputs_and_bias_gradients_per_array():
+    """analog_conv with tiles (some patches dropped): the output is the reference's, and each
+    array's bias gradient sums the output gradient over that array's patches only (array 0
+    included, dropped patches in none), as autograd through the reference gives."""
+    torch.manual_seed(2)
+    t, o, c = 3, 4, 2
+    arrays = AnalogArrays(RPUConfig(), (t, o, c * 9)).double()
+    arrays.out_scale.copy_(torch.tensor([0.5, 2.0, 1.0]))
+    x = torch.randn(2, c, 6, 6, dtype=F64, requires_grad=True)
+    weight3 = (torch.randn(t, o, c * 9, dtype=F64) * 0.2).requires_grad_()
+    bias = torch.randn(t * o, dtype=F64, requires_grad=True)
+    tile = torch.randint(-1, t, (2, 6, 6))
+    tile[0, 0, 0], tile[0, 0, 1] = 0, -1
+    g = torch.randn(2, o, 6, 6, dtype=F64)
+    torch.manual_seed(9)
+    out = analog_conv(x, weight3, bias, tile, (3, 3), (1, 1), (1, 1), arrays)
+    (out * g).sum().backward()
+    torch.manual_seed(9)
+    b = bias.detach().clone().requires_grad_()
+    ref = reference_forward(x.detach(), weight3.detach().view(t, o, c, 3, 3), b.view(t, o), tile,
+                            arrays.out_scale, (1, 1), (1, 1), arrays.config.forward, None)
+    (ref * g).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bias.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert (bias.grad.view(t, o) != 0).all()

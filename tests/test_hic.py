@@ -958,3 +958,11 @@ def test_the_native_update_is_taken_where_it_applies():
         finally:
             torch.ops.rapa.hic_update = saved
         assert len(calls) == expected, pulsed
+
+
+def test_the_bit_weights_follow_the_devices_dtype():
+    a = HICArrays(HICConfig(), (1, 2, 3))
+    a.map_(torch.randn(1, 2, 3))
+    assert a.value().dtype == torch.float32 and a.read().dtype == torch.float32
+    a.double()
+    assert a.value().dtype == torch.float64 and a.read().dtype == torch.float64

@@ -363,6 +363,7 @@ class _FusedAnalogConv(torch.autograd.Function):
         ctx.image = (x.detach().clone(memory_format=torch.contiguous_format)
                      if ctx.needs_input_grad[1] and not arrays.records_gradient else None)
         b = None if bias is None else bias.detach().view(weight3.shape[0], -1)
+        ctx.bias_shape = None if bias is None else bias.shape
         return analog_conv_forward(x, weight5, b, assignment, scale, stride, padding,
                                    arrays.config.forward)
 
@@ -385,6 +386,7 @@ class _FusedAnalogConv(torch.autograd.Function):
                 kept = (flat >= 0).to(rows.dtype).unsqueeze(1)
                 grad_bias = rows.new_zeros((weight5.shape[0], rows.shape[1]))
                 grad_bias.index_add_(0, flat.clamp_min(0), rows * kept)
+            grad_bias = grad_bias.reshape(ctx.bias_shape)
         if ctx.needs_input_grad[1]:
             if arrays.records_gradient:
                 with _full_float32():
