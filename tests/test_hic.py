@@ -505,13 +505,21 @@ def test_model_size_counts_device_bits_and_write_erase_cycles(tmp_path, capsys):
                        "4"]
     assert rows[1] == ["hic/ip", "multi-level", "3", f"{(60000 + 2) / 60000:.2f}", "1", "3.00e-03"]
     # The SET events, after it (one layer: no rows for the whole net in either table).
-    assert out[10:13] == ["", 'SET events per device (programming "pulsed": SET pulses):',
+    assert out[10:13] == ["", "SET events per device:",
                           "layer        devices           max      mean    99.9%"]
     for line, counts in zip(out[13:], (a.set_count[:4], a.set_count[4:])):
         flat = counts.double().flatten()
         assert line.split()[2:] == [f"{flat.max():.0f}", f"{flat.mean():.2f}",
                                     f"{torch.quantile(flat, 0.999):.0f}"]
     assert len(out) == 15 and out[14].split()[2] == "40"
+    # With pulsed programming the heading says which layers count SET pulses.
+    pulsed = text.replace("levels: 16 endurance: 1000", 'programming: "pulsed"')
+    (tmp_path / "p.prototxt").write_text(pulsed)
+    save_weights(Net(parse_text(pulsed, pb.NetParameter()), pb.TEST), tmp_path / "p.caffemodel")
+    assert main(["model-size", "--model", str(tmp_path / "p.prototxt"), "--weights",
+                 str(tmp_path / "p.caffemodel")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert 'SET events per device (SET pulses in hic/ip: programming "pulsed"):' in out
     with pytest.raises(SystemExit) as e:  # argparse: --model is required
         main(["model-size"])
     assert e.value.code == 2 and "--model" in capsys.readouterr().err

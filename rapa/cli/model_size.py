@@ -102,7 +102,9 @@ def _write_erase(net: Net, width: int) -> None:
                      not every["binary"] else "")
     # SET events: one per switching attempt of a binary cell, one per level a multi-level
     # device is programmed to, or with programming "pulsed" one per SET pulse.
-    print("\nSET events per device (programming \"pulsed\": SET pulses):")
+    pulsed = [name for name, a in hic if a.pulsed]
+    print("\nSET events per device" + (f" (SET pulses in {', '.join(pulsed)}: programming "
+                                        f"\"pulsed\")" if pulsed else "") + ":")
     print(f"{'layer':<{width}} {'devices':<12} {'max':>8} {'mean':>9} {'99.9%':>8}")
     every = {"binary": [], "multi-level": []}
     for name, a in hic:
