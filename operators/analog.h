@@ -45,8 +45,9 @@ inline void check_analog_io(const AnalogIO& io) {
   TORCH_CHECK(io.inp_bound > 0, "rapa: argument 'inp_bound' must be > 0, got ", io.inp_bound);
   TORCH_CHECK(io.out_bound > 0, "rapa: argument 'out_bound' must be > 0, got ", io.out_bound);
   TORCH_CHECK(io.out_noise >= 0, "rapa: argument 'out_noise' must be >= 0, got ", io.out_noise);
-  TORCH_CHECK(io.max_bm_factor >= 1, "rapa: argument 'max_bm_factor' must be >= 1, got ",
-      io.max_bm_factor);
+  // At most 2e30: bound management's reduction doubles up to it, and must stay finite in float.
+  TORCH_CHECK(io.max_bm_factor >= 1 && io.max_bm_factor <= 2e30,
+      "rapa: argument 'max_bm_factor' must be in [1, 2e30], got ", io.max_bm_factor);
 }
 
 // Rows (M, In) of vectors for the arrays of `weight` (T, O, K).

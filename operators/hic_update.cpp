@@ -283,8 +283,21 @@ int64_t hic_update_cpu(at::Tensor& weight, at::Tensor& accumulator, at::Tensor& 
       N, " floating-point values, got ", grad.scalar_type(), " ", grad.sizes());
   TORCH_CHECK(out_scale.dim() == 1 && out_scale.size(0) >= 1 && N % out_scale.size(0) == 0,
       "rapa: argument 'out_scale' must be (T,) with T dividing ", N, ", got ", out_scale.sizes());
-  TORCH_CHECK(saturations.scalar_type() == dtype && saturations.numel() == out_scale.size(0),
-      "rapa: argument 'saturations' must be ", dtype, " (T,), got ", saturations.sizes());
+  TORCH_CHECK(saturations.scalar_type() == dtype && saturations.is_contiguous() &&
+      saturations.numel() == out_scale.size(0), "rapa: argument 'saturations' must be a "
+      "contiguous ", dtype, " (T,) tensor, got ", saturations.sizes());
+  for (int64_t w : bit_weights)
+    TORCH_CHECK(w >= 1 && w <= (1 << 20), "rapa: argument 'bit_weights' must be in [1, 2^20], "
+        "got ", w);
+  TORCH_CHECK(levels_count <= 1024, "rapa: argument 'levels' must be <= 1024, got ",
+      levels_count);
+  TORCH_CHECK(set_probability >= 0.01 && set_probability <= 1 && reset_probability >= 0.01 &&
+      reset_probability <= 1, "rapa: set_probability and reset_probability must be in "
+      "[0.01, 1], got ", set_probability, " and ", reset_probability);
+  TORCH_CHECK(g_max > 0 && std::isfinite(g_max) && prog_coeff_g_max_reference > 0 &&
+      std::isfinite(prog_coeff_g_max_reference) && prog_noise_scale >= 0 &&
+      std::isfinite(prog_noise_scale), "rapa: g_max and prog_coeff_g_max_reference must be "
+      "> 0 and prog_noise_scale >= 0, all finite");
   TORCH_CHECK(levels_count >= 2, "rapa: argument 'levels' must be >= 2, got ", levels_count);
   TORCH_CHECK(accumulator_frac_bits >= 0 && accumulator_bits > accumulator_frac_bits &&
       accumulator_bits <= 52, "rapa: accumulator_bits ", accumulator_bits, " and "

@@ -297,3 +297,20 @@ def test_tiled_outputs_and_bias_gradients_per_array():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bias.grad, b.grad, rtol=1e-12, atol=1e-12)
     assert (bias.grad.view(t, o) != 0).all()
+
+
+def test_a_bound_management_limit_that_could_overflow_is_refused():
+    """A reduction that doubles past float32's range would repeat a saturating row forever."""
+    with pytest.raises(ValueError, match="max_bm_factor must be in \\[1, 1e30\\]"):
+        IOParameters(max_bm_factor=float("inf")).check("forward")
+    x, w = torch.zeros(1, 2, 5, 5), torch.zeros(1, 3, 2, 3, 3)
+    args = dict(IOParameters().op_args(), max_bm_factor=1e39)
+    with pytest.raises(RuntimeError, match="'max_bm_factor' must be in \\[1, 2e30\\]"):
+        torch.ops.rapa.analog_conv(x, w, None, torch.zeros(1, 5, 5, dtype=torch.long),
+                                   torch.ones(1), torch.tensor([1]), [1, 1], [1, 1], **args)
+
+
+def test_a_wrong_channel_count_is_named():
+    conv = TiledConv2d(3, 5, 3, padding=1, rpu_config=RPUConfig())
+    with pytest.raises(ValueError, match="must be \\(N, C, H, W\\) with C = 3 channels"):
+        conv(torch.randn(2, 4, 8, 8))

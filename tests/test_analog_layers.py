@@ -231,7 +231,7 @@ def test_generated_analog_nets_build():
     ("backward { out_noise: -inf }", "backward.out_noise must be a finite number, got -inf"),
     ("backward { out_noise: nan }", "inner_product_param.rpu_param.backward.out_noise is nan"),
     ("forward { max_bm_factor: inf }", "forward.max_bm_factor must be a finite number, got inf"),
-    ("forward { max_bm_factor: 0.5 }", "forward: max_bm_factor must be >= 1, got 0.5"),
+    ("forward { max_bm_factor: 0.5 }", "forward: max_bm_factor must be in [1, 1e30], got 0.5"),
     ("device { w_min: 0 w_max: 0 }", "device.w_min and w_max are both 0"),
     ("mapping { weight_scaling_omega: 100 }",
      "mapping.weight_scaling_omega (100.0) must lie within [0.001, 1] times the devices' w_max "
@@ -439,7 +439,7 @@ def test_config_limits_are_inclusive_where_documented():
     RPUConfig(update=UpdateParameters(desired_bl=1)).check()
     for bad, message in ((IOParameters(out_bound=0.0), "forward: out_bound must be > 0"),
                          (IOParameters(inp_bound=0.0), "forward: inp_bound must be > 0"),
-                         (IOParameters(max_bm_factor=0.99), "forward: max_bm_factor must be >= 1")):
+                         (IOParameters(max_bm_factor=0.99), "forward: max_bm_factor must be in [1, 1e30]")):
         with pytest.raises(ValueError, match=re.escape(f"layer 'x': {message}")):
             RPUConfig(forward=bad).check("layer 'x'")
     with pytest.raises(ValueError, match=re.escape("layer 'x': update.desired_bl must be in "

@@ -974,3 +974,26 @@ def test_the_bit_weights_follow_the_devices_dtype():
     assert a.value().dtype == torch.float32 and a.read().dtype == torch.float32
     a.double()
     assert a.value().dtype == torch.float64 and a.read().dtype == torch.float64
+
+
+def test_a_non_finite_gradient_is_refused_and_leaves_the_devices():
+    a = HICArrays(HICConfig(), (1, 2, 3))
+    w = torch.randn(1, 2, 3)
+    a.map_(w)
+    before = [t.clone() for t in a.state_blobs()] + [w.clone()]
+    for grad, lr in ((torch.full((1, 2, 3), float("nan")), 0.1), (torch.ones(1, 2, 3), math.inf)):
+        a.pending.append(grad)
+        with pytest.raises(RapaError, match="not finite; the devices are left as they were"):
+            a.apply_update(w, lr)
+        assert a.pending == []
+    for mine, theirs in zip([t for t in a.state_blobs()] + [w], before):
+        assert torch.equal(mine, theirs)
+    # The op's own checks: a strided counts buffer would be written out of bounds.
+    b = HICArrays(HICConfig(), (2, 2, 3))
+    wb = torch.randn(2, 2, 3)
+    b.map_(wb)
+    with pytest.raises(RuntimeError, match="'saturations' must be a contiguous"):
+        torch.ops.rapa.hic_update(wb, b.accumulator, b.bits, b.g_binary, b.levels, b.g_pair,
+                                  b.set_count, b.reset_count, torch.zeros(4)[::2],
+                                  torch.ones(2, 2, 3), b.out_scale, 0.1, [1, 2, 4, 8], 4, 8, 4,
+                                  True, 1.0, 1.0, 25.0, 1.0, [0.26, 1.97, -1.17], 25.0)

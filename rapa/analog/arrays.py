@@ -452,6 +452,9 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
 def _fused_analog_conv(x, weight3, bias, tile, out_hw, kernel, stride, padding, arrays):
     """analog_conv on the CPU: the fused kernels (_FusedAnalogConv), output (N, O, Ho, Wo)
     channels last."""
+    if x.dim() != 4 or x.shape[1] * kernel[0] * kernel[1] != weight3.shape[2]:
+        raise ValueError(f"rapa: analog convolution: input {tuple(x.shape)} must be (N, C, H, W) "
+                         f"with C = {weight3.shape[2] // (kernel[0] * kernel[1])} channels")
     assignment = (tile if tile is not None
                   else torch.zeros((x.shape[0], *out_hw), dtype=torch.long, device=x.device))
     return _FusedAnalogConv.apply(x, weight3, bias, assignment, arrays, tuple(kernel),

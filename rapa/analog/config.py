@@ -146,8 +146,10 @@ class IOParameters:
                 raise ValueError(f"{where}: {name} must be > 0, got {getattr(self, name)}")
         if not self.out_noise >= 0:
             raise ValueError(f"{where}: out_noise must be >= 0, got {self.out_noise}")
-        if not self.max_bm_factor >= 1:
-            raise ValueError(f"{where}: max_bm_factor must be >= 1, got {self.max_bm_factor}")
+        # Finite and within float32's range: a reduction that overflows would repeat forever.
+        if not 1 <= self.max_bm_factor <= 1e30:
+            raise ValueError(f"{where}: max_bm_factor must be in [1, 1e30], got "
+                             f"{self.max_bm_factor}")
 
     def op_args(self) -> dict:
         """The arguments of rapa.analog_mvm: steps and bounds in absolute units."""

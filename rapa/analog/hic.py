@@ -547,6 +547,11 @@ class HICArrays(ArrayProducts):
         if not done:
             return 0
         grad = self.gradient()
+        if not (math.isfinite(lr) and bool(torch.isfinite(grad).all())):
+            # A NaN step would be written onto the devices for good: refuse it, untouched.
+            self.pending.clear()
+            raise RapaError(f"HIC arrays {tuple(self.shape)}: the weight gradient or the rate "
+                            f"({lr:g}) is not finite; the devices are left as they were")
         if self._native(weight, grad):
             c, pcm = self.config, self.config.pcm
             torch.ops.rapa.hic_update(
