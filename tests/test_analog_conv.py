@@ -5,9 +5,6 @@ bias, and backward F.fold of the rows' transposed products. With dyadic inputs a
 forward pass must agree bit for bit (noise, DAC, ADC, noise and bound management included);
 the input gradient to float64 rounding (the fold adds scaled rows in another order)."""
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from rapa.analog import AnalogArrays, HICConfig, IOParameters, RPUConfig
 from rapa.analog.arrays import analog_conv, patch_rows
 from rapa.analog.ops import analog_conv_forward, analog_conv_input_grad, analog_mvm
 from rapa.nn import TiledConv2d
+from conftest import run_with_cpu_isa
 
 F64 = torch.float64
 
@@ -216,11 +214,7 @@ def test_every_cpu_kernel_variant(isa):
         "g = dyadic((2, 36, 7, 7))\n"
         "gx = analog_conv_input_grad(g, x, w, a, s, (1, 1), (1, 1), io, seed=seed)\n"
         "torch.testing.assert_close(gx, reference_input_grad(g, x, w, a, s, (1, 1), (1, 1), io, seed), rtol=1e-13, atol=1e-13)\n")
-    env = dict(os.environ, RAPA_CPU_ISA=isa)
-    tests = os.path.dirname(__file__)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_with_cpu_isa(isa, code)
 
 
 def rows_path(conv, x, generator_seed):

@@ -191,9 +191,7 @@ def test_single_tile_with_dropped_patches_and_region(device, with_region):
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_every_cpu_kernel_variant(isa):
     """The CPU kernels exist per instruction set; RAPA_CPU_ISA selects a narrower one."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_with_cpu_isa
     code = (
         "import torch, rapa, reference\n"
         "for c, o in ((3, 8), (32, 32)):\n"
@@ -205,8 +203,4 @@ def test_every_cpu_kernel_variant(isa):
         "    torch.testing.assert_close(y, r)\n"
         "    for p, q in zip(torch.autograd.grad(y.sum(), (x, w)), torch.autograd.grad(r.sum(), (x, w))):\n"
         "        torch.testing.assert_close(p, q)\n")
-    env = dict(os.environ, RAPA_CPU_ISA=isa)
-    tests = os.path.dirname(__file__)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_with_cpu_isa(isa, code)

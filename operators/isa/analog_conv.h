@@ -43,14 +43,8 @@ static inline int64_t analog_scratch_values(const AnalogConv<S>& a) {
 }
 
 #define RAPA_DECLARE_ANALOG(isa)                                                               \
-  bool analog_forward_##isa(const AnalogConv<float>&, int64_t, int64_t, float*, int64_t*,      \
-      int64_t*);                                                                               \
-  bool analog_forward_##isa(const AnalogConv<double>&, int64_t, int64_t, double*, int64_t*,    \
-      int64_t*);                                                                               \
-  bool analog_backward_##isa(const AnalogConv<float>&, int64_t, int64_t, float*, int64_t*,     \
-      int64_t*);                                                                               \
-  bool analog_backward_##isa(const AnalogConv<double>&, int64_t, int64_t, double*, int64_t*,   \
-      int64_t*);
+  RAPA_DECLARE_KERNEL(analog_forward_##isa, AnalogConv)                                        \
+  RAPA_DECLARE_KERNEL(analog_backward_##isa, AnalogConv)
 
 RAPA_DECLARE_ANALOG(avx512)
 RAPA_DECLARE_ANALOG(avx2)

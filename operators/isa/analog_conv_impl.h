@@ -104,6 +104,25 @@ inline bool noise_and_test(const AnalogConv<S>& a, S* y, int64_t n, uint64_t bas
   return saturated;
 }
 
+// dst (count x cols, row stride cols) = panel (count x depth, row stride ld, count a multiple
+// of kMR) x kernel (depth x cols, cols a multiple of two vectors), in the micro-kernels.
+template <typename S>
+inline void panel_product(const S* panel, int64_t count, int64_t ld, int64_t depth,
+    const S* kernel, int64_t cols, S* dst) {
+  typedef typename VecOf<S>::type V;
+  constexpr int64_t L = lanes<S>();
+  for (int64_t i0 = 0; i0 < count; i0 += kMR)
+    for (int64_t col = 0; col < cols; col += 2 * L) {
+      V acc[kMR][2];
+      panel_times_columns<S>(panel + i0 * ld, ld, kernel, cols, depth, col, acc);
+#pragma GCC unroll 16
+      for (int i = 0; i < kMR; ++i) {
+        vstore(dst + (i0 + i) * cols + col, acc[i][0]);
+        vstore(dst + (i0 + i) * cols + col + L, acc[i][1]);
+      }
+    }
+}
+
 // One panel of patches through the periphery: rows r in [0, rows) with inputs in[r * ld ..
 // + In), patch numbers m[r]; `product(q, count, y)` multiplies `count` rows (a multiple of kMR)
 // of quantized inputs q (row stride ld) into y (row stride ldy); `emit(r, y_row, scale)`
@@ -157,8 +176,6 @@ inline void periphery_panel(const AnalogConv<S>& a, const S* in, int64_t ld, int
 template <typename S>
 bool analog_forward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* scratch,
     int64_t* index, int64_t* bad_value) {
-  typedef typename VecOf<S>::type V;
-  constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, K = a.K, Kpad = a.Kpad, Opad = a.Opad;
   const int64_t run = a.kw * a.C, row_step = a.Wp * a.C, B = fused_unit_images(a.T, NP);
   int64_t* end = index;
@@ -194,16 +211,7 @@ bool analog_forward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* sc
         }
         periphery_panel<S>(a, raw, Kpad, K, rows, m, O, Opad, nullptr, q, y,
             [&](const S* panel, int64_t count, S* dst) {
-              for (int64_t i0 = 0; i0 < count; i0 += kMR)
-                for (int64_t col = 0; col < Opad; col += 2 * L) {
-                  V acc[kMR][2];
-                  panel_times_columns<S>(panel + i0 * Kpad, Kpad, kernel, Opad, K, col, acc);
-#pragma GCC unroll 16
-                  for (int i = 0; i < kMR; ++i) {
-                    vstore(dst + (i0 + i) * Opad + col, acc[i][0]);
-                    vstore(dst + (i0 + i) * Opad + col + L, acc[i][1]);
-                  }
-                }
+              panel_product<S>(panel, count, Kpad, K, kernel, Opad, dst);
             },
             [&](int64_t r, const S* yr, S s) {
               S* dst = a.out + m[r] * O;
@@ -224,8 +232,6 @@ bool analog_forward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* sc
 template <typename S>
 bool analog_backward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* scratch,
     int64_t* index, int64_t* bad_value) {
-  typedef typename VecOf<S>::type V;
-  constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, K = a.K, Kpad = a.Kpad, Opad = a.Opad;
   const int64_t run = a.kw * a.C, row_step = a.Wp * a.C, B = fused_unit_images(a.T, NP);
   const int64_t unit_image = a.Hp * a.Wp * a.C;
@@ -255,16 +261,7 @@ bool analog_backward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* s
         }
         periphery_panel<S>(a, G, Opad, O, rows, m, K, Kpad, a.unfold_index, q, y,
             [&](const S* panel, int64_t count, S* dst) {
-              for (int64_t i0 = 0; i0 < count; i0 += kMR)
-                for (int64_t col = 0; col < Kpad; col += 2 * L) {
-                  V acc[kMR][2];
-                  panel_times_columns<S>(panel + i0 * Opad, Opad, kernel, Kpad, O, col, acc);
-#pragma GCC unroll 16
-                  for (int i = 0; i < kMR; ++i) {
-                    vstore(dst + (i0 + i) * Kpad + col, acc[i][0]);
-                    vstore(dst + (i0 + i) * Kpad + col + L, acc[i][1]);
-                  }
-                }
+              panel_product<S>(panel, count, Opad, O, kernel, Kpad, dst);
             },
             [&](int64_t r, const S* yr, S s) {  // col2im: whole kernel rows into the padded unit
               for (int64_t ky = 0; ky < a.kh; ++ky) {
@@ -284,14 +281,7 @@ bool analog_backward_images(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* s
 
 }  // namespace
 
-#define RAPA_DEFINE_ANALOG(name, run, S)                                                       \
-  bool RAPA_CONCAT(name, RAPA_ISA)(const AnalogConv<S>& a, int64_t n0, int64_t n1, S* scratch, \
-      int64_t* index, int64_t* bad_value) {                                                    \
-    return run(a, n0, n1, scratch, index, bad_value);                                          \
-  }
-RAPA_DEFINE_ANALOG(analog_forward, analog_forward_images, float)
-RAPA_DEFINE_ANALOG(analog_forward, analog_forward_images, double)
-RAPA_DEFINE_ANALOG(analog_backward, analog_backward_images, float)
-RAPA_DEFINE_ANALOG(analog_backward, analog_backward_images, double)
+RAPA_DEFINE_KERNEL(analog_forward, analog_forward_images, AnalogConv)
+RAPA_DEFINE_KERNEL(analog_backward, analog_backward_images, AnalogConv)
 
 }  // namespace rapa

@@ -68,15 +68,15 @@ static inline int64_t fused_scratch_indices(int64_t T, int64_t NP) {
 
 // Runs images [n_begin, n_end): the forward, or the backward (the gradients whose pointers are
 // set). Returns false at an assignment entry outside [-1, T), stored in *bad_value.
+// One kernel `name` over arguments Args<S> (FusedConv, or analog_conv.h's AnalogConv), per
+// scalar type: (args, n_begin, n_end, scratch, index scratch, bad_value).
+#define RAPA_DECLARE_KERNEL(name, Args)                                                        \
+  bool name(const Args<float>&, int64_t, int64_t, float*, int64_t*, int64_t*);                 \
+  bool name(const Args<double>&, int64_t, int64_t, double*, int64_t*, int64_t*);
+
 #define RAPA_DECLARE_FUSED(isa)                                                                \
-  bool fused_forward_##isa(const FusedConv<float>&, int64_t, int64_t, float*, int64_t*,        \
-      int64_t*);                                                                               \
-  bool fused_forward_##isa(const FusedConv<double>&, int64_t, int64_t, double*, int64_t*,      \
-      int64_t*);                                                                               \
-  bool fused_backward_##isa(const FusedConv<float>&, int64_t, int64_t, float*, int64_t*,       \
-      int64_t*);                                                                               \
-  bool fused_backward_##isa(const FusedConv<double>&, int64_t, int64_t, double*, int64_t*,     \
-      int64_t*);
+  RAPA_DECLARE_KERNEL(fused_forward_##isa, FusedConv)                                          \
+  RAPA_DECLARE_KERNEL(fused_backward_##isa, FusedConv)
 
 RAPA_DECLARE_FUSED(avx512)
 RAPA_DECLARE_FUSED(avx2)

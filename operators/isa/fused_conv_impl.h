@@ -404,15 +404,18 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
 #define RAPA_CONCAT2(a, b) a##_##b
 #define RAPA_CONCAT(a, b) RAPA_CONCAT2(a, b)
 
-// The exported entry points, one per direction and scalar type.
-#define RAPA_DEFINE_FUSED(name, run, S)                                                        \
-  bool RAPA_CONCAT(name, RAPA_ISA)(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch,  \
-      int64_t* index, int64_t* bad_value) {                                                    \
+// The exported entry points (fused_conv.h's RAPA_DECLARE_KERNEL), per direction: `name`
+// suffixed with the instruction set, running `run` over Args<float> and Args<double>.
+#define RAPA_DEFINE_KERNEL(name, run, Args)                                                    \
+  bool RAPA_CONCAT(name, RAPA_ISA)(const Args<float>& a, int64_t n0, int64_t n1,              \
+      float* scratch, int64_t* index, int64_t* bad_value) {                                    \
+    return run(a, n0, n1, scratch, index, bad_value);                                          \
+  }                                                                                            \
+  bool RAPA_CONCAT(name, RAPA_ISA)(const Args<double>& a, int64_t n0, int64_t n1,             \
+      double* scratch, int64_t* index, int64_t* bad_value) {                                   \
     return run(a, n0, n1, scratch, index, bad_value);                                          \
   }
-RAPA_DEFINE_FUSED(fused_forward, forward_images, float)
-RAPA_DEFINE_FUSED(fused_forward, forward_images, double)
-RAPA_DEFINE_FUSED(fused_backward, backward_images, float)
-RAPA_DEFINE_FUSED(fused_backward, backward_images, double)
+RAPA_DEFINE_KERNEL(fused_forward, forward_images, FusedConv)
+RAPA_DEFINE_KERNEL(fused_backward, backward_images, FusedConv)
 
 }  // namespace rapa
