@@ -6,8 +6,10 @@
 # make test-gpu (the library built with its CUDA kernels, every CUDA test case), then the
 # benchmarks on cuda with short rounds: the tiled convolution against cuDNN at batch 10 and 100,
 # the nets, the analog and HIC nets, and data-parallel training with 2 processes on the one GPU
-# (NCCL) against one process (FP, RPU and HIC nets). Each step's output goes to OUT/<step>.txt (7 files) and its last
-# lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
+# (NCCL) against one process (FP, RPU and HIC nets), and rapa train end to end (the main job's
+# solver, 3000 iterations, data included) with its step as a CUDA graph and without. Each
+# step's output goes to OUT/<step>.txt (9 files) and its last lines to the terminal; a failing
+# step does not stop the others. PYTHON (python3) must have
 # the packages of the Makefile's PY_DEPS (lmdb included: the benchmarks write small LMDBs when
 # data/cifar10 is missing); nothing is installed but the library.
 set -uo pipefail
@@ -51,3 +53,14 @@ SOLVERS="$ROOT/prototxt/cifar10/random_max_short_solver.prototxt \
     $ROOT/prototxt/cifar10/none_max_hic_short_solver.prototxt"
 step bench_distributed bash -c "cd '$RUN_IN' && '$PY' '$ROOT/bench/bench_distributed.py' \
     --device cuda --processes 2 --iters 30 --solver $SOLVERS"
+# rapa train in a folder of its own (its snapshots must not meet make run's): the main job's
+# solver for 3000 iterations, images/s at each display (500), with the step graphed and not.
+TRAIN_IN=$(mktemp -d)
+ln -s "$RUN_IN/data" "$TRAIN_IN/data"
+ln -s "$ROOT/prototxt" "$TRAIN_IN/prototxt"
+for mode in graphed eager; do
+    flag=$([ $mode = eager ] && echo --no-cuda-graph)
+    step train_$mode bash -c "cd '$TRAIN_IN' && '$PY' -m rapa train --solver \
+        prototxt/cifar10/random_max_short_solver.prototxt --device cuda --max-iter 3000 \
+        --no-progress $flag"
+done

@@ -6,17 +6,18 @@
 // batched cuBLAS product (bmm) multiplies every tile by its kernel matrix, and one kernel writes
 // the output: a fixed handful of launches whatever T is. The backward mirrors it (the weight
 // gradient is one bmm, the bias gradient one sum over rows, pad rows adding nothing); the input
-// gradient is gathered per input pixel (no atomics, so it is deterministic). The tile sizes
-// reach the host in one small copy, which also carries the range check of the assignment.
-// Balanced schemes pad little; the padding is at most T times the kept rows.
+// gradient is gathered per input pixel (no atomics, so it is deterministic). The layout is
+// operators/tile_layout.h's: without a tile_capacity the tile sizes reach the host in one
+// small copy, which also carries the range check of the assignment; with one (the tiling
+// schemes know it) nothing does, and a CUDA graph can hold the whole op. Balanced schemes pad
+// little; the padding is at most T times the kept rows.
 #include <ATen/ATen.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "checks.h"
 #include "single_tile.h"
 #include "launch.cuh"
+#include "tile_layout.h"
 
 namespace rapa {
 namespace {
@@ -92,49 +93,13 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ dP, const int64_t* __
   }
 }
 
-// Patches sorted by tile into the padded layout: order (the patch of each of the T * cap rows,
-// -1 on pad rows), the row of each patch (-1 if dropped), and cap, the largest tile's rows.
-struct TileSort {
-  at::Tensor order, row_of;
-  int64_t cap = 0;
-};
-
-TileSort sort_by_tile(const at::Tensor& assignment, int64_t T) {
-  TileSort ts;
-  const at::Tensor tiles = assignment.reshape({-1});
-  const int64_t total = tiles.numel();
-  if (total == 0) {
-    ts.order = tiles;
-    ts.row_of = tiles;
-    return ts;
-  }
-  const at::Tensor slot = (tiles + 1).clamp(0, T + 1);  // 0: dropped, T+1: out of range above
-  at::Tensor stats = at::zeros({T + 4}, tiles.options());
-  stats.narrow(0, 0, T + 2).index_add_(0, slot, at::ones_like(tiles));
-  stats.narrow(0, T + 2, 1).copy_(tiles.min().view({1}));
-  stats.narrow(0, T + 3, 1).copy_(tiles.max().view({1}));
-  const at::Tensor host = stats.cpu();  // the one device-to-host copy
-  const int64_t* h = host.data_ptr<int64_t>();
-  TORCH_CHECK(h[T + 2] >= -1, assignment_range_message(h[T + 2], T));
-  TORCH_CHECK(h[T + 3] < T, assignment_range_message(h[T + 3], T));
-  ts.cap = *std::max_element(h + 1, h + T + 1);
-  const int64_t dropped = h[0], kept = total - dropped;
-  // Kept patches in tile order; the j-th of them, on tile t, goes to row j - start_t + t * cap.
-  const at::Tensor sorted = at::argsort(tiles, /*stable=*/true, 0, false).narrow(0, dropped, kept);
-  const at::Tensor counts = stats.narrow(0, 1, T);
-  const at::Tensor shift = at::arange(T, tiles.options()) * ts.cap - (counts.cumsum(0) - counts);
-  const at::Tensor row =
-      at::arange(kept, tiles.options()) + shift.index_select(0, tiles.index_select(0, sorted));
-  ts.row_of = at::full({total}, -1, tiles.options()).index_copy_(0, sorted, row);
-  ts.order = at::full({T * ts.cap}, -1, tiles.options()).index_copy_(0, row, sorted);
-  return ts;
-}
-
 at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
-    at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
+    at::IntArrayRef padding, const std::optional<at::Tensor>& region, int64_t tile_capacity) {
   const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
-  if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
+  if (s.T == 1)
+    return single_tile_forward(
+        input, weight, bias, assignment, stride, padding, region, tile_capacity >= 0);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous(), tiles = assignment.contiguous();
   const at::Tensor kernels = weight.contiguous().view({s.T, s.O, s.K});
@@ -142,7 +107,7 @@ at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, x.options());
   if (out.numel() == 0) return out;
-  const TileSort ts = sort_by_tile(tiles, s.T);
+  const TileLayout ts = tile_layout(tiles, s.T, tile_capacity);
   at::Tensor P = at::empty({s.T, ts.cap, s.K}, x.options());
   at::Tensor Y = at::empty({s.T, ts.cap, s.O}, x.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -167,12 +132,13 @@ at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
-    const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
+    const std::optional<at::Tensor>& region, std::array<bool, 3> mask, int64_t tile_capacity) {
   const ConvGeometry s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
   if (s.T == 1)
-    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
+    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask,
+                                tile_capacity >= 0);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto opts = input.options();
   at::Tensor gi = mask[0] ? at::empty_like(input, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
@@ -188,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
   const at::Tensor kernels = weight.contiguous().view({s.T, s.O, s.K});
   const at::Tensor reg = region.has_value() && region->defined() ? region->contiguous() : at::Tensor();
   const int64_t* reg_p = reg.defined() ? reg.data_ptr<int64_t>() : nullptr;
-  const TileSort ts = sort_by_tile(tiles, s.T);
+  const TileLayout ts = tile_layout(tiles, s.T, tile_capacity);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tiled_conv_backward_cuda", [&] {
     const int64_t rows = s.T * ts.cap;

@@ -4,13 +4,22 @@
 
 TORCH_LIBRARY(rapa, m) {
   // Convolution with T kernel replicas; each output pixel uses the replica its assignment names.
+  // tile_capacity: the most patches any one replica gets in this batch, where the caller knows
+  // it (-1: not known). The CUDA kernels then lay the patches out without a copy to the host
+  // (capturable in a CUDA graph); the CPU kernels check it.
   m.def(
       "tiled_conv(Tensor input, Tensor weight, Tensor? bias, Tensor assignment, int[2] stride, "
-      "int[2] padding, Tensor? region=None) -> Tensor");
+      "int[2] padding, Tensor? region=None, *, int tile_capacity=-1) -> Tensor");
   // Gradients of tiled_conv; output_mask selects (input, weight, bias). Unrequested ones are empty.
   m.def(
       "tiled_conv_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor assignment, "
-      "int[2] stride, int[2] padding, Tensor? region, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "int[2] stride, int[2] padding, Tensor? region, bool[3] output_mask, *, "
+      "int tile_capacity=-1) -> (Tensor, Tensor, Tensor)");
+
+  // The padded layout of tiled_conv's CUDA kernels (operators/tile_layout.h): order, the patch
+  // of each of the num_tiles * cap rows (-1: padding), and row_of, the row of each patch (-1:
+  // dropped); cap is tile_capacity, or the largest tile's patch count if that is -1.
+  m.def("tile_layout(Tensor assignment, int num_tiles, int tile_capacity=-1) -> (Tensor, Tensor)");
 
   // A fresh balanced random partition of each image's patches; draws its seed from `generator`.
   m.def(

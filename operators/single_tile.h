@@ -11,8 +11,15 @@
 namespace rapa {
 
 // Checks the assignment's range with one reduction; returns whether any patch is dropped.
-inline bool single_tile_dropped(const at::Tensor& assignment) {
+// `on_device`: without a copy to the host (a CUDA graph can hold it): the range is checked by
+// a device-side assertion, and the answer is "maybe", so the caller masks.
+inline bool single_tile_dropped(const at::Tensor& assignment, bool on_device = false) {
   if (assignment.numel() == 0) return false;
+  if (on_device) {
+    at::_assert_async(at::logical_and(assignment.min().ge(-1), assignment.max().lt(1)),
+        "rapa: argument 'assignment' holds an entry outside [-1, 1) (one tile)");
+    return true;
+  }
   const at::Tensor host = at::stack({assignment.min(), assignment.max()}).cpu();
   const int64_t lo = host[0].item<int64_t>(), hi = host[1].item<int64_t>();
   TORCH_CHECK(lo >= -1, assignment_range_message(lo, 1));
@@ -27,8 +34,8 @@ inline at::Tensor region_mask(const std::optional<at::Tensor>& region, const at:
 
 inline at::Tensor single_tile_forward(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
-    at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
-  const bool dropped = single_tile_dropped(assignment);
+    at::IntArrayRef padding, const std::optional<at::Tensor>& region, bool on_device = false) {
+  const bool dropped = single_tile_dropped(assignment, on_device);
   const at::Tensor mask = region_mask(region, input);
   const at::Tensor x = mask.defined() ? input * mask : input;
   std::optional<at::Tensor> b;
@@ -41,8 +48,8 @@ inline at::Tensor single_tile_forward(const at::Tensor& input, const at::Tensor&
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> single_tile_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
-    const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
-  const bool dropped = single_tile_dropped(assignment);
+    const std::optional<at::Tensor>& region, std::array<bool, 3> mask, bool on_device = false) {
+  const bool dropped = single_tile_dropped(assignment, on_device);
   const at::Tensor pixels = region_mask(region, input);
   const at::Tensor x = pixels.defined() ? input * pixels : input;
   const at::Tensor go =

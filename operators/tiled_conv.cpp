@@ -58,14 +58,29 @@ void run_batch(bool forward, const FusedConv<S>& shared, PerRange per_range) {
   });
 }
 
+// The CPU kernels need no capacity; they check the caller's, so that a wrong one fails here
+// with a message rather than on CUDA with a device-side assertion.
+void check_tile_capacity(const at::Tensor& assignment, int64_t T, int64_t capacity) {
+  if (capacity < 0) return;
+  std::vector<int64_t> count(T, 0);
+  const at::Tensor a = assignment.contiguous();
+  const int64_t* tiles = a.data_ptr<int64_t>();
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (tiles[i] >= 0 && tiles[i] < T) ++count[tiles[i]];  // the kernels check the range
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(count[t] <= capacity, "rapa: argument 'tile_capacity' is ", capacity,
+        ", but tile ", t, " gets ", count[t], " patches of this batch");
+}
+
 std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }
 
 at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
-    at::IntArrayRef padding, const std::optional<at::Tensor>& region) {
+    at::IntArrayRef padding, const std::optional<at::Tensor>& region, int64_t tile_capacity) {
   const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  check_tile_capacity(assignment, s.T, tile_capacity);
   if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
@@ -89,10 +104,11 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& assignment, at::IntArrayRef stride, at::IntArrayRef padding,
-    const std::optional<at::Tensor>& region, std::array<bool, 3> mask) {
+    const std::optional<at::Tensor>& region, std::array<bool, 3> mask, int64_t tile_capacity) {
   const ConvGeometry s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
+  check_tile_capacity(assignment, s.T, tile_capacity);
   if (s.T == 1)
     return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
   const auto opts = input.options();

@@ -162,10 +162,11 @@ class Group:
             offset += t.numel()
 
     def sum(self, values: Sequence[float]) -> list[float]:
-        """The sums over the processes of a few numbers (float64)."""
+        """The sums over the processes of a few numbers (float64); alone, the values as given
+        (0-dim tensors stay on their device)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         self._call("summing the loss", dist.all_reduce, t, group=self._training)
         return t.tolist()
 

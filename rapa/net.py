@@ -227,6 +227,10 @@ class Net(torch.nn.Module):
             try:
                 tops = e.layer(*[blobs[b] for b in e.bottoms])
             except (MemoryError, RuntimeError) as err:  # a top larger than memory
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    # recording a CUDA graph (rapa.cuda_graph): its notice names the layer
+                    raise RuntimeError(f"layer '{e.layer.layer_name}' ({e.layer.type_name}): "
+                                       f"{err}") from err
                 if not isinstance(err, MemoryError) and "allocate" not in str(err):
                     raise
                 shapes = ", ".join(str(self.blob_shapes.get(t, "?")) for t in e.tops)

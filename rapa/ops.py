@@ -27,7 +27,8 @@ def _pair(value: IntPair, name: str) -> list:
 
 
 @torch.library.register_fake("rapa::tiled_conv")
-def _tiled_conv_fake(input, weight, bias, assignment, stride, padding, region=None):
+def _tiled_conv_fake(input, weight, bias, assignment, stride, padding, region=None, *,
+                     tile_capacity=-1):
     torch._check(input.dim() == 4 and weight.dim() == 5,
                  lambda: "rapa: tiled_conv wants input (N, C, H, W) and weight (T, O, C, kh, kw)")
     n, _, h, w = input.shape
@@ -38,17 +39,18 @@ def _tiled_conv_fake(input, weight, bias, assignment, stride, padding, region=No
 
 @torch.library.register_fake("rapa::tiled_conv_backward")
 def _tiled_conv_backward_fake(grad_output, input, weight, assignment, stride, padding, region,
-                              output_mask):
+                              output_mask, *, tile_capacity=-1):
     empty = input.new_empty((0,))
     return (torch.empty_like(input) if output_mask[0] else empty,
             torch.empty_like(weight) if output_mask[1] else empty,
             weight.new_empty(weight.shape[:2]) if output_mask[2] else empty)
 
 
-def _tiled_conv_setup(ctx, inputs, output):
+def _tiled_conv_setup(ctx, inputs, keyword_only_inputs, output):
     input, weight, bias, assignment, stride, padding, region = inputs
     ctx.save_for_backward(input, weight, assignment, region)
     ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+    ctx.tile_capacity = keyword_only_inputs.get("tile_capacity", -1)
 
 
 def _tiled_conv_backward(ctx, grad):
@@ -56,7 +58,8 @@ def _tiled_conv_backward(ctx, grad):
     need = ctx.needs_input_grad
     mask = [need[0], need[1], ctx.has_bias and need[2]]
     gi, gw, gb = torch.ops.rapa.tiled_conv_backward(
-        grad, input, weight, assignment, ctx.stride, ctx.padding, region, mask)
+        grad, input, weight, assignment, ctx.stride, ctx.padding, region, mask,
+        tile_capacity=ctx.tile_capacity)
     return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None)
 
@@ -67,15 +70,39 @@ torch.library.register_autograd("rapa::tiled_conv", _tiled_conv_backward,
 
 def tiled_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], assignment: Tensor,
                stride: IntPair = 1, padding: IntPair = 0,
-               region: Optional[Tensor] = None) -> Tensor:
+               region: Optional[Tensor] = None, *, tile_capacity: Optional[int] = None) -> Tensor:
     """Convolution with T kernel replicas: output pixel (n, y, x) uses replica assignment[n, y, x].
 
     input (N, C, H, W); weight (T, O, C, kh, kw); bias (T, O) or None; assignment int64
     (N, Ho, Wo) with entries in [0, T) or -1 (dropped patch: output 0, no gradient); region
     optional int64 (H, W): a patch of tile t reads pixels of other regions as zero.
+    tile_capacity: the most patches one replica gets in this batch, where known
+    (TilingScheme.tile_capacity); on CUDA the op then never waits for the device (a CUDA graph
+    can hold it); on the CPU a tile over it is a RuntimeError naming it.
     """
     return torch.ops.rapa.tiled_conv(input, weight, bias, assignment, _pair(stride, "stride"),
-                                     _pair(padding, "padding"), region)
+                                     _pair(padding, "padding"), region,
+                                     tile_capacity=-1 if tile_capacity is None else tile_capacity)
+
+
+@torch.library.register_fake("rapa::tile_layout")
+def _tile_layout_fake(assignment, num_tiles, tile_capacity=-1):
+    if tile_capacity >= 0:
+        rows = num_tiles * tile_capacity
+    else:  # the largest tile's count, known only from the data
+        rows = num_tiles * torch.library.get_ctx().new_dynamic_size()
+    return (assignment.new_empty((rows,)), assignment.new_empty((assignment.numel(),)))
+
+
+def tile_layout(assignment: Tensor, num_tiles: int,
+                tile_capacity: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """The padded layout tiled_conv's CUDA kernels multiply in: tile t owns rows
+    [t cap, (t + 1) cap) of a (num_tiles cap)-row patch buffer, its patches in ascending order
+    first, then padding. Returns order (num_tiles cap,): the patch (flat index into
+    assignment) on each row, -1 on padding; and row_of (assignment.numel(),): the row of each
+    patch, -1 if dropped. cap = tile_capacity, or the largest tile's count if None."""
+    return torch.ops.rapa.tile_layout(assignment, num_tiles,
+                                      -1 if tile_capacity is None else tile_capacity)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ since the last step (the solver's iter_size): the stochastic pulse trains of rap
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -37,9 +37,15 @@ class SGD:
         self.history = [torch.zeros_like(b.blob) for b in self.digital]
 
     @torch.no_grad()
-    def step(self, rate: float, passes: int = 1) -> None:
-        """One update at the solver's rate; clears the digital gradients. `passes`: backward
-        passes since the last step (their gradients already averaged by the caller)."""
+    def step(self, rate: Union[float, torch.Tensor], passes: int = 1) -> None:
+        """One update at the solver's rate; clears the digital gradients. `rate`: a number, or
+        a 0-dim tensor on the blobs' device, which the digital update reads on the device (a
+        CUDA graph that holds the step then follows a rate that changes between replays).
+        `passes`: backward passes since the last step (their gradients already averaged by
+        the caller)."""
+        if not isinstance(rate, torch.Tensor):
+            rate = torch.tensor(rate, dtype=torch.float64, device=self.blobs[0].blob.device) \
+                if self.digital else rate
         for b, h in zip(self.digital, self.history):
             g = b.blob.grad
             if b.spec.lr_mult == 0:  # frozen (the net computes no gradient for it, as Caffe)
@@ -50,10 +56,10 @@ class SGD:
             decay = self.weight_decay * b.spec.decay_mult
             if decay:
                 g.add_(b.blob.sign() if self.regularization == "L1" else b.blob, alpha=decay)
-            h.mul_(self.momentum).add_(g, alpha=rate * b.spec.lr_mult)
+            h.mul_(self.momentum).addcmul_(g, rate, value=b.spec.lr_mult)
             b.blob.sub_(h)
             b.blob.grad = None
         for b in self.blobs:
             if b.arrays is not None:
-                b.arrays.apply_update(b.blob, rate * b.spec.lr_mult / passes,
+                b.arrays.apply_update(b.blob, float(rate) * b.spec.lr_mult / passes,
                                       generator=self.generator)

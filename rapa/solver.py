@@ -27,6 +27,7 @@ import torch
 
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
+from .cuda_graph import GraphedStep
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -118,13 +119,14 @@ class _NoLog:
 class Solver:
     def __init__(self, solver_path: str, *, device: Optional[str] = None,
                  max_iter: Optional[int] = None, say: Callable[[str], None] = print,
-                 progress: Optional[bool] = None):
+                 progress: Optional[bool] = None, no_cuda_graph: bool = False):
         self.path = pathlib.Path(solver_path)
         self.say = say
         # The command-line overrides a resume must repeat to continue the same run.
         self.overrides = "".join(f" --{flag} {value}" for flag, value in
                                  (("max-iter", max_iter), ("device", device)) if value is not None)
         self.progress = progress
+        self.no_cuda_graph = no_cuda_graph
         # Under torchrun: join the run before anything else, so that a mistake found while
         # setting up is gathered from every process and said once (Group.agree).
         self.group = Group.from_environment()
@@ -146,6 +148,8 @@ class Solver:
         self.train_hits = self.train_predictions = 0
         self.iter = 0
         self.losses: deque = deque(maxlen=max(1, sp.average_loss))
+        # Whether the step's numbers stay on the device until needed (_settle): on CUDA.
+        self.defer_results = self.device.type == "cuda"
         self._interrupted = None
 
     def _read_solver(self, max_iter: Optional[int]) -> pb.SolverParameter:
@@ -231,6 +235,8 @@ class Solver:
         if self.test_nets and sp.test_interval <= 0:
             raise RapaError(f"{where}: test nets need test_interval > 0")
         self.params = self.net.learnable()
+        # The rate of the current iteration, where the update reads it (rapa.sgd.SGD.step).
+        self.rate_t = torch.zeros((), dtype=torch.float64, device=self.device)
         # The pulses of the analog updates draw from their own generator, the same on every
         # process, so that every process applies the same pulses.
         self.pulses = torch.Generator(self.device).manual_seed(mix_seed(self.seed, 1))
@@ -432,22 +438,83 @@ class Solver:
             if b.arrays is not None:
                 b.arrays.pending = [_shared(g, entry) for entry in b.arrays.exchanged()]
 
-    def _update(self, rate: float) -> None:
+    def _update(self) -> None:
+        """Caffe's ApplyUpdate at the rate in self.rate_t, on the device alone (no number
+        comes back to the host: a CUDA graph can hold it)."""
         sp = self.sp
         self._share()
-        grads = [b.blob.grad for b in self.params]
-        # Caffe's ApplyUpdate: clip the gradients summed over iter_size passes, then average.
-        if sp.clip_gradients > 0:
-            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
-            if norm > sp.clip_gradients:
-                for g in grads:
-                    if g is not None:
-                        g.mul_(sp.clip_gradients / norm)
+        grads = [b.blob.grad for b in self.params if b.blob.grad is not None]
+        # Clip the gradients summed over iter_size passes (scaled by clip / norm where the norm
+        # is over clip_gradients), then average them.
+        if sp.clip_gradients > 0 and grads:
+            norm = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
+            scale = (sp.clip_gradients / norm).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale)
         if sp.iter_size > 1:
             for g in grads:
-                if g is not None:
-                    g.div_(sp.iter_size)
-        self.sgd.step(rate, sp.iter_size)
+                g.div_(sp.iter_size)
+        self.sgd.step(self.rate_t, sp.iter_size)
+
+    def _step(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The device's part of one iteration: a forward and backward pass per batch of
+        `batches` (iter_size of them, each a Data layer's tops by name), then the update.
+        Returns device tensors: the loss summed over the passes, the right top-1 predictions
+        and the predictions counted. What a CUDA graph records (rapa.cuda_graph)."""
+        for b in self.params:  # a step of its own, also after a recording that failed midway
+            b.blob.grad = None
+        loss_sum = hits = predictions = None
+        for batch in batches:
+            blobs = self.net(batch)
+            right, counted = self._count_hits(blobs)
+            loss = self.net.loss(blobs)
+            loss.backward()
+            loss = loss.detach().double()  # summed as the host would (float64)
+            if loss_sum is None:
+                loss_sum, hits, predictions = loss, right, counted
+            else:
+                loss_sum, hits, predictions = (loss_sum + loss, hits + right,
+                                               predictions + counted)
+        self._update()
+        return loss_sum, hits, predictions
+
+    def _graphed_step(self) -> Optional[GraphedStep]:
+        """The step as a CUDA graph (rapa.cuda_graph), where it can be one: on CUDA, one
+        process, cuda_graph true and no --no-cuda-graph, no analog arrays (their updates
+        decide on the host). Says which of these keeps it off, where that is not the user's
+        choice."""
+        if self.device.type != "cuda" or not self.sp.cuda_graph or self.no_cuda_graph:
+            return None
+        why = None
+        analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
+        if analog:
+            why = f"layer(s) {', '.join(analog)} hold analog arrays, whose updates run on the host"
+        elif self.group.world > 1:
+            why = "the processes exchange gradients between the passes and the update"
+        if why:
+            self.say(f"CUDA graph: off ({why}): training without one")
+            return None
+        self.say(f"CUDA graph: the training step is recorded at iteration {self.iter + 3} and "
+                 f"replayed after it (cuda_graph: false or --no-cuda-graph turn this off)")
+        return GraphedStep(self._step, warmup=3, say=self.say)
+
+    def _settle(self, bar) -> None:
+        """Brings the iterations' losses and hits recorded on the device (self._pending) to
+        the host, in one copy: the smoothed loss, the training accuracy, and the stop at a NaN
+        or infinite loss, named with its iteration (the update it made is never saved: every
+        snapshot settles first)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([v for *_, v in pending]).tolist()
+        for (it, rate, _), (loss_value, hits, predictions) in zip(pending, values):
+            if not math.isfinite(loss_value):
+                bar.clear()
+                raise Stop(f"loss is {loss_value} at iteration {it} (lr {rate:g}): training "
+                           f"stopped{self._last_good(self._last_snapshot)}", 3)
+            self.losses.append(loss_value)
+            self.train_hits += int(hits)
+            self.train_predictions += int(predictions)
 
     def epoch(self) -> Optional[float]:
         """Epochs of the training database read so far (None without one)."""
@@ -459,16 +526,17 @@ class Solver:
         images = data[0].position * data[0].batch_size
         return round(images / data[0].records, 4)
 
-    def _count_hits(self, blobs: dict) -> tuple[int, int]:
-        """(right, counted) top-1 predictions of this batch."""
+    def _count_hits(self, blobs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(right, counted) top-1 predictions of this batch, as device tensors."""
         if self.scored is None:
-            return 0, 0
+            zero = torch.zeros((), dtype=torch.int64, device=self.device)
+            return zero, zero
         scores, labels, ignore = self.scored
         with torch.no_grad():
             predicted = blobs[scores].argmax(1).reshape(-1)
             target = blobs[labels].reshape(-1).long()
             valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=bool)
-            return int(((predicted == target) & valid).sum()), int(valid.sum())
+            return ((predicted == target) & valid).sum(), valid.sum()
 
     def _test_all(self, log: Optional[TrainLog]) -> None:
         """Tests every test net and logs the results. A signal stops a test and the rest (the
@@ -619,7 +687,9 @@ class Solver:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter
-        last_snapshot = latest_snapshot(self.prefix)
+        self._last_snapshot = latest_snapshot(self.prefix)
+        self._pending = []  # (iteration, rate, device tensor (loss, hits, predictions))
+        self._graph = self._graphed_step()
         try:
             self.net.train()
             while self.iter < sp.max_iter:
@@ -640,32 +710,34 @@ class Solver:
                         self._generators(drawn)
                         self._stop_for_signal(bar)
                 rate = self.rate()
-                loss_sum, hits, predictions = 0.0, 0, 0
-                for _ in range(sp.iter_size):
-                    blobs = self.net()
-                    right, counted = self._count_hits(blobs)
-                    hits, predictions = hits + right, predictions + counted
-                    loss = self.net.loss(blobs)
-                    loss.backward()
-                    loss_sum += float(loss.detach())
-                # Every process: the same loss and the same decision to stop.
+                self.rate_t.fill_(rate)
+                batches = [self.net.read_data() for _ in range(sp.iter_size)]
+                loss_sum, hits, predictions = self._graph(batches) if self._graph else \
+                    self._step(batches)
+                # Every process: the same loss and the same decision to stop, decided here by
+                # every process alike: a signal that comes later counts at the next step (a
+                # process acting on its own would leave the others waiting). One process:
+                # the device's numbers as they are.
                 loss_sum, hits, predictions, stops = self.group.sum(
                     [loss_sum, hits, predictions, self._interrupted is not None])
-                # Decided here, by every process alike: a signal that comes later counts at
-                # the next step (a process acting on its own would leave the others waiting).
                 stop_after_step = bool(stops)
-                self.train_hits += int(hits)
-                self.train_predictions += int(predictions)
-                loss_value = loss_sum / (sp.iter_size * world)
-                if not math.isfinite(loss_value):
-                    bar.clear()
-                    raise Stop(f"loss is {loss_value} at iteration {self.iter} (lr {rate:g}): "
-                               f"training stopped{self._last_good(last_snapshot)}", 3)
-                self._update(rate)
-                self.losses.append(loss_value)
+                summary = [loss_sum / (sp.iter_size * world), hits, predictions]
+                summary = torch.stack([v.double() for v in summary]) if world == 1 else \
+                    torch.tensor(summary, dtype=torch.float64)
+                self._pending.append((self.iter, rate, summary))
                 self.iter += 1
-                smoothed = sum(self.losses) / len(self.losses)
-                bar.update(self.iter, f"loss {smoothed:.4f} lr {rate:.2g}")
+                # On CUDA the numbers stay on the device until they are needed (a display, a
+                # test, a snapshot, a stop, or 100 iterations), so the host never waits for
+                # the GPU in between; elsewhere waiting costs nothing.
+                due = [sp.display and self.iter % sp.display == 0,
+                       sp.snapshot and self.iter % sp.snapshot == 0,
+                       sp.test_interval and self.iter % sp.test_interval == 0,
+                       stop_after_step, self.iter == sp.max_iter, len(self._pending) >= 100]
+                if not self.defer_results or any(due):
+                    self._settle(bar)
+                smoothed = sum(self.losses) / max(1, len(self.losses))
+                bar.update(self.iter, (f"loss {smoothed:.4f} " if self.losses else "") +
+                           f"lr {rate:.2g}")
                 if sp.display and self.iter % sp.display == 0:
                     now = time.monotonic()
                     speed = (self.iter - it_display) * batch * sp.iter_size / max(now - t_display,
@@ -680,10 +752,10 @@ class Solver:
                     self._stop_for_signal(bar)
                 if sp.snapshot and self.iter % sp.snapshot == 0:
                     t_snapshot = time.monotonic()
-                    last_snapshot = self.snapshot()
+                    self._last_snapshot = self.snapshot()
                     t_display += time.monotonic() - t_snapshot
                     bar.clear()
-                    self.say(f"Snapshot: {last_snapshot}")
+                    self.say(f"Snapshot: {self._last_snapshot}")
             bar.close()
             if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")
@@ -698,7 +770,7 @@ class Solver:
             self._interrupted = self._interrupted or "lost"
             bar.clear()
             raise Stop(f"{e} at iteration {self.iter}: training stopped"
-                       f"{self._last_good(last_snapshot)}", 1, shared=False) from None
+                       f"{self._last_good(self._last_snapshot)}", 1, shared=False) from None
         finally:
             # After a Ctrl-C the handler stays: a second one while the process shuts down
             # (atexit, the readers' threads) must still stop it at once, not raise there.

@@ -63,6 +63,12 @@ class TilingScheme(torch.nn.Module):
         """Region of each input pixel, or None when patches read across regions."""
         return None
 
+    def tile_capacity(self, batch: int, out_h: int, out_w: int, *, training: bool) -> int:
+        """The most patches one kernel gets in a batch of `assign`'s (rapa.tiled_conv's
+        tile_capacity), known without looking at the assignment: every patch, unless the
+        scheme knows better."""
+        return batch * out_h * out_w
+
     def extra_repr(self) -> str:
         return f"num_tiles={self.num_tiles}"
 
@@ -120,6 +126,10 @@ class ImageOverlap(TilingScheme):
         tiles = _block_map(out_h, out_w, self._square_side(), "output", self.name, device)
         return tiles.expand(batch, out_h, out_w).contiguous()
 
+    def tile_capacity(self, batch, out_h, out_w, *, training):
+        q = self._square_side()
+        return batch * -(-out_h // q) * -(-out_w // q)
+
 
 class ImagePad(ImageOverlap):
     """Image-based tiling where a tile reads the pixels of other blocks as zero, as if each block
@@ -154,6 +164,10 @@ class Alternate(TilingScheme):
         x = torch.arange(out_w, device=device) % q
         return (x.view(1, out_w) + q * y.view(out_h, 1)).expand(batch, out_h, out_w).contiguous()
 
+    def tile_capacity(self, batch, out_h, out_w, *, training):
+        q = self._square_side()
+        return batch * -(-out_h // q) * -(-out_w // q)
+
 
 class RandomFixed(TilingScheme):
     """One balanced random partition, drawn at the first call and kept (in the state_dict)."""
@@ -177,6 +191,17 @@ class RandomFixed(TilingScheme):
 
     def state_blobs(self):
         return [self.partition]
+
+    def tile_capacity(self, batch, out_h, out_w, *, training):
+        # The largest group of the partition, counted once per partition (a loaded one need
+        # not be balanced): _version moves when a load copies into it.
+        key = (self.partition.data_ptr(), self.partition._version, self.partition.numel())
+        if getattr(self, "_counted", (None,))[0] != key:
+            largest = int(torch.bincount(self.partition.reshape(-1).cpu(),
+                                         minlength=self.num_tiles).max()) \
+                if self.partition.numel() else 0
+            self._counted = (key, largest)
+        return batch * self._counted[1]
 
     def state_problem(self, index, value):
         bad = ~torch.isfinite(value) | (value != value.round()) | (value < 0) | (
@@ -207,6 +232,9 @@ class Random(TilingScheme):
         return random_assign(batch, out_h, out_w, self.num_tiles, generator=generator,
                              device=device)
 
+    def tile_capacity(self, batch, out_h, out_w, *, training):
+        return batch * -(-out_h * out_w // self.num_tiles)  # balanced: at most the ceiling
+
 
 class Perforated(TilingScheme):
     """One kernel; in training only np/nt random patches per image are computed (the rest are
@@ -224,6 +252,11 @@ class Perforated(TilingScheme):
         groups = random_assign(batch, out_h, out_w, self.num_tiles, generator=generator,
                                device=device)
         return torch.where(groups == 0, 0, -1)
+
+    def tile_capacity(self, batch, out_h, out_w, *, training):
+        if not training:
+            return batch * out_h * out_w
+        return batch * -(-out_h * out_w // self.num_tiles)  # group 0 of a balanced partition
 
 
 SCHEMES = {cls.name: cls for cls in

@@ -548,19 +548,19 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(workdir):
 
 
 def test_a_signal_after_the_exchange_counts_at_the_next_step(workdir):
-    """The stop is decided at the step's exchange: a signal that comes after it (here during
-    the update) stops the run one step later, as every other process will (a process that
-    acted on it at once would leave the others waiting at the next exchange)."""
+    """The stop is decided at the step's exchange: a signal that comes after it (here while
+    the step's numbers are read) stops the run one step later, as every other process will (a
+    process that acted on it at once would leave the others waiting at the next exchange)."""
     from rapa.solver import Solver, Stop
     solver = Solver(write_run(workdir, "one", batch=2, max_iter=20, snapshot=100),
                     say=lambda m: None, progress=False)
-    update = solver._update
+    settle = solver._settle
 
-    def update_then_a_signal(rate):
-        update(rate)
-        if solver.iter == 4:  # the step to iteration 5 (no test point at 5 or 6)
+    def settle_then_a_signal(bar):
+        settle(bar)
+        if solver.iter == 5:  # after the step to iteration 5 (no test point at 5 or 6)
             solver._interrupted = "SIGINT"
-    solver._update = update_then_a_signal
+    solver._settle = settle_then_a_signal
     with pytest.raises(Stop, match="SIGINT at iteration 6: stopped after writing "):
         solver.solve()
 

@@ -358,7 +358,8 @@ def test_update_clips_the_summed_gradients_then_averages_them_as_caffe(workdir, 
     for b, g in zip(solver.params, grads):
         b.blob.grad = g.clone()
     rate = 0.1
-    solver._update(rate)
+    solver.rate_t.fill_(rate)
+    solver._update()
     factor = clip / norm if 0 < clip < norm else 1.0
     for b, g, w in zip(solver.params, grads, before):
         expect = g.double() * factor / 2 + 0.001 * b.spec.decay_mult * w

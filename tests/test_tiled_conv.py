@@ -52,6 +52,40 @@ def test_many_tiles_match_masked_reference(device, stride, padding, with_region,
         torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("tiles", [1, 4])
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("with_region", [False, True])
+def test_a_tile_capacity_changes_nothing_but_the_layout(device, tiles, drop, with_region):
+    """With tile_capacity the CUDA kernels take the layout built without a copy to the host
+    (and one tile masks always): values and gradients stay those of the reference."""
+    x, weight, b = make(device, t=tiles)
+    assignment = torch.randint(-1 if drop else 0, tiles, (3, 7, 5), device=device)
+    region = torch.randint(0, tiles, (9, 7), device=device) if with_region else None
+    largest = int(torch.bincount(assignment[assignment >= 0].cpu(), minlength=tiles).max())
+    want = reference.tiled_conv(x, weight, b, assignment, 1, 0, region)
+    grad = torch.randn_like(want)
+    for capacity in (largest, largest + 5):
+        inputs = [t.clone().requires_grad_() for t in (x, weight, b)]
+        got = rapa.tiled_conv(*inputs, assignment, 1, 0, region, tile_capacity=capacity)
+        torch.testing.assert_close(got, want)
+        ref_inputs = [t.clone().requires_grad_() for t in (x, weight, b)]
+        ref = reference.tiled_conv(*ref_inputs, assignment, 1, 0, region)
+        for g, r in zip(torch.autograd.grad(got, inputs, grad),
+                        torch.autograd.grad(ref, ref_inputs, grad)):
+            torch.testing.assert_close(g, r)
+
+
+def test_a_tile_capacity_too_small_is_refused_on_the_cpu():
+    x, weight, b = make("cpu", t=3)
+    assignment = (torch.arange(105) % 3).view(3, 7, 5)  # 35 patches each
+    with pytest.raises(RuntimeError, match="'tile_capacity' is 34, but tile 0 gets 35 patches"):
+        rapa.tiled_conv(x, weight, b, assignment, 1, 0, tile_capacity=34)
+    y = rapa.tiled_conv(x, weight.requires_grad_(), b, assignment, 1, 0, tile_capacity=35)
+    with pytest.raises(RuntimeError, match="'tile_capacity' is 20, but tile 0 gets 35"):
+        torch.ops.rapa.tiled_conv_backward(torch.ones_like(y), x, weight, assignment, [1, 1],
+                                           [0, 0], None, [True, True, False], tile_capacity=20)
+
+
 def test_float32_close_to_float64(device):
     x, weight, b = make(device, n=4, c=3, h=16, w=16, t=4, o=8, k=(5, 5))
     assignment = rapa.random_assign(4, 16, 16, 4, device=device)
@@ -100,6 +134,8 @@ def test_opcheck(device):
     for args in [(x, weight, b, assignment, [1, 1], [1, 1]),
                  (x.requires_grad_(), weight.requires_grad_(), None, assignment, [1, 1], [1, 1], region)]:
         torch.library.opcheck(torch.ops.rapa.tiled_conv.default, args)
+        torch.library.opcheck(torch.ops.rapa.tiled_conv.default, args,
+                              {"tile_capacity": 2 * 6 * 6})
 
 
 def test_torch_compile_fullgraph(device):

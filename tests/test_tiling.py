@@ -201,3 +201,41 @@ def test_random_partitions_follow_the_generator_given():
     first = draw(5)
     torch.manual_seed(1)   # the global generator does not decide
     assert torch.equal(first, draw(5)) and not torch.equal(first, draw(6))
+
+
+@pytest.mark.parametrize("name,tiles,hw", [
+    ("none", 1, (5, 7)), ("image_overlap", 4, (6, 8)), ("image_pad", 9, (9, 6)),
+    ("alternate", 4, (5, 7)), ("alternate", 9, (9, 9)), ("random", 5, (4, 5)),
+    ("random", 16, (7, 9)), ("random_fixed", 3, (5, 7)), ("perforated", 4, (6, 6)),
+    ("perforated", 3, (5, 5))])
+@pytest.mark.parametrize("training", [True, False])
+def test_tile_capacity_bounds_every_assignment_and_is_tight(name, tiles, hw, training):
+    """The bound tiled_conv's CUDA kernels lay their buffers out by: never below the largest
+    tile of any batch; exact where every image gives every tile the same count, otherwise at
+    most one patch per image above the largest tile seen."""
+    scheme, n = tiling.make_scheme(name, tiles), 6
+    scheme.prepare(hw)
+    capacity = scheme.tile_capacity(n, *hw, training=training)
+    seen = 0
+    for _ in range(20):
+        a = assign(scheme, n=n, h=hw[0], w=hw[1], training=training)
+        kept = a[a >= 0]
+        assert kept.numel() > 0
+        seen = max(seen, int(torch.bincount(kept, minlength=scheme.num_kernels).max()))
+    assert seen <= capacity
+    patches = hw[0] * hw[1]
+    even = name in ("none", "image_overlap", "image_pad") or (
+        name == "alternate" and all(s % 3 == 0 for s in hw)) or (
+        name in ("random", "perforated") and patches % tiles == 0) or (
+        name == "perforated" and not training)
+    assert (seen == capacity) if even else (capacity - seen < n)
+
+
+def test_random_fixed_capacity_follows_a_loaded_partition():
+    scheme = tiling.make_scheme("random_fixed", 3)
+    scheme.prepare((2, 3))
+    assert scheme.tile_capacity(4, 2, 3, training=True) == 8  # balanced: 2 patches per tile
+    scheme.partition.copy_(torch.tensor([[0, 0, 0], [0, 1, 2]]))  # what a model file may hold
+    assert scheme.tile_capacity(4, 2, 3, training=True) == 16
+    scheme.partition = torch.tensor([[2, 2, 2], [2, 2, 1]])
+    assert scheme.tile_capacity(1, 2, 3, training=False) == 5

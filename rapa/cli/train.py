@@ -23,12 +23,15 @@ def add_arguments(p):
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
     p.add_argument("--max-iter", type=count(0), help="override the solver's max_iter")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA, launch every kernel of every step (the solver's cuda_graph: "
+                   "false) instead of replaying the step recorded as a CUDA graph")
 
 
 def run(args):
     solver = Solver(args.solver, device=args.device, max_iter=args.max_iter,
                     progress=False if args.no_progress else None,
-                    say=lambda m: print(m, flush=True))
+                    no_cuda_graph=args.no_cuda_graph, say=lambda m: print(m, flush=True))
     try:
         solver.solve(resume=args.snapshot, weights=args.weights)
     except Stop as e:

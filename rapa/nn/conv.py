@@ -161,7 +161,9 @@ class TiledConv2d(torch.nn.Module):
             return analog_conv(x, self.weight3(), self.bias, assignment, self.kernel_size,
                                self.stride, self.padding, self.arrays)
         return tiled_conv(x, self.weight, self.bias, assignment, self.stride, self.padding,
-                          self.scheme.region(h, w, x.device))
+                          self.scheme.region(h, w, x.device),
+                          tile_capacity=self.scheme.tile_capacity(n, out_h, out_w,
+                                                                  training=self.training))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,158 @@
+"""The training step as the GPU runs it: its numbers (loss, hits) kept on the device and read
+back only at a display, test, snapshot, stop or every 100 iterations; and on CUDA the whole
+step recorded once as a CUDA graph and replayed. Both must train exactly the run that reads
+every number at once and launches every kernel."""
+import shutil
+
+import pytest
+import torch
+
+from conftest import CUDA_READY
+from rapa.prototxt import read_binary
+from rapa.proto import pb
+from rapa.solver import Solver, Stop
+from rapa.trainlog import read_log_lines
+from test_solver import setup_files, weights, workdir  # noqa: F401 - the fixture
+
+needs_cuda = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the "
+                                "operator library")
+
+
+def quiet(path, **kwargs):
+    return Solver(path, say=lambda m: None, progress=False, **kwargs)
+
+
+def run_log(workdir):
+    """The log without the measured speeds, and the final snapshot's weights."""
+    log = [{k: v for k, v in e.items() if k != "images_per_s"}
+           for e in read_log_lines(workdir / "snap/tiny_log.jsonl")]
+    return log
+
+
+def clear(workdir):
+    shutil.rmtree(workdir / "snap")
+
+
+def deferred(solver):
+    """Keeps the numbers on the device (as on CUDA) and records how many were pending at
+    each read-back."""
+    solver.defer_results = True
+    solver.pending_sizes = []
+    settle = solver._settle
+
+    def counting(bar):
+        solver.pending_sizes.append(len(solver._pending))
+        settle(bar)
+    solver._settle = counting
+    return solver
+
+
+@pytest.mark.parametrize("scheme", ["random", "perforated"])
+@pytest.mark.parametrize("extra", ["", "iter_size: 2\nclip_gradients: 0.5\n"])
+def test_numbers_read_back_later_train_the_same_run(workdir, scheme, extra):
+    path = setup_files(workdir, max_iter=12, scheme=scheme, solver_extra=extra)
+    straight = quiet(path)
+    straight.solve()
+    want_weights, want_log = weights(straight), run_log(workdir)
+    clear(workdir)
+    later = deferred(quiet(path))
+    later.solve()
+    # display 2, snapshot 4, test 5: at most 2 iterations wait, and some do
+    assert max(later.pending_sizes) == 2 and later._pending == []
+    for name, w in weights(later).items():
+        torch.testing.assert_close(w, want_weights[name], rtol=0, atol=0)
+    assert run_log(workdir) == want_log
+    assert len(want_log) > 6 and any("train_accuracy" in e for e in want_log)
+
+
+def test_a_run_read_back_later_resumes_exactly(workdir):
+    path = setup_files(workdir, max_iter=12, scheme="random", solver_extra="average_loss: 3\n")
+    straight = deferred(quiet(path))
+    straight.solve()
+    want = weights(straight)
+    clear(workdir)
+    deferred(quiet(path, max_iter=7)).solve()  # 7: a snapshot of unread numbers settles first
+    state = read_binary(workdir / "snap/tiny_iter_7.solverstate", pb.SolverState())
+    assert state.iter == 7 and len(state.loss_window) == 3
+    resumed = deferred(quiet(path))
+    resumed.solve(resume="auto")
+    for name, w in weights(resumed).items():
+        torch.testing.assert_close(w, want[name], rtol=0, atol=0)
+
+
+def test_a_nan_loss_read_back_later_names_its_own_iteration(workdir):
+    setup_files(workdir, max_iter=12)
+    text = (workdir / "solver.prototxt").read_text().replace(
+        'lr_policy: "step"\ngamma: 0.5\nstepsize: 7', 'lr_policy: "multistep"\ngamma: 1e30\n'
+        'stepvalue: 5\ndisplay: 0\ntest_interval: 100\nsnapshot: 3')
+    text = text.replace("display: 2\n", "").replace("test_interval: 5\n", "").replace(
+        "snapshot: 4\n", "")
+    (workdir / "solver.prototxt").write_text(text)
+    messages = []
+    for defer in (False, True):
+        solver = quiet(str(workdir / "solver.prototxt"))
+        solver.defer_results = defer
+        with pytest.raises(Stop) as stop:
+            solver.solve()
+        messages.append(str(stop.value))
+        # the rate of 5e28 from iteration 5 on: the loss of 6 is the first that is not finite;
+        # read back later (at the snapshot of 9), it still stops before writing that snapshot
+        assert sorted(f.name for f in (workdir / "snap").glob("*.solverstate")) == [
+            "tiny_iter_3.solverstate", "tiny_iter_6.solverstate"]
+        assert solver.iter == (9 if defer else 7)
+        clear(workdir)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("loss is nan at iteration 6 (lr 5e+28): training stopped; "
+                                  "the last good snapshot is snap/tiny_iter_6.solverstate")
+
+
+@needs_cuda
+@pytest.mark.parametrize("scheme", ["random", "perforated", "alternate"])
+def test_the_step_as_a_cuda_graph_trains_the_eager_run_cuda(workdir, scheme):
+    """Recorded at iteration 3 and replayed from 4 on, across tests and snapshots, with a rate
+    that changes (warm-up to 2, steps at 7): the weights and the log of the run that launches
+    every kernel, and a resume from a snapshot taken between replays."""
+    path = setup_files(workdir, max_iter=12, scheme=scheme)
+    eager = quiet(path, device="cuda", no_cuda_graph=True)
+    eager.solve()
+    assert eager._graph is None
+    want_weights, want_log = weights(eager), run_log(workdir)
+    clear(workdir)
+    said = []
+    graphed = Solver(path, device="cuda", say=said.append, progress=False)
+    graphed.solve()
+    assert graphed._graph.graph is not None and graphed._graph.failed is None
+    assert any("recorded at iteration 3" in m for m in said)
+    for name, w in weights(graphed).items():
+        torch.testing.assert_close(w, want_weights[name], rtol=1e-5, atol=1e-6)
+    got_log = run_log(workdir)
+    assert [e["iter"] for e in got_log] == [e["iter"] for e in want_log]
+    for got, want in zip(got_log, want_log):
+        for key in ("loss", "lr", "accuracy", "train_accuracy"):
+            if key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (key, got)
+    clear(workdir)
+    quiet(path, device="cuda", max_iter=8).solve()
+    resumed = quiet(path, device="cuda")
+    resumed.solve(resume="auto")
+    assert resumed._graph.graph is not None
+    for name, w in weights(resumed).items():
+        torch.testing.assert_close(w, want_weights[name], rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_no_graph_where_the_user_says_so_cuda(workdir):
+    path = setup_files(workdir, max_iter=5, scheme="random", solver_extra="cuda_graph: false\n")
+    said = []
+    solver = Solver(path, device="cuda", say=said.append, progress=False)
+    solver.solve()
+    assert solver._graph is None and not any("CUDA graph" in m for m in said)
+
+
+def test_cuda_graph_field_and_flag_change_nothing_on_the_cpu(workdir):
+    path = setup_files(workdir, max_iter=3, scheme="random", solver_extra="cuda_graph: false\n")
+    said = []
+    solver = Solver(path, say=said.append, progress=False, no_cuda_graph=True)
+    solver.solve()
+    assert solver._graph is None and not any("CUDA graph" in m for m in said)
+    assert solver.defer_results is False
