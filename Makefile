@@ -23,8 +23,10 @@ SHORT_NET = prototxt/cifar10/random_max.prototxt
 SHORT_PREFIX = snapshots/cifar10/random_max_short
 SHORT_ITER = 50000
 VOTES ?= 9
-# The main job's device: the GPU where torch sees one, else the CPU (make run DEVICE=cpu).
-DEVICE ?= $(shell $(PYTHON) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+# The main job's device: the GPU where torch sees one and the library has its CUDA kernels,
+# else the CPU (make run DEVICE=cpu chooses).
+DEVICE ?= $(shell $(PYTHON) -c "import torch, rapa._library as l; print('cuda' if \
+    torch.cuda.is_available() and l.has_cuda_kernels() else 'cpu')" 2>/dev/null || echo cpu)
 
 CUDA_VENV ?= .venv-cuda
 CUDA_TORCH_SPEC ?= torch==2.14.1
@@ -73,9 +75,9 @@ data/cifar10/mean.binaryproto:
 
 # Resumes from the newest snapshot when run again after an interruption.
 run: build data/cifar10/mean.binaryproto
-	$(PYTHON) -m rapa train --solver $(SHORT_SOLVER) --snapshot auto --device $(DEVICE)
+	$(PYTHON) -m rapa train --solver $(SHORT_SOLVER) --snapshot auto $(if $(DEVICE),--device $(DEVICE))
 	$(PYTHON) -m rapa test --model $(SHORT_NET) --weights $(SHORT_PREFIX)_iter_$(SHORT_ITER).caffemodel \
-	    --iterations 100 --votes $(VOTES) --device $(DEVICE)
+	    --iterations 100 --votes $(VOTES) $(if $(DEVICE),--device $(DEVICE))
 	$(PYTHON) -m rapa plot $(SHORT_PREFIX)_log.jsonl --out $(SHORT_PREFIX).png
 
 bench: build

@@ -7,9 +7,9 @@
 # benchmarks on cuda with short rounds: the tiled convolution against cuDNN at batch 10 and 100,
 # the nets, the analog and HIC nets, and data-parallel training with 2 processes on the one GPU
 # (NCCL) against one process (FP, RPU and HIC nets), and rapa train end to end (the main job's
-# solver, 3000 iterations, data included) with its step as a CUDA graph and without. Each
-# step's output goes to OUT/<step>.txt (9 files) and its last lines to the terminal; a failing
-# step does not stop the others. PYTHON (python3) must have
+# solver, 3000 iterations, data included) with its step as a CUDA graph and without, and 1, 2,
+# 4 and 8 such runs at once on the one GPU. Each step's output goes to OUT/<step>.txt (10
+# files) and its last lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
 # the packages of the Makefile's PY_DEPS (lmdb included: the benchmarks write small LMDBs when
 # data/cifar10 is missing); nothing is installed but the library.
 set -uo pipefail
@@ -64,3 +64,4 @@ for mode in graphed eager; do
         prototxt/cifar10/random_max_short_solver.prototxt --device cuda --max-iter 3000 \
         --no-progress $flag"
 done
+step bench_concurrent "$PY" bench/bench_concurrent.py --device cuda --runs 1 2 4 8 --iters 2000

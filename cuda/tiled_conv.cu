@@ -97,6 +97,7 @@ at::Tensor tiled_conv_cuda(const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& assignment, at::IntArrayRef stride,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region, int64_t tile_capacity) {
   const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
+  check_tile_capacity_range(tile_capacity, assignment.numel());
   if (s.T == 1)
     return single_tile_forward(
         input, weight, bias, assignment, stride, padding, region, tile_capacity >= 0);
@@ -136,6 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cuda(
   const ConvGeometry s =
       check_tiled_conv(input, weight, std::nullopt, assignment, stride, padding, region);
   check_conv_grad_output(grad_output, input, s);
+  check_tile_capacity_range(tile_capacity, assignment.numel());
   if (s.T == 1)
     return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask,
                                 tile_capacity >= 0);

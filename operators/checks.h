@@ -42,6 +42,13 @@ inline void check_same_device(
       ref_name, "' is on ", ref.device(), "; move them to one device");
 }
 
+// tiled_conv's tile_capacity: -1 (not known) or a count of patches (at most all of them).
+inline void check_tile_capacity_range(int64_t capacity, int64_t patches) {
+  TORCH_CHECK(capacity >= -1 && capacity <= patches,
+      "rapa: argument 'tile_capacity' must be -1 (not known) or a patch count in [0, ", patches,
+      "], got ", capacity);
+}
+
 inline void check_pair(at::IntArrayRef v, const char* name, int64_t min_value) {
   TORCH_CHECK(v.size() == 2, "rapa: argument '", name, "' must have 2 values, got ", v.size());
   TORCH_CHECK(

@@ -27,10 +27,11 @@ inline TileLayout tile_layout(const at::Tensor& assignment, int64_t T, int64_t c
   TileLayout ts;
   const at::Tensor tiles = assignment.reshape({-1});
   const int64_t total = tiles.numel();
+  check_tile_capacity_range(capacity, total);
   if (total == 0) {
-    ts.order = tiles;
-    ts.row_of = tiles;
     ts.cap = std::max<int64_t>(capacity, 0);
+    ts.order = at::full({T * ts.cap}, -1, tiles.options());
+    ts.row_of = tiles;
     return ts;
   }
   // Counts in slots: 0 dropped, 1 + t tile t, T + 1 anything out of range.
@@ -56,16 +57,16 @@ inline TileLayout tile_layout(const at::Tensor& assignment, int64_t T, int64_t c
   }
   // Kept patches in tile order (stable: ascending patch index within a tile), dropped ones
   // last (key T); the j-th of them, on tile t, goes to row t * cap + j - start_t. Dropped
-  // patches write a spare row T * cap, cut off afterwards.
+  // patches write a spare row T * cap, cut off afterwards; so do the patches of a tile over
+  // its capacity (the assertion has failed then, but memory stays safe where asserts are off).
   const int64_t rows = T * ts.cap;
   const at::Tensor key = at::where(tiles.lt(0), at::scalar_tensor(T, tiles.options()), tiles.clamp_max(T));
   const at::Tensor sorted = at::argsort(key, /*stable=*/true, 0, false);
   const at::Tensor t = key.index_select(0, sorted);
   const at::Tensor start = at::cat({counts.cumsum(0) - counts, at::zeros({1}, tiles.options())});
-  const at::Tensor kept = t.lt(T);
-  const at::Tensor row = at::where(
-      kept, (at::arange(total, tiles.options()) - start.index_select(0, t) + t * ts.cap).clamp(0, rows),
-      at::scalar_tensor(rows, tiles.options()));
+  const at::Tensor rank = at::arange(total, tiles.options()) - start.index_select(0, t);
+  const at::Tensor kept = at::logical_and(t.lt(T), rank.lt(ts.cap));
+  const at::Tensor row = at::where(kept, rank + t * ts.cap, at::scalar_tensor(rows, tiles.options()));
   ts.order = at::full({rows + 1}, -1, tiles.options()).index_copy_(0, row, sorted).narrow(0, 0, rows);
   ts.row_of = at::full({total}, -1, tiles.options())
                   .index_copy_(0, sorted, at::where(kept, row, at::scalar_tensor(-1, tiles.options())));

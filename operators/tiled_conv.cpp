@@ -61,6 +61,7 @@ void run_batch(bool forward, const FusedConv<S>& shared, PerRange per_range) {
 // The CPU kernels need no capacity; they check the caller's, so that a wrong one fails here
 // with a message rather than on CUDA with a device-side assertion.
 void check_tile_capacity(const at::Tensor& assignment, int64_t T, int64_t capacity) {
+  check_tile_capacity_range(capacity, assignment.numel());
   if (capacity < 0) return;
   std::vector<int64_t> count(T, 0);
   const at::Tensor a = assignment.contiguous();
@@ -81,7 +82,10 @@ at::Tensor tiled_conv_cpu(const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef padding, const std::optional<at::Tensor>& region, int64_t tile_capacity) {
   const ConvGeometry s = check_tiled_conv(input, weight, bias, assignment, stride, padding, region);
   check_tile_capacity(assignment, s.T, tile_capacity);
-  if (s.T == 1) return single_tile_forward(input, weight, bias, assignment, stride, padding, region);
+  // With a capacity, one tile takes the CUDA kernels' path (no host copy), tested here too.
+  if (s.T == 1)
+    return single_tile_forward(
+        input, weight, bias, assignment, stride, padding, region, tile_capacity >= 0);
   at::Tensor out = at::empty({s.N, s.O, s.Ho, s.Wo}, input.options());
   if (s.N == 0) return out;
   const auto b = defined_or_none(bias), reg = defined_or_none(region);
@@ -110,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiled_conv_backward_cpu(
   check_conv_grad_output(grad_output, input, s);
   check_tile_capacity(assignment, s.T, tile_capacity);
   if (s.T == 1)
-    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region, mask);
+    return single_tile_backward(grad_output, input, weight, assignment, stride, padding, region,
+                                mask, tile_capacity >= 0);
   const auto opts = input.options();
   const int64_t T = s.T, O = s.O;
   const auto reg = defined_or_none(region);

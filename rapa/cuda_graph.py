@@ -12,11 +12,14 @@ generator gives a recorded kernel a fresh offset at every replay (random tiling,
 stochastic pooling draw anew, the numbers an eager step would draw); the learning rate, which
 the update reads from a device tensor that the solver fills before each replay. What cannot be
 recorded: a step that copies a number to the host or whose shapes depend on the data. The
-solver keeps those out (rapa.solver.Solver._graphed_step) or, where recording fails, trains
-without a graph from then on, saying why in one line.
+solver keeps those out (rapa.solver.Solver._graphed_step). A step that fails while being
+recorded runs without a graph from then on, said in one line, where the failure left CUDA as
+it was (an error of the Python code); where it broke the recording itself (an op that waits
+for the device), RecordingFailed says why, and the run must start again without a graph.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -24,57 +27,90 @@ import torch
 Batches = list[dict[str, torch.Tensor]]
 
 
+class RecordingFailed(RuntimeError):
+    """The step could not be recorded, and the recording's failure leaves this process's CUDA
+    memory pool unfit to go on (torch's allocator still counts the recording as under way)."""
+
+
+def _first_cause(error: BaseException) -> str:
+    """The message of the exception that started a chain (a failed recording reports its own
+    error on top of the one that broke it), on one line."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return " ".join(str(error).split())[:300] or type(error).__name__
+
+
 class GraphedStep:
     """`step(batches)` -> tuple of device tensors, recorded at its `warmup + 1`-th call and
     replayed after that. Every call does one real step: the warm-up calls run eagerly on a
     side stream, the recording call records and then replays once. `batches`: one dict per
-    pass of top name -> tensor on the device, the same shapes at every call. The returned
-    tensors are the graph's own and are overwritten by the next replay: read or copy them
-    before calling again. `say` gets the one-line notice when recording fails."""
+    pass of top name -> tensor on `device` (default: that of the first tensor given), the same
+    shapes at every call. The returned tensors are the graph's own and are overwritten by the
+    next replay: read or copy them before calling again. `say` gets the one-line notice when
+    the step runs on without a graph; RecordingFailed is raised where it cannot."""
 
     def __init__(self, step: Callable[[Batches], tuple], warmup: int = 3,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, device: Optional[torch.device] = None):
         self.step, self.warmup, self.say = step, warmup, say
+        self.device = torch.device(device) if device is not None else None
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.inputs: Optional[Batches] = None
         self.outputs: Optional[tuple] = None
         self.failed: Optional[str] = None  # why recording failed: eager from then on
-        self.stream = torch.cuda.Stream()
+        self.stream: Optional[torch.cuda.Stream] = None
 
     def __call__(self, batches: Batches) -> tuple:
         if self.failed is not None:
             return self.step(batches)
-        if self.graph is not None:
-            for static, batch in zip(self.inputs, batches):
-                for name, value in batch.items():
-                    static[name].copy_(value)
-            self.graph.replay()
-            return self.outputs
-        self.calls += 1
-        if self.calls <= self.warmup:
-            # On a side stream, as the recording will be: the libraries (cuBLAS, cuDNN, the
-            # autograd engine) make their one-time choices and allocations here.
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                outputs = self.step(batches)
-            torch.cuda.current_stream().wait_stream(self.stream)
-            return outputs
-        return self._record(batches)
+        if self.device is None:
+            given = [t for batch in batches for t in batch.values()]
+            self.device = given[0].device if given else torch.device(
+                "cuda", torch.cuda.current_device())
+        # Streams, the recording and the replays on the step's device, whichever is current.
+        with torch.cuda.device(self.device):
+            if self.graph is not None:
+                for static, batch in zip(self.inputs, batches):
+                    for name, value in batch.items():
+                        static[name].copy_(value)
+                self.graph.replay()
+                return self.outputs
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(self.device)
+            self.calls += 1
+            if self.calls <= self.warmup:
+                # On the side stream the recording will use: the libraries (cuBLAS, cuDNN, the
+                # autograd engine) make their one-time choices and allocations here.
+                self.stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.stream):
+                    outputs = self.step(batches)
+                torch.cuda.current_stream().wait_stream(self.stream)
+                return outputs
+            return self._record(batches)
 
     def _record(self, batches: Batches) -> tuple:
         self.inputs = [{name: value.clone() for name, value in batch.items()}
                        for batch in batches]
         graph = torch.cuda.CUDAGraph()
+        before = torch.cuda.current_stream()
         try:
-            # thread_local: the data readers' threads may use CUDA while this one records.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                outputs = self.step(self.inputs)
-        except Exception as e:  # noqa: BLE001 - any failure to record means: run eagerly
-            self.failed = " ".join(str(e).split()) or type(e).__name__
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.cuda.graph(graph, stream=self.stream):
+                    outputs = self.step(self.inputs)
+            if any("empty" in str(w.message).lower() for w in caught):
+                # Its kernels ran on another device, unrecorded: the step has been done once.
+                raise RecordingFailed("the CUDA graph recorded nothing (the step's work ran on "
+                                      "a device other than the graph's)")
+        except Exception as e:  # noqa: BLE001 - every failure to record ends here
+            clean = torch.cuda.current_stream() == before and not isinstance(e, RecordingFailed)
+            torch.cuda.set_stream(before)
             self.inputs = None
-            self.say(f"CUDA graph: the training step could not be recorded ({self.failed[:300]})"
-                     f": training without a graph")
+            if not clean:
+                raise RecordingFailed(_first_cause(e)) from None
+            self.failed = _first_cause(e)
+            self.say(f"CUDA graph: the step could not be recorded ({self.failed}): running "
+                     f"without a graph")
             return self.step(batches)
         self.graph, self.outputs = graph, outputs
         graph.replay()  # recording ran nothing: this is the step of this call

@@ -6,6 +6,10 @@ goes to the class with the larger mean softmax probability; rapa.nn.loss.vote_ra
 layer that scores predictions (the layer contract's `votes`: Accuracy) scores the vote as it
 scores one pass (its top_k and ignore_label). The single-assignment accuracy is that of the
 first pass, so both come from the same run.
+
+The sums stay on the device until the last batch (the host never waits for the GPU in
+between); with `graph` a batch's passes are recorded once as a CUDA graph and replayed for the
+next batches (rapa.cuda_graph), the graph kept with the net for its later tests.
 """
 from __future__ import annotations
 
@@ -27,41 +31,55 @@ class TestResult:
 
 @torch.no_grad()
 def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = "",
-             progress: bool | None = None,
-             stop: Optional[Callable[[], bool]] = None) -> Optional[TestResult]:
+             progress: bool | None = None, stop: Optional[Callable[[], bool]] = None,
+             graph: bool = False, say: Callable[[str], None] = print
+             ) -> Optional[TestResult]:
     """The outputs averaged over `iterations` batches from the start of the test data; None
     when `stop()` turned true before the last batch (an interrupted run, as Caffe's "Test
-    interrupted")."""
+    interrupted"). `graph` (CUDA; weights changed in place only between calls): the batch's
+    passes replayed as a CUDA graph; `say` gets its one-line notice if it cannot be."""
     net.eval()
     for layer in net.data_layers():
         layer.seek(0)  # every test sees the same images
-    sums: dict[str, float] = {}
-    vote_hits: dict[str, float] = {}
     voters = [(e.layer, e.bottoms[0], e.bottoms[1], e.tops[0]) for e in net.entries
-              if e.layer.votes]
+              if e.layer.votes] if votes > 1 else []
+
+    def one_batch(batches: list[dict]) -> tuple:
+        """The batch's output sums, then each voter's vote accuracy (float64, device)."""
+        data = batches[0]
+        blobs = net(dict(data))
+        sums = [blobs[name].float().sum().double() for name in net.output_names]
+        passes = {scores: [blobs[scores]] for _, scores, _, _ in voters}
+        for _ in range(votes - 1 if voters else 0):
+            more = net(dict(data))
+            for scores in passes:
+                passes[scores].append(more[scores])
+        return tuple(sums + [layer.vote_accuracy(passes[scores], blobs[label]).double()
+                             for layer, scores, label, _ in voters])
+
+    run = one_batch
+    if graph:
+        from .cuda_graph import GraphedStep
+        graphs = net.__dict__.setdefault("_test_graphs", {})  # one per number of votes
+        run = graphs.setdefault(votes, GraphedStep(one_batch, say=say))
     bar = Progress(iterations, progress_label or "test", enabled=progress)
-    images = 0
+    images, totals = 0, None
     for i in range(iterations):
         if stop is not None and stop():
             bar.close()
             net.train()
             return None
         data = net.read_data()
-        blobs = net(dict(data))
-        for name in net.output_names:
-            sums[name] = sums.get(name, 0.0) + float(blobs[name].float().sum())
-        if votes > 1 and voters:
-            passes = {scores: [blobs[scores]] for _, scores, _, _ in voters}
-            for _ in range(votes - 1):
-                more = net(dict(data))
-                for scores in passes:
-                    passes[scores].append(more[scores])
-            for layer, scores, label, top in voters:
-                hit = layer.vote_accuracy(passes[scores], blobs[label])
-                vote_hits[top] = vote_hits.get(top, 0.0) + float(hit)
+        results = run([data])
+        if results:
+            batch = torch.stack(results)  # a copy: a replay overwrites the graph's outputs
+            totals = batch if totals is None else totals + batch
         images += next(iter(data.values())).shape[0] if data else 0
         bar.update(i + 1)
     bar.close()
     net.train()
-    return TestResult({k: v / iterations for k, v in sums.items()},
-                      {k: v / iterations for k, v in vote_hits.items()}, images)
+    values = totals.tolist() if totals is not None else []
+    names = list(net.output_names)
+    return TestResult({k: v / iterations for k, v in zip(names, values)},
+                      {top: v / iterations for (*_, top), v in zip(voters, values[len(names):])},
+                      images)

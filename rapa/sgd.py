@@ -37,15 +37,20 @@ class SGD:
         self.history = [torch.zeros_like(b.blob) for b in self.digital]
 
     @torch.no_grad()
-    def step(self, rate: Union[float, torch.Tensor], passes: int = 1) -> None:
+    def step(self, rate: Union[float, torch.Tensor], passes: int = 1,
+             rate_value: Optional[float] = None) -> None:
         """One update at the solver's rate; clears the digital gradients. `rate`: a number, or
         a 0-dim tensor on the blobs' device, which the digital update reads on the device (a
-        CUDA graph that holds the step then follows a rate that changes between replays).
-        `passes`: backward passes since the last step (their gradients already averaged by
-        the caller)."""
+        CUDA graph that holds the step then follows a rate that changes between replays);
+        `rate_value`: the same as a number where the caller has it (the analog updates take
+        a number: else it is read back from the tensor). `passes`: backward passes since the
+        last step (their gradients already averaged by the caller)."""
         if not isinstance(rate, torch.Tensor):
-            rate = torch.tensor(rate, dtype=torch.float64, device=self.blobs[0].blob.device) \
-                if self.digital else rate
+            rate_value = rate
+            rate = torch.full((), rate, dtype=torch.float64,
+                              device=self.blobs[0].blob.device) if self.digital else None
+        elif rate_value is None and len(self.digital) < len(self.blobs):
+            rate_value = float(rate)
         for b, h in zip(self.digital, self.history):
             g = b.blob.grad
             if b.spec.lr_mult == 0:  # frozen (the net computes no gradient for it, as Caffe)
@@ -61,5 +66,5 @@ class SGD:
             b.blob.grad = None
         for b in self.blobs:
             if b.arrays is not None:
-                b.arrays.apply_update(b.blob, float(rate) * b.spec.lr_mult / passes,
+                b.arrays.apply_update(b.blob, rate_value * b.spec.lr_mult / passes,
                                       generator=self.generator)

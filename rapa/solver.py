@@ -27,7 +27,7 @@ import torch
 
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
-from .cuda_graph import GraphedStep
+from .cuda_graph import GraphedStep, RecordingFailed
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -125,8 +125,10 @@ class Solver:
         # The command-line overrides a resume must repeat to continue the same run.
         self.overrides = "".join(f" --{flag} {value}" for flag, value in
                                  (("max-iter", max_iter), ("device", device)) if value is not None)
+        self.overrides += " --no-cuda-graph" if no_cuda_graph else ""
         self.progress = progress
         self.no_cuda_graph = no_cuda_graph
+        self._graph: Optional[GraphedStep] = None  # solve() decides
         # Under torchrun: join the run before anything else, so that a mistake found while
         # setting up is gathered from every process and said once (Group.agree).
         self.group = Group.from_environment()
@@ -186,6 +188,8 @@ class Solver:
             problem = e
         self.seed = g.agree(problem, seed)[0]  # process 0's, where random_seed is -1
         self.device = g.place(local)
+        if self.device.type == "cuda":  # streams and graphs made without a device name use it
+            torch.cuda.set_device(self.device)
         torch.manual_seed(self.seed)  # every process: the same fillers and device draws
 
         problem, digests = None, None
@@ -237,6 +241,7 @@ class Solver:
         self.params = self.net.learnable()
         # The rate of the current iteration, where the update reads it (rapa.sgd.SGD.step).
         self.rate_t = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._rate = 0.0  # the same, as a number (what the analog updates take)
         # The pulses of the analog updates draw from their own generator, the same on every
         # process, so that every process applies the same pulses.
         self.pulses = torch.Generator(self.device).manual_seed(mix_seed(self.seed, 1))
@@ -454,7 +459,7 @@ class Solver:
         if sp.iter_size > 1:
             for g in grads:
                 g.div_(sp.iter_size)
-        self.sgd.step(self.rate_t, sp.iter_size)
+        self.sgd.step(self.rate_t, sp.iter_size, rate_value=self._rate)
 
     def _step(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The device's part of one iteration: a forward and backward pass per batch of
@@ -496,7 +501,7 @@ class Solver:
             return None
         self.say(f"CUDA graph: the training step is recorded at iteration {self.iter + 3} and "
                  f"replayed after it (cuda_graph: false or --no-cuda-graph turn this off)")
-        return GraphedStep(self._step, warmup=3, say=self.say)
+        return GraphedStep(self._step, warmup=3, say=self.say, device=self.device)
 
     def _settle(self, bar) -> None:
         """Brings the iterations' losses and hits recorded on the device (self._pending) to
@@ -549,7 +554,8 @@ class Solver:
             t0 = time.monotonic()
             result = test_net(tn, self.sp.test_iter[i], max(1, self.sp.test_votes),
                               progress_label=f"test net #{i}", progress=self.progress,
-                              stop=lambda: self._interrupted is not None)
+                              stop=lambda: self._interrupted is not None,
+                              graph=self._graph is not None, say=self.say)
             if result is None:
                 self.say(f"Iteration {self.iter}, test net #{i}: interrupted")
                 return
@@ -709,7 +715,7 @@ class Solver:
                     if self.group.sum([self._interrupted is not None])[0]:
                         self._generators(drawn)
                         self._stop_for_signal(bar)
-                rate = self.rate()
+                rate = self._rate = self.rate()
                 self.rate_t.fill_(rate)
                 batches = [self.net.read_data() for _ in range(sp.iter_size)]
                 loss_sum, hits, predictions = self._graph(batches) if self._graph else \
@@ -764,6 +770,11 @@ class Solver:
                 self._test_all(log)
             self.say("Optimization done.")
             return self.iter
+        except RecordingFailed as e:
+            bar.clear()
+            raise Stop(f"CUDA graph: the step could not be recorded at iteration {self.iter} "
+                       f"({e}); run again without a graph (--no-cuda-graph or cuda_graph: "
+                       f"false){self._last_good(self._last_snapshot)}", 1) from None
         except PeerLost as e:
             # torchrun now stops the others with SIGTERM: the handler must stay, to let this
             # process say why it stops rather than die of the signal.

@@ -193,15 +193,18 @@ class RandomFixed(TilingScheme):
         return [self.partition]
 
     def tile_capacity(self, batch, out_h, out_w, *, training):
-        # The largest group of the partition, counted once per partition (a loaded one need
-        # not be balanced): _version moves when a load copies into it.
-        key = (self.partition.data_ptr(), self.partition._version, self.partition.numel())
-        if getattr(self, "_counted", (None,))[0] != key:
-            largest = int(torch.bincount(self.partition.reshape(-1).cpu(),
-                                         minlength=self.num_tiles).max()) \
-                if self.partition.numel() else 0
-            self._counted = (key, largest)
-        return batch * self._counted[1]
+        if torch.compiler.is_compiling():
+            return None  # not known without reading the partition (a graph break)
+        # The largest group of the partition (a loaded one need not be balanced), counted
+        # once per partition: the count is kept with the tensor it counted (held, so no other
+        # tensor can take its place) and its _version (moved by any torch write into it).
+        part = self.partition
+        counted = getattr(self, "_counted", None)
+        if counted is None or counted[0] is not part or counted[1] != part._version:
+            largest = int(torch.bincount(part.reshape(-1).cpu(), minlength=self.num_tiles)
+                          .max()) if part.numel() else 0
+            self._counted = counted = (part, part._version, largest)
+        return batch * counted[2]
 
     def state_problem(self, index, value):
         bad = ~torch.isfinite(value) | (value != value.round()) | (value < 0) | (

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from conftest import CUDA_READY
+from rapa import evaluate
+from rapa.net import Net
 from rapa.prototxt import read_binary
 from rapa.proto import pb
 from rapa.solver import Solver, Stop
@@ -156,3 +158,39 @@ def test_cuda_graph_field_and_flag_change_nothing_on_the_cpu(workdir):
     solver.solve()
     assert solver._graph is None and not any("CUDA graph" in m for m in said)
     assert solver.defer_results is False
+
+
+@needs_cuda
+@pytest.mark.parametrize("votes", [1, 3])
+def test_a_test_replayed_as_a_cuda_graph_gives_the_eager_numbers_cuda(workdir, votes):
+    """12 batches (3 warm-up, 1 recorded, 8 replayed), random tiling drawing anew each pass:
+    the outputs and vote accuracies of the same test launched kernel by kernel."""
+    setup_files(workdir, scheme="random")
+    net = Net.from_file(workdir / "net.prototxt", pb.TEST, seed=3).to_device(torch.device("cuda"))
+    results = []
+    for graph in (False, True, True):  # the third: the graph kept with the net, replayed
+        torch.manual_seed(5)
+        results.append(evaluate.test_net(net, 12, votes, progress=False, graph=graph))
+    assert net._test_graphs[votes].graph is not None and net._test_graphs[votes].failed is None
+    for got in results[1:]:
+        assert got.outputs == pytest.approx(results[0].outputs, rel=1e-5, abs=1e-6)
+        assert got.vote_accuracy == pytest.approx(results[0].vote_accuracy, rel=1e-5, abs=1e-6)
+        assert got.images == 60
+    assert (votes > 1) == bool(results[0].vote_accuracy)
+    net.close()
+
+
+def test_the_resume_command_keeps_no_cuda_graph(workdir):
+    path = setup_files(workdir, max_iter=12, scheme="random")
+    solver = quiet(path, no_cuda_graph=True, max_iter=10)
+    settle = solver._settle
+
+    def settle_then_a_signal(bar):
+        settle(bar)
+        if solver.iter == 2:
+            solver._interrupted = "SIGINT"
+    solver._settle = settle_then_a_signal
+    with pytest.raises(Stop, match=r"SIGINT at iteration 3: .*resume with: rapa train --solver "
+                                   r"\S+ --snapshot snap/tiny_iter_3.solverstate --max-iter 10 "
+                                   r"--no-cuda-graph$"):
+        solver.solve()

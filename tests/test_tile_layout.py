@@ -27,7 +27,7 @@ def test_layout_matches_the_patch_by_patch_one(device, tiles, drop, slack):
     g = torch.Generator().manual_seed(tiles * 10 + drop)
     assignment = torch.randint(-1 if drop else 0, tiles, (4, 5, 6), generator=g).to(device)
     largest = int(torch.bincount(assignment[assignment >= 0].cpu(), minlength=tiles).max())
-    capacity = None if slack is None else largest + slack
+    capacity = None if slack is None else min(largest + slack, assignment.numel())
     order, row_of = tile_layout(assignment, tiles, capacity)
     want_order, want_row_of = reference_layout(assignment.cpu(), tiles, capacity)
     assert order.tolist() == want_order and row_of.tolist() == want_row_of
@@ -39,11 +39,13 @@ def test_every_patch_dropped_and_the_empty_batch(device):
     assert order.tolist() == [-1] * 8 and row_of.tolist() == [-1] * 6
     order, row_of = tile_layout(torch.full((2, 3), -1, device=device), 2)
     assert order.numel() == 0 and row_of.tolist() == [-1] * 6
-    order, row_of = tile_layout(torch.zeros((0, 3, 3), dtype=torch.int64, device=device), 2, 5)
-    assert order.numel() == 0 and row_of.numel() == 0
+    empty = torch.zeros((0, 3, 3), dtype=torch.int64, device=device)
+    for capacity in (None, 0):
+        order, row_of = tile_layout(empty, 2, capacity)
+        assert order.numel() == 0 and row_of.numel() == 0
 
 
-@pytest.mark.parametrize("capacity", [None, 4])
+@pytest.mark.parametrize("capacity", [None, 3])
 def test_entries_out_of_range_are_refused(capacity):
     for bad in (2, -2):
         with pytest.raises(RuntimeError, match="outside|must be a tile index"):
@@ -55,3 +57,21 @@ def test_a_tile_over_its_capacity_is_refused():
         tile_layout(torch.tensor([1, 1, 1, 0]), 2, 2)
     with pytest.raises(RuntimeError, match="'assignment' must be Long, got Float"):
         tile_layout(torch.tensor([1.0]), 2, 2)
+
+
+@pytest.mark.parametrize("capacity", [-2, 7, 2**62])
+def test_a_capacity_outside_its_range_is_refused(capacity):
+    """-1 means not known; more patches than the assignment holds is a mistake (and an
+    overflowing buffer size)."""
+    with pytest.raises(RuntimeError, match=rf"'tile_capacity' must be -1 \(not known\) or a "
+                                           rf"patch count in \[0, 6\], got {capacity}"):
+        tile_layout(torch.tensor([0, 1, 1, 0, -1, 2]), 4, capacity)
+
+
+def test_a_tile_over_its_capacity_never_writes_past_the_rows():
+    """Where device assertions are compiled out the layout must stay in bounds: the patches
+    beyond a tile's capacity go to the spare row, as dropped ones (CPU: the assertion is
+    checked first, so this calls the layout code through a capacity equal to the count)."""
+    assignment = torch.tensor([1, 1, 1, 0])
+    order, row_of = tile_layout(assignment, 2, 3)
+    assert order.tolist() == [3, -1, -1, 0, 1, 2] and row_of.tolist() == [3, 4, 5, 0]

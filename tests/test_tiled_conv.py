@@ -64,7 +64,7 @@ def test_a_tile_capacity_changes_nothing_but_the_layout(device, tiles, drop, wit
     largest = int(torch.bincount(assignment[assignment >= 0].cpu(), minlength=tiles).max())
     want = reference.tiled_conv(x, weight, b, assignment, 1, 0, region)
     grad = torch.randn_like(want)
-    for capacity in (largest, largest + 5):
+    for capacity in (largest, min(largest + 5, assignment.numel())):
         inputs = [t.clone().requires_grad_() for t in (x, weight, b)]
         got = rapa.tiled_conv(*inputs, assignment, 1, 0, region, tile_capacity=capacity)
         torch.testing.assert_close(got, want)
@@ -73,6 +73,28 @@ def test_a_tile_capacity_changes_nothing_but_the_layout(device, tiles, drop, wit
         for g, r in zip(torch.autograd.grad(got, inputs, grad),
                         torch.autograd.grad(ref, ref_inputs, grad)):
             torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("bad", [1, -2])
+def test_one_tile_with_a_capacity_checks_the_range_without_the_host(bad):
+    """The path CUDA takes with a capacity (a device-side assertion, no copy to the host),
+    which the CPU takes too; without a capacity the message names the value."""
+    x, weight, b = make("cpu", t=1)
+    assignment = torch.zeros(3, 7, 5, dtype=torch.int64)
+    assignment[1, 2, 3] = bad
+    with pytest.raises(RuntimeError, match=r"outside \[-1, 1\) \(one tile\)"):
+        rapa.tiled_conv(x, weight, b, assignment, 1, 0, tile_capacity=105)
+    with pytest.raises(RuntimeError, match=f"holds {bad}, but entries must be"):
+        rapa.tiled_conv(x, weight, b, assignment, 1, 0)
+
+
+@pytest.mark.parametrize("capacity", [-2, 106])
+def test_a_tile_capacity_out_of_range_is_refused(device, capacity):
+    x, weight, b = make(device, t=3)
+    assignment = (torch.arange(105, device=device) % 3).view(3, 7, 5)
+    with pytest.raises(RuntimeError, match=rf"'tile_capacity' must be -1 \(not known\) or a "
+                                           rf"patch count in \[0, 105\], got {capacity}"):
+        rapa.tiled_conv(x, weight, b, assignment, 1, 0, tile_capacity=capacity)
 
 
 def test_a_tile_capacity_too_small_is_refused_on_the_cpu():

@@ -239,3 +239,28 @@ def test_random_fixed_capacity_follows_a_loaded_partition():
     assert scheme.tile_capacity(4, 2, 3, training=True) == 16
     scheme.partition = torch.tensor([[2, 2, 2], [2, 2, 1]])
     assert scheme.tile_capacity(1, 2, 3, training=False) == 5
+
+
+def test_random_fixed_capacity_follows_load_state_dict_every_time():
+    """A loaded partition is a new tensor, which may take the freed memory of the last one
+    with the same version: the kept count must still be redone."""
+    conv = rapa.nn.TiledConv2d(2, 3, 3, padding=1, tiling="random_fixed", num_tiles=3)
+    x = torch.randn(2, 2, 4, 4)
+    conv(x)
+    balanced = conv.state_dict()
+    skewed = dict(balanced, **{"scheme.partition": torch.full((4, 4), 1)})
+    for _ in range(4):
+        conv.load_state_dict(balanced)
+        assert conv.scheme.tile_capacity(2, 4, 4, training=True) == 12
+        conv(x)
+        conv.load_state_dict(skewed)
+        assert conv.scheme.tile_capacity(2, 4, 4, training=True) == 32
+        conv(x)
+
+
+def test_random_fixed_module_compiles_whole():
+    conv = rapa.nn.TiledConv2d(2, 3, 3, padding=1, tiling="random_fixed", num_tiles=3)
+    x = torch.randn(2, 2, 5, 5)
+    want = conv(x)
+    got = torch.compile(conv, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got, want)

@@ -14,6 +14,7 @@ layers fresh drift exponents) and reports mean and spread. --pcm changes the mod
 """
 import torch
 
+from ..cuda_graph import RecordingFailed
 from ..device import device_named
 from ..errors import RapaError
 from ..evaluate import test_net
@@ -44,6 +45,9 @@ def add_arguments(p):
     p.add_argument("--pcm", default="", help="PCM model fields, e.g. "
                    "'prog_noise_scale=0.5,drift_scale=0' (README: PCM drift)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA, launch every kernel of every batch instead of replaying the "
+                   "batch's passes recorded as a CUDA graph")
 
 
 def run(args):
@@ -66,7 +70,14 @@ def run(args):
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
                 raise RapaError("--pcm, --drift-repeats and --drift-compensation go with "
                                 "--drift-time")
-            result = test_net(net, args.iterations, args.votes, progress=progress)
+            analog = [b.name for b in net.learnable() if b.arrays is not None]
+            graph = device.type == "cuda" and not args.no_cuda_graph and not analog
+            try:
+                result = test_net(net, args.iterations, args.votes, progress=progress,
+                                  graph=graph)
+            except RecordingFailed as e:
+                raise RapaError(f"CUDA graph: a test batch could not be recorded ({e}): run "
+                                f"again with --no-cuda-graph") from None
         else:
             return _test_drift(net, args, device, progress)
     finally:
