@@ -40,6 +40,7 @@ from rapa.allocator import KEEP_FREED_ENV
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_nets import add_malloc_option, data_tree, memory_setting, net_step, torch_step  # noqa: E402
+from bench_ops import bench_device  # noqa: E402
 
 # The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
 # update takes, so the two must match.
@@ -86,7 +87,7 @@ def main():
                    help="also time rapa none with this many devices per weight in conv1")
     add_malloc_option(p)
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     if device.type != "cpu":
         args.aihwkit_python = None
     kept, memory = memory_setting(args)

@@ -9,8 +9,9 @@ counts and seeds is many such runs (`rapa sweep --jobs N` starts N at a time). F
 own (its own snapshots and log; no tests, a display every --iters / 8 iterations), and reads
 each run's images/s from its log: the aggregate is the sum over the runs of their median
 speed after the first display (start-up and warm-up excluded). Ratios are against N = 1.
-Each run gets cores / N threads (OMP_NUM_THREADS, unless set).
-On a GPU, CUDA MPS (`nvidia-cuda-mps-control -d`), where the machine allows it, lets the
+Each run gets cores / N threads (OMP_NUM_THREADS, unless set). One measurement per N: on a
+machine that other work shares, repeat it (a run that loses a core to another job slows by
+far more than its share). On a GPU, CUDA MPS (`nvidia-cuda-mps-control -d`), where the machine allows it, lets the
 processes' kernels run side by side instead of time-sliced; the table says whether it ran.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,16 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from rapa.prototxt import read_text  # noqa: E402
 from rapa.proto import pb  # noqa: E402
 from rapa.trainlog import read_log_lines  # noqa: E402
-
-
-def data_root() -> pathlib.Path:
-    """The folder holding data/cifar10: the repository's, or a small generated copy."""
-    if (ROOT / "data/cifar10/cifar10_train_lmdb").exists():
-        return ROOT
-    from datasets import cifar_tree
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    cifar_tree(tmp, n_train=2000, n_test=100)
-    return tmp
+from bench_nets import data_tree  # noqa: E402  (bench/ is on the path when run as a script)
+from bench_ops import bench_device  # noqa: E402
 
 
 def run_folder(solver: pathlib.Path, iters: int, data: pathlib.Path) -> pathlib.Path:
@@ -85,8 +79,9 @@ def main():
     p.add_argument("--solver", default=str(ROOT / "prototxt/cifar10/random_max_short_solver"
                                                    ".prototxt"))
     args = p.parse_args()
+    bench_device(args.device)
     solver = pathlib.Path(args.solver).resolve()
-    data = data_root()
+    data = data_tree()
     batch = next(layer.data_param.batch_size for layer in read_text(
         ROOT / read_text(solver, pb.SolverParameter()).net, pb.NetParameter()).layer
         if layer.type == "Data")
@@ -113,6 +108,8 @@ def main():
                 raise SystemExit(f"bench_concurrent: the run in {f} failed: {err.strip()[-500:]}")
         wall = time.perf_counter() - start
         speeds = [median_speed(f) for f in folders]
+        for f in folders:
+            shutil.rmtree(f)
         total = sum(speeds)
         base = base or total
         print(f"{n:>5} {statistics.median(speeds):>17.0f} {total:>10.0f} {total / base:>9.2f} "

@@ -28,6 +28,7 @@ import torch.multiprocessing as mp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_ops import bench_device  # noqa: E402  (bench/ is on the path when run as a script)
 
 SOLVERS = ["prototxt/cifar10/random_max_short_solver.prototxt",
            "prototxt/cifar10/random_max_rpu_short_solver.prototxt",
@@ -118,6 +119,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--solver", nargs="*", default=SOLVERS)
     args = p.parse_args()
+    bench_device(args.device)
     print(f"torch {torch.__version__}, {args.device}, {os.cpu_count()} cores, "
           f"{args.iters} iterations per run")
     print("| solver | layer | bytes each process puts in per step (all-reduce buffer or "

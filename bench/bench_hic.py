@@ -38,6 +38,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_analog import rate  # noqa: E402
 from bench_nets import data_tree, net_step  # noqa: E402
+from bench_ops import bench_device  # noqa: E402
 
 LR = 0.001
 
@@ -63,7 +64,7 @@ def main():
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     memory = "freed memory kept" if keep_freed_memory() else "system malloc"
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
     print(f"HIC training throughput of the Full net, images/s ({device}, "

@@ -37,7 +37,7 @@ from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from bench_ops import timed  # noqa: E402  (bench/ is on the path when run as a script)
+from bench_ops import bench_device, timed  # noqa: E402  (bench/ is on the path when run as a script)
 
 
 class LRNWithin(torch.nn.Module):
@@ -205,7 +205,7 @@ def main():
     add_malloc_option(p)
     args = p.parse_args()
     _, memory = memory_setting(args)
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     torch.manual_seed(0)
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
     bench_nets(device, args.batch, args.repeat, memory)

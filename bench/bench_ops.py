@@ -12,7 +12,9 @@ Also times mixed_pool and stochastic_pool against max_pool2d on the pooled shape
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
 import torch
@@ -25,6 +27,16 @@ LAYERS = [  # (name, in channels, out channels, side, tiles)
     ("conv2", 32, 32, 16, 4),
     ("conv3", 32, 64, 8, 1),
 ]
+
+
+def bench_device(name: str) -> torch.device:
+    """--device checked as the rapa tools check it: one line and exit where it cannot run."""
+    from rapa.device import device_named
+    from rapa.errors import RapaError
+    try:
+        return device_named(name)
+    except RapaError as e:
+        raise SystemExit(f"{pathlib.Path(sys.argv[0]).name}: {e}") from None
 
 
 def timed(fns, device, repeat, warmup=3, inner=1):
@@ -97,7 +109,7 @@ def main():
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"batch {args.batch}, median of {args.repeat} interleaved runs, forward+backward, ms")

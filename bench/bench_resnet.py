@@ -30,7 +30,7 @@ from rapa.sgd import SGD
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "nets"))
-from bench_ops import timed  # noqa: E402  (bench/ is on the path when run as a script)
+from bench_ops import bench_device, timed  # noqa: E402  (bench/ is on the path when run as a script)
 import resnet  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def main():
     p.add_argument("--width", type=int, default=1)
     args = p.parse_args()
     memory = "freed memory kept" if keep_freed_memory() else "system malloc"
-    device = torch.device(args.device)
+    device = bench_device(args.device)
     torch.manual_seed(0)
     print(f"ResNet-32 (width {args.width}) training throughput, images/s ({device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}, {memory})")

@@ -15,6 +15,7 @@
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_checks.sh OUT [PYTHON]}
 PY=${2:-python3}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac  # steps cd
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."  # the repository's root, wherever this is called from
@@ -30,8 +31,9 @@ step() {
     tail -n 12 "$OUT/$name.txt"
 }
 
-"$PY" -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name() \
-    if torch.cuda.is_available() else None)"
+"$PY" -c "import sys, torch; torch.cuda.is_available() or sys.exit('gpu_checks.sh: torch ' + \
+    torch.__version__ + ' sees no GPU'); print('torch', torch.__version__, 'GPU', \
+    torch.cuda.get_device_name())" || exit 1
 step test_gpu make test-gpu PYTHON="$PY"
 step bench_ops_b10 "$PY" bench/bench_ops.py --device cuda --batch 10
 step bench_ops_b100 "$PY" bench/bench_ops.py --device cuda --batch 100

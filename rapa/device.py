@@ -12,10 +12,13 @@ def device_named(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RapaError(f"--device {name}: not a device (cpu, cuda or cuda:N)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # the library's kernels' devices
+        raise RapaError(f"--device {name}: not a device rapa runs on (cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RapaError(f"--device {name}: this torch has no usable CUDA device")
+            raise RapaError(f"--device {name}: this torch ({torch.__version__}) has no usable "
+                            f"CUDA device")
         if not _library.has_cuda_kernels():
             raise RapaError("the rapa library was built without CUDA kernels; rebuild it with "
                             "a CUDA torch and nvcc, or use --device cpu")

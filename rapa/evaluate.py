@@ -61,7 +61,9 @@ def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = ""
     if graph:
         from .cuda_graph import GraphedStep
         graphs = net.__dict__.setdefault("_test_graphs", {})  # one per number of votes
-        run = graphs.setdefault(votes, GraphedStep(one_batch, say=say))
+        if votes not in graphs:
+            graphs[votes] = GraphedStep(one_batch, say=say)
+        run = graphs[votes]
     bar = Progress(iterations, progress_label or "test", enabled=progress)
     images, totals = 0, None
     for i in range(iterations):

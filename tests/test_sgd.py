@@ -67,6 +67,32 @@ def test_analog_blobs_get_the_arrays_update_and_no_history():
                                torch.tensor([1.0 - 0.2 * (1.0 + 0.1)], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("with_value", [False, True])
+def test_a_rate_on_the_device_updates_as_the_number(with_value):
+    """The solver's rate as a 0-dim tensor (what a CUDA graph reads at each replay): digital
+    blobs take the same step; analog arrays get the number (given, or read back), divided by
+    the passes (1 by default); a blob without a gradient is skipped, not the end."""
+    runs = []
+    for rate in (0.2, torch.tensor(0.2, dtype=torch.float64)):
+        arrays = RecordingArrays()
+        analog = blob([0.5], lr_mult=3, arrays=arrays, name="conv/0")
+        unused = blob([2.0], grad=None, name="conv/1")  # no gradient this step
+        digital = blob([1.0, 3.0], lr_mult=0.5, grad=[1.0, -2.0], name="ip/0")
+        sgd = SGD([analog, unused, digital], momentum=0.5, weight_decay=0.1)
+        if isinstance(rate, torch.Tensor):
+            sgd.step(rate, rate_value=0.2 if with_value else None)
+        else:
+            sgd.step(rate)
+        runs.append((arrays.calls[0][1], unused.blob.detach().clone(), digital.blob.detach()))
+    for lr, unused, digital in runs:
+        assert lr == pytest.approx(0.2 * 3)
+        assert torch.equal(unused, torch.tensor([2.0], dtype=torch.float64))
+        want = torch.tensor([1.0, 3.0], dtype=torch.float64) - 0.2 * 0.5 * (
+            torch.tensor([1.0, -2.0], dtype=torch.float64) + 0.1 * torch.tensor([1.0, 3.0],
+                                                                              dtype=torch.float64))
+        torch.testing.assert_close(digital, want, rtol=0, atol=1e-15)
+
+
 def _analog_files(workdir, max_iter):  # noqa: F811  (a path, not the fixture)
     (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
     (workdir / "solver.prototxt").write_text(SOLVER % max_iter)
@@ -131,3 +157,19 @@ def test_frozen_blobs_lose_any_gradient():
     frozen = blob([1.0], lr_mult=0, grad=[3.0])
     SGD([frozen], momentum=0.9).step(0.1)
     assert frozen.blob.grad is None and float(frozen.blob.detach()) == 1.0
+
+
+def test_the_solver_divides_the_analog_rate_by_its_passes(workdir):  # noqa: F811
+    """iter_size 2: the arrays get rate x lr_mult / 2 (their pending rows are both passes')."""
+    (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
+    (workdir / "solver.prototxt").write_text(SOLVER % 1 + "iter_size: 2\n")
+    solver = Solver(str(workdir / "solver.prototxt"), say=lambda m: None, progress=False)
+    asked = []
+    for b in solver.params:
+        if b.arrays is not None:
+            update = b.arrays.apply_update
+            b.arrays.apply_update = lambda w, lr, generator=None, _u=update: (
+                asked.append(lr), _u(w, lr, generator=generator))
+    solver.solve()
+    rate = 0.05 * 0.1  # base_lr in warm-up (warmup_factor 0.1)
+    assert asked == [pytest.approx(rate / 2), pytest.approx(rate / 2)]

@@ -341,7 +341,7 @@ def test_log_has_epochs_and_the_training_accuracy_between_tests(workdir):
     assert [e["epoch"] for e in train] == [e["iter"] * 4 / 40 for e in train]
 
 
-@pytest.mark.parametrize("clip", [0.0, 3.0, 50.0])
+@pytest.mark.parametrize("clip", [0.0, 0.5, 3.0, 50.0])
 def test_update_clips_the_summed_gradients_then_averages_them_as_caffe(workdir, clip):
     """Caffe's ApplyUpdate: ClipGradients on the gradients summed over iter_size passes, then
     Normalize (/ iter_size), Regularize (+ decay * decay_mult * w), momentum. clip 3 lies

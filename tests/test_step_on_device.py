@@ -194,3 +194,124 @@ def test_the_resume_command_keeps_no_cuda_graph(workdir):
                                    r"\S+ --snapshot snap/tiny_iter_3.solverstate --max-iter 10 "
                                    r"--no-cuda-graph$"):
         solver.solve()
+
+
+def test_the_logged_loss_is_the_mean_of_the_passes(workdir):
+    """iter_size 3: the loss the log and the window hold is the mean of the three passes'
+    losses (summed on the device, divided once)."""
+    path = setup_files(workdir, max_iter=4, scheme="random",
+                       solver_extra="iter_size: 3\naverage_loss: 1\n")  # display: 2
+    solver = deferred(quiet(path))
+    seen, hits = [], []
+    loss = solver.net.loss
+
+    def recording(blobs):
+        value = loss(blobs)
+        seen.append(float(value.detach()))
+        hits.append(int((blobs["ip"].argmax(1) == blobs["label"].long()).sum()))
+        return value
+    solver.net.loss = recording
+    solver.solve()
+    logged = [e["loss"] for e in read_log_lines(workdir / "snap/tiny_log.jsonl")
+              if e["phase"] == "train"]
+    assert len(seen) == 12 and len(set(seen)) == 12
+    assert logged == pytest.approx([sum(seen[3:6]) / 3, sum(seen[9:]) / 3], rel=1e-12)
+    # every pass's predictions counted (no test after iteration 0 cleared them)
+    assert solver.train_predictions == 12 * 4 and solver.train_hits == sum(hits)
+    assert 0 < sum(hits) < 48
+
+
+def test_what_keeps_the_graph_off_is_said_on_cuda_alone(workdir):
+    """Decided before any CUDA call (the graph's streams are made at its first step): the
+    notices and the device the graph is given, checked here by naming the device cuda."""
+    path = setup_files(workdir, max_iter=2, scheme="random")
+    said = []
+    solver = Solver(path, say=said.append, progress=False)
+    assert solver._graphed_step() is None and said == []  # the CPU: nothing to say
+    solver.device = torch.device("cuda", 1)
+    graph = solver._graphed_step()
+    assert graph.device == torch.device("cuda", 1) and graph.warmup == 3
+    assert said[-1].startswith("CUDA graph: the training step is recorded at iteration 3 and "
+                               "replayed after it")
+    solver.iter = 7
+    assert "recorded at iteration 10" in (solver._graphed_step(), said[-1])[1]
+    solver.group.world = 2
+    assert solver._graphed_step() is None
+    assert said[-1] == ("CUDA graph: off (the processes exchange gradients between the passes "
+                        "and the update): training without one")
+    solver.group.world = 1
+    assert graph.step == solver._step and graph.say is solver.say
+    for b in solver.params:  # as analog layers' weights hold their arrays
+        b.arrays = object() if b.name in ("conv/0", "ip/0") else None
+    assert solver._graphed_step() is None
+    assert said[-1] == ("CUDA graph: off (layer(s) conv, ip hold analog arrays, whose updates "
+                        "run on the host): training without one")
+    for b in solver.params:
+        b.arrays = None
+    for off in ("no_cuda_graph", "cuda_graph"):
+        said.clear()
+        if off == "no_cuda_graph":
+            solver.no_cuda_graph = True
+        else:
+            solver.no_cuda_graph, solver.sp.cuda_graph = False, False
+        assert solver._graphed_step() is None and said == []
+    solver.close()
+
+
+def test_a_test_graph_is_kept_with_the_net_per_number_of_votes(workdir, monkeypatch):
+    """The wiring of test_net(graph=True), with a stand-in for the graph (no GPU here): one
+    per number of votes, made once, given the notice's `say`, running the batch's passes."""
+    import rapa.cuda_graph
+    made = []
+
+    class StandIn:
+        def __init__(self, step, say):
+            made.append(say)
+            self.step = step
+
+        def __call__(self, batches):
+            return self.step(batches)
+    monkeypatch.setattr(rapa.cuda_graph, "GraphedStep", StandIn)
+    setup_files(workdir, scheme="random")
+    net = Net.from_file(workdir / "net.prototxt", pb.TEST, seed=3)
+    say = []
+    results = {}
+    for votes, graph in ((3, False), (3, True), (1, True), (3, True)):
+        torch.manual_seed(5)
+        results[(votes, graph)] = evaluate.test_net(net, 4, votes, progress=False, graph=graph,
+                                                    say=say.append)
+    assert made == [say.append, say.append] and sorted(net._test_graphs) == [1, 3]
+    assert results[(3, True)].outputs == results[(3, False)].outputs
+    assert results[(3, True)].vote_accuracy == results[(3, False)].vote_accuracy
+    assert results[(1, True)].vote_accuracy == {} and results[(3, True)].vote_accuracy
+    net.close()
+
+
+def test_hits_leave_out_the_ignored_label_and_a_net_without_labels_counts_none(workdir):
+    path = setup_files(workdir, max_iter=3, scheme="random")
+    net = (workdir / "net.prototxt").read_text()
+    (workdir / "net.prototxt").write_text(net.replace(
+        'top: "loss" }', 'top: "loss" loss_param { ignore_label: 1 } }'))
+    solver = deferred(quiet(path))
+    counted, right = [], []
+    loss = solver.net.loss
+
+    def recording(blobs):
+        labels = blobs["label"].long()
+        counted.append(int((labels != 1).sum()))
+        right.append(int(((blobs["ip"].argmax(1) == labels) & (labels != 1)).sum()))
+        return loss(blobs)
+    solver.net.loss = recording
+    solver.solve()
+    assert solver.train_predictions == sum(counted) and 0 < sum(counted) < 12
+    assert solver.train_hits == sum(right)
+    # The loss is the InnerProduct's top itself (loss_weight): nothing reads labels.
+    (workdir / "net.prototxt").write_text(net.replace(
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }',
+        'layer { name: "sq" type: "Eltwise" bottom: "ip" bottom: "ip" top: "sq" loss_weight: 1 '
+        'eltwise_param { operation: PROD } }'))
+    clear(workdir)
+    solver = deferred(quiet(path))
+    assert solver.scored is None
+    solver.solve()
+    assert solver.train_predictions == 0 and solver.train_hits == 0 and len(solver.losses) == 1

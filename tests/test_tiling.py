@@ -264,3 +264,20 @@ def test_random_fixed_module_compiles_whole():
     want = conv(x)
     got = torch.compile(conv, fullgraph=True, backend="aot_eager")(x)
     torch.testing.assert_close(got, want)
+
+
+def test_random_fixed_counts_its_partition_once_until_it_changes(monkeypatch):
+    """On CUDA counting reads the partition back to the host: once per partition, not per
+    batch; a write into it or a new one is counted again."""
+    scheme = tiling.make_scheme("random_fixed", 3)
+    scheme.prepare((2, 3))
+    counts = []
+    bincount = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: counts.append(1) or bincount(*a, **k))
+    assert [scheme.tile_capacity(n, 2, 3, training=True) for n in (1, 2, 3)] == [2, 4, 6]
+    assert len(counts) == 1
+    scheme.partition.copy_(torch.tensor([[0, 0, 0], [0, 1, 2]]))
+    assert scheme.tile_capacity(1, 2, 3, training=True) == 4 and len(counts) == 2
+    assert scheme.tile_capacity(1, 2, 3, training=False) == 4 and len(counts) == 2
+    scheme.partition = torch.tensor([[1, 1, 1], [1, 1, 1]])
+    assert scheme.tile_capacity(1, 2, 3, training=True) == 6 and len(counts) == 3
