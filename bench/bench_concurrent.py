@@ -6,7 +6,7 @@
 The paper's nets at batch 10 use a small part of a large GPU, and a sweep over schemes, tile
 counts and seeds is many such runs (`rapa sweep --jobs N` starts N at a time). For each N in
 --runs this starts N processes of `rapa train` on the solver together, each in a folder of its
-own (its own snapshots and log; no tests, a display every --iters / 8 iterations), and reads
+own (its own log; no tests, no snapshots, a display every --iters / 8 iterations), and reads
 each run's images/s from its log: the aggregate is the sum over the runs of their median
 speed after the first display (start-up and warm-up excluded). Ratios are against N = 1.
 Each run gets cores / N threads (OMP_NUM_THREADS, unless set). One measurement per N: on a
@@ -39,7 +39,7 @@ from bench_ops import bench_device  # noqa: E402
 
 def run_folder(solver: pathlib.Path, iters: int, data: pathlib.Path) -> pathlib.Path:
     """A folder with the data and prototxt linked and the solver rewritten: iters iterations,
-    no tests, no snapshots but the last, a display every iters / 8."""
+    no tests, no snapshots, a display every iters / 8."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="rapa-concurrent-"))
     (folder / "data").symlink_to(data / "data")
     (folder / "prototxt").symlink_to(ROOT / "prototxt")
@@ -102,14 +102,19 @@ def main():
             stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads})
             for f in folders]
-        for proc, f in zip(procs, folders):
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"bench_concurrent: the run in {f} failed: {err.strip()[-500:]}")
-        wall = time.perf_counter() - start
-        speeds = [median_speed(f) for f in folders]
-        for f in folders:
-            shutil.rmtree(f)
+        try:
+            for proc, f in zip(procs, folders):
+                _, err = proc.communicate()
+                if proc.returncode:
+                    raise SystemExit(f"bench_concurrent: a run failed: {err.strip()[-500:]}")
+            wall = time.perf_counter() - start
+            speeds = [median_speed(f) for f in folders]
+        finally:
+            for proc in procs:  # the others, where one failed
+                proc.kill()
+                proc.wait()
+            for f in folders:
+                shutil.rmtree(f, ignore_errors=True)
         total = sum(speeds)
         base = base or total
         print(f"{n:>5} {statistics.median(speeds):>17.0f} {total:>10.0f} {total / base:>9.2f} "

@@ -98,7 +98,11 @@ class GraphedStep:
                 warnings.simplefilter("always")
                 with torch.cuda.graph(graph, stream=self.stream):
                     outputs = self.step(self.inputs)
-            if any("empty" in str(w.message).lower() for w in caught):
+            empty = [w for w in caught if "CUDA Graph is empty" in str(w.message)]
+            for w in caught:  # the step's own warnings, said as they would have been
+                if w not in empty:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if empty:
                 # Its kernels ran on another device, unrecorded: the step has been done once.
                 raise RecordingFailed("the CUDA graph recorded nothing (the step's work ran on "
                                       "a device other than the graph's)")

@@ -161,7 +161,7 @@ class Group:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
 
-    def sum(self, values: Sequence[float]) -> list[float]:
+    def sum(self, values: Sequence) -> list:
         """The sums over the processes of a few numbers (float64); alone, the values as given
         (0-dim tensors stay on their device)."""
         if self.world == 1:

@@ -60,10 +60,9 @@ def test_net(net: Net, iterations: int, votes: int = 1, progress_label: str = ""
     run = one_batch
     if graph:
         from .cuda_graph import GraphedStep
-        graphs = net.__dict__.setdefault("_test_graphs", {})  # one per number of votes
-        if votes not in graphs:
-            graphs[votes] = GraphedStep(one_batch, say=say)
-        run = graphs[votes]
+        if votes not in net.test_graphs:
+            net.test_graphs[votes] = GraphedStep(one_batch, say=say)
+        run = net.test_graphs[votes]
     bar = Progress(iterations, progress_label or "test", enabled=progress)
     images, totals = 0, None
     for i in range(iterations):

@@ -163,6 +163,8 @@ class Net(torch.nn.Module):
             for t in e.tops:
                 available[t] = None
         self.output_names = list(available)
+        # rapa.evaluate.test_net's CUDA graphs of this net's test passes, by number of votes.
+        self.test_graphs: dict = {}
 
     def _limit_labels(self, producer: dict[str, str]) -> None:
         """Data layers check each record's label against the layers that read it, so that a

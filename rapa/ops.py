@@ -77,8 +77,11 @@ def tiled_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], assignment
     (N, Ho, Wo) with entries in [0, T) or -1 (dropped patch: output 0, no gradient); region
     optional int64 (H, W): a patch of tile t reads pixels of other regions as zero.
     tile_capacity: the most patches one replica gets in this batch, where known
-    (TilingScheme.tile_capacity); on CUDA the op then never waits for the device (a CUDA graph
-    can hold it); on the CPU a tile over it is a RuntimeError naming it.
+    (TilingScheme.tile_capacity), at most N Ho Wo; on CUDA the op then never waits for the
+    device (a CUDA graph can hold it). A tile over it, or an entry out of range, is a
+    RuntimeError naming it on the CPU, and on CUDA a device-side assertion (reported at a
+    later synchronisation, and fatal to the process's CUDA context) instead of the error
+    that names the value without it.
     """
     return torch.ops.rapa.tiled_conv(input, weight, bias, assignment, _pair(stride, "stride"),
                                      _pair(padding, "padding"), region,

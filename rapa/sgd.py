@@ -34,23 +34,20 @@ class SGD:
         self.momentum, self.weight_decay, self.regularization = (momentum, weight_decay,
                                                                  regularization)
         self.digital = [b for b in blobs if b.arrays is None]
+        self.analog = [b for b in blobs if b.arrays is not None]
         self.history = [torch.zeros_like(b.blob) for b in self.digital]
 
     @torch.no_grad()
-    def step(self, rate: Union[float, torch.Tensor], passes: int = 1,
-             rate_value: Optional[float] = None) -> None:
+    def step(self, rate: Union[float, torch.Tensor], passes: int = 1) -> None:
         """One update at the solver's rate; clears the digital gradients. `rate`: a number, or
         a 0-dim tensor on the blobs' device, which the digital update reads on the device (a
-        CUDA graph that holds the step then follows a rate that changes between replays);
-        `rate_value`: the same as a number where the caller has it (the analog updates take
-        a number: else it is read back from the tensor). `passes`: backward passes since the
-        last step (their gradients already averaged by the caller)."""
-        if not isinstance(rate, torch.Tensor):
-            rate_value = rate
-            rate = torch.full((), rate, dtype=torch.float64,
-                              device=self.blobs[0].blob.device) if self.digital else None
-        elif rate_value is None and len(self.digital) < len(self.blobs):
-            rate_value = float(rate)
+        CUDA graph that holds the step then follows a rate that changes between replays; the
+        analog updates take it as a number, read back: they never run in a graph).
+        `passes`: backward passes since the last step (their gradients already averaged by
+        the caller)."""
+        rate_value = float(rate) if self.analog else None
+        if not isinstance(rate, torch.Tensor) and self.digital:
+            rate = torch.full((), rate, dtype=torch.float64, device=self.digital[0].blob.device)
         for b, h in zip(self.digital, self.history):
             g = b.blob.grad
             if b.spec.lr_mult == 0:  # frozen (the net computes no gradient for it, as Caffe)
@@ -64,7 +61,6 @@ class SGD:
             h.mul_(self.momentum).addcmul_(g, rate, value=b.spec.lr_mult)
             b.blob.sub_(h)
             b.blob.grad = None
-        for b in self.blobs:
-            if b.arrays is not None:
-                b.arrays.apply_update(b.blob, rate_value * b.spec.lr_mult / passes,
-                                      generator=self.generator)
+        for b in self.analog:
+            b.arrays.apply_update(b.blob, rate_value * b.spec.lr_mult / passes,
+                                  generator=self.generator)

@@ -129,6 +129,8 @@ class Solver:
         self.progress = progress
         self.no_cuda_graph = no_cuda_graph
         self._graph: Optional[GraphedStep] = None  # solve() decides
+        self._pending: list = []  # (iteration, rate, device tensor (loss, hits, predictions))
+        self._bar: Optional[Progress] = None  # solve()'s progress bar
         # Under torchrun: join the run before anything else, so that a mistake found while
         # setting up is gathered from every process and said once (Group.agree).
         self.group = Group.from_environment()
@@ -241,7 +243,6 @@ class Solver:
         self.params = self.net.learnable()
         # The rate of the current iteration, where the update reads it (rapa.sgd.SGD.step).
         self.rate_t = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._rate = 0.0  # the same, as a number (what the analog updates take)
         # The pulses of the analog updates draw from their own generator, the same on every
         # process, so that every process applies the same pulses.
         self.pulses = torch.Generator(self.device).manual_seed(mix_seed(self.seed, 1))
@@ -319,6 +320,7 @@ class Solver:
     def snapshot(self) -> pathlib.Path:
         """Every process takes part (their generators are saved, and they are checked to hold
         the same weights); process 0 writes."""
+        self._settle(self._bar)  # no snapshot of an update whose loss was not seen
         model_path, state_path = snapshot_paths(self.prefix, self.iter)
         g = self.group
         generators = g.gather_objects(self._generator_states())
@@ -459,7 +461,7 @@ class Solver:
         if sp.iter_size > 1:
             for g in grads:
                 g.div_(sp.iter_size)
-        self.sgd.step(self.rate_t, sp.iter_size, rate_value=self._rate)
+        self.sgd.step(self.rate_t, sp.iter_size)
 
     def _step(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The device's part of one iteration: a forward and backward pass per batch of
@@ -499,11 +501,13 @@ class Solver:
         if why:
             self.say(f"CUDA graph: off ({why}): training without one")
             return None
-        self.say(f"CUDA graph: the training step is recorded at iteration {self.iter + 3} and "
-                 f"replayed after it (cuda_graph: false or --no-cuda-graph turn this off)")
-        return GraphedStep(self._step, warmup=3, say=self.say, device=self.device)
+        graph = GraphedStep(self._step, warmup=3, say=self.say, device=self.device)
+        self.say(f"CUDA graph: the training step is recorded at iteration "
+                 f"{self.iter + graph.warmup} (after {graph.warmup} steps without) and replayed "
+                 f"after it (cuda_graph: false or --no-cuda-graph turn this off)")
+        return graph
 
-    def _settle(self, bar) -> None:
+    def _settle(self, bar: Optional[Progress]) -> None:
         """Brings the iterations' losses and hits recorded on the device (self._pending) to
         the host, in one copy: the smoothed loss, the training accuracy, and the stop at a NaN
         or infinite loss, named with its iteration (the update it made is never saved: every
@@ -514,7 +518,8 @@ class Solver:
         values = torch.stack([v for *_, v in pending]).tolist()
         for (it, rate, _), (loss_value, hits, predictions) in zip(pending, values):
             if not math.isfinite(loss_value):
-                bar.clear()
+                if bar is not None:
+                    bar.clear()
                 raise Stop(f"loss is {loss_value} at iteration {it} (lr {rate:g}): training "
                            f"stopped{self._last_good(self._last_snapshot)}", 3)
             self.losses.append(loss_value)
@@ -691,10 +696,9 @@ class Solver:
                              f"lr_mult, without momentum or weight decay (their biases have "
                              f"both)")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
+        bar = self._bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter
         self._last_snapshot = latest_snapshot(self.prefix)
-        self._pending = []  # (iteration, rate, device tensor (loss, hits, predictions))
         self._graph = self._graphed_step()
         try:
             self.net.train()
@@ -715,7 +719,7 @@ class Solver:
                     if self.group.sum([self._interrupted is not None])[0]:
                         self._generators(drawn)
                         self._stop_for_signal(bar)
-                rate = self._rate = self.rate()
+                rate = self.rate()
                 self.rate_t.fill_(rate)
                 batches = [self.net.read_data() for _ in range(sp.iter_size)]
                 loss_sum, hits, predictions = self._graph(batches) if self._graph else \

@@ -63,10 +63,11 @@ class TilingScheme(torch.nn.Module):
         """Region of each input pixel, or None when patches read across regions."""
         return None
 
-    def tile_capacity(self, batch: int, out_h: int, out_w: int, *, training: bool) -> int:
+    def tile_capacity(self, batch: int, out_h: int, out_w: int, *,
+                      training: bool) -> Optional[int]:
         """The most patches one kernel gets in a batch of `assign`'s (rapa.tiled_conv's
         tile_capacity), known without looking at the assignment: every patch, unless the
-        scheme knows better."""
+        scheme knows better; None where it is not known (random_fixed under torch.compile)."""
         return batch * out_h * out_w
 
     def extra_repr(self) -> str:
@@ -102,6 +103,12 @@ def _check_blocks(height: int, width: int, q: int, what: str, scheme: str) -> No
             f"{q}, got {height}x{width}")
 
 
+def _block_capacity(batch: int, height: int, width: int, q: int) -> int:
+    """The patches of the largest of q x q blocks (or residues) over a batch: ceil(h / q) x
+    ceil(w / q) per image."""
+    return batch * -(-height // q) * -(-width // q)
+
+
 def _block_map(height: int, width: int, q: int, what: str, scheme: str, device) -> Tensor:
     _check_blocks(height, width, q, what, scheme)
     y = torch.arange(height, device=device) * q // height
@@ -127,8 +134,7 @@ class ImageOverlap(TilingScheme):
         return tiles.expand(batch, out_h, out_w).contiguous()
 
     def tile_capacity(self, batch, out_h, out_w, *, training):
-        q = self._square_side()
-        return batch * -(-out_h // q) * -(-out_w // q)
+        return _block_capacity(batch, out_h, out_w, self._square_side())
 
 
 class ImagePad(ImageOverlap):
@@ -165,8 +171,7 @@ class Alternate(TilingScheme):
         return (x.view(1, out_w) + q * y.view(out_h, 1)).expand(batch, out_h, out_w).contiguous()
 
     def tile_capacity(self, batch, out_h, out_w, *, training):
-        q = self._square_side()
-        return batch * -(-out_h // q) * -(-out_w // q)
+        return _block_capacity(batch, out_h, out_w, self._square_side())
 
 
 class RandomFixed(TilingScheme):

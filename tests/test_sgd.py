@@ -67,8 +67,7 @@ def test_analog_blobs_get_the_arrays_update_and_no_history():
                                torch.tensor([1.0 - 0.2 * (1.0 + 0.1)], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("with_value", [False, True])
-def test_a_rate_on_the_device_updates_as_the_number(with_value):
+def test_a_rate_on_the_device_updates_as_the_number():
     """The solver's rate as a 0-dim tensor (what a CUDA graph reads at each replay): digital
     blobs take the same step; analog arrays get the number (given, or read back), divided by
     the passes (1 by default); a blob without a gradient is skipped, not the end."""
@@ -79,10 +78,7 @@ def test_a_rate_on_the_device_updates_as_the_number(with_value):
         unused = blob([2.0], grad=None, name="conv/1")  # no gradient this step
         digital = blob([1.0, 3.0], lr_mult=0.5, grad=[1.0, -2.0], name="ip/0")
         sgd = SGD([analog, unused, digital], momentum=0.5, weight_decay=0.1)
-        if isinstance(rate, torch.Tensor):
-            sgd.step(rate, rate_value=0.2 if with_value else None)
-        else:
-            sgd.step(rate)
+        sgd.step(rate)
         runs.append((arrays.calls[0][1], unused.blob.detach().clone(), digital.blob.detach()))
     for lr, unused, digital in runs:
         assert lr == pytest.approx(0.2 * 3)

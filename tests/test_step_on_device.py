@@ -25,7 +25,7 @@ def quiet(path, **kwargs):
 
 
 def run_log(workdir):
-    """The log without the measured speeds, and the final snapshot's weights."""
+    """The log without the measured speeds."""
     log = [{k: v for k, v in e.items() if k != "images_per_s"}
            for e in read_log_lines(workdir / "snap/tiny_log.jsonl")]
     return log
@@ -151,7 +151,7 @@ def test_no_graph_where_the_user_says_so_cuda(workdir):
     assert solver._graph is None and not any("CUDA graph" in m for m in said)
 
 
-def test_cuda_graph_field_and_flag_change_nothing_on_the_cpu(workdir):
+def test_cuda_graph_field_and_flag_are_taken_on_the_cpu(workdir):
     path = setup_files(workdir, max_iter=3, scheme="random", solver_extra="cuda_graph: false\n")
     said = []
     solver = Solver(path, say=said.append, progress=False, no_cuda_graph=True)
@@ -171,7 +171,7 @@ def test_a_test_replayed_as_a_cuda_graph_gives_the_eager_numbers_cuda(workdir, v
     for graph in (False, True, True):  # the third: the graph kept with the net, replayed
         torch.manual_seed(5)
         results.append(evaluate.test_net(net, 12, votes, progress=False, graph=graph))
-    assert net._test_graphs[votes].graph is not None and net._test_graphs[votes].failed is None
+    assert net.test_graphs[votes].graph is not None and net.test_graphs[votes].failed is None
     for got in results[1:]:
         assert got.outputs == pytest.approx(results[0].outputs, rel=1e-5, abs=1e-6)
         assert got.vote_accuracy == pytest.approx(results[0].vote_accuracy, rel=1e-5, abs=1e-6)
@@ -231,8 +231,8 @@ def test_what_keeps_the_graph_off_is_said_on_cuda_alone(workdir):
     solver.device = torch.device("cuda", 1)
     graph = solver._graphed_step()
     assert graph.device == torch.device("cuda", 1) and graph.warmup == 3
-    assert said[-1].startswith("CUDA graph: the training step is recorded at iteration 3 and "
-                               "replayed after it")
+    assert said[-1].startswith("CUDA graph: the training step is recorded at iteration 3 "
+                               "(after 3 steps without) and replayed after it")
     solver.iter = 7
     assert "recorded at iteration 10" in (solver._graphed_step(), said[-1])[1]
     solver.group.world = 2
@@ -280,7 +280,7 @@ def test_a_test_graph_is_kept_with_the_net_per_number_of_votes(workdir, monkeypa
         torch.manual_seed(5)
         results[(votes, graph)] = evaluate.test_net(net, 4, votes, progress=False, graph=graph,
                                                     say=say.append)
-    assert made == [say.append, say.append] and sorted(net._test_graphs) == [1, 3]
+    assert made == [say.append, say.append] and sorted(net.test_graphs) == [1, 3]
     assert results[(3, True)].outputs == results[(3, False)].outputs
     assert results[(3, True)].vote_accuracy == results[(3, False)].vote_accuracy
     assert results[(1, True)].vote_accuracy == {} and results[(3, True)].vote_accuracy

@@ -68,10 +68,9 @@ def test_a_capacity_outside_its_range_is_refused(capacity):
         tile_layout(torch.tensor([0, 1, 1, 0, -1, 2]), 4, capacity)
 
 
-def test_a_tile_over_its_capacity_never_writes_past_the_rows():
-    """Where device assertions are compiled out the layout must stay in bounds: the patches
-    beyond a tile's capacity go to the spare row, as dropped ones (CPU: the assertion is
-    checked first, so this calls the layout code through a capacity equal to the count)."""
+def test_a_tile_filled_to_its_capacity_fills_its_rows_exactly():
+    """The last tile at its capacity: its patches end on the last row, nothing spills into
+    the spare row. (Past the capacity the assertion fires first on the CPU.)"""
     assignment = torch.tensor([1, 1, 1, 0])
     order, row_of = tile_layout(assignment, 2, 3)
     assert order.tolist() == [3, -1, -1, 0, 1, 2] and row_of.tolist() == [3, 4, 5, 0]
