@@ -104,25 +104,6 @@ inline bool noise_and_test(const AnalogConv<S>& a, S* y, int64_t n, uint64_t bas
   return saturated;
 }
 
-// dst (count x cols, row stride cols) = panel (count x depth, row stride ld, count a multiple
-// of kMR) x kernel (depth x cols, cols a multiple of two vectors), in the micro-kernels.
-template <typename S>
-inline void panel_product(const S* panel, int64_t count, int64_t ld, int64_t depth,
-    const S* kernel, int64_t cols, S* dst) {
-  typedef typename VecOf<S>::type V;
-  constexpr int64_t L = lanes<S>();
-  for (int64_t i0 = 0; i0 < count; i0 += kMR)
-    for (int64_t col = 0; col < cols; col += 2 * L) {
-      V acc[kMR][2];
-      panel_times_columns<S>(panel + i0 * ld, ld, kernel, cols, depth, col, acc);
-#pragma GCC unroll 16
-      for (int i = 0; i < kMR; ++i) {
-        vstore(dst + (i0 + i) * cols + col, acc[i][0]);
-        vstore(dst + (i0 + i) * cols + col + L, acc[i][1]);
-      }
-    }
-}
-
 // One panel of patches through the periphery: rows r in [0, rows) with inputs in[r * ld ..
 // + In), patch numbers m[r]; `product(q, count, y)` multiplies `count` rows (a multiple of kMR)
 // of quantized inputs q (row stride ld) into y (row stride ldy); `emit(r, y_row, scale)`

@@ -208,6 +208,25 @@ inline void panel_times_columns(const S* panel, int64_t ldp, const S* kernel, in
   }
 }
 
+// dst (count x cols, row stride cols) = panel (count x depth, row stride ld, count a multiple
+// of kMR) x kernel (depth x cols, cols a multiple of two vectors), in the micro-kernels.
+template <typename S>
+inline void panel_product(const S* panel, int64_t count, int64_t ld, int64_t depth,
+    const S* kernel, int64_t cols, S* dst) {
+  typedef typename VecOf<S>::type V;
+  constexpr int64_t L = lanes<S>();
+  for (int64_t i0 = 0; i0 < count; i0 += kMR)
+    for (int64_t col = 0; col < cols; col += 2 * L) {
+      V acc[kMR][2];
+      panel_times_columns<S>(panel + i0 * ld, ld, kernel, cols, depth, col, acc);
+#pragma GCC unroll 16
+      for (int i = 0; i < kMR; ++i) {
+        vstore(dst + (i0 + i) * cols + col, acc[i][0]);
+        vstore(dst + (i0 + i) * cols + col + L, acc[i][1]);
+      }
+    }
+}
+
 template <typename S>
 bool forward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, int64_t* index,
     int64_t* bad_value) {
@@ -302,7 +321,6 @@ inline void add_kernel_gradient(const S* G, int64_t O, const S* panel, int64_t K
 template <typename S>
 bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, int64_t* index,
     int64_t* bad_value) {
-  typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
   const int64_t NP = a.Ho * a.Wo, O = a.O, Kpad = a.Kpad, run = a.kw * a.C;
   const int64_t row_step = a.Wp * a.C, unit_image = a.Hp * a.Wp * a.C;
@@ -364,17 +382,7 @@ bool backward_images(const FusedConv<S>& a, int64_t n0, int64_t n1, S* scratch, 
           // Row gradients (rows x K) = G (rows x O) x kernel (O x Kpad) into a panel, then
           // added to the input gradient (adding from registers straight into the scattered
           // patches measured slower).
-          const S* kernel = a.kernels_ok + t * O * Kpad;
-          for (int64_t i0 = 0; i0 < rows; i0 += kMR)
-            for (int64_t col = 0; col < Kpad; col += 2 * L) {
-              V acc[kMR][2];
-              panel_times_columns<S>(G + i0 * O, O, kernel, Kpad, O, col, acc);
-#pragma GCC unroll 16
-              for (int i = 0; i < kMR; ++i) {
-                vstore(rows_grad + (i0 + i) * Kpad + col, acc[i][0]);
-                vstore(rows_grad + (i0 + i) * Kpad + col + L, acc[i][1]);
-              }
-            }
+          panel_product<S>(G, rows, O, O, a.kernels_ok + t * O * Kpad, Kpad, rows_grad);
           for (int64_t r = 0; r < rows; ++r) {
             const S* row = rows_grad + r * Kpad;
             if (padded_layout) {  // whole kernel rows into the padded unit gradient
