@@ -551,6 +551,7 @@ class Solver:
     def _test_all(self, log: Optional[TrainLog]) -> None:
         """Tests every test net and logs the results. A signal stops a test and the rest (the
         resumed run tests this iteration again), keeping the training counts for it."""
+        self._settle(self._bar)  # the training counts of every step before it
         train = {}
         if self.train_predictions:
             train["train_accuracy"] = self.train_hits / self.train_predictions
@@ -736,13 +737,12 @@ class Solver:
                     torch.tensor(summary, dtype=torch.float64)
                 self._pending.append((self.iter, rate, summary))
                 self.iter += 1
-                # On CUDA the numbers stay on the device until they are needed (a display, a
-                # test, a snapshot, a stop, or 100 iterations), so the host never waits for
-                # the GPU in between; elsewhere waiting costs nothing.
-                due = [sp.display and self.iter % sp.display == 0,
-                       sp.snapshot and self.iter % sp.snapshot == 0,
-                       sp.test_interval and self.iter % sp.test_interval == 0,
-                       stop_after_step, self.iter == sp.max_iter, len(self._pending) >= 100]
+                # On CUDA the numbers stay on the device until they are needed (a display, the
+                # last step, or 100 iterations; tests and snapshots read them back themselves),
+                # so the host never waits for the GPU in between; elsewhere waiting costs
+                # nothing.
+                due = [sp.display and self.iter % sp.display == 0, self.iter == sp.max_iter,
+                       len(self._pending) >= 100]
                 if not self.defer_results or any(due):
                     self._settle(bar)
                 smoothed = sum(self.losses) / max(1, len(self.losses))
