@@ -12,7 +12,9 @@ graph and replayed (rapa.cuda_graph.GraphedStep, what rapa train does), against 
 hand-written net's graph.
 Data path: batches of the training LMDB (data/cifar10, or a synthetic one of the same shape)
 read, decoded and augmented (mirror, brightness, mean; and strong augmentation) by the
-background prefetcher, consumed as fast as it delivers them.
+background prefetcher's threads or worker processes (--data-threads, --data-processes), and on
+CUDA copied to the GPU from page-locked memory, consumed as fast as they come; with the CPU time
+the training process itself spends per image (what the workers take off it).
 Freed memory is kept for reuse, as the rapa command does (rapa.allocator); --system-malloc
 measures with glibc's defaults.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import sys
 import tempfile
 import time
@@ -164,33 +167,44 @@ def bench_nets(device, batches, repeat, memory):
         n.close()
 
 
-def bench_data(batches, threads=(1,), seconds=3.0):
+def bench_data(batches, device, preparers=(("threads", 1),), seconds=3.0):
     root = data_tree()
-    print(f"\nData path, images/s (LMDB {root / 'data/cifar10/cifar10_train_lmdb'}, prefetcher "
-          f"threads, decode + transform)")
-    for strong, batch, n in ((s, b, n) for s in (False, True) for b in batches for n in threads):
+    print(f"\nData path, images/s (LMDB {root / 'data/cifar10/cifar10_train_lmdb'}, read + "
+          f"decode + transform" + (f" + copy to {device}" if device.type != "cpu" else "") + ")")
+    for strong, batch, (kind, n) in ((s, b, p) for s in (False, True) for b in batches
+                                     for p in preparers):
         param = pb.NetParameter()
         layer = param.layer.add(name="data", type="Data", top=["data", "label"])
         layer.data_param.source = str(root / "data/cifar10/cifar10_train_lmdb")
         layer.data_param.batch_size = batch
-        layer.data_param.threads = n
+        setattr(layer.data_param, kind, n)
         tp = layer.transform_param
         tp.mean_file = str(root / "data/cifar10/mean.binaryproto")
         tp.mirror, tp.brightness = True, 20
         if strong:
             tp.strong_augmentation.max_scale = 1.3
-        net = Net(param, pb.TRAIN)
+        net = Net(param, pb.TRAIN).to_device(device)
         # As a net with a 10-class loss has it: each batch's labels are range-checked.
         net.layer("data").limit_labels(10, None, "the loss")
-        for _ in range(3):
+        for _ in range(3 * net.layer("data").prefetcher.chunk_batches):  # workers started
             net.read_data()
-        count, t0 = 0, time.perf_counter()
+        count, t0, cpu0 = 0, time.perf_counter(), own_cpu_seconds()
         while time.perf_counter() - t0 < seconds:
             count += net.read_data()["data"].shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         rate = count / (time.perf_counter() - t0)
+        cpu_per_image = (own_cpu_seconds() - cpu0) / count
         net.close()
         what = "mirror+brightness+mean" + (" +strong" if strong else "")
-        print(f"  batch {batch:>4}, {what:<30} {n:>2} thread(s) {rate:>9.0f}")
+        print(f"  batch {batch:>4}, {what:<30} {n:>2} {kind:<9} {rate:>9.0f} img/s, "
+              f"{cpu_per_image * 1e6:5.1f} us of the training process's CPU per image")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process, its threads included, its worker processes not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main():
@@ -200,17 +214,22 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[10, 100])
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--skip-nets", action="store_true")
     p.add_argument("--data-threads", type=int, nargs="+", default=[1, 2],
                    help="prefetch threads of the data path's runs (data_param.threads)")
+    p.add_argument("--data-processes", type=int, nargs="*", default=[2],
+                   help="worker processes of the data path's runs (data_param.processes)")
     add_malloc_option(p)
     args = p.parse_args()
     _, memory = memory_setting(args)
     device = bench_device(args.device)
     torch.manual_seed(0)
     os.chdir(data_tree())  # the nets' Data layers open the prototxt's relative LMDB paths
-    bench_nets(device, args.batch, args.repeat, memory)
+    if not args.skip_nets:
+        bench_nets(device, args.batch, args.repeat, memory)
     if not args.skip_data:
-        bench_data(args.batch, args.data_threads)
+        bench_data(args.batch, device, [("threads", n) for n in args.data_threads] +
+                   [("processes", n) for n in args.data_processes])
 
 
 if __name__ == "__main__":

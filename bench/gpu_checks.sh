@@ -7,9 +7,9 @@
 # benchmarks on cuda with short rounds: the tiled convolution against cuDNN at batch 10 and 100,
 # the nets, the analog and HIC nets, and data-parallel training with 2 processes on the one GPU
 # (NCCL) against one process (FP, RPU and HIC nets), and rapa train end to end (the main job's
-# solver, 3000 iterations, data included) with its step as a CUDA graph and without, and 1, 2,
-# 4 and 8 such runs at once on the one GPU. Each step's output goes to OUT/<step>.txt (10
-# files) and its last lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
+# solver, 3000 iterations, data included) with its step as a CUDA graph and without, and with
+# 4 data worker processes, and 1, 2, 4 and 8 such runs at once on the one GPU; the data path
+# alone with threads and processes. Each step's output goes to OUT/<step>.txt (12 files) and its last lines to the terminal; a failing step does not stop the others. PYTHON (python3) must have
 # the packages of the Makefile's PY_DEPS (lmdb included: the benchmarks write small LMDBs when
 # data/cifar10 is missing); nothing is installed but the library.
 set -uo pipefail
@@ -38,6 +38,8 @@ step test_gpu make test-gpu PYTHON="$PY"
 step bench_ops_b10 "$PY" bench/bench_ops.py --device cuda --batch 10
 step bench_ops_b100 "$PY" bench/bench_ops.py --device cuda --batch 100
 step bench_nets "$PY" bench/bench_nets.py --device cuda --skip-data
+step bench_data "$PY" bench/bench_nets.py --device cuda --skip-nets --data-threads 1 \
+    --data-processes 2 4 8
 step bench_analog "$PY" bench/bench_analog.py --device cuda --seconds 3 --rounds 2
 step bench_hic "$PY" bench/bench_hic.py --device cuda --seconds 3 --rounds 2
 # bench_distributed's solvers read data/cifar10 from the folder it runs in: the real data
@@ -57,11 +59,18 @@ step bench_distributed bash -c "cd '$RUN_IN' && '$PY' '$ROOT/bench/bench_distrib
     --device cuda --processes 2 --iters 30 --solver $SOLVERS"
 # rapa train in a folder of its own (its snapshots must not meet make run's): the main job's
 # solver for 3000 iterations, images/s at each display (500), with the step graphed and not.
+# And once more graphed, its training batches prepared by 4 worker processes instead of the
+# one thread (data_param.processes, in a copy of the nets).
 TRAIN_IN=$(mktemp -d)
 ln -s "$RUN_IN/data" "$TRAIN_IN/data"
-ln -s "$ROOT/prototxt" "$TRAIN_IN/prototxt"
-for mode in graphed eager; do
+cp -r "$ROOT/prototxt" "$TRAIN_IN/prototxt"
+for mode in graphed eager processes; do
     flag=$([ $mode = eager ] && echo --no-cuda-graph)
+    if [ $mode = processes ]; then
+        sed -i 's|source: "data/cifar10/cifar10_train_lmdb"|& processes: 4|' \
+            "$TRAIN_IN/prototxt/cifar10/random_max.prototxt"
+        rm -rf "$TRAIN_IN/snapshots"
+    fi
     step train_$mode bash -c "cd '$TRAIN_IN' && '$PY' -m rapa train --solver \
         prototxt/cifar10/random_max_short_solver.prototxt --device cuda --max-iter 3000 \
         --no-progress $flag"

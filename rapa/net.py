@@ -285,7 +285,7 @@ class Net(torch.nn.Module):
     def to_device(self, device: torch.device) -> "Net":
         self.to(device)
         for layer in self.data_layers():
-            layer.output_device = device
+            layer.set_output_device(device)
         return self
 
     def data_layers(self) -> list[DataLayer]:

@@ -1,4 +1,8 @@
 """Datum records, LMDB reading, transforms and the prefetcher, on data the tests make."""
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,7 @@ from datasets import random_images, write_lmdb
 from rapa.data.datum import decode, encode_raw
 from rapa.data.lmdb_source import LmdbSource
 from rapa.data.lmdb_writer import LmdbWriter
-from rapa.data.prefetch import Prefetcher
+from rapa.data.prefetch import Prefetcher, is_worker_death, worker_stopped
 from rapa.data.transform import Transformer
 from rapa.errors import RapaError
 from rapa.proto import pb
@@ -288,3 +292,153 @@ def test_the_data_layer_takes_its_threads_and_refuses_too_many(tmp_path, monkeyp
         with pytest.raises(RapaError, match=f"layer 'd'.*data_param.threads must be in "
                                             f"\\[1, 64\\], got {bad}"):
             Net(parse_text(text % bad, pb.NetParameter()), pb.TRAIN)
+
+
+def _worker_pids(p: Prefetcher) -> list[int]:
+    return [w.pid for w in p._loader._iterator._workers]
+
+
+def test_worker_processes_give_the_same_batches_in_order_without_touching_torch_s_rng(
+        tmp_path):
+    """data_param.processes: chunks of batches from worker processes equal one thread's
+    batches, across chunk ends, after a seek into the middle of a chunk and after a reseed;
+    torch's global generator (which random tiling draws from) is left alone; close ends them."""
+    import multiprocessing
+    images, labels = random_images(25, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    t = transformer("crop_size: 6 mirror: true brightness: 10 "
+                    "strong_augmentation { max_scale: 1.3 }")
+    one = Prefetcher(src, t, batch_size=4, seed=5)
+    many = Prefetcher(src, t, batch_size=4, seed=5, processes=2)
+    assert many.chunk_batches == 64  # 256 images a chunk: a step of 2 per batch crosses chunks
+    for p in (one, many):
+        p.shard(1, 2)
+    rng = torch.get_rng_state()
+    try:
+        for step in range(140):
+            x, y = next(many)
+            ref = next(one)
+            assert torch.equal(x, ref[0]) and torch.equal(y, ref[1]), step
+        assert many.next_index == one.next_index == 280
+        for p in (one, many):
+            p.seek(33)
+        for step in range(70):
+            assert torch.equal(next(many)[0], next(one)[0]), step
+        pids = _worker_pids(many)
+        for p in (one, many):
+            p.seed = 6
+        for step in range(3):
+            assert torch.equal(next(many)[0], next(one)[0]), step
+        assert _worker_pids(many) == pids  # a seek or a reseed keeps the workers
+        assert torch.equal(torch.get_rng_state(), rng)
+    finally:
+        one.close(), many.close()
+    deadline = time.time() + 10
+    while multiprocessing.active_children() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("bad_batch", [0, 2])  # first of its chunk, or inside it
+def test_a_bad_record_in_a_worker_process_is_raised_in_turn(tmp_path, bad_batch):
+    images, labels = random_images(12, h=8, w=8, classes=3)
+    labels[bad_batch * 4 + 1] = 7
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=2)
+    p.limit_labels(3, None, "the loss")
+    try:
+        for _ in range(bad_batch):
+            next(p)
+        for again in range(2):  # a later read starts at the bad batch again
+            with pytest.raises(RapaError, match="key .*: label 7, but the loss takes labels in "
+                                                "\\[0, 3\\)") as e:
+                next(p)
+            assert "\n" not in str(e.value) and p.next_index == bad_batch
+    finally:
+        p.close()
+
+
+def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=100, seed=1, processes=2)
+    try:
+        next(p)  # chunks of 3 batches: 12 more batches are prepared or queued
+        for pid in _worker_pids(p):
+            os.kill(pid, signal.SIGINT)
+        for _ in range(12):
+            next(p)
+        # torch's loader learns of the death from SIGCHLD, whose handler raises wherever the
+        # process is (the command line says that in one line too); or a read finds it.
+        with pytest.raises((RapaError, RuntimeError)) as e:
+            os.kill(_worker_pids(p)[0], signal.SIGKILL)
+            for _ in range(100):
+                next(p)
+        if isinstance(e.value, RapaError):
+            assert str(e.value).startswith(f"database {tmp_path / 'db'}: a worker process "
+                                           f"preparing batches stopped (")
+        else:
+            assert is_worker_death(e.value)
+        assert "\n" not in worker_stopped(e.value) and "\n" not in str(e.value)
+    finally:
+        p.close()
+
+
+def test_a_source_sent_to_another_process_opens_its_own_environment(tmp_path):
+    """What a spawned worker gets: the database's path and keys, and its own environment."""
+    import pickle
+    images, labels = random_images(5, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    copy = pickle.loads(pickle.dumps(src))
+    got, got_labels = copy.read_many(3, 4)
+    np.testing.assert_array_equal(got, images[[3, 4, 0, 1]])
+    np.testing.assert_array_equal(got_labels, labels[[3, 4, 0, 1]])
+    # and the whole of what a worker runs: the reader with its transform and label limits
+    p = Prefetcher(src, transformer("mirror: true strong_augmentation { max_scale: 1.2 }",
+                                    mean=np.ones((3, 8, 8), np.float32)), 2, seed=4)
+    p.limit_labels(10, None, "the loss")
+    reader = pickle.loads(pickle.dumps(p.reader))
+    for index in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(reader(index, 4), p.batch(index)))
+    assert reader.label_limits == [(10, None, "the loss")]
+
+
+def test_the_data_layer_takes_its_processes_and_refuses_bad_ones(tmp_path, monkeypatch):
+    from rapa.net import Net
+    write_lmdb(tmp_path / "db", *random_images(8, h=6, w=6))
+    monkeypatch.chdir(tmp_path)
+    text = ('layer { name: "d" type: "Data" top: "x" data_param { source: "db" batch_size: 2 '
+            '%s } }')
+    net = Net(parse_text(text % "processes: 2", pb.NetParameter()), pb.TRAIN)
+    assert net.layer("d").prefetcher.processes == 2
+    assert net.read_data()["x"].shape == (2, 3, 6, 6)
+    net.close()
+    for bad, message in (("processes: 65", "data_param.processes must be in \\[0, 64\\], got 65"),
+                         ("processes: 2 threads: 2", "give either data_param.threads or "
+                                                     "data_param.processes, not both")):
+        with pytest.raises(RapaError, match=f"layer 'd'.*{message}"):
+            Net(parse_text(text % bad, pb.NetParameter()), pb.TRAIN)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("how", [{"threads": 2}, {"processes": 2}])
+def test_batches_for_a_gpu_come_in_page_locked_memory_cuda(tmp_path, how):
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    t = transformer("mirror: true")
+    plain, pinned = Prefetcher(src, t, 4, seed=1), Prefetcher(src, t, 4, seed=1, **how)
+    pinned.set_pin_memory(True)
+    try:
+        for step in range(5):
+            x, y = next(pinned)
+            ref = next(plain)
+            assert x.is_pinned() and y.is_pinned() and not ref[0].is_pinned()
+            assert torch.equal(x, ref[0]) and torch.equal(y, ref[1]), step
+    finally:
+        plain.close(), pinned.close()
+    from rapa.net import Net  # a net moved to the GPU asks its Data layers for it
+    text = ('layer { name: "d" type: "Data" top: "x" data_param { source: "%s" batch_size: 2 '
+            '} }' % (tmp_path / "db"))
+    net = Net(parse_text(text, pb.NetParameter()), pb.TRAIN).to_device(torch.device("cuda"))
+    assert net.layer("d").prefetcher.pin_memory and net.read_data()["x"].is_cuda
+    net.close()

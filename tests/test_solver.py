@@ -263,10 +263,11 @@ def _train_cmd(workdir, *extra):
             "--no-progress", *extra]
 
 
-def _start_training(workdir) -> subprocess.Popen:
-    """A `rapa train` process, returned once its log has 3 lines (it is mid-run)."""
+def _start_training(workdir, new_group=False) -> subprocess.Popen:
+    """A `rapa train` process, returned once its log has 3 lines (it is mid-run); with
+    `new_group`, leading a process group of its own (to signal it as a terminal does)."""
     proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=new_group)
     log = workdir / "snap/tiny_log.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None and not (
@@ -286,6 +287,56 @@ def test_interrupt_writes_snapshot_then_resume_matches(workdir):
     snap = latest_snapshot("snap/tiny")
     assert snap is not None
     assert int(snap.stem.rsplit("_", 1)[1]) < 400
+
+
+def test_worker_processes_train_as_a_thread_resume_exactly_and_outlive_ctrl_c(workdir):
+    """data_param.processes: the same batches as one thread, so the same weights bit for bit,
+    through test passes (which seek back every time) and a resume; a Ctrl-C, which reaches
+    the workers too, stops the run with its snapshot as with threads."""
+    solver_path = setup_files(workdir, scheme="random")
+    straight = Solver(solver_path, say=lambda m: None, progress=False)
+    straight.solve()
+    final = weights(straight)
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    net = workdir / "net.prototxt"
+    net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 2 }"))
+    assert net.read_text().count("processes: 2") == 2
+    first = Solver(solver_path, max_iter=8, say=lambda m: None, progress=False)
+    assert first.net.layer("data").prefetcher.processes == 2
+    first.solve()
+    first.close()
+    resumed = Solver(solver_path, say=lambda m: None, progress=False)
+    resumed.solve(resume="auto")
+    resumed.close()
+    for n, w in weights(resumed).items():
+        torch.testing.assert_close(w, final[n], rtol=0, atol=0)
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    (workdir / "solver.prototxt").write_text(SOLVER % 400)
+    proc = _start_training(workdir, new_group=True)
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGINT at iteration" in err and "Traceback" not in err
+    assert latest_snapshot("snap/tiny") is not None
+
+
+def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir):
+    setup_files(workdir, max_iter=400)
+    net = workdir / "net.prototxt"
+    net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 2 }"))
+    proc = _start_training(workdir)
+    children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = children.read_text().split() if children.exists() else []
+    if not workers:
+        proc.kill()
+        pytest.skip("the system does not list a process's children")
+    os.kill(int(workers[0]), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert re.fullmatch(r"rapa train: error: (database \S+: )?a worker process preparing "
+                        r"batches stopped \(.*\)\n", err), err
 
 
 def test_kill_9_mid_run_loses_nothing(workdir):

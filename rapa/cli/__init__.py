@@ -52,6 +52,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\nrapa {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from ..data.prefetch import is_worker_death, worker_stopped
+        if not is_worker_death(e):
+            raise
+        print(f"rapa {args.command}: error: {worker_stopped(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,12 +11,21 @@ from .datum import RecordError, decode
 
 
 # LMDB allows one open environment per database and process: the train and test nets (and
-# any later net) share it. Keyed by the file's identity, so a rewritten database reopens.
+# any later net) share it. Keyed by the file's identity, so a rewritten database reopens. An
+# environment is not to be used across fork: a forked process (a worker preparing batches)
+# closes its copies of the parent's and opens its own.
 _ENVS: dict = {}
+_ENVS_PID = os.getpid()
 
 
 def _open(path: pathlib.Path):
     import lmdb
+    global _ENVS_PID
+    if os.getpid() != _ENVS_PID:
+        for env in _ENVS.values():
+            env.close()
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
     st = (path / "data.mdb").stat()
     key = (str(path.resolve()), st.st_ino, st.st_mtime_ns)
     if key not in _ENVS:
@@ -48,7 +57,7 @@ class LmdbSource:
         if not (self.path / "data.mdb").is_file():
             what = "is not an LMDB (no data.mdb in it)" if self.path.is_dir() else "does not exist"
             raise RapaError(f"database {self.path} {what}")
-        self.env = _open(self.path)
+        self._env, self._pid = _open(self.path), os.getpid()
         try:
             with self.env.begin() as txn:
                 self.keys = list(txn.cursor().iternext(keys=True, values=False))
@@ -60,6 +69,19 @@ class LmdbSource:
         self.force_color, self.force_gray = force_color, force_gray
         with self.env.begin(buffers=True) as txn:
             self.shape = self._record(txn, self.keys[0])[0].shape
+
+    @property
+    def env(self):
+        """The LMDB environment, opened in this process (a forked or spawned worker opens its
+        own)."""
+        if self._pid != os.getpid():
+            self._env, self._pid = _open(self.path), os.getpid()
+        return self._env
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"], state["_pid"] = None, None  # the receiving process opens its own
+        return state
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -1,55 +1,61 @@
-"""Batches prepared in background threads, in order, a few ahead of the training loop.
+"""Batches prepared in the background, in order, a few ahead of the training loop.
 
 Batch b holds the records from position (rand_skip + b * batch_size) on, wrapping around, and
 its augmentation draws come from a generator seeded by (seed, b). So a batch depends on its
 index alone and a resumed run (seek(b)) sees exactly the batches that an uninterrupted run
-would. Errors in a thread (a bad record) are raised in the consumer, at that batch's turn.
+would. Errors in the background (a bad record) are raised in the consumer, at that batch's
+turn, as the one-line message that names the database and the key.
 
 In a run of `world` processes (rapa.distributed) process `rank` reads batches rank, rank +
 world, rank + 2 world, ...: the processes' batches of one step, in rank order, are the records
 one process would read with a batch `world` times larger. The position (next_index) counts the
 batches of all processes, so a snapshot's cursor means the same records for any world size.
 
-With `threads` n > 1 (data_param.threads), thread j prepares the j-th of every n batches this
-process reads, each into its own queue, and the consumer takes them in turn: the same batches
-in the same order as one thread's. LMDB reads, image decoding and torch's transforms release
-the GIL and run in parallel; parsing the Datum records does not.
+Two ways to prepare them, both giving the same batches in the same order:
+- `threads` n (data_param.threads): thread j prepares the j-th of every n batches this
+  process reads, each into its own queue, and the consumer takes them in turn. LMDB reads,
+  image decoding and torch's transforms release the GIL; parsing the records and the
+  transforms' Python do not, which caps threads at about one core's worth of batches.
+- `processes` n (data_param.processes): n worker processes of torch's DataLoader, each with
+  its own interpreter, prepare chunks of consecutive batches (at least CHUNK_IMAGES images, so
+  that one message between processes carries many small batches) and the loader hands them
+  over in order. For a GPU host with cores to spare, where training at batch 10 consumes tens
+  of thousands of images a second. The workers ignore SIGINT: Ctrl-C stops the training loop,
+  which still tests and snapshots, not the workers.
+With `pin_memory` (set for a net on CUDA) the batches come in page-locked memory, so that the
+copy to the GPU runs asynchronously.
 """
 from __future__ import annotations
 
+import math
 import queue
+import signal
 import threading
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from ..errors import RapaError
 from ..seeds import mix_seed
 from .lmdb_source import LmdbSource
 from .transform import Transformer
 
+CHUNK_IMAGES = 256  # the least images a worker process hands over at once
 
-class Prefetcher:
-    def __init__(self, source: LmdbSource, transform: Transformer, batch_size: int,
-                 seed: int, depth: int = 4, skip: int = 0, threads: int = 1):
+
+class BatchReader:
+    """Batch `index` of a database under a seed: reads, checks the labels, transforms. What a
+    worker thread or process runs; picklable (a spawned worker process gets a copy)."""
+
+    def __init__(self, source: LmdbSource, transform: Transformer, batch_size: int, skip: int):
         self.source, self.transform = source, transform
-        self.batch_size, self.seed, self.skip = batch_size, seed, skip
-        self.depth = max(1, depth)
-        self.threads = max(1, threads)
-        self.next_index = 0
-        self.rank, self.world = 0, 1
-        self._workers: list[tuple[threading.Thread, queue.Queue]] = []
-        self._first = 0  # next_index when the workers started
-        self._stop = threading.Event()
-        self._label_limits: list[tuple[int, Optional[int], str]] = []
-
-    def limit_labels(self, classes: int, ignore: Optional[int], reader: str) -> None:
-        """Every label must lie in [0, classes) or equal `ignore`, as `reader` (a layer) needs."""
-        self._label_limits.append((classes, ignore, reader))
+        self.batch_size, self.skip = batch_size, skip
+        self.label_limits: list[tuple[int, Optional[int], str]] = []
 
     def _check_labels(self, labels: np.ndarray, start: int) -> None:
-        for classes, ignore, reader in self._label_limits:
+        for classes, ignore, reader in self.label_limits:
             bad = (labels < 0) | (labels >= classes)
             if ignore is not None:
                 bad &= labels != ignore
@@ -59,24 +65,154 @@ class Prefetcher:
                                 f"{self.source.key_at(start + i)!r}: label {labels[i]}, but "
                                 f"{reader} takes labels in [0, {classes})")
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = (self.skip + index * self.batch_size) % len(self.source)
         images, labels = self.source.read_many(start, self.batch_size)
         self._check_labels(labels, start)
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, index))
+        gen = torch.Generator().manual_seed(mix_seed(seed, index))
         return self.transform(images, gen), torch.from_numpy(labels)
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Key (seed, batch indices) -> (images (K, N, C, H, W), labels (K, N), error): the first K
+    batches that could be read, and the error that stopped the rest (or None)."""
+
+    def __init__(self, reader: BatchReader):
+        self.reader = reader
+
+    def __getitem__(self, key):
+        seed, indices = key
+        images = labels = error = None
+        done = 0
+        for index in indices:
+            try:
+                x, y = self.reader(index, seed)
+            except Exception as e:  # handed to the consumer, raised at this batch's turn
+                error = e if isinstance(e, RapaError) else RapaError(f"{type(e).__name__}: {e}")
+                break
+            if images is None:
+                images = torch.empty((len(indices), *x.shape), dtype=x.dtype)
+                labels = torch.empty((len(indices), *y.shape), dtype=y.dtype)
+                if torch.utils.data.get_worker_info() is not None:
+                    # written once, in shared memory: handing it over copies nothing more
+                    images.share_memory_(), labels.share_memory_()
+            images[done], labels[done] = x, y
+            done += 1
+        if not done:
+            return None, None, error
+        return images[:done], labels[:done], error
+
+
+class _ChunkKeys(torch.utils.data.Sampler):
+    """The keys of this process's chunks from the prefetcher's position on, without end; read
+    when the loader (re)starts, so a seek, a reseed or a new shard takes effect there."""
+
+    def __init__(self, prefetcher: "Prefetcher"):
+        self.p = prefetcher
+
+    def __iter__(self):
+        p = self.p
+        seed, first, step, per_chunk = p.seed, p.next_index + p.rank, p.world, p.chunk_batches
+        k = 0
+        while True:
+            yield seed, tuple(first + (k + i) * step for i in range(per_chunk))
+            k += per_chunk
+
+
+def worker_stopped(error: BaseException) -> str:
+    """The one line for a worker process that died (killed for memory, by a signal). torch's
+    loader says so from its SIGCHLD handler, which may raise its RuntimeError anywhere in the
+    training process: the command line turns that into this line too."""
+    return f"a worker process preparing batches stopped ({str(error).splitlines()[0]})"
+
+
+def is_worker_death(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and str(error).startswith("DataLoader worker")
+
+
+def _worker_init(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the training loop handles it (a last test and a
+    # snapshot need the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Prefetcher:
+    def __init__(self, source: LmdbSource, transform: Transformer, batch_size: int,
+                 seed: int, depth: int = 4, skip: int = 0, threads: int = 1,
+                 processes: int = 0):
+        self.reader = BatchReader(source, transform, batch_size, skip)
+        self.source, self.batch_size = source, batch_size
+        self._seed = seed
+        self.depth = max(1, depth)
+        self.threads = max(1, threads)
+        self.processes = max(0, processes)
+        self.chunk_batches = max(1, math.ceil(CHUNK_IMAGES / batch_size))
+        self.pin_memory = False
+        self.next_index = 0
+        self.rank, self.world = 0, 1
+        # threads
+        self._workers: list[tuple[threading.Thread, queue.Queue]] = []
+        self._first = 0  # next_index when the workers started
+        self._stop = threading.Event()
+        # processes: the loader (its workers persist across seeks), its iterator, the chunk
+        # being handed out and the position in it
+        self._loader: Optional[torch.utils.data.DataLoader] = None
+        self._chunks = None
+        self._chunk: Optional[tuple] = None
+        self._chunk_pos = 0
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        """Draw the augmentation from `seed` from the next batch on."""
+        self.seek(self.next_index)
+        self._seed = seed
+
+    def limit_labels(self, classes: int, ignore: Optional[int], reader: str) -> None:
+        """Every label must lie in [0, classes) or equal `ignore`, as `reader` (a layer) needs."""
+        self.close()  # worker processes hold a copy of the reader
+        self.reader.label_limits.append((classes, ignore, reader))
+
+    def set_pin_memory(self, pin: bool) -> None:
+        """Hand out batches in page-locked memory (for a net on CUDA) or not."""
+        if pin != self.pin_memory:
+            self.close()
+            self.pin_memory = pin
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index`, read here and now."""
+        return self.reader(index, self._seed)
 
     def shard(self, rank: int, world: int) -> None:
         """Read as process `rank` of `world` (see above)."""
-        self.close()
+        self.seek(self.next_index)
         self.rank, self.world = rank, world
+
+    def seek(self, index: int) -> None:
+        """The next batch returned will be batch `index` (plus the rank)."""
+        self._close_threads()
+        self._chunks, self._chunk = None, None  # the loader restarts its keys at the next read
+        self.next_index = index
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._next_from_processes() if self.processes else self._next_from_threads()
+        self.next_index += self.world
+        return x, y
+
+    # -- threads -------------------------------------------------------------------------------
 
     def _run(self, first: int, q: queue.Queue, stop: threading.Event) -> None:
         """Batches first + rank, then every (threads x world)-th after it, into q."""
         index = first + self.rank
         while not stop.is_set():
             try:
-                item = (index, self.batch(index), None)
+                x, y = self.batch(index)
+                if self.pin_memory:
+                    x, y = x.pin_memory(), y.pin_memory()
+                item = (index, (x, y), None)
             except BaseException as e:  # handed to the consumer, raised there
                 item = (index, None, e)
             while not stop.is_set():
@@ -89,12 +225,7 @@ class Prefetcher:
                 return
             index += self.world * self.threads
 
-    def seek(self, index: int) -> None:
-        """The next batch returned will be batch `index` (plus the rank)."""
-        self.close()
-        self.next_index = index
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_from_threads(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._workers:
             self._stop = threading.Event()
             self._first = self.next_index
@@ -114,12 +245,48 @@ class Prefetcher:
             self.close()
             raise error
         assert index == self.next_index + self.rank
-        self.next_index += self.world
         return batch
 
-    def close(self) -> None:
+    def _close_threads(self) -> None:
         if self._workers:
             self._stop.set()
             for thread, _ in self._workers:
                 thread.join()
             self._workers = []
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _next_from_processes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._chunk is None or self._chunk_pos == len(self._chunk[0]):
+            if self._chunk is not None and self._chunk[2] is not None:
+                self._raise(self._chunk[2])
+            if self._loader is None:
+                # Its own generator: the loader draws a seed for its workers at every start,
+                # which must not move torch's global generator (random tiling draws from it).
+                self._loader = torch.utils.data.DataLoader(
+                    _Chunks(self.reader), batch_size=None, sampler=_ChunkKeys(self),
+                    num_workers=self.processes, pin_memory=self.pin_memory,
+                    worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2,
+                    generator=torch.Generator().manual_seed(0))
+            if self._chunks is None:
+                self._chunks = iter(self._loader)
+            try:
+                self._chunk = next(self._chunks)
+            except (RuntimeError, OSError, EOFError) as e:  # a worker killed (out of memory)
+                self.close()
+                raise RapaError(f"database {self.source.path}: {worker_stopped(e)}") from None
+            self._chunk_pos = 0
+            if self._chunk[0] is None:
+                self._raise(self._chunk[2])
+        images, labels, _ = self._chunk
+        i, self._chunk_pos = self._chunk_pos, self._chunk_pos + 1
+        return images[i], labels[i]
+
+    def _raise(self, error: BaseException):
+        self.close()  # a later read starts again at this batch (and meets the error again)
+        raise error
+
+    def close(self) -> None:
+        """Stops the threads and the worker processes; a later read starts them again."""
+        self._close_threads()
+        self._chunks, self._chunk, self._loader = None, None, None  # the workers exit

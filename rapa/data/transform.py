@@ -36,9 +36,13 @@ class Transformer:
             raise RapaError(f"{where}: pad {self.pad} needs crop_size (a crop back to the image "
                             f"size, as in He et al. 2016: pad 4, crop_size 32)")
         self.brightness = tp.brightness
-        self.strong = tp.strong_augmentation if tp.HasField("strong_augmentation") else None
-        if self.strong is not None and self.strong.max_scale < 1:
-            raise RapaError(f"{where}: strong_augmentation.max_scale must be >= 1")
+        # (max_scale, scale_jitter); plain numbers, so that a worker process gets a copy
+        self.strong = None
+        if tp.HasField("strong_augmentation"):
+            sa = tp.strong_augmentation
+            if sa.max_scale < 1:
+                raise RapaError(f"{where}: strong_augmentation.max_scale must be >= 1")
+            self.strong = (sa.max_scale, sa.scale_jitter)
         if mean is not None and tp.mean_value:
             raise RapaError(f"{where}: give either mean_file or mean_value, not both")
         self.mean = None
@@ -73,7 +77,7 @@ class Transformer:
         n, c, h, w = x.shape
         mean = self.mean.expand(c, h, w) if self.mean is not None else None
         if self.train and self.strong is not None:
-            x = _strong_augment(x, self.strong, gen)
+            x = _strong_augment(x, *self.strong, gen)
         mean_varies = self.mean is not None and self.mean.shape[-1] > 1
         if self.pad:
             # Padded pixels are 0 after mean subtraction: the image and the mean both get zeros.
@@ -110,12 +114,13 @@ class Transformer:
         return x.contiguous()
 
 
-def _strong_augment(x: torch.Tensor, sa: pb.StrongAugmentation, gen) -> torch.Tensor:
+def _strong_augment(x: torch.Tensor, max_scale: float, scale_jitter: float,
+                    gen) -> torch.Tensor:
     """Scale each image by s in [1, max_scale] (each side jittered by up to +-scale_jitter),
     then take a random window of the original size from the scaled image (bilinear)."""
     n = x.shape[0]
-    s = 1 + torch.rand(n, generator=gen) * (sa.max_scale - 1)
-    jitter = (torch.rand(n, 2, generator=gen) * 2 - 1) * sa.scale_jitter
+    s = 1 + torch.rand(n, generator=gen) * (max_scale - 1)
+    jitter = (torch.rand(n, 2, generator=gen) * 2 - 1) * scale_jitter
     sy, sx = (s[:, None] + jitter).clamp_min(1.0).unbind(1)
     # In normalized coordinates the window is 1/s of the scaled image; its centre may move by
     # up to 1 - 1/s either way while staying inside.

@@ -293,6 +293,12 @@ class DataLayer(Layer):
         """Every label must lie in [0, classes) or equal `ignore`, as `reader` needs."""
         self.prefetcher.limit_labels(classes, ignore, reader)
 
+    def set_output_device(self, device: torch.device) -> None:
+        """Hand the tops to `device`: batches for a GPU come in page-locked memory and are
+        copied asynchronously."""
+        self.output_device = device
+        self.prefetcher.set_pin_memory(device.type == "cuda")
+
     def close(self) -> None:
         self.prefetcher.close()
 

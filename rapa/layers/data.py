@@ -1,8 +1,9 @@
 """Data: batches of (image, label) from an LMDB of Caffe Datum records.
 
 The database path and the mean file are taken relative to the working directory, as Caffe
-does, or else relative to the folder of the prototxt. A background thread reads, decodes and
-transforms batches ahead of the net (data_param.prefetch batches).
+does, or else relative to the folder of the prototxt. Background threads (data_param.threads)
+or worker processes (data_param.processes) read, decode and transform batches ahead of the net
+(rapa.data.prefetch).
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ class Data(DataLayer):
             raise self.error("data_param.batch_size must be > 0")
         if not 1 <= dp.threads <= 64:
             raise self.error(f"data_param.threads must be in [1, 64], got {dp.threads}")
+        if dp.processes > 64:
+            raise self.error(f"data_param.processes must be in [0, 64], got {dp.processes}")
+        if dp.processes and dp.threads > 1:
+            raise self.error("give either data_param.threads or data_param.processes, not both")
         # Caffe's deprecated DataParameter fields still count.
         tp = pb.TransformationParameter.FromString(tp.SerializeToString())
         if dp.HasField("scale") and not tp.HasField("scale"):
@@ -70,7 +75,8 @@ class Data(DataLayer):
         seed = (context.seed if context is not None else 0) + self.seed_offset
         self.prefetcher = Prefetcher(source, self.transformer, dp.batch_size,
                                      seed=seed, depth=dp.prefetch,
-                                     skip=dp.rand_skip, threads=dp.threads)
+                                     skip=dp.rand_skip, threads=dp.threads,
+                                     processes=dp.processes)
         self.source = source
         self.batch_size = dp.batch_size
 
