@@ -319,6 +319,7 @@ def test_worker_processes_give_the_same_batches_in_order_without_touching_torch_
             x, y = next(many)
             ref = next(one)
             assert torch.equal(x, ref[0]) and torch.equal(y, ref[1]), step
+            assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert many.next_index == one.next_index == 280
         for p in (one, many):
             p.seek(33)
@@ -353,7 +354,24 @@ def test_a_bad_record_in_a_worker_process_is_raised_in_turn(tmp_path, bad_batch)
             with pytest.raises(RapaError, match="key .*: label 7, but the loss takes labels in "
                                                 "\\[0, 3\\)") as e:
                 next(p)
+            assert str(e.value).startswith(f"database {tmp_path / 'db'}, key ")
             assert "\n" not in str(e.value) and p.next_index == bad_batch
+    finally:
+        p.close()
+
+
+def test_any_other_error_in_a_worker_process_comes_back_in_one_line(tmp_path):
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=1)
+
+    def transform(images, gen):  # what a bug in a transform would do, in the worker
+        raise ValueError("odd pixels\non two lines")
+    p.reader.transform = transform
+    try:
+        with pytest.raises(RapaError) as e:
+            next(p)
+        assert str(e.value) == "ValueError: odd pixels"
     finally:
         p.close()
 
@@ -366,7 +384,7 @@ def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
         next(p)  # chunks of 3 batches: 12 more batches are prepared or queued
         for pid in _worker_pids(p):
             os.kill(pid, signal.SIGINT)
-        for _ in range(12):
+        for _ in range(60):  # far more than were prepared before the signal
             next(p)
         # torch's loader learns of the death from SIGCHLD, whose handler raises wherever the
         # process is (the command line says that in one line too); or a read finds it.
@@ -377,11 +395,46 @@ def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
         if isinstance(e.value, RapaError):
             assert str(e.value).startswith(f"database {tmp_path / 'db'}: a worker process "
                                            f"preparing batches stopped (")
+            assert not str(e.value).endswith("stopped ()")
         else:
             assert is_worker_death(e.value)
         assert "\n" not in worker_stopped(e.value) and "\n" not in str(e.value)
     finally:
         p.close()
+
+
+def test_a_key_that_is_not_text_is_named_all_the_same(tmp_path):
+    images, labels = random_images(2, h=8, w=8, classes=3)
+    with LmdbWriter(tmp_path / "db") as w:
+        w.put(b"00000", encode_raw(images[0], 1))
+        w.put(b"\xff1", encode_raw(images[1], 7))
+    p = Prefetcher(LmdbSource(tmp_path / "db"), transformer(""), batch_size=2, seed=1)
+    p.limit_labels(3, None, "the loss")
+    with pytest.raises(RapaError, match="key '\ufffd1': label 7, but the loss takes labels"):
+        p.batch(0)
+
+
+def test_a_worker_s_death_is_said_in_one_line():
+    death = RuntimeError("DataLoader worker (pid 5) is killed by signal: Killed.\nmore")
+    assert is_worker_death(death)
+    assert worker_stopped(death) == ("a worker process preparing batches stopped (DataLoader "
+                                     "worker (pid 5) is killed by signal: Killed.)")
+    assert not is_worker_death(RuntimeError("CUDA out of memory"))
+    assert not is_worker_death(ValueError("DataLoader worker"))
+
+
+def test_a_slow_consumer_loses_no_batch_of_the_threads(tmp_path):
+    """The threads wait (in turns of 0.1 s) for room in their queues; no batch is dropped."""
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    one = Prefetcher(src, transformer(""), batch_size=4, seed=1)
+    many = Prefetcher(src, transformer(""), batch_size=4, seed=1, depth=2, threads=2)
+    try:
+        for step in range(4):
+            time.sleep(0.25)
+            assert torch.equal(next(many)[1], next(one)[1]), step
+    finally:
+        one.close(), many.close()
 
 
 def test_a_source_sent_to_another_process_opens_its_own_environment(tmp_path):

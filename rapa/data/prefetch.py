@@ -88,7 +88,9 @@ class _Chunks(torch.utils.data.Dataset):
             try:
                 x, y = self.reader(index, seed)
             except Exception as e:  # handed to the consumer, raised at this batch's turn
-                error = e if isinstance(e, RapaError) else RapaError(f"{type(e).__name__}: {e}")
+                first_line = (str(e).splitlines() or [""])[0]
+                error = e if isinstance(e, RapaError) else RapaError(
+                    f"{type(e).__name__}: {first_line}")  # the traceback stays in the worker
                 break
             if images is None:
                 images = torch.empty((len(indices), *x.shape), dtype=x.dtype)
