@@ -272,11 +272,17 @@ class Prefetcher:
                     generator=torch.Generator().manual_seed(0))
             if self._chunks is None:
                 self._chunks = iter(self._loader)
+            stopped = None
             try:
                 self._chunk = next(self._chunks)
             except (RuntimeError, OSError, EOFError) as e:  # a worker killed (out of memory)
+                stopped = worker_stopped(e)
+            if stopped is not None:
+                # Outside the except clause: no traceback keeps the loader alive, so closing
+                # stops its workers now, and torch's SIGCHLD handler forgets them first
+                # (else the others' exit would have it raise again, anywhere, later).
                 self.close()
-                raise RapaError(f"database {self.source.path}: {worker_stopped(e)}") from None
+                raise RapaError(f"database {self.source.path}: {stopped}")
             self._chunk_pos = 0
             if self._chunk[0] is None:
                 self._raise(self._chunk[2])
