@@ -184,6 +184,11 @@ def blobs(path) -> dict:
 def test_two_processes_train_as_one_with_the_doubled_batch(workdir):
     write_run(workdir, "one", batch=4)
     write_run(workdir, "two", batch=2)
+    # Each process's batches prepared by a worker process of its own (data_param.processes),
+    # the one process's by its thread: the same records in the same order all the same.
+    net = workdir / "two.prototxt"
+    net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 1 }"))
+    assert net.read_text().count("processes: 1") == 2
     one_process(workdir, "one_solver.prototxt")
     r = torchrun(workdir, "two_solver.prototxt")
     assert "2 processes on cpu" in r.stdout and "batch 2 processes x 2" in r.stdout
