@@ -135,7 +135,9 @@ def is_worker_death(error: BaseException) -> bool:
 def _worker_init(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the training loop handles it (a last test and a
     # snapshot need the workers).
+    # SIGTERM likewise (timeout, a batch system's scancel signal the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Prefetcher:
