@@ -20,8 +20,9 @@ Two ways to prepare them, both giving the same batches in the same order:
   its own interpreter, prepare chunks of consecutive batches (at least CHUNK_IMAGES images, so
   that one message between processes carries many small batches) and the loader hands them
   over in order. For a GPU host with cores to spare, where training at batch 10 consumes tens
-  of thousands of images a second. The workers ignore SIGINT: Ctrl-C stops the training loop,
-  which still tests and snapshots, not the workers.
+  of thousands of images a second. The workers ignore SIGINT and SIGTERM: Ctrl-C or a signal to
+  the whole process group stops the training loop, which still tests and snapshots, not the
+  workers.
 With `pin_memory` (set for a net on CUDA) the batches come in page-locked memory, so that the
 copy to the GPU runs asynchronously.
 """
