@@ -1,10 +1,12 @@
 // CUDA kernels of rapa::rpu_update (operators/rpu_update.h holds the model): one thread per
-// train for the pulses, then one thread per weight that walks its array's rows in order. The
-// draws are the CPU kernel's (counter-based, same keys), so both devices give the same result.
+// train for the pulses, then the walk of each weight over its array's rows in order (see
+// walk_kernel). The draws are the CPU kernel's (counter-based, same keys), so both devices
+// give the same result.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <vector>
+#include <algorithm>
+#include <tuple>
 
 #include "launch.cuh"
 #include "rpu_update.h"
@@ -24,48 +26,110 @@ __global__ void pulses_kernel(const S* __restrict__ v, const double* __restrict_
   }
 }
 
+// The walk, a block per 32 weights of one array (lanes of warp 0), over that array's rows in
+// chunks of kWalkRows: the other warps stage the next chunk's events in shared memory (for each
+// row and weight: n coincidences, signed + for up and - for down, 0 for none; and the noise
+// draw) while warp 0 applies the current chunk's, in row order, one weight per lane. The
+// sequence of operations on each weight is the CPU kernel's, so the results are too; only
+// the loads and draws, which do not depend on the weight, run in parallel.
+constexpr int kWalkWarps = 8;
+
 template <typename S>
-__global__ void apply_kernel(S* __restrict__ w, const S* __restrict__ x, const S* __restrict__ d,
-    const uint64_t* __restrict__ bx, const uint64_t* __restrict__ bd,
-    const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
-    const S* __restrict__ up, const S* __restrict__ down, const S* __restrict__ lo,
-    const S* __restrict__ hi, const S* __restrict__ table, const int64_t* __restrict__ seed,
-    S dw_min_std, int64_t T, int64_t O, int64_t K) {
+struct Walk {
+  static constexpr int kRows = sizeof(S) == 4 ? 128 : 64;  // two chunks within 48 KB
+};
+
+template <typename S>
+__global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w,
+    const S* __restrict__ x, const S* __restrict__ d, const uint64_t* __restrict__ bx,
+    const uint64_t* __restrict__ bd, const int64_t* __restrict__ order,
+    const int64_t* __restrict__ offsets, const S* __restrict__ up, const S* __restrict__ down,
+    const S* __restrict__ lo, const S* __restrict__ hi, const S* __restrict__ table,
+    const int64_t* __restrict__ seed, S dw_min_std, int64_t T, int64_t O, int64_t K) {
+  constexpr int R = Walk<S>::kRows;
+  // events[buffer][rows / 4][lane]: four rows' events of one weight in one word, so that the
+  // walk reads a word per four rows and skips it whole when none fires.
+  __shared__ uint32_t events[2][R / 4][32];
+  __shared__ S noise[2][R][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool noisy = dw_min_std > S(0);
   const uint64_t key = mix_seed(static_cast<uint64_t>(seed[0]), kStreamStepNoise);
-  RAPA_KERNEL_LOOP(idx, T * O * K) {
-    const int64_t t = idx / (O * K), i = (idx / K) % O, j = idx % K;
-    S value = w[idx];
-    for (int64_t r = offsets[t]; r < offsets[t + 1]; ++r) {
-      const int64_t m = order[r];
-      const uint64_t c = bx[m * K + j] & bd[m * O + i];
-      if (!c) continue;
-      const S z = dw_min_std > S(0)
-          ? normal_draw(table, key, static_cast<uint64_t>((m * O + i) * K + j)) : S(0);
-      value = pulsed_step<S>(value, __popcll(c), (x[m * K + j] < 0) != (d[m * O + i] < 0),
-          up[idx], down[idx], lo[idx], hi[idx], dw_min_std, z);
+  const int64_t groups = (O * K + 31) / 32;
+  for (int64_t block = blockIdx.x; block < T * groups; block += gridDim.x) {
+    const int64_t t = block / groups, q = (block % groups) * 32 + lane;
+    const bool active = q < O * K;
+    const int64_t i = active ? q / K : 0, j = active ? q % K : 0, at = t * O * K + q;
+    const int64_t begin = offsets[t], end = offsets[t + 1];
+    const int64_t chunks = (end - begin + R - 1) / R;
+    // Warps 1.. write chunk c's events into buffer b; rows past the array's end fire nothing.
+    const auto stage = [&](int64_t c, int b) {
+      int8_t* bytes = reinterpret_cast<int8_t*>(events[b]);
+#pragma unroll 4
+      for (int rr = warp - 1; rr < R; rr += kWalkWarps - 1) {
+        const int64_t r = begin + c * R + rr;
+        int e = 0;
+        S z = S(0);
+        if (active && r < end) {
+          const int64_t m = order[r];
+          const uint64_t hit = bx[m * K + j] & bd[m * O + i];
+          if (hit) {
+            const int n = __popcll(hit);
+            e = (x[m * K + j] < 0) != (d[m * O + i] < 0) ? n : -n;
+            if (noisy) z = normal_draw(table, key, static_cast<uint64_t>((m * O + i) * K + j));
+          }
+        }
+        bytes[((rr >> 2) * 32 + lane) * 4 + (rr & 3)] = static_cast<int8_t>(e);
+        if (noisy) noise[b][rr][lane] = z;
+      }
+    };
+    S value = S(0), s_up = S(0), s_down = S(0), s_lo = S(0), s_hi = S(0);
+    if (warp == 0 && active) {
+      value = w[at], s_up = up[at], s_down = down[at], s_lo = lo[at], s_hi = hi[at];
     }
-    w[idx] = value;
+    if (warp > 0 && chunks > 0) stage(0, 0);
+    __syncthreads();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int b = static_cast<int>(c & 1);
+      if (warp == 0) {
+        for (int k = 0; k < R / 4; ++k) {
+          const uint32_t word = events[b][k][lane];
+          if (!word) continue;
+          for (int s = 0; s < 4; ++s) {
+            const int e = static_cast<int8_t>(word >> (8 * s));
+            if (e) {
+              value = pulsed_step<S>(value, e < 0 ? -e : e, e > 0, s_up, s_down, s_lo, s_hi,
+                  dw_min_std, noisy ? noise[b][4 * k + s][lane] : S(0));
+            }
+          }
+        }
+      } else if (c + 1 < chunks) {
+        stage(c + 1, static_cast<int>((c + 1) & 1));
+      }
+      __syncthreads();  // the walked buffer is free, the staged one full
+    }
+    if (warp == 0 && active) w[at] = value;
   }
 }
 
 struct CudaUpdateKernels {
   static at::Tensor row_absmax(const at::Tensor& x) { return x.abs().amax(1); }
 
-  // Every train as a word (bx, bd), then one thread per weight over its array's rows, sorted.
+  // Every train as a word (bx, bd), then the walk over each array's rows in order. The rows
+  // are sorted by array on the device and each array's run found by a search of the sorted
+  // arrays (rows no array computes, -1, come first): no count comes to the host.
   static void update(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
       const at::Tensor& tile, const at::Tensor& xmax, const at::Tensor& dmax,
       const at::Tensor& dw_up, const at::Tensor& dw_down, const at::Tensor& w_min,
       const at::Tensor& w_max, const at::Tensor& seed, const UpdateSettings& u) {
     const int64_t M = x.size(0), T = weight.size(0);
-    const at::Tensor order = rows_by_tile(tile);
-    const std::vector<int64_t> counts = tile_counts(tile, order, T);
-    std::vector<int64_t> offsets(T + 1, 0);
-    for (int64_t t = 0; t < T; ++t) offsets[t + 1] = offsets[t] + counts[t];
-    const at::Tensor offs = at::tensor(offsets, tile.options().device(at::kCPU)).to(tile.device());
+    const auto sorted = tile.sort(/*stable=*/true, 0, false);
+    const at::Tensor& order = std::get<1>(sorted);
+    const at::Tensor offsets =
+        at::searchsorted(std::get<0>(sorted), at::arange(T + 1, tile.options()));
     at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
     at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
     pulses(x, d, xmax, dmax, seed, u, bx, bd);
-    apply(weight, x, d, bx, bd, order, offs, dw_up, dw_down, w_min, w_max, seed, u);
+    walk(weight, x, d, bx, bd, order, offsets, dw_up, dw_down, w_min, w_max, seed, u);
   }
 
   static void pulses(const at::Tensor& x, const at::Tensor& d, const at::Tensor& xmax,
@@ -87,16 +151,17 @@ struct CudaUpdateKernels {
     });
   }
 
-  static void apply(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
+  static void walk(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
       const at::Tensor& bx, const at::Tensor& bd, const at::Tensor& order,
       const at::Tensor& offsets, const at::Tensor& dw_up, const at::Tensor& dw_down,
       const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
       const UpdateSettings& u) {
     const int64_t T = weight.size(0), O = weight.size(1), K = weight.size(2);
-    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "rpu_apply_cuda", [&] {
+    const int64_t blocks = std::min<int64_t>(T * ((O * K + 31) / 32), 1 << 20);
+    AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "rpu_walk_cuda", [&] {
       const at::Tensor table = normal_table(weight.scalar_type(), weight.device());
-      apply_kernel<scalar_t><<<grid_for(T * O * K), kThreads, 0,
-                               c10::cuda::getCurrentCUDAStream()>>>(
+      walk_kernel<scalar_t><<<static_cast<unsigned int>(blocks), 32 * kWalkWarps, 0,
+                              c10::cuda::getCurrentCUDAStream()>>>(
           weight.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
           reinterpret_cast<const uint64_t*>(bx.data_ptr<int64_t>()),
           reinterpret_cast<const uint64_t*>(bd.data_ptr<int64_t>()), order.data_ptr<int64_t>(),

@@ -516,26 +516,37 @@ def test_cuda_products_equal_the_cpu_ones_exactly(transposed):
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
 @pytest.mark.parametrize("dw_min_std", [0.0, 0.3])
-def test_cuda_update_equals_the_cpu_one(dw_min_std):
+@pytest.mark.parametrize("shape,dtype,lr", [
+    ((3, 16, 40, 300), F64, 0.01),
+    # arrays of 65 weights (the walk's last group of 32 has one), many chunks of rows per
+    # array, float32, and a rate of many pulses per row
+    ((2, 5, 13, 1500), torch.float32, 0.01),
+    ((2, 5, 13, 1500), F64, 0.1)], ids=["f64", "f32-odd", "f64-lr"])
+def test_cuda_update_equals_the_cpu_one(dw_min_std, shape, dtype, lr):
     # The same pulses (counter-based) in the same order per weight. Without cycle-to-cycle
     # noise each coincidence adds the same step: exact. With it, dw (1 + std z) may be one
-    # fused multiply-add on the GPU: equal to float64 rounding, 1e-12 relative.
+    # fused multiply-add on the GPU: equal to rounding (1e-12 relative in float64).
     torch.manual_seed(8)
-    T, O, K, M = 3, 16, 40, 300
+    T, O, K, M = shape
     cfg = RPUConfig(device=ConstantStepDevice(dw_min_std=dw_min_std))
-    arrays = AnalogArrays(cfg, (T, O, K)).double()
-    w = torch.randn(T, O, K, dtype=F64) * 0.3
+    arrays = AnalogArrays(cfg, (T, O, K)).to(dtype)
+    w = (torch.randn(T, O, K, dtype=F64) * 0.3).to(dtype)
     arrays.clip_(w)
-    x, d = torch.randn(M, K, dtype=F64), torch.randn(M, O, dtype=F64)
+    x, d = torch.randn(M, K, dtype=dtype), torch.randn(M, O, dtype=dtype)
     tile = torch.randint(-1, T, (M,))
     seed = torch.tensor([11])
     state = arrays.device_state()
     w_cpu, w_gpu = w.clone(), w.cuda()
-    rpu_update(w_cpu, x, d, tile, 0.01, state, cfg.device, cfg.update, seed=seed)
-    rpu_update(w_gpu, x.cuda(), d.cuda(), tile.cuda(), 0.01,
+    rpu_update(w_cpu, x, d, tile, lr, state, cfg.device, cfg.update, seed=seed)
+    rpu_update(w_gpu, x.cuda(), d.cuda(), tile.cuda(), lr,
                {k: v.cuda() for k, v in state.items()}, cfg.device, cfg.update, seed=seed.cuda())
-    assert not torch.equal(w_cpu, w)
+    assert (w_cpu != w).float().mean() > 0.5
+    unbounded = dict(state, w_min=state["w_min"] - 1e9, w_max=state["w_max"] + 1e9)
+    w_unbounded = w.clone()
+    rpu_update(w_unbounded, x, d, tile, lr, unbounded, cfg.device, cfg.update, seed=seed)
+    assert (w_unbounded != w_cpu).float().mean() > 0.1  # clipping on the way decides many
     if dw_min_std == 0:
         assert torch.equal(w_gpu.cpu(), w_cpu)
     else:
-        torch.testing.assert_close(w_gpu.cpu(), w_cpu, rtol=1e-12, atol=1e-15)
+        tol = dict(rtol=1e-12, atol=1e-15) if dtype == F64 else dict(rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(w_gpu.cpu(), w_cpu, **tol)
