@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import RapaError, os_error_message
+from .errors import RapaError, first_line, os_error_message
 
 
 SAME_FILES = "every process of a run must use the same files (copy them to every node)"
@@ -85,7 +85,7 @@ class Group:
         try:
             dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as e:
-            raise RapaError(f"cannot join the run ({str(e).splitlines()[0]})") from None
+            raise RapaError(f"cannot join the run ({first_line(e)})") from None
         group = cls(rank, world, local)
         group.joined = True
         return group
@@ -141,11 +141,8 @@ class Group:
         try:
             return fn(*args, **kwargs)
         except RuntimeError as e:  # gloo/NCCL: a peer closed its connection or timed out
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if len(detail) > 120:
-                detail = detail[:117].rsplit(" ", 1)[0] + " ..."
             raise PeerLost(f"another process of the run has left it (seen while {what}: "
-                           f"{detail})") from None
+                           f"{first_line(e, limit=120)})") from None
 
     def average_(self, tensors: Sequence[Optional[Tensor]]) -> None:
         """In place: each tensor becomes its mean over the processes (None entries skipped;

@@ -19,3 +19,15 @@ def os_error_message(e: OSError) -> str:
     if e.filename2 is not None:
         return f"{e.filename} -> {e.filename2}: {reason}"
     return f"{e.filename}: {reason}"
+
+
+def first_line(error: BaseException, limit: int = 0) -> str:
+    """The first non-blank line of an error's message, stripped, or its type's name where the
+    message is empty (EOFError()); cut at a word to at most `limit` characters where limit > 0.
+    For one-line reports of errors that come from libraries (torch, gloo, a worker process)."""
+    line = next((part.strip() for part in str(error).splitlines() if part.strip()), "")
+    if not line:
+        return type(error).__name__
+    if limit and len(line) > limit:
+        line = line[:limit - 3].rsplit(" ", 1)[0] + " ..."
+    return line

@@ -28,6 +28,7 @@ import torch
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
 from .cuda_graph import GraphedStep, RecordingFailed
+from .data.prefetch import stop_worker_processes
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -607,6 +608,7 @@ class Solver:
             sys.stderr.write(f"\n{signal.Signals(signum).name} again at iteration {self.iter}: "
                              f"stopped at once\n")
             sys.stderr.flush()
+            stop_worker_processes()
             os._exit(130)
         self._interrupted = signal.Signals(signum).name
 

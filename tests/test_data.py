@@ -2,6 +2,7 @@
 import os
 import signal
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ from datasets import random_images, write_lmdb
 from rapa.data.datum import decode, encode_raw
 from rapa.data.lmdb_source import LmdbSource
 from rapa.data.lmdb_writer import LmdbWriter
-from rapa.data.prefetch import Prefetcher, is_worker_death, worker_stopped
+from rapa.data.prefetch import (Prefetcher, is_worker_death, stop_worker_processes,
+                                 worker_stopped)
 from rapa.data.transform import Transformer
-from rapa.errors import RapaError
+from rapa.errors import RapaError, first_line
 from rapa.proto import pb
 from rapa.prototxt import parse_text
 
@@ -332,8 +334,11 @@ def test_worker_processes_give_the_same_batches_in_order_without_touching_torch_
             assert torch.equal(next(many)[0], next(one)[0]), step
         assert _worker_pids(many) == pids  # a seek or a reseed keeps the workers
         assert torch.equal(torch.get_rng_state(), rng)
+        torch_s_handler = signal.getsignal(signal.SIGCHLD)
+        assert callable(torch_s_handler)
     finally:
         one.close(), many.close()
+    assert signal.getsignal(signal.SIGCHLD) is torch_s_handler  # held while closing only
     deadline = time.time() + 10
     while multiprocessing.active_children() and time.time() < deadline:
         time.sleep(0.05)
@@ -421,6 +426,85 @@ def test_a_worker_s_death_is_said_in_one_line():
                                      "worker (pid 5) is killed by signal: Killed.)")
     assert not is_worker_death(RuntimeError("CUDA out of memory"))
     assert not is_worker_death(ValueError("DataLoader worker"))
+    # what the loader's queue raises when a worker dies mid-message: no words at all
+    assert worker_stopped(EOFError()) == "a worker process preparing batches stopped (EOFError)"
+
+
+def test_an_error_s_first_line():
+    assert first_line(RuntimeError("\n  gloo: peer closed  \nstack")) == "gloo: peer closed"
+    assert first_line(ConnectionResetError()) == "ConnectionResetError"
+    long = RuntimeError("word " * 40)
+    assert first_line(long, limit=20) == "word word word ..."
+    assert len(first_line(long, limit=20)) <= 20 and first_line(long) == ("word " * 40).strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"  # zombies have exited
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_processes_are_stopped_at_once_for_a_hard_exit(tmp_path):
+    """What a second Ctrl-C does before it leaves: else the workers would live on for
+    seconds, until they see their parent gone."""
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=2)
+    handler = signal.getsignal(signal.SIGCHLD)
+    try:
+        next(p)
+        pids = _worker_pids(p)
+        assert all(_alive(pid) for pid in pids)
+        stop_worker_processes()
+        deadline = time.time() + 1
+        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+            time.sleep(0.01)
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        signal.signal(signal.SIGCHLD, handler)
+        p.close()
+
+
+def test_no_room_in_shared_memory_is_said_in_one_line(tmp_path, monkeypatch):
+    """A container's /dev/shm is 64 MB unless told otherwise; a full one is named, with the
+    ways out. (The workers are forked after the patch, so they have it too.)"""
+    def full(self):
+        raise RuntimeError("unable to write to file </torch_1_2_3>: No space left on device (28)"
+                           "\nmore")
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=1)
+    try:
+        with pytest.raises(RapaError) as e:
+            next(p)
+        assert p.chunk_batches == 64  # batches of 4 images: 256 a chunk
+        size = 64 * 4 * (3 * 8 * 8 * 4 + 8) / 2 ** 20  # float32 images, int64 labels
+        assert str(e.value) == (
+            f"database {tmp_path / 'db'}: no room for {size:.1f} MB of batches in shared memory "
+            f"(/dev/shm) for the worker processes (unable to write to file </torch_1_2_3>: No "
+            f"space left on device (28)); free some, give the container more (docker run "
+            f"--shm-size), or read with data_param.threads instead of processes")
+    finally:
+        p.close()
+
+
+def test_more_worker_processes_than_cores_start_without_torch_s_warning(tmp_path):
+    images, labels = random_images(4, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1,
+                   processes=len(os.sched_getaffinity(0)) + 1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            next(p)
+            p.seek(0)
+            next(p)  # the loader's restart
+        assert [str(w.message) for w in caught] == []
+    finally:
+        p.close()
 
 
 def test_a_slow_consumer_loses_no_batch_of_the_threads(tmp_path):

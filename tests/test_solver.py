@@ -322,7 +322,47 @@ def test_worker_processes_train_as_a_thread_resume_exactly_and_outlive_ctrl_c(wo
     assert latest_snapshot("snap/tiny") is not None
 
 
-def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir):
+def test_sigterm_to_the_group_stops_a_run_with_worker_processes_with_its_snapshot(workdir):
+    """A timeout or a batch system's cancel signals the whole group: the workers ignore it,
+    the run stops as on Ctrl-C."""
+    setup_files(workdir, max_iter=400)
+    net = workdir / "net.prototxt"
+    net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 2 }"))
+    proc = _start_training(workdir, new_group=True)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "SIGTERM at iteration" in err and "Traceback" not in err
+    assert latest_snapshot("snap/tiny") is not None
+
+
+def test_a_second_signal_stops_at_once_and_takes_the_data_workers_along(workdir, monkeypatch):
+    import rapa.solver
+    solver = Solver(setup_files(workdir), say=lambda m: None, progress=False)
+    done = []
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        done.append(("exit", code))
+        raise Exited
+    monkeypatch.setattr(rapa.solver, "stop_worker_processes", lambda: done.append("workers"))
+    monkeypatch.setattr(rapa.solver.os, "_exit", exit_)
+    try:
+        solver._on_signal(signal.SIGINT, None)
+        assert done == [] and solver._interrupted == "SIGINT"
+        with pytest.raises(Exited):
+            solver._on_signal(signal.SIGTERM, None)
+        assert done == ["workers", ("exit", 130)]
+    finally:
+        solver.close()
+
+
+@pytest.mark.parametrize("killed", ["one", "all"])
+def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir, killed):
+    """One worker killed, or all of the train and test nets' workers at once (each death
+    that torch's loaders see could be raised again while the others shut down)."""
     setup_files(workdir, max_iter=400)
     net = workdir / "net.prototxt"
     net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 2 }"))
@@ -332,7 +372,9 @@ def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir):
     if not workers:
         proc.kill()
         pytest.skip("the system does not list a process's children")
-    os.kill(int(workers[0]), signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    assert len(workers) == 4  # two for each net
+    for pid in workers[:1] if killed == "one" else workers:
+        os.kill(int(pid), signal.SIGKILL)  # as the kernel's out-of-memory killer does
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert re.fullmatch(r"rapa train: error: (database \S+: )?a worker process preparing "

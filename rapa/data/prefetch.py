@@ -28,17 +28,19 @@ copy to the GPU runs asynchronously.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import signal
 import threading
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.utils.data
 
-from ..errors import RapaError
+from ..errors import RapaError, first_line
 from ..seeds import mix_seed
 from .lmdb_source import LmdbSource
 from .transform import Transformer
@@ -88,22 +90,34 @@ class _Chunks(torch.utils.data.Dataset):
         for index in indices:
             try:
                 x, y = self.reader(index, seed)
+                if images is None:
+                    images, labels = self._buffers(len(indices), x, y)
             except Exception as e:  # handed to the consumer, raised at this batch's turn
-                first_line = (str(e).splitlines() or [""])[0]
                 error = e if isinstance(e, RapaError) else RapaError(
-                    f"{type(e).__name__}: {first_line}")  # the traceback stays in the worker
+                    f"{type(e).__name__}: {first_line(e)}")  # the traceback stays in the worker
                 break
-            if images is None:
-                images = torch.empty((len(indices), *x.shape), dtype=x.dtype)
-                labels = torch.empty((len(indices), *y.shape), dtype=y.dtype)
-                if torch.utils.data.get_worker_info() is not None:
-                    # written once, in shared memory: handing it over copies nothing more
-                    images.share_memory_(), labels.share_memory_()
             images[done], labels[done] = x, y
             done += 1
         if not done:
             return None, None, error
         return images[:done], labels[:done], error
+
+    def _buffers(self, n: int, x: torch.Tensor, y: torch.Tensor):
+        """Room for n batches like (x, y); in a worker process in shared memory, written once
+        there so that handing it over copies nothing more."""
+        images = torch.empty((n, *x.shape), dtype=x.dtype)
+        labels = torch.empty((n, *y.shape), dtype=y.dtype)
+        if torch.utils.data.get_worker_info() is not None:
+            try:
+                images.share_memory_(), labels.share_memory_()
+            except RuntimeError as e:  # /dev/shm full (a container's 64 MB default)
+                size = (images.nbytes + labels.nbytes) / 2 ** 20
+                raise RapaError(
+                    f"database {self.reader.source.path}: no room for {size:.1f} MB of batches "
+                    f"in shared memory (/dev/shm) for the worker processes ({first_line(e)}); "
+                    f"free some, give the container more (docker run --shm-size), or read with "
+                    f"data_param.threads instead of processes") from None
+        return images, labels
 
 
 class _ChunkKeys(torch.utils.data.Sampler):
@@ -126,11 +140,43 @@ def worker_stopped(error: BaseException) -> str:
     """The one line for a worker process that died (killed for memory, by a signal). torch's
     loader says so from its SIGCHLD handler, which may raise its RuntimeError anywhere in the
     training process: the command line turns that into this line too."""
-    return f"a worker process preparing batches stopped ({str(error).splitlines()[0]})"
+    return f"a worker process preparing batches stopped ({first_line(error)})"
 
 
 def is_worker_death(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error).startswith("DataLoader worker")
+
+
+@contextlib.contextmanager
+def _sigchld_held():
+    """Without torch's SIGCHLD handler for a while (in the main thread, where it runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def forget_worker_deaths() -> None:
+    """Removes torch's SIGCHLD handler, once a worker's death has stopped the run: it would
+    raise again for every other dead worker, from inside the loaders' shutdown (tracebacks
+    "Exception ignored in ..."). A loader still read finds a death itself at its next read."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def stop_worker_processes() -> None:
+    """Kills this process's worker processes (every child started through multiprocessing: in
+    rapa, the data workers) at once, for an exit that skips the loaders' orderly shutdown (a
+    second Ctrl-C); else they would see their parent gone only at their next check, seconds
+    later. torch's SIGCHLD handler, which would raise at their death, is removed first."""
+    import multiprocessing
+    forget_worker_deaths()
+    for child in multiprocessing.active_children():
+        child.kill()
 
 
 def _worker_init(worker_id: int) -> None:
@@ -265,25 +311,16 @@ class Prefetcher:
         if self._chunk is None or self._chunk_pos == len(self._chunk[0]):
             if self._chunk is not None and self._chunk[2] is not None:
                 self._raise(self._chunk[2])
-            if self._loader is None:
-                # Its own generator: the loader draws a seed for its workers at every start,
-                # which must not move torch's global generator (random tiling draws from it).
-                self._loader = torch.utils.data.DataLoader(
-                    _Chunks(self.reader), batch_size=None, sampler=_ChunkKeys(self),
-                    num_workers=self.processes, pin_memory=self.pin_memory,
-                    worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2,
-                    generator=torch.Generator().manual_seed(0))
-            if self._chunks is None:
-                self._chunks = iter(self._loader)
             stopped = None
-            try:
+            try:  # a dead worker shows in the restart (workers acknowledge it) or the read
+                if self._chunks is None:
+                    self._chunks = self._start()
                 self._chunk = next(self._chunks)
             except (RuntimeError, OSError, EOFError) as e:  # a worker killed (out of memory)
                 stopped = worker_stopped(e)
             if stopped is not None:
                 # Outside the except clause: no traceback keeps the loader alive, so closing
-                # stops its workers now, and torch's SIGCHLD handler forgets them first
-                # (else the others' exit would have it raise again, anywhere, later).
+                # stops its workers now.
                 self.close()
                 raise RapaError(f"database {self.source.path}: {stopped}")
             self._chunk_pos = 0
@@ -293,6 +330,22 @@ class Prefetcher:
         i, self._chunk_pos = self._chunk_pos, self._chunk_pos + 1
         return images[i], labels[i]
 
+    def _start(self):
+        """The loader's iterator from next_index on: its workers started, or told to restart."""
+        with warnings.catch_warnings():
+            # torch's advice when the workers outnumber the cores, a paragraph with a source
+            # line: the README says it (they compete with training) where data_param is.
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            if self._loader is None:
+                # Its own generator: the loader draws a seed for its workers at every start,
+                # which must not move torch's global generator (random tiling draws from it).
+                self._loader = torch.utils.data.DataLoader(
+                    _Chunks(self.reader), batch_size=None, sampler=_ChunkKeys(self),
+                    num_workers=self.processes, pin_memory=self.pin_memory,
+                    worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2,
+                    generator=torch.Generator().manual_seed(0))
+            return iter(self._loader)
+
     def _raise(self, error: BaseException):
         self.close()  # a later read starts again at this batch (and meets the error again)
         raise error
@@ -300,4 +353,10 @@ class Prefetcher:
     def close(self) -> None:
         """Stops the threads and the worker processes; a later read starts them again."""
         self._close_threads()
-        self._chunks, self._chunk, self._loader = None, None, None  # the workers exit
+        self._chunks, self._chunk = None, None
+        if self._loader is not None:
+            # The loader's shutdown waits for its workers; torch's SIGCHLD handler would raise
+            # inside it (an "Exception ignored" traceback) if any worker of any loader had
+            # died. Held meanwhile: the other loaders find such a death at their next read.
+            with _sigchld_held():
+                self._loader = None  # the workers exit
