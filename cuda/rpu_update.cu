@@ -27,7 +27,7 @@ __global__ void pulses_kernel(const S* __restrict__ v, const double* __restrict_
 }
 
 // The walk, a block per 32 weights of one array (lanes of warp 0), over that array's rows in
-// chunks of kWalkRows: the other warps stage the next chunk's events in shared memory (for each
+// chunks of Walk<S>::kRows: the other warps stage the next chunk's events in shared memory (for each
 // row and weight: n coincidences, signed + for up and - for down, 0 for none; and the noise
 // draw) while warp 0 applies the current chunk's, in row order, one weight per lane. The
 // sequence of operations on each weight is the CPU kernel's, so the results are too; only
@@ -61,9 +61,10 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
     const int64_t i = active ? q / K : 0, j = active ? q % K : 0, at = t * O * K + q;
     const int64_t begin = offsets[t], end = offsets[t + 1];
     const int64_t chunks = (end - begin + R - 1) / R;
+    if (chunks == 0) continue;  // an array without rows (the whole block, before any barrier)
     // Warps 1.. write chunk c's events into buffer b; rows past the array's end fire nothing.
     const auto stage = [&](int64_t c, int b) {
-      int8_t* bytes = reinterpret_cast<int8_t*>(events[b]);
+      unsigned char* bytes = reinterpret_cast<unsigned char*>(events[b]);
 #pragma unroll 4
       for (int rr = warp - 1; rr < R; rr += kWalkWarps - 1) {
         const int64_t r = begin + c * R + rr;
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
             if (noisy) z = normal_draw(table, key, static_cast<uint64_t>((m * O + i) * K + j));
           }
         }
-        bytes[((rr >> 2) * 32 + lane) * 4 + (rr & 3)] = static_cast<int8_t>(e);
+        bytes[((rr >> 2) * 32 + lane) * 4 + (rr & 3)] = static_cast<unsigned char>(e & 0xFF);
         if (noisy) noise[b][rr][lane] = z;
       }
     };
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
     if (warp == 0 && active) {
       value = w[at], s_up = up[at], s_down = down[at], s_lo = lo[at], s_hi = hi[at];
     }
-    if (warp > 0 && chunks > 0) stage(0, 0);
+    if (warp > 0) stage(0, 0);
     __syncthreads();
     for (int64_t c = 0; c < chunks; ++c) {
       const int b = static_cast<int>(c & 1);

@@ -62,13 +62,18 @@ inline void check_analog_rows(const at::Tensor& rows, const char* rows_name, int
   check_same_device(rows, rows_name, weight, "weight");
 }
 
-// The array of each of M rows: (M,), entries in [0, T) or -1 (a row no array computes).
+// The array of each of M rows: (M,), entries in [0, T) or -1 (a row no array computes). On
+// CUDA the range is checked by a device-side assertion, without a copy to the host.
 inline void check_tile(const at::Tensor& tile, int64_t M, const at::Tensor& weight) {
   check_dtype(tile, at::kLong, "tile");
   check_same_device(tile, "tile", weight, "weight");
   TORCH_CHECK(tile.dim() == 1 && tile.size(0) == M, "rapa: argument 'tile' must be (M,) = (",
       M, ",), the array of each row, got shape ", tile.sizes());
-  if (tile.numel() > 0) {
+  if (tile.numel() > 0 && tile.is_cuda()) {
+    at::_assert_async(at::logical_and(tile.min().ge(-1), tile.max().lt(weight.size(0))),
+        "rapa: argument 'tile' holds an entry outside [-1, T): entries must be an array index "
+        "or -1 for a row that no array computes");
+  } else if (tile.numel() > 0) {
     const at::Tensor range = at::stack({tile.min(), tile.max()}).cpu();
     const int64_t lo = range[0].item<int64_t>(), hi = range[1].item<int64_t>();
     TORCH_CHECK(lo >= -1 && hi < weight.size(0), "rapa: argument 'tile' holds ",

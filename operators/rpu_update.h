@@ -91,7 +91,11 @@ template <typename S>
 RAPA_HD inline S pulsed_step(S w, int n, bool up, S dw_up, S dw_down, S w_min, S w_max,
     S dw_min_std, S z) {
   S amount = static_cast<S>(n);
-  if (dw_min_std > S(0)) amount += dw_min_std * sqrt(static_cast<S>(n)) * z;
+  // In double on both devices, rounded once (the host's sqrt of a float is the double one).
+  if (dw_min_std > S(0)) {
+    amount = static_cast<S>(static_cast<double>(amount) + static_cast<double>(dw_min_std) *
+        sqrt(static_cast<double>(n)) * static_cast<double>(z));
+  }
   w += up ? dw_up * amount : -dw_down * amount;
   return w < w_min ? w_min : (w > w_max ? w_max : w);
 }

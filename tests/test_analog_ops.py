@@ -516,31 +516,38 @@ def test_cuda_products_equal_the_cpu_ones_exactly(transposed):
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
 @pytest.mark.parametrize("dw_min_std", [0.0, 0.3])
-@pytest.mark.parametrize("shape,dtype,lr", [
-    ((3, 16, 40, 300), F64, 0.01),
+@pytest.mark.parametrize("shape,dtype,lr,bl", [
+    ((3, 16, 40, 300), F64, 0.01, 31),
     # arrays of 65 weights (the walk's last group of 32 has one), many chunks of rows per
     # array, float32, and a rate of many pulses per row
-    ((2, 5, 13, 1500), torch.float32, 0.01),
-    ((2, 5, 13, 1500), F64, 0.1)], ids=["f64", "f32-odd", "f64-lr"])
-def test_cuda_update_equals_the_cpu_one(dw_min_std, shape, dtype, lr):
+    ((2, 5, 13, 1500), torch.float32, 0.01, 31),
+    ((2, 5, 13, 1500), F64, 0.1, 31),
+    # array 1 without rows, array 0 with two chunks exactly (float32: 128 rows each), and
+    # pulse trains of 64 bits (coincidences up to 64)
+    ((3, 4, 9, 606), torch.float32, 1.0, 64)], ids=["f64", "f32-odd", "f64-lr", "f32-gaps-bl64"])
+def test_cuda_update_equals_the_cpu_one(dw_min_std, shape, dtype, lr, bl):
     # The same pulses (counter-based) in the same order per weight. Without cycle-to-cycle
-    # noise each coincidence adds the same step: exact. With it, dw (1 + std z) may be one
-    # fused multiply-add on the GPU: equal to rounding (1e-12 relative in float64).
+    # noise each coincidence adds the same step: exact. With it, the noise term is computed in
+    # double on both devices, but may be one fused multiply-add on the GPU: equal to rounding.
     torch.manual_seed(8)
     T, O, K, M = shape
-    cfg = RPUConfig(device=ConstantStepDevice(dw_min_std=dw_min_std))
+    cfg = RPUConfig(device=ConstantStepDevice(dw_min_std=dw_min_std),
+                    update=UpdateParameters(desired_bl=bl))
     arrays = AnalogArrays(cfg, (T, O, K)).to(dtype)
     w = (torch.randn(T, O, K, dtype=F64) * 0.3).to(dtype)
     arrays.clip_(w)
     x, d = torch.randn(M, K, dtype=dtype), torch.randn(M, O, dtype=dtype)
     tile = torch.randint(-1, T, (M,))
+    if bl == 64:
+        tile = torch.tensor([0] * 256 + [2] * 300 + [-1] * 50)[torch.randperm(M)]
     seed = torch.tensor([11])
     state = arrays.device_state()
     w_cpu, w_gpu = w.clone(), w.cuda()
     rpu_update(w_cpu, x, d, tile, lr, state, cfg.device, cfg.update, seed=seed)
     rpu_update(w_gpu, x.cuda(), d.cuda(), tile.cuda(), lr,
                {k: v.cuda() for k, v in state.items()}, cfg.device, cfg.update, seed=seed.cuda())
-    assert (w_cpu != w).float().mean() > 0.5
+    changed = (w_cpu != w).flatten(1).float().mean(1)
+    assert changed.max() > 0.5 and (changed == 0).sum() == (bl == 64)
     unbounded = dict(state, w_min=state["w_min"] - 1e9, w_max=state["w_max"] + 1e9)
     w_unbounded = w.clone()
     rpu_update(w_unbounded, x, d, tile, lr, unbounded, cfg.device, cfg.update, seed=seed)
