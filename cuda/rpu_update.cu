@@ -47,6 +47,8 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
     const S* __restrict__ lo, const S* __restrict__ hi, const S* __restrict__ table,
     const int64_t* __restrict__ seed, S dw_min_std, int64_t T, int64_t O, int64_t K) {
   constexpr int R = Walk<S>::kRows;
+  constexpr int kStagedRows = (R + kWalkWarps - 2) / (kWalkWarps - 1);  // per staging warp
+  static_assert(kStagedRows <= 32, "a staging warp's row indices fit its lanes");
   // events[buffer][rows / 4][lane]: four rows' events of one weight in one word, so that the
   // walk reads a word per four rows and skips it whole when none fires.
   __shared__ uint32_t events[2][R / 4][32];
@@ -65,13 +67,20 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
     // Warps 1.. write chunk c's events into buffer b; rows past the array's end fire nothing.
     const auto stage = [&](int64_t c, int b) {
       unsigned char* bytes = reinterpret_cast<unsigned char*>(events[b]);
+      const int64_t first = begin + c * R;
+      // This warp stages rows rr = warp - 1 + 7 k; lane k reads the k-th one's index first, so
+      // that the loads of each row depend on no other load.
+      const int mine = warp - 1 + (kWalkWarps - 1) * lane;
+      const int64_t my_m = lane < kStagedRows && mine < R && first + mine < end
+          ? order[first + mine] : 0;
 #pragma unroll 4
-      for (int rr = warp - 1; rr < R; rr += kWalkWarps - 1) {
-        const int64_t r = begin + c * R + rr;
+      for (int k = 0; k < kStagedRows; ++k) {
+        const int rr = warp - 1 + (kWalkWarps - 1) * k;
+        const int64_t m = __shfl_sync(0xffffffffu, my_m, k);
+        if (rr >= R) break;  // the same for the whole warp
         int e = 0;
         S z = S(0);
-        if (active && r < end) {
-          const int64_t m = order[r];
+        if (active && first + rr < end) {
           const uint64_t hit = bx[m * K + j] & bd[m * O + i];
           if (hit) {
             const int n = __popcll(hit);
