@@ -18,6 +18,8 @@ Nets (one step = forward, backward, update; the same in-memory batch):
   rapa none, conv1 x N   with --devices-per-weight N: rapa none with N devices per weight in
                  conv1 (Gokmen et al. 2017; update policy all: N times conv1's pulses)
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
+With --profile N, N steps of each rapa net then run under torch.profiler, and the ops (and on
+CUDA the kernels) that took the most time of their own are listed: where a step's time goes.
 All of them, aihwkit's process included, run with freed memory kept for reuse (rapa.allocator,
 as the rapa command does; glibc's own settings for aihwkit), or with --system-malloc all with
 glibc's defaults.
@@ -75,6 +77,26 @@ def rate(step, batch, seconds, device):
     return count / (time.perf_counter() - t0)
 
 
+def profile(name, step, steps, device):
+    """The top ops of `steps` steps by their own time: device time on CUDA, else CPU time."""
+    from torch.profiler import ProfilerActivity
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    wall = (time.perf_counter() - t0) / steps
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(f"\n{name}: {steps} steps under the profiler, {wall * 1e3:.1f} ms a step (with its "
+          f"overhead); ops by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +107,8 @@ def main():
     p.add_argument("--aihwkit-python", default=os.environ.get("AIHWKIT_PYTHON"))
     p.add_argument("--devices-per-weight", type=int, default=1,
                    help="also time rapa none with this many devices per weight in conv1")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="then profile N steps of each rapa net (torch.profiler)")
     add_malloc_option(p)
     args = p.parse_args()
     device = bench_device(args.device)
@@ -114,6 +138,9 @@ def main():
                                   "speed", str(args.batch), str(args.seconds)],
                                  capture_output=True, text=True, check=True, env=aihwkit_env)
             results["aihwkit"].append(float(out.stdout.split()[-1]))
+    for name, step in steps.items():  # before the figures, which end the output
+        if args.profile and name.startswith("rapa"):
+            profile(name, step, args.profile, device)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"Analog training throughput, images/s ({device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, median of {args.rounds} rounds of {args.seconds:g} s, {memory})")

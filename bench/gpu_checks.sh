@@ -40,7 +40,7 @@ step bench_ops_b100 "$PY" bench/bench_ops.py --device cuda --batch 100
 step bench_nets "$PY" bench/bench_nets.py --device cuda --skip-data
 step bench_data "$PY" bench/bench_nets.py --device cuda --skip-nets --data-threads 1 \
     --data-processes 2 4 8
-step bench_analog "$PY" bench/bench_analog.py --device cuda --seconds 3 --rounds 2
+step bench_analog "$PY" bench/bench_analog.py --device cuda --seconds 3 --rounds 2 --profile 3
 step bench_hic "$PY" bench/bench_hic.py --device cuda --seconds 3 --rounds 2
 # bench_distributed's solvers read data/cifar10 from the folder it runs in: the real data
 # where `make run` converted it, else a small random tree in a temporary folder.
