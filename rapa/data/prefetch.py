@@ -22,7 +22,9 @@ Two ways to prepare them, both giving the same batches in the same order:
   over in order. For a GPU host with cores to spare, where training at batch 10 consumes tens
   of thousands of images a second. The workers ignore SIGINT and SIGTERM: Ctrl-C or a signal to
   the whole process group stops the training loop, which still tests and snapshots, not the
-  workers.
+  workers (a second Ctrl-C stops both at once: stop_worker_processes). A worker's death (the
+  out-of-memory killer) and a full /dev/shm are raised at the next read, in one line that
+  names the database.
 With `pin_memory` (set for a net on CUDA) the batches come in page-locked memory, so that the
 copy to the GPU runs asynchronously.
 """
