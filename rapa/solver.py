@@ -28,7 +28,8 @@ import torch
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
 from .cuda_graph import GraphedStep, RecordingFailed
-from .data.prefetch import stop_worker_processes
+from .data.prefetch import (WorkerStopped, is_worker_death, stop_worker_processes,
+                            worker_death_line)
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -605,8 +606,14 @@ class Solver:
             # (a traceback) or leave the reader threads to be torn down mid-call (an abort);
             # files are only ever replaced whole, so leaving at once loses at most the
             # snapshot being written, and the previous one stays the newest.
+            try:
+                last = latest_snapshot(self.prefix)  # the one being written is not complete
+            except Exception:  # noqa: BLE001 - the message must not stop the exit
+                last = None
+            resume = (f"; resume with: rapa train --solver {self.path} --snapshot {last}"
+                      f"{self.overrides}" if last else "")
             sys.stderr.write(f"\n{signal.Signals(signum).name} again at iteration {self.iter}: "
-                             f"stopped at once\n")
+                             f"stopped at once{self._last_good(last)}{resume}\n")
             sys.stderr.flush()
             stop_worker_processes()
             os._exit(130)
@@ -781,6 +788,14 @@ class Solver:
             raise Stop(f"CUDA graph: the step could not be recorded at iteration {self.iter} "
                        f"({e}); run again without a graph (--no-cuda-graph or cuda_graph: "
                        f"false){self._last_good(self._last_snapshot)}", 1) from None
+        except (WorkerStopped, RuntimeError) as e:
+            # A data worker killed (out of memory): as the prefetcher noticed it, or as torch's
+            # SIGCHLD handler raised it wherever the loop was.
+            if isinstance(e, RuntimeError) and not is_worker_death(e):
+                raise
+            bar.clear()
+            raise Stop(f"{worker_death_line(e)} at iteration {self.iter}: training stopped"
+                       f"{self._last_good(self._last_snapshot)}", 2, shared=False) from None
         except PeerLost as e:
             # torchrun now stops the others with SIGTERM: the handler must stay, to let this
             # process say why it stops rather than die of the signal.

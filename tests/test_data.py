@@ -1,5 +1,6 @@
 """Datum records, LMDB reading, transforms and the prefetcher, on data the tests make."""
 import os
+import pathlib
 import signal
 import time
 import warnings
@@ -14,7 +15,7 @@ from rapa.data.datum import decode, encode_raw
 from rapa.data.lmdb_source import LmdbSource
 from rapa.data.lmdb_writer import LmdbWriter
 from rapa.data.prefetch import (Prefetcher, is_worker_death, stop_worker_processes,
-                                 worker_stopped)
+                                 worker_death_line, worker_stopped)
 from rapa.data.transform import Transformer
 from rapa.errors import RapaError, first_line
 from rapa.proto import pb
@@ -393,8 +394,13 @@ def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
             next(p)
         # torch's loader learns of the death from SIGCHLD, whose handler raises wherever the
         # process is (the command line says that in one line too); or a read finds it.
+        victim = _worker_pids(p)[0]
+        # what it may leave: a chunk in shared memory that it had not yet handed over
+        leftover = pathlib.Path(f"/dev/shm/torch_{victim}_1234_5")
+        if leftover.parent.is_dir():
+            leftover.write_bytes(b"chunk")
         with pytest.raises((RapaError, RuntimeError)) as e:
-            os.kill(_worker_pids(p)[0], signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
             for _ in range(100):
                 next(p)
         if isinstance(e.value, RapaError):
@@ -403,9 +409,40 @@ def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
             assert not str(e.value).endswith("stopped ()")
         else:
             assert is_worker_death(e.value)
+            assert worker_death_line(e.value).startswith(f"database {tmp_path / 'db'}: ")
         assert "\n" not in worker_stopped(e.value) and "\n" not in str(e.value)
     finally:
         p.close()
+    assert not leftover.exists()  # removed with the dead worker
+
+
+def test_a_ctrl_c_that_reaches_a_worker_before_it_can_ignore_it_is_not_fatal(tmp_path,
+                                                                            monkeypatch):
+    """Workers are born with SIGINT and SIGTERM blocked, so one sent while a worker starts
+    (before its init) waits and is then ignored; the training process blocks them only for
+    the moment of the fork."""
+    import rapa.data.prefetch as prefetch
+    init = prefetch._worker_init
+
+    def slow_init(worker_id):
+        time.sleep(0.5)  # the signals come now
+        init(worker_id)
+    monkeypatch.setattr(prefetch, "_worker_init", slow_init)
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=2)
+    one = Prefetcher(src, transformer(""), batch_size=4, seed=1)
+    try:
+        p._chunks = p._start()
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
+        for pid in _worker_pids(p):
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        for step in range(5):
+            assert torch.equal(next(p)[0], next(one)[0]), step
+        assert all(_alive(pid) for pid in _worker_pids(p))
+    finally:
+        p.close(), one.close()
 
 
 def test_a_key_that_is_not_text_is_named_all_the_same(tmp_path):
@@ -457,11 +494,14 @@ def test_worker_processes_are_stopped_at_once_for_a_hard_exit(tmp_path):
         next(p)
         pids = _worker_pids(p)
         assert all(_alive(pid) for pid in pids)
+        leftovers = [pathlib.Path(f"/dev/shm/torch_{pid}_99_1") for pid in pids]
+        if leftovers[0].parent.is_dir():
+            for f in leftovers:
+                f.write_bytes(b"chunk")
         stop_worker_processes()
-        deadline = time.time() + 1
-        while any(_alive(pid) for pid in pids) and time.time() < deadline:
-            time.sleep(0.01)
-        assert not any(_alive(pid) for pid in pids)
+        # reaped and gone from the process table when it returns, their shared memory too
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+        assert not any(f.exists() for f in leftovers)
     finally:
         signal.signal(signal.SIGCHLD, handler)
         p.close()

@@ -336,9 +336,14 @@ def test_sigterm_to_the_group_stops_a_run_with_worker_processes_with_its_snapsho
     assert latest_snapshot("snap/tiny") is not None
 
 
-def test_a_second_signal_stops_at_once_and_takes_the_data_workers_along(workdir, monkeypatch):
+def test_a_second_signal_stops_at_once_and_takes_the_data_workers_along(workdir, monkeypatch,
+                                                                         capsys):
+    """It says the newest complete snapshot and how to resume from it (one being written
+    when the signal came is lost)."""
     import rapa.solver
-    solver = Solver(setup_files(workdir), say=lambda m: None, progress=False)
+    solver = Solver(setup_files(workdir, max_iter=8), say=lambda m: None, progress=False)
+    solver.solve()  # snapshots at 4 and 8
+    (workdir / "snap/tiny_iter_12.caffemodel.tmp").write_bytes(b"half")
     done = []
 
     class Exited(Exception):
@@ -355,6 +360,17 @@ def test_a_second_signal_stops_at_once_and_takes_the_data_workers_along(workdir,
         with pytest.raises(Exited):
             solver._on_signal(signal.SIGTERM, None)
         assert done == ["workers", ("exit", 130)]
+        last = latest_snapshot("snap/tiny")
+        assert last.name == "tiny_iter_8.solverstate"
+        assert capsys.readouterr().err == (
+            f"\nSIGTERM again at iteration 8: stopped at once; the last good snapshot is {last}; "
+            f"resume with: rapa train --solver {workdir / 'solver.prototxt'} --snapshot {last}\n")
+        for f in (workdir / "snap").iterdir():
+            f.unlink()
+        with pytest.raises(Exited):
+            solver._on_signal(signal.SIGINT, None)
+        assert capsys.readouterr().err == ("\nSIGINT again at iteration 8: stopped at once; no "
+                                           "snapshot was written\n")
     finally:
         solver.close()
 
@@ -377,8 +393,11 @@ def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir, kille
         os.kill(int(pid), signal.SIGKILL)  # as the kernel's out-of-memory killer does
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
-    assert re.fullmatch(r"rapa train: error: (database \S+: )?a worker process preparing "
-                        r"batches stopped \(.*\)\n", err), err
+    # the database whose worker died, when the run stopped and what it can resume from
+    assert re.fullmatch(r"rapa train: database (train|test)_lmdb: a worker process preparing "
+                        r"batches stopped \(DataLoader worker .*\) at iteration \d+: training "
+                        r"stopped; (the last good snapshot is snap/tiny_iter_\d+\.solverstate|"
+                        r"no snapshot was written)\n", err), err
 
 
 def test_kill_9_mid_run_loses_nothing(workdir):

@@ -53,11 +53,11 @@ def main(argv=None) -> int:
         print(f"\nrapa {args.command}: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as e:
-        from ..data.prefetch import forget_worker_deaths, is_worker_death, worker_stopped
+        from ..data.prefetch import forget_worker_deaths, is_worker_death, worker_death_line
         if not is_worker_death(e):
             raise
         forget_worker_deaths()  # the other workers' shutdown at exit raises no more
-        print(f"rapa {args.command}: error: {worker_stopped(e)}", file=sys.stderr)
+        print(f"rapa {args.command}: error: {worker_death_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -21,21 +21,25 @@ Two ways to prepare them, both giving the same batches in the same order:
   that one message between processes carries many small batches) and the loader hands them
   over in order. For a GPU host with cores to spare, where training at batch 10 consumes tens
   of thousands of images a second. The workers ignore SIGINT and SIGTERM: Ctrl-C or a signal to
-  the whole process group stops the training loop, which still tests and snapshots, not the
-  workers (a second Ctrl-C stops both at once: stop_worker_processes). A worker's death (the
-  out-of-memory killer) and a full /dev/shm are raised at the next read, in one line that
-  names the database.
+  the whole process group stops the training loop, which finishes its iteration (reading its
+  batch) and snapshots, not the workers (a second Ctrl-C stops both at once:
+  stop_worker_processes). A worker's death (the out-of-memory killer) and a full /dev/shm are
+  raised at the next read, in one line that names the database (worker_death_line); the
+  shared memory of a worker that died is removed with it.
 With `pin_memory` (set for a net on CUDA) the batches come in page-locked memory, so that the
 copy to the GPU runs asynchronously.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
+import os
 import queue
 import signal
 import threading
 import warnings
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -138,6 +142,37 @@ class _ChunkKeys(torch.utils.data.Sampler):
             k += per_chunk
 
 
+class WorkerStopped(RapaError):
+    """A worker process of a prefetcher died; the message names the database."""
+
+
+# The prefetchers whose loaders have worker processes: where a death is looked up.
+_WITH_WORKERS: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
+
+
+def worker_death_line(error: BaseException) -> str:
+    """The one line for a worker's death however it was noticed: as a prefetcher raised it
+    (WorkerStopped, with its database), or as torch's SIGCHLD handler raised it, anywhere
+    (a RuntimeError; the database is that of a loader whose worker is gone, while it is open)."""
+    if isinstance(error, WorkerStopped):
+        return str(error)
+    for p in list(_WITH_WORKERS):
+        if p._dead_workers():
+            return f"database {p.source.path}: {worker_stopped(error)}"
+    return worker_stopped(error)
+
+
+def _remove_shared_memory_of(pids) -> None:
+    """A dead worker's shared memory segments that it had not yet handed over and unlinked
+    (torch names them /dev/shm/torch_<pid>_*): nobody else will open them by name."""
+    for pid in pids:
+        for path in glob.glob(f"/dev/shm/torch_{pid}_*"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 def worker_stopped(error: BaseException) -> str:
     """The one line for a worker process that died (killed for memory, by a signal). torch's
     loader says so from its SIGCHLD handler, which may raise its RuntimeError anywhere in the
@@ -177,16 +212,25 @@ def stop_worker_processes() -> None:
     later. torch's SIGCHLD handler, which would raise at their death, is removed first."""
     import multiprocessing
     forget_worker_deaths()
-    for child in multiprocessing.active_children():
+    children = multiprocessing.active_children()
+    for child in children:
         child.kill()
+    for child in children:
+        child.join(timeout=1)  # reaped: gone from the process table when this returns
+    _remove_shared_memory_of(child.pid for child in children)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _worker_init(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the training loop handles it (a last test and a
-    # snapshot need the workers).
-    # SIGTERM likewise (timeout, a batch system's scancel signal the whole group).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ctrl-C reaches the whole process group; the training loop handles it (it finishes its
+    # iteration, which may still read a batch, and snapshots). SIGTERM likewise (timeout, a
+    # batch system's scancel signal the whole group). The worker was born with them blocked
+    # (see Prefetcher._start): one sent before this line is discarded here, not fatal.
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 class Prefetcher:
@@ -324,7 +368,7 @@ class Prefetcher:
                 # Outside the except clause: no traceback keeps the loader alive, so closing
                 # stops its workers now.
                 self.close()
-                raise RapaError(f"database {self.source.path}: {stopped}")
+                raise WorkerStopped(f"database {self.source.path}: {stopped}")
             self._chunk_pos = 0
             if self._chunk[0] is None:
                 self._raise(self._chunk[2])
@@ -346,7 +390,22 @@ class Prefetcher:
                     num_workers=self.processes, pin_memory=self.pin_memory,
                     worker_init_fn=_worker_init, persistent_workers=True, prefetch_factor=2,
                     generator=torch.Generator().manual_seed(0))
-            return iter(self._loader)
+                _WITH_WORKERS.add(self)
+            # Workers are forked here: blocked at birth, a Ctrl-C cannot reach one before it
+            # ignores it. Here it waits, and comes as soon as they are started.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                return iter(self._loader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _worker_processes(self) -> list:
+        """The loader's worker processes (multiprocessing.Process), if it has started them."""
+        return list(getattr(getattr(self._loader, "_iterator", None), "_workers", ()))
+
+    def _dead_workers(self) -> list[int]:
+        """The pids of this loader's workers that have exited abnormally (killed)."""
+        return [w.pid for w in self._worker_processes() if w.exitcode not in (None, 0)]
 
     def _raise(self, error: BaseException):
         self.close()  # a later read starts again at this batch (and meets the error again)
@@ -357,8 +416,13 @@ class Prefetcher:
         self._close_threads()
         self._chunks, self._chunk = None, None
         if self._loader is not None:
+            workers = self._worker_processes()
             # The loader's shutdown waits for its workers; torch's SIGCHLD handler would raise
             # inside it (an "Exception ignored" traceback) if any worker of any loader had
             # died. Held meanwhile: the other loaders find such a death at their next read.
             with _sigchld_held():
                 self._loader = None  # the workers exit
+            _WITH_WORKERS.discard(self)
+            # Those that did not end as told (killed; or found dying only now, a read having
+            # seen their connection close first) may have left a chunk unlinked.
+            _remove_shared_memory_of(w.pid for w in workers if w.exitcode not in (None, 0))
