@@ -28,8 +28,8 @@ import torch
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
 from .cuda_graph import GraphedStep, RecordingFailed
-from .data.prefetch import (WorkerStopped, is_worker_death, stop_worker_processes,
-                            worker_death_line)
+from .data.prefetch import (WorkerStopped, forget_worker_deaths, is_worker_death,
+                            stop_worker_processes, worker_death_line)
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -790,7 +790,9 @@ class Solver:
                        f"false){self._last_good(self._last_snapshot)}", 1) from None
         except (WorkerStopped, RuntimeError) as e:
             # A data worker killed (out of memory): as the prefetcher noticed it, or as torch's
-            # SIGCHLD handler raised it wherever the loop was.
+            # SIGCHLD handler raised it wherever the loop was. Other workers that die now
+            # must not raise again in what follows (the run ends either way).
+            forget_worker_deaths()
             if isinstance(e, RuntimeError) and not is_worker_death(e):
                 raise
             bar.clear()

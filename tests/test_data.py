@@ -467,6 +467,17 @@ def test_a_worker_s_death_is_said_in_one_line():
     assert worker_stopped(EOFError()) == "a worker process preparing batches stopped (EOFError)"
 
 
+def test_a_worker_s_uncaught_errors_are_one_line_or_none(capsys):
+    """What multiprocessing's hand-over thread in a worker reports when the training process
+    closes the connection (its loaders closing): nothing; anything else: one line."""
+    from rapa.data.prefetch import _worker_excepthook
+    _worker_excepthook(BrokenPipeError, BrokenPipeError(32, "Broken pipe"), None)
+    _worker_excepthook(ConnectionResetError, ConnectionResetError(104, "reset"), None)
+    assert capsys.readouterr().err == ""
+    _worker_excepthook(ValueError, ValueError("bad\nmore"), None)
+    assert capsys.readouterr().err == f"rapa: data worker process {os.getpid()}: ValueError: bad\n"
+
+
 def test_an_error_s_first_line():
     assert first_line(RuntimeError("\n  gloo: peer closed  \nstack")) == "gloo: peer closed"
     assert first_line(ConnectionResetError()) == "ConnectionResetError"

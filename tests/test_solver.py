@@ -395,7 +395,8 @@ def test_a_killed_data_worker_process_stops_the_run_with_one_line(workdir, kille
     assert proc.returncode == 2, err
     # the database whose worker died, when the run stopped and what it can resume from
     assert re.fullmatch(r"rapa train: database (train|test)_lmdb: a worker process preparing "
-                        r"batches stopped \(DataLoader worker .*\) at iteration \d+: training "
+                        r"batches stopped \(pid \d+ killed by SIGKILL(, pid \d+ killed by "
+                        r"SIGKILL)*\) at iteration \d+: training "
                         r"stopped; (the last good snapshot is snap/tiny_iter_\d+\.solverstate|"
                         r"no snapshot was written)\n", err), err
 

@@ -37,6 +37,7 @@ import math
 import os
 import queue
 import signal
+import sys
 import threading
 import warnings
 import weakref
@@ -158,7 +159,7 @@ def worker_death_line(error: BaseException) -> str:
         return str(error)
     for p in list(_WITH_WORKERS):
         if p._dead_workers():
-            return f"database {p.source.path}: {worker_stopped(error)}"
+            return f"database {p.source.path}: {worker_stopped(error, p._worker_processes())}"
     return worker_stopped(error)
 
 
@@ -173,11 +174,27 @@ def _remove_shared_memory_of(pids) -> None:
                 pass
 
 
-def worker_stopped(error: BaseException) -> str:
-    """The one line for a worker process that died (killed for memory, by a signal). torch's
-    loader says so from its SIGCHLD handler, which may raise its RuntimeError anywhere in the
-    training process: the command line turns that into this line too."""
-    return f"a worker process preparing batches stopped ({first_line(error)})"
+def worker_stopped(error: BaseException, workers=()) -> str:
+    """The one line for a worker process that died (killed for memory, by a signal): the dead
+    ones among `workers` (multiprocessing.Process) and how they ended, else the first line of
+    the error it was noticed by (torch's SIGCHLD handler raises a RuntimeError anywhere in
+    the training process; a read finds a closed connection)."""
+    return _stopped_line(first_line(error), workers)
+
+
+def _stopped_line(noticed: str, workers) -> str:
+    dead = [w for w in workers if w.exitcode not in (None, 0)]
+    reason = ", ".join(f"pid {w.pid} {_how_it_ended(w.exitcode)}" for w in dead)
+    return f"a worker process preparing batches stopped ({reason or noticed})"
+
+
+def _how_it_ended(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"exited with status {exitcode}"
+    try:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"killed by signal {-exitcode}"
 
 
 def is_worker_death(error: BaseException) -> bool:
@@ -231,6 +248,17 @@ def _worker_init(worker_id: int) -> None:
     for s in _STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    sys.excepthook = _worker_excepthook
+
+
+def _worker_excepthook(kind, value, tb) -> None:
+    """A worker's uncaught errors (multiprocessing's thread that hands shared memory over
+    reports through this one) in one line on the training's stderr; none for a consumer that
+    went away mid-hand-over (the training process closing its loaders)."""
+    if issubclass(kind, (BrokenPipeError, ConnectionResetError)):
+        return
+    sys.stderr.write(f"rapa: data worker process {os.getpid()}: {kind.__name__}: "
+                     f"{first_line(value)}\n")
 
 
 class Prefetcher:
@@ -363,12 +391,15 @@ class Prefetcher:
                     self._chunks = self._start()
                 self._chunk = next(self._chunks)
             except (RuntimeError, OSError, EOFError) as e:  # a worker killed (out of memory)
-                stopped = worker_stopped(e)
+                forget_worker_deaths()  # others dying now must not raise in what follows
+                stopped = first_line(e)  # not e: its traceback would keep the loader alive
             if stopped is not None:
                 # Outside the except clause: no traceback keeps the loader alive, so closing
-                # stops its workers now.
+                # stops its workers now (and waits for them: how the dead one ended is known).
+                workers = self._worker_processes()
                 self.close()
-                raise WorkerStopped(f"database {self.source.path}: {stopped}")
+                raise WorkerStopped(f"database {self.source.path}: "
+                                    f"{_stopped_line(stopped, workers)}")
             self._chunk_pos = 0
             if self._chunk[0] is None:
                 self._raise(self._chunk[2])
