@@ -28,6 +28,6 @@ def first_line(error: BaseException, limit: int = 0) -> str:
     line = next((part.strip() for part in str(error).splitlines() if part.strip()), "")
     if not line:
         return type(error).__name__
-    if limit and len(line) > limit:
-        line = line[:limit - 3].rsplit(" ", 1)[0] + " ..."
+    if limit and len(line) > limit:  # whole words where there are blanks, else cut in one
+        line = line[:limit - 3].rsplit(" ", 1)[0][:limit - 4] + " ..."
     return line

@@ -2,6 +2,7 @@
 import os
 import pathlib
 import signal
+import threading
 import time
 import warnings
 
@@ -297,6 +298,13 @@ def test_the_data_layer_takes_its_threads_and_refuses_too_many(tmp_path, monkeyp
             Net(parse_text(text % bad, pb.NetParameter()), pb.TRAIN)
 
 
+def _with_workers(tmp_path, batch_size: int, processes: int) -> Prefetcher:
+    """A prefetcher with worker processes over a database of 12 small images."""
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    return Prefetcher(src, transformer(""), batch_size=batch_size, seed=1, processes=processes)
+
+
 def _worker_pids(p: Prefetcher) -> list[int]:
     return [w.pid for w in p._loader._iterator._workers]
 
@@ -383,9 +391,7 @@ def test_any_other_error_in_a_worker_process_comes_back_in_one_line(tmp_path):
 
 
 def test_worker_processes_ignore_ctrl_c_and_a_killed_one_is_named(tmp_path):
-    images, labels = random_images(12, h=8, w=8)
-    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
-    p = Prefetcher(src, transformer(""), batch_size=100, seed=1, processes=2)
+    p = _with_workers(tmp_path, batch_size=100, processes=2)
     try:
         next(p)  # chunks of 3 batches: 12 more batches are prepared or queued
         for pid in _worker_pids(p):
@@ -497,9 +503,7 @@ def _alive(pid: int) -> bool:
 def test_worker_processes_are_stopped_at_once_for_a_hard_exit(tmp_path):
     """What a second Ctrl-C does before it leaves: else the workers would live on for
     seconds, until they see their parent gone."""
-    images, labels = random_images(12, h=8, w=8)
-    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
-    p = Prefetcher(src, transformer(""), batch_size=4, seed=1, processes=2)
+    p = _with_workers(tmp_path, batch_size=4, processes=2)
     handler = signal.getsignal(signal.SIGCHLD)
     try:
         next(p)
@@ -510,6 +514,7 @@ def test_worker_processes_are_stopped_at_once_for_a_hard_exit(tmp_path):
             for f in leftovers:
                 f.write_bytes(b"chunk")
         stop_worker_processes()
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # their deaths raise nowhere
         # reaped and gone from the process table when it returns, their shared memory too
         assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
         assert not any(f.exists() for f in leftovers)
@@ -630,3 +635,277 @@ def test_batches_for_a_gpu_come_in_page_locked_memory_cuda(tmp_path, how):
     net = Net(parse_text(text, pb.NetParameter()), pb.TRAIN).to_device(torch.device("cuda"))
     assert net.layer("d").prefetcher.pin_memory and net.read_data()["x"].is_cuda
     net.close()
+
+
+def test_first_line_skips_blank_lines_and_cuts_at_the_limit_exactly():
+    # a line of blanks is no line
+    assert first_line(RuntimeError("   \n\t\nreal cause\nmore")) == "real cause"
+    # exactly `limit` characters: kept whole; one more: cut
+    assert first_line(RuntimeError("aaaa bbbb cccc dd ee"), limit=20) == "aaaa bbbb cccc dd ee"
+    assert first_line(RuntimeError("aaaa bbbb cccc dd eee"), limit=20) == "aaaa bbbb cccc ..."
+    # the cut keeps every whole word that fits with " ..." ...
+    assert first_line(RuntimeError("aaaa bbbb cccc d eeee"), limit=20) == "aaaa bbbb cccc d ..."
+    # ... and never more than `limit` characters
+    cut = first_line(RuntimeError("aaaa bbbb cccc dd eeee"), limit=20)
+    assert cut == "aaaa bbbb cccc ..." and len(cut) <= 20
+
+
+def test_first_line_without_blanks_stays_within_the_limit():
+    assert first_line(RuntimeError("x" * 200), limit=120) == "x" * 116 + " ..."
+
+
+def test_the_shared_memory_size_counts_images_and_labels_in_mib(monkeypatch):
+    """The size named is that of both buffers, in MiB (2 ** 20 bytes)."""
+    import types
+    from rapa.data import prefetch
+
+    def full(self):
+        raise RuntimeError("No space left on device (28)")
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # "in a worker"
+    reader = types.SimpleNamespace(source=types.SimpleNamespace(path="db"))
+    x = torch.zeros(2 ** 16)  # 2 batches of 256 KiB images: 0.5 MiB
+    y = torch.zeros(2 ** 17, dtype=torch.int64)  # 2 batches of 1 MiB labels: 2 MiB
+    with pytest.raises(RapaError) as e:
+        prefetch._Chunks(reader)._buffers(2, x, y)
+    assert "database db: no room for 2.5 MB of batches in shared memory" in str(e.value)
+
+
+def test_a_worker_dead_when_the_loader_restarts_is_named(tmp_path):
+    """A seek restarts the loader, whose workers must acknowledge it: a dead one shows
+    there, and is said as a RapaError, as when a read finds it."""
+    p = _with_workers(tmp_path, batch_size=4, processes=2)
+    handler = signal.getsignal(signal.SIGCHLD)
+    try:
+        next(p)
+        pid = p._loader._iterator._workers[0].pid
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the restart, not torch's handler, finds it
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 5
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.01)
+        p.seek(0)
+        with pytest.raises(RapaError, match=r"^database .*: a worker process preparing batches "
+                                            r"stopped \(.+\)$"):  # torch's words, or a
+            next(p)  # ConnectionResetError from its queue
+        assert p._loader is None  # closed
+    finally:
+        p.close()
+        signal.signal(signal.SIGCHLD, handler)
+
+
+def test_a_worker_process_loader_closes_from_another_thread(tmp_path):
+    """_sigchld_held off the main thread leaves the handler alone and does not fail."""
+    p = _with_workers(tmp_path, batch_size=4, processes=1)
+    handler = None
+    errors = []
+    try:
+        next(p)
+        handler = signal.getsignal(signal.SIGCHLD)
+
+        def close():
+            try:
+                p.close()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        t = threading.Thread(target=close)
+        t.start()
+        t.join()
+        assert errors == [] and p._loader is None
+        assert signal.getsignal(signal.SIGCHLD) is handler
+    finally:
+        p.close()
+
+
+def test_a_worker_s_batches_are_written_in_shared_memory(tmp_path, monkeypatch):
+    """In a worker both buffers are in shared memory from the start, so
+    handing them to the training process copies nothing more."""
+    from rapa.data.prefetch import _Chunks
+    images, labels = random_images(12, h=8, w=8)
+    src = LmdbSource(write_lmdb(tmp_path / "db", images, labels))
+    p = Prefetcher(src, transformer(""), batch_size=4, seed=1)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # "in a worker"
+    x, y, error = _Chunks(p.reader)[(1, (0, 1))]
+    assert error is None and x.shape[0] == y.shape[0] == 2
+    assert x.is_shared() and y.is_shared()
+
+
+def test_sigchld_is_held_at_its_default_and_restored_even_on_an_exception():
+    """_sigchld_held sets SIGCHLD to SIG_DFL for its block and restores the
+    previous handler however the block ends (a Ctrl-C inside a loader's shutdown)."""
+    from rapa.data.prefetch import _sigchld_held
+
+    def mine(*args):
+        pass
+    old = signal.signal(signal.SIGCHLD, mine)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigchld_held():
+                assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+                raise KeyboardInterrupt
+        assert signal.getsignal(signal.SIGCHLD) is mine
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+@pytest.mark.parametrize("where", ["restart", "read"])
+@pytest.mark.parametrize("error, said", [
+    (EOFError(), "EOFError"),
+    (ConnectionResetError(104, "Connection reset by peer"), "[Errno 104] Connection reset by peer"),
+    (RuntimeError("DataLoader worker (pid(s) 5) exited unexpectedly "),
+     "DataLoader worker (pid(s) 5) exited unexpectedly")])
+def test_every_way_a_worker_stops_is_one_rapa_error_and_closes_the_loader(
+        tmp_path, monkeypatch, where, error, said):
+    """A death found while the loader restarts or by a read, as torch's RuntimeError, an
+    EOFError or an OSError from its queue: one line, and the loader closed before it."""
+    p = _with_workers(tmp_path, batch_size=4, processes=1)
+    try:
+        next(p)  # a real loader, with its worker
+        loader = p._loader
+
+        def start(self):
+            if where == "restart":
+                raise error
+
+            def chunks():
+                raise error
+                yield
+            return chunks()
+        monkeypatch.setattr(Prefetcher, "_start", start)
+        p.seek(0)
+        with pytest.raises(RapaError) as e:
+            next(p)
+        assert str(e.value) == (f"database {tmp_path / 'db'}: a worker process preparing "
+                                f"batches stopped ({said})")
+        assert p._loader is None and p._chunks is None
+        del loader
+    finally:
+        p.close()
+
+
+def test_stop_worker_processes_removes_torch_s_handler_before_any_kill(monkeypatch):
+    """Every child is killed with SIGCHLD already at SIG_DFL (not SIG_IGN, which would have
+    the kernel reap them behind multiprocessing's back), then reaped."""
+    import multiprocessing
+    from rapa.data.prefetch import stop_worker_processes
+    seen = []
+
+    class Child:
+        pid = -1  # no /dev/shm/torch_-1_* to remove
+
+        def kill(self):
+            seen.append(signal.getsignal(signal.SIGCHLD))
+
+        def join(self, timeout=None):
+            seen.append("join")
+
+        def terminate(self):
+            seen.append("terminate")
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: [Child(), Child()])
+
+    def torch_s(*args):
+        pass
+    old = signal.signal(signal.SIGCHLD, torch_s)
+    try:
+        stop_worker_processes()
+        assert seen == [signal.SIG_DFL, signal.SIG_DFL, "join", "join"]  # killed, then reaped
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def test_the_loader_restarts_for_a_seek_only(tmp_path, monkeypatch):
+    """A chunk's end reads on from the running loader (a restart would drop the chunks
+    its workers have prepared)."""
+    starts = []
+    real = Prefetcher._start
+
+    def counted(self):
+        starts.append(self.next_index)
+        return real(self)
+    monkeypatch.setattr(Prefetcher, "_start", counted)
+    p = _with_workers(tmp_path, batch_size=100, processes=1)
+    assert p.chunk_batches == 3
+    try:
+        for _ in range(10):  # across three chunk ends
+            next(p)
+        assert starts == [0]
+        p.seek(2)
+        next(p)
+        assert starts == [0, 2]
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("death", [True, False])
+def test_the_command_line_forgets_worker_deaths_after_one_stopped_the_run(monkeypatch, capsys,
+                                                                          death):
+    """A worker's death is said in one line and torch's SIGCHLD handler goes
+    (the other workers' exit raises no more); any other RuntimeError is left alone."""
+    import argparse
+    import types
+    import rapa.cli as cli
+    error = RuntimeError("DataLoader worker (pid 5) is killed by signal: Killed. " if death
+                         else "CUDA error: an illegal memory access")
+
+    def run(args):
+        raise error
+    monkeypatch.setattr(cli, "build_parser", lambda: types.SimpleNamespace(
+        parse_args=lambda argv: argparse.Namespace(command="train", run=run)))
+
+    def torch_s(*args):
+        pass
+    old = signal.signal(signal.SIGCHLD, torch_s)
+    try:
+        if death:
+            assert cli.main([]) == 2
+            assert capsys.readouterr().err == (
+                "rapa train: error: a worker process preparing batches stopped (DataLoader "
+                "worker (pid 5) is killed by signal: Killed.)\n")
+            assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        else:
+            with pytest.raises(RuntimeError, match="CUDA error"):
+                cli.main([])
+            assert signal.getsignal(signal.SIGCHLD) is torch_s
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def test_a_worker_s_death_is_told_by_how_it_ended_and_its_database(tmp_path):
+    """However torch noticed it (here as its SIGCHLD handler would say it, anywhere): the
+    database of the loader whose worker is gone, and how the worker ended."""
+    p = _with_workers(tmp_path, batch_size=4, processes=2)
+    handler = signal.getsignal(signal.SIGCHLD)
+    try:
+        next(p)
+        victim = _worker_pids(p)[0]
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this test says it, not torch's handler
+        noticed = RuntimeError(f"DataLoader worker (pid {victim}) is killed by signal: Killed. ")
+        assert worker_death_line(noticed) == ("a worker process preparing batches stopped "
+                                              f"(DataLoader worker (pid {victim}) is killed by "
+                                              f"signal: Killed.)")  # nothing known dead yet
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 5
+        while not p._dead_workers() and time.time() < deadline:
+            time.sleep(0.01)
+        assert worker_death_line(noticed) == (f"database {tmp_path / 'db'}: a worker process "
+                                              f"preparing batches stopped (pid {victim} killed "
+                                              f"by SIGKILL)")
+    finally:
+        p.close()
+        signal.signal(signal.SIGCHLD, handler)
+    assert worker_death_line(noticed).startswith("a worker process")  # closed: not looked up
+
+
+def test_how_a_worker_ended_is_said_for_signals_and_exit_statuses():
+    from rapa.data.prefetch import _stopped_line
+
+    class Ended:
+        def __init__(self, pid, exitcode):
+            self.pid, self.exitcode = pid, exitcode
+    workers = [Ended(1, None), Ended(2, 0), Ended(3, -9), Ended(4, 3), Ended(5, -200)]
+    assert _stopped_line("EOFError", workers) == (
+        "a worker process preparing batches stopped (pid 3 killed by SIGKILL, pid 4 exited "
+        "with status 3, pid 5 killed by signal 200)")
+    assert _stopped_line("EOFError", workers[:2]) == ("a worker process preparing batches "
+                                                      "stopped (EOFError)")

@@ -589,3 +589,36 @@ def test_the_launcher_s_repeated_signal_does_not_stop_a_process_at_once(workdir,
     finally:
         solver.group.world = 1
         solver.close()
+
+
+def test_a_failed_join_and_a_lost_peer_are_said_in_one_short_line(monkeypatch):
+    """gloo's multi-line messages are cut to their first line; a lost peer's to 120
+    characters at a word."""
+    from rapa import distributed
+    from rapa.errors import RapaError
+    from rapa.distributed import Group, PeerLost
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    def init(*args, **kwargs):
+        raise RuntimeError("\nThe client socket has timed out after 60s while trying to "
+                           "connect to (10.0.0.1, 29500).\nException raised from ...")
+    monkeypatch.setattr(distributed.dist, "init_process_group", init)
+    with pytest.raises(RapaError) as e:
+        Group.from_environment()
+    assert str(e.value) == ("cannot join the run (The client socket has timed out after 60s "
+                            "while trying to connect to (10.0.0.1, 29500).)")
+    detail = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+              "[10.0.0.2]:61000 while reading the header of a message of 4096 bytes from the "
+              "pair of process 1")
+
+    def collective():
+        raise RuntimeError(detail + "\nException raised from ...")
+    with pytest.raises(PeerLost) as e:
+        Group()._call("summing", collective)
+    said = str(e.value)
+    prefix = "another process of the run has left it (seen while summing: "
+    assert said.startswith(prefix) and said.endswith(" ...)")
+    cut = said[len(prefix):-1]
+    assert len(cut) <= 120 and detail.startswith(cut[:-4]) and len(cut) > 100
