@@ -15,8 +15,8 @@ from datasets import random_images, write_lmdb
 from rapa.data.datum import decode, encode_raw
 from rapa.data.lmdb_source import LmdbSource
 from rapa.data.lmdb_writer import LmdbWriter
-from rapa.data.prefetch import (Prefetcher, is_worker_death, stop_worker_processes,
-                                 worker_death_line, worker_stopped)
+from rapa.data.prefetch import (Prefetcher, ended_abnormally, is_worker_death,
+                                 stop_worker_processes, worker_death_line, worker_stopped)
 from rapa.data.transform import Transformer
 from rapa.errors import RapaError, first_line
 from rapa.proto import pb
@@ -886,7 +886,7 @@ def test_a_worker_s_death_is_told_by_how_it_ended_and_its_database(tmp_path):
                                               f"signal: Killed.)")  # nothing known dead yet
         os.kill(victim, signal.SIGKILL)
         deadline = time.time() + 5
-        while not p._dead_workers() and time.time() < deadline:
+        while not ended_abnormally(p._worker_processes()) and time.time() < deadline:
             time.sleep(0.01)
         assert worker_death_line(noticed) == (f"database {tmp_path / 'db'}: a worker process "
                                               f"preparing batches stopped (pid {victim} killed "

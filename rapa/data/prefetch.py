@@ -158,8 +158,9 @@ def worker_death_line(error: BaseException) -> str:
     if isinstance(error, WorkerStopped):
         return str(error)
     for p in list(_WITH_WORKERS):
-        if p._dead_workers():
-            return f"database {p.source.path}: {worker_stopped(error, p._worker_processes())}"
+        workers = p._worker_processes()
+        if ended_abnormally(workers):
+            return f"database {p.source.path}: {worker_stopped(error, workers)}"
     return worker_stopped(error)
 
 
@@ -182,9 +183,15 @@ def worker_stopped(error: BaseException, workers=()) -> str:
     return _stopped_line(first_line(error), workers)
 
 
+def ended_abnormally(workers) -> list:
+    """The worker processes (multiprocessing.Process) among `workers` that have exited other
+    than as told (killed, or with a status other than 0)."""
+    return [w for w in workers if w.exitcode not in (None, 0)]
+
+
 def _stopped_line(noticed: str, workers) -> str:
-    dead = [w for w in workers if w.exitcode not in (None, 0)]
-    reason = ", ".join(f"pid {w.pid} {_how_it_ended(w.exitcode)}" for w in dead)
+    reason = ", ".join(f"pid {w.pid} {_how_it_ended(w.exitcode)}"
+                       for w in ended_abnormally(workers))
     return f"a worker process preparing batches stopped ({reason or noticed})"
 
 
@@ -434,10 +441,6 @@ class Prefetcher:
         """The loader's worker processes (multiprocessing.Process), if it has started them."""
         return list(getattr(getattr(self._loader, "_iterator", None), "_workers", ()))
 
-    def _dead_workers(self) -> list[int]:
-        """The pids of this loader's workers that have exited abnormally (killed)."""
-        return [w.pid for w in self._worker_processes() if w.exitcode not in (None, 0)]
-
     def _raise(self, error: BaseException):
         self.close()  # a later read starts again at this batch (and meets the error again)
         raise error
@@ -456,4 +459,4 @@ class Prefetcher:
             _WITH_WORKERS.discard(self)
             # Those that did not end as told (killed; or found dying only now, a read having
             # seen their connection close first) may have left a chunk unlinked.
-            _remove_shared_memory_of(w.pid for w in workers if w.exitcode not in (None, 0))
+            _remove_shared_memory_of(w.pid for w in ended_abnormally(workers))
