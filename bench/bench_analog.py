@@ -17,6 +17,9 @@ Nets (one step = forward, backward, update; the same in-memory batch):
   torch.nn       the hand-written floating-point Full net (bench_nets.py), torch.optim.SGD
   rapa none, conv1 x N   with --devices-per-weight N: rapa none with N devices per weight in
                  conv1 (Gokmen et al. 2017; update policy all: N times conv1's pulses)
+  ..., graphed   on CUDA, each of the above (but aihwkit) also with its whole step recorded
+                 once as a CUDA graph and replayed (rapa.cuda_graph, as rapa train runs it;
+                 --no-graph leaves them out)
 Each is timed for --seconds per round, in turns, over --rounds rounds; figures are medians.
 With --profile N, N steps of each rapa net then run under torch.profiler, and the ops (and on
 CUDA the kernels) that took the most time of their own are listed: where a step's time goes.
@@ -41,7 +44,8 @@ from rapa.allocator import KEEP_FREED_ENV
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_nets import add_malloc_option, data_tree, memory_setting, net_step, torch_step  # noqa: E402
+from bench_nets import (add_malloc_option, data_tree, graphed, memory_setting, net_step,  # noqa: E402
+                        torch_step)
 from bench_ops import bench_device  # noqa: E402
 
 # The rate of bench/aihwkit_full.py: with bit-length management it sets how many pulses an
@@ -109,6 +113,8 @@ def main():
                    help="also time rapa none with this many devices per weight in conv1")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="then profile N steps of each rapa net (torch.profiler)")
+    p.add_argument("--no-graph", action="store_true",
+                   help="on CUDA, leave out the steps recorded as CUDA graphs")
     add_malloc_option(p)
     args = p.parse_args()
     device = bench_device(args.device)
@@ -129,6 +135,12 @@ def main():
         steps[f"rapa none, conv1 x {args.devices_per_weight}"] = analog_step(
             ROOT / "prototxt/cifar10/none_max_rpu.prototxt", args.batch, device,
             args.devices_per_weight)
+    if device.type == "cuda" and not args.no_graph:
+        for name in list(steps):
+            try:
+                steps[f"{name}, graphed"] = graphed(steps[name])
+            except SystemExit as e:  # said, and the other nets still timed
+                print(f"{name}: {e}", flush=True)
     results = {k: [] for k in list(steps) + (["aihwkit"] if args.aihwkit_python else [])}
     for _ in range(args.rounds):
         for name, step in steps.items():
@@ -139,7 +151,7 @@ def main():
                                  capture_output=True, text=True, check=True, env=aihwkit_env)
             results["aihwkit"].append(float(out.stdout.split()[-1]))
     for name, step in steps.items():  # before the figures, which end the output
-        if args.profile and name.startswith("rapa"):
+        if args.profile and name.startswith("rapa") and not name.endswith("graphed"):
             profile(name, step, args.profile, device)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"Analog training throughput, images/s ({device}, {torch.get_num_threads()} threads, "

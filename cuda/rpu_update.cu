@@ -14,11 +14,14 @@
 namespace rapa {
 namespace {
 
+// `rate`: the learning rate, read here (u.lr is not set on this device).
 template <typename S>
 __global__ void pulses_kernel(const S* __restrict__ v, const double* __restrict__ xmax,
-    const double* __restrict__ dmax, const int64_t* __restrict__ seed, UpdateSettings u,
-    int64_t M, int64_t width, bool is_x, uint64_t* __restrict__ bits) {
+    const double* __restrict__ dmax, const int64_t* __restrict__ seed,
+    const double* __restrict__ rate, UpdateSettings u, int64_t M, int64_t width, bool is_x,
+    uint64_t* __restrict__ bits) {
   const uint64_t key = mix_seed(static_cast<uint64_t>(seed[0]), is_x ? kStreamPulseX : kStreamPulseD);
+  u.lr = rate[0];
   RAPA_KERNEL_LOOP(idx, M * width) {
     const int64_t m = idx / width;
     const RowPulses p = row_pulses(xmax[m], dmax[m], u);
@@ -130,7 +133,8 @@ struct CudaUpdateKernels {
   static void update(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
       const at::Tensor& tile, const at::Tensor& xmax, const at::Tensor& dmax,
       const at::Tensor& dw_up, const at::Tensor& dw_down, const at::Tensor& w_min,
-      const at::Tensor& w_max, const at::Tensor& seed, const UpdateSettings& u) {
+      const at::Tensor& w_max, const at::Tensor& seed, const at::Tensor& rate,
+      const UpdateSettings& u) {
     const int64_t M = x.size(0), T = weight.size(0);
     const auto sorted = tile.sort(/*stable=*/true, 0, false);
     const at::Tensor& order = std::get<1>(sorted);
@@ -138,24 +142,24 @@ struct CudaUpdateKernels {
         at::searchsorted(std::get<0>(sorted), at::arange(T + 1, tile.options()));
     at::Tensor bx = at::empty({M, x.size(1)}, tile.options());
     at::Tensor bd = at::empty({M, d.size(1)}, tile.options());
-    pulses(x, d, xmax, dmax, seed, u, bx, bd);
+    pulses(x, d, xmax, dmax, seed, rate, u, bx, bd);
     walk(weight, x, d, bx, bd, order, offsets, dw_up, dw_down, w_min, w_max, seed, u);
   }
 
   static void pulses(const at::Tensor& x, const at::Tensor& d, const at::Tensor& xmax,
-      const at::Tensor& dmax, const at::Tensor& seed, const UpdateSettings& u, at::Tensor& bx,
-      at::Tensor& bd) {
+      const at::Tensor& dmax, const at::Tensor& seed, const at::Tensor& rate,
+      const UpdateSettings& u, at::Tensor& bx, at::Tensor& bd) {
     const int64_t M = x.size(0), K = x.size(1), O = d.size(1);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rpu_pulses_cuda", [&] {
       pulses_kernel<scalar_t><<<grid_for(M * K), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), xmax.data_ptr<double>(), dmax.data_ptr<double>(),
-          seed.data_ptr<int64_t>(), u, M, K, true,
+          seed.data_ptr<int64_t>(), rate.data_ptr<double>(), u, M, K, true,
           reinterpret_cast<uint64_t*>(bx.data_ptr<int64_t>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       pulses_kernel<scalar_t><<<grid_for(M * O), kThreads, 0, stream>>>(
           d.data_ptr<scalar_t>(), xmax.data_ptr<double>(), dmax.data_ptr<double>(),
-          seed.data_ptr<int64_t>(), u, M, O, false,
+          seed.data_ptr<int64_t>(), rate.data_ptr<double>(), u, M, O, false,
           reinterpret_cast<uint64_t*>(bd.data_ptr<int64_t>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -185,12 +189,13 @@ struct CudaUpdateKernels {
 
 void rpu_update_cuda(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
     const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
-    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed, double lr,
+    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed, const at::Tensor& lr,
     double dw_min, double dw_min_std, int64_t desired_bl, bool update_management,
     bool bl_management) {
   const c10::cuda::CUDAGuard guard(weight.device());
-  const UpdateSettings u{lr, dw_min, dw_min_std, desired_bl, update_management, bl_management};
-  rpu_update_driver<CudaUpdateKernels>(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, u);
+  const UpdateSettings u{0, dw_min, dw_min_std, desired_bl, update_management, bl_management};
+  rpu_update_driver<CudaUpdateKernels>(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, lr,
+                                       u);
 }
 
 }  // namespace

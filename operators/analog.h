@@ -1,6 +1,6 @@
 // Pieces shared by the analog (RPU) array kernels on the host and the device: the table of
-// Gaussian draws, the argument checks, and the tile grouping of rows (the per-value arithmetic
-// of the periphery is in periphery.h).
+// Gaussian draws and the argument checks (the per-value arithmetic of the periphery is in
+// periphery.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <vector>
 
 #include "checks.h"
 #include "host_device.h"
@@ -80,19 +79,6 @@ inline void check_tile(const at::Tensor& tile, int64_t M, const at::Tensor& weig
         lo < -1 ? lo : hi, ", but entries must be an array index in [0, ", weight.size(0),
         ") or -1 for a row that no array computes");
   }
-}
-
-// The rows with tile >= 0, sorted by tile (stable): each array's rows in a contiguous run.
-inline at::Tensor rows_by_tile(const at::Tensor& tile) {
-  const at::Tensor kept = at::nonzero(tile.ge(0)).squeeze(1);
-  const at::Tensor sorted = std::get<1>(tile.index_select(0, kept).sort(true, 0, false));
-  return kept.index_select(0, sorted);
-}
-
-// How many of `rows` each of the T arrays has (on the host).
-inline std::vector<int64_t> tile_counts(const at::Tensor& tile, const at::Tensor& rows, int64_t T) {
-  const at::Tensor c = at::bincount(tile.index_select(0, rows), {}, T).cpu();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + T);
 }
 
 }  // namespace rapa

@@ -9,70 +9,63 @@
 // the outputs are clipped and the scales undone digitally. A row with an all-zero input, or
 // with tile -1, outputs zero.
 //
-// This header holds the loop over passes and the per-array products (ATen); `Kernels` supplies
-// the three elementwise steps for one device:
-//   prepare(x, rows, scale, io) -> (R, In) scaled, quantized, clipped inputs of `rows`
-//   add_noise_and_test(y, rows, seed, pass, M, io) -> bool (R,): noise added in place, saturation
-//   write_out(y_rows, rows, scale, redo, io, y): outputs of the rows not redone, into y
+// This header holds the driver (ATen): the rows are laid out by array in tile_layout's padded
+// layout (tile_layout.h), every array's first pass is one batched product, and the rows that
+// bound management repeats go through a kernel of their own that runs each such row's later
+// passes to the end. Nothing reaches the host and no shape depends on the data where the caller
+// gives a tile_capacity, so that a CUDA graph can hold the op. `Kernels` supplies for one
+// device, on the padded rows (`order`: the row of each, -1 for one no pass computes):
 //   row_absmax(x) -> (M,) the largest |x| of each row
+//   prepare(x, order, scale, io) -> (R, In) scaled, quantized, clipped inputs (0 where -1)
+//   add_noise_and_test(y, order, seed, M, io) -> bool (R,): the first pass's noise added in
+//     place, saturation
+//   write_out(y_rows, order, scale, redo, io, y): outputs of the rows not redone, into y
+//   redo(x, w, order, scale, redo, cap, seed, transposed, io, y): the rows flagged in `redo`,
+//     from their second pass on (input halved each time) until one does not saturate or the
+//     reduction would pass max_bm_factor; their outputs into y
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include "analog.h"
+#include "tile_layout.h"
 
 namespace rapa {
 
 template <class Kernels>
 at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& tile, const at::Tensor& seed, bool transposed, const AnalogIO& io) {
+    const at::Tensor& tile, const at::Tensor& seed, bool transposed, const AnalogIO& io,
+    int64_t tile_capacity) {
   check_floating(weight, "weight");
   check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
   const int64_t T = weight.size(0), O = weight.size(1), K = weight.size(2);
   const int64_t In = transposed ? O : K, Out = transposed ? K : O;
   check_analog_rows(input, "input", In, transposed ? "O, dim 1" : "K, dim 2", weight);
   check_tile(tile, input.size(0), weight);
+  check_tile_capacity_range(tile_capacity, input.size(0));
   check_seed(seed);
   check_same_device(seed, "seed", weight, "weight");
   check_analog_io(io);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t M = x.size(0);
-  if (M == 0 || In == 0 || Out == 0) return at::zeros({M, Out}, x.options());
-
-  at::Tensor rows = rows_by_tile(tile);
+  at::Tensor y = at::zeros({M, Out}, x.options());  // rows no pass computes stay 0
+  if (M == 0 || In == 0 || Out == 0) return y;
+  const TileLayout layout = tile_layout(tile, T, tile_capacity);
+  const int64_t R = T * layout.cap;
+  if (R == 0) return y;
   at::Tensor scale = io.noise_management ? Kernels::row_absmax(x) : at::ones({M}, x.options());
-  if (io.noise_management) rows = rows.masked_select(scale.index_select(0, rows).gt(0));
-  // Every row in `rows` is written by some pass (bound management stops at its limit); the
-  // others are zero. Zeroing only those spares a pass over y, as large as the patch rows.
-  at::Tensor y = at::empty({M, Out}, x.options());
-  if (rows.numel() < M) {
-    at::Tensor unwritten = at::ones({M}, tile.options().dtype(at::kBool));
-    unwritten.index_fill_(0, rows, false);
-    y.index_fill_(0, at::nonzero(unwritten).squeeze(1), 0);
-  }
-  at::Tensor reduction = at::ones({M}, x.options());  // bound management's factor per row
-  for (int64_t pass = 0; rows.numel() > 0; ++pass) {
-    const int64_t R = rows.numel();
-    const at::Tensor row_reduction = reduction.index_select(0, rows);
-    const at::Tensor s = (scale.index_select(0, rows) * row_reduction).contiguous();
-    const at::Tensor xq = Kernels::prepare(x, rows, s, io);
-    at::Tensor yr = at::empty({R, Out}, x.options());
-    int64_t start = 0;
-    const std::vector<int64_t> counts = tile_counts(tile, rows, T);
-    for (int64_t t = 0; t < T; ++t) {  // rows come sorted by array: one product per array
-      if (counts[t] == 0) continue;
-      at::Tensor out = yr.narrow(0, start, counts[t]);
-      at::mm_out(out, xq.narrow(0, start, counts[t]), transposed ? w[t] : w[t].t());
-      start += counts[t];
-    }
-    const at::Tensor saturated = Kernels::add_noise_and_test(yr, rows, seed, pass, M, io);
-    const at::Tensor redo = io.bound_management
-        ? saturated.logical_and(row_reduction.mul(2).le(io.max_bm_factor))
-        : at::zeros_like(saturated);
-    Kernels::write_out(yr, rows, s, redo, io, y);
-    rows = rows.masked_select(redo);
-    reduction.index_copy_(0, rows, reduction.index_select(0, rows).mul(2));
-  }
+  at::Tensor order = layout.order;
+  if (io.noise_management)  // an all-zero input outputs 0, noise and all
+    order = at::where(scale.index_select(0, order.clamp_min(0)).gt(0), order, -1);
+  const at::Tensor xq = Kernels::prepare(x, order, scale, io);
+  at::Tensor yr = at::bmm(xq.view({T, layout.cap, In}), transposed ? w : w.transpose(1, 2))
+                      .view({R, Out});
+  const at::Tensor saturated = Kernels::add_noise_and_test(yr, order, seed, M, io);
+  // A second pass needs room for one halving of the input within max_bm_factor.
+  const bool repeats = io.bound_management && io.max_bm_factor >= 2;
+  const at::Tensor redo = repeats ? saturated : at::zeros_like(saturated);
+  Kernels::write_out(yr, order, scale, redo, io, y);
+  if (repeats) Kernels::redo(x, w, order, scale, redo, layout.cap, seed, transposed, io, y);
   return y;
 }
 

@@ -81,4 +81,17 @@ RAPA_HD static inline bool adc_saturates(S v, S bound, S step) {
   return v > bound || v < -bound;
 }
 
+// Output noise on one row of n outputs, in place (draw base + o of the stream keyed by `key`
+// for output o); whether the ADC saturates on any of them.
+template <typename S>
+RAPA_HD static inline bool add_noise_row(S* y, int64_t n, const S* table, uint64_t key,
+    uint64_t base, S noise, S bound, S step) {
+  bool any = false;
+  for (int64_t o = 0; o < n; ++o) {
+    if (noise > S(0)) y[o] += noise * normal_draw(table, key, base + o);
+    any |= adc_saturates(y[o], bound, step);
+  }
+  return any;
+}
+
 }  // namespace rapa

@@ -45,7 +45,8 @@ struct CpuUpdateKernels {
   static void update(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
       const at::Tensor& tile, const at::Tensor& xmax, const at::Tensor& dmax,
       const at::Tensor& dw_up, const at::Tensor& dw_down, const at::Tensor& w_min,
-      const at::Tensor& w_max, const at::Tensor& seed, const UpdateSettings& u) {
+      const at::Tensor& w_max, const at::Tensor& seed, const at::Tensor& /*rate: in u.lr*/,
+      const UpdateSettings& u) {
     RECORD_FUNCTION("rapa::rpu_update::walk", std::vector<c10::IValue>());
     const int64_t M = x.size(0), K = x.size(1), O = d.size(1);
     const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
@@ -132,11 +133,12 @@ struct CpuUpdateKernels {
 
 void rpu_update_cpu(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
     const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
-    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed, double lr,
+    const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed, const at::Tensor& lr,
     double dw_min, double dw_min_std, int64_t desired_bl, bool update_management,
     bool bl_management) {
-  const UpdateSettings u{lr, dw_min, dw_min_std, desired_bl, update_management, bl_management};
-  rpu_update_driver<CpuUpdateKernels>(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, u);
+  const UpdateSettings u{0, dw_min, dw_min_std, desired_bl, update_management, bl_management};
+  rpu_update_driver<CpuUpdateKernels>(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, lr,
+                                      u);
 }
 
 }  // namespace

@@ -19,7 +19,8 @@
 // on its own pulses, so kernels may run weights in parallel while each walks its rows in order.
 //
 // `Kernels` supplies row_absmax(x) and update(...) (the pulse trains and the walk) for one
-// device.
+// device; the rate comes as a tensor of one double (u.lr holds it on the host), so that a GPU
+// reads it where it is.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -103,7 +104,7 @@ RAPA_HD inline S pulsed_step(S w, int n, bool up, S dw_up, S dw_down, S w_min, S
 inline void check_rpu_update(const at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
     const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
     const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
-    const UpdateSettings& u) {
+    const at::Tensor& lr, const UpdateSettings& u) {
   check_floating(weight, "weight");
   check_dim(weight, 3, "weight", "(T, O, K): T arrays of O x K");
   TORCH_CHECK(weight.is_contiguous(), "rapa: argument 'weight' is updated in place and must be "
@@ -124,25 +125,45 @@ inline void check_rpu_update(const at::Tensor& weight, const at::Tensor& x, cons
   }
   check_seed(seed);
   check_same_device(seed, "seed", weight, "weight");
-  TORCH_CHECK(u.lr >= 0, "rapa: argument 'lr' must be >= 0, got ", u.lr);
+  check_floating(lr, "lr");
+  TORCH_CHECK(lr.numel() == 1, "rapa: argument 'lr' must hold one number (the rate), got shape ",
+      lr.sizes());
+  check_same_device(lr, "lr", weight, "weight");
   TORCH_CHECK(u.dw_min > 0, "rapa: argument 'dw_min' must be > 0, got ", u.dw_min);
   TORCH_CHECK(u.dw_min_std >= 0, "rapa: argument 'dw_min_std' must be >= 0, got ", u.dw_min_std);
   TORCH_CHECK(u.desired_bl >= 1 && u.desired_bl <= 64,
       "rapa: argument 'desired_bl' must be in [1, 64] (bits of one pulse word), got ", u.desired_bl);
 }
 
+// The rate as one double on the weight's device. On the host its value is checked and taken into
+// u.lr; on a GPU it stays there (the kernels read it, so that a CUDA graph replays with the rate
+// of the moment) and a device-side assertion checks it.
+inline at::Tensor update_rate(const at::Tensor& lr, UpdateSettings& u) {
+  const at::Tensor rate = lr.reshape({1}).to(at::kDouble).contiguous();
+  if (rate.is_cuda()) {
+    at::_assert_async(at::logical_and(rate.ge(0), at::isfinite(rate)).squeeze(0),
+        "rapa: argument 'lr' must be finite and >= 0");
+  } else {
+    u.lr = rate.item<double>();
+    TORCH_CHECK(std::isfinite(u.lr) && u.lr >= 0, "rapa: argument 'lr' must be finite and >= 0, "
+        "got ", u.lr);
+  }
+  return rate;
+}
+
 template <class Kernels>
 void rpu_update_driver(at::Tensor& weight, const at::Tensor& x, const at::Tensor& d,
     const at::Tensor& tile, const at::Tensor& dw_up, const at::Tensor& dw_down,
     const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
-    const UpdateSettings& u) {
-  check_rpu_update(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, u);
-  if (x.size(0) == 0 || u.lr == 0 || weight.numel() == 0) return;
+    const at::Tensor& lr, UpdateSettings u) {
+  check_rpu_update(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, lr, u);
+  const at::Tensor rate = update_rate(lr, u);
+  if (x.size(0) == 0 || weight.numel() == 0 || (!rate.is_cuda() && u.lr == 0)) return;
   const at::Tensor xc = x.contiguous(), dc = d.contiguous();
   const at::Tensor xmax = Kernels::row_absmax(xc).to(at::kDouble);
   const at::Tensor dmax = Kernels::row_absmax(dc).to(at::kDouble);
   Kernels::update(weight, xc, dc, tile, xmax, dmax, dw_up.contiguous(), dw_down.contiguous(),
-      w_min.contiguous(), w_max.contiguous(), seed, u);
+      w_min.contiguous(), w_max.contiguous(), seed, rate, u);
 }
 
 }  // namespace rapa

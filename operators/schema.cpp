@@ -53,11 +53,14 @@ TORCH_LIBRARY(rapa, m) {
   // Analog (RPU) arrays. One matrix-vector product per row of `input` on array tile[row]
   // (weight (T, O, K)): y = W x, or W^T d when transposed, with the periphery's noise and
   // bound management, DAC and ADC clipping and rounding (steps and bounds in absolute units),
-  // and Gaussian output noise drawn from `seed`.
+  // and Gaussian output noise drawn from `seed`. tile_capacity: as tiled_conv's, the most rows
+  // any one array gets (-1: not known); given, nothing reaches the host (a CUDA graph can hold
+  // the op, bound management's repetitions included).
   m.def(
       "analog_mvm(Tensor input, Tensor weight, Tensor tile, Tensor seed, bool transposed, "
       "float inp_step, float inp_bound, float out_step, float out_bound, float out_noise, "
-      "bool noise_management, bool bound_management, float max_bm_factor) -> Tensor");
+      "bool noise_management, bool bound_management, float max_bm_factor, *, "
+      "int tile_capacity=-1) -> Tensor");
   // A convolution on analog arrays (weight (T, O, C, kh, kw)): patch (n, y, x) through
   // array t = assignment[n, y, x] with analog_mvm's periphery (the same noise draws as
   // analog_mvm over F.unfold's patch rows), times out_scale[t], plus bias[t] (-1: output 0);
@@ -87,9 +90,10 @@ TORCH_LIBRARY(rapa, m) {
       "float prog_noise_scale, float[] prog_coeff, float prog_coeff_g_max_reference, *, "
       "Generator? generator=None) -> int");
   // Pulsed update, in place: each row m is the rank-one update -lr d_m x_m^T of array tile[m],
-  // by stochastic pulse coincidences on devices with their own steps and bounds.
+  // by stochastic pulse coincidences on devices with their own steps and bounds. lr: one
+  // number on the weight's device, read there (a CUDA graph replays with its current value).
   m.def(
       "rpu_update(Tensor(a!) weight, Tensor x, Tensor d, Tensor tile, Tensor dw_up, "
-      "Tensor dw_down, Tensor w_min, Tensor w_max, Tensor seed, float lr, float dw_min, "
+      "Tensor dw_down, Tensor w_min, Tensor w_max, Tensor seed, Tensor lr, float dw_min, "
       "float dw_min_std, int desired_bl, bool update_management, bool bl_management) -> ()");
 }

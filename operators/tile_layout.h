@@ -1,5 +1,6 @@
-// The padded layout of tiled_conv's CUDA kernels: patches sorted by tile, tile t owning rows
-// [t * cap, t * cap + rows_t) of a (T * cap)-row im2col buffer, rows past rows_t padding.
+// The padded layout of tiled_conv's CUDA kernels and of analog_mvm: patches (rows) sorted by
+// tile, tile t owning rows [t * cap, t * cap + rows_t) of a (T * cap)-row buffer, rows past
+// rows_t padding.
 // Only ATen operators, so that the CPU runs the same code (the op rapa::tile_layout, which the
 // tests call) as the CUDA kernels.
 #pragma once
@@ -51,8 +52,8 @@ inline TileLayout tile_layout(const at::Tensor& assignment, int64_t T, int64_t c
   } else {
     at::_assert_async(at::logical_and(at::logical_and(tiles.min().ge(-1), tiles.max().lt(T)),
                                       counts.max().le(capacity)),
-        "rapa: tiled_conv: an assignment entry outside [-1, num_tiles), or a tile with more "
-        "patches than tile_capacity");
+        "rapa: an assignment entry outside [-1, num_tiles), or a tile with more patches than "
+        "tile_capacity (rows, in analog_mvm)");
     ts.cap = capacity;
   }
   // Kept patches in tile order (stable: ascending patch index within a tile), dropped ones

@@ -12,6 +12,8 @@ generator gives a recorded kernel a fresh offset at every replay (random tiling,
 stochastic pooling draw anew, the numbers an eager step would draw); the learning rate, which
 the update reads from a device tensor that the solver fills before each replay. What cannot be
 recorded: a step that copies a number to the host or whose shapes depend on the data. The
+draws from a generator of the solver's own (the pulsed updates' seeds) are kept the same way
+once it is registered with the graph (`generators`). The
 solver keeps those out (rapa.solver.Solver._graphed_step). A step that fails while being
 recorded runs without a graph from then on, said in one line, where the failure left CUDA as
 it was (an error of the Python code); where it broke the recording itself (an op that waits
@@ -47,11 +49,16 @@ class GraphedStep:
     pass of top name -> tensor on `device` (default: that of the first tensor given), the same
     shapes at every call. The returned tensors are the graph's own and are overwritten by the
     next replay: read or copy them before calling again. `say` gets the one-line notice when
-    the step runs on without a graph; RecordingFailed is raised where it cannot."""
+    the step runs on without a graph; RecordingFailed is raised where it cannot.
+    `generators`: torch.Generators on the device, other than its default one, that the step
+    draws from (the solver's generator of the pulsed updates' seeds): registered with the
+    graph, so that each replay draws afresh from them too."""
 
     def __init__(self, step: Callable[[Batches], tuple], warmup: int = 3,
-                 say: Callable[[str], None] = print, device: Optional[torch.device] = None):
+                 say: Callable[[str], None] = print, device: Optional[torch.device] = None,
+                 generators: tuple = ()):
         self.step, self.warmup, self.say = step, warmup, say
+        self.generators = tuple(generators)
         self.device = torch.device(device) if device is not None else None
         self.calls = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
@@ -92,6 +99,8 @@ class GraphedStep:
         self.inputs = [{name: value.clone() for name, value in batch.items()}
                        for batch in batches]
         graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            graph.register_generator_state(generator)
         before = torch.cuda.current_stream()
         try:
             with warnings.catch_warnings(record=True) as caught:

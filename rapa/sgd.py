@@ -40,12 +40,10 @@ class SGD:
     @torch.no_grad()
     def step(self, rate: Union[float, torch.Tensor], passes: int = 1) -> None:
         """One update at the solver's rate; clears the digital gradients. `rate`: a number, or
-        a 0-dim tensor on the blobs' device, which the digital update reads on the device (a
-        CUDA graph that holds the step then follows a rate that changes between replays; the
-        analog updates take it as a number, read back: they never run in a graph).
-        `passes`: backward passes since the last step (their gradients already averaged by
-        the caller)."""
-        rate_value = float(rate) if self.analog else None
+        a 0-dim tensor on the blobs' device, which the updates read on the device (a CUDA
+        graph that holds the step then follows a rate that changes between replays; the HIC
+        update alone reads it back). `passes`: backward passes since the last step (their
+        gradients already averaged by the caller)."""
         if not isinstance(rate, torch.Tensor) and self.digital:
             rate = torch.full((), rate, dtype=torch.float64, device=self.digital[0].blob.device)
         for b, h in zip(self.digital, self.history):
@@ -62,5 +60,5 @@ class SGD:
             b.blob.sub_(h)
             b.blob.grad = None
         for b in self.analog:
-            b.arrays.apply_update(b.blob, rate_value * b.spec.lr_mult / passes,
+            b.arrays.apply_update(b.blob, rate * b.spec.lr_mult / passes,
                                   generator=self.generator)

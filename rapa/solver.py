@@ -489,21 +489,24 @@ class Solver:
 
     def _graphed_step(self) -> Optional[GraphedStep]:
         """The step as a CUDA graph (rapa.cuda_graph), where it can be one: on CUDA, one
-        process, cuda_graph true and no --no-cuda-graph, no analog arrays (their updates
-        decide on the host). Says which of these keeps it off, where that is not the user's
-        choice."""
+        process, cuda_graph true and no --no-cuda-graph, no arrays whose update decides on the
+        host (HIC; RPU arrays are `capturable`). Says which of these keeps it off, where that
+        is not the user's choice."""
         if self.device.type != "cuda" or not self.sp.cuda_graph or self.no_cuda_graph:
             return None
         why = None
-        analog = sorted({p.name.rsplit("/", 1)[0] for p in self.params if p.arrays is not None})
-        if analog:
-            why = f"layer(s) {', '.join(analog)} hold analog arrays, whose updates run on the host"
+        host = sorted({p.name.rsplit("/", 1)[0] for p in self.params
+                       if p.arrays is not None and not p.arrays.capturable})
+        if host:
+            why = f"layer(s) {', '.join(host)} hold HIC arrays, whose updates decide on the host"
         elif self.group.world > 1:
             why = "the processes exchange gradients between the passes and the update"
         if why:
             self.say(f"CUDA graph: off ({why}): training without one")
             return None
-        graph = GraphedStep(self._step, warmup=3, say=self.say, device=self.device)
+        analog = any(p.arrays is not None for p in self.params)
+        graph = GraphedStep(self._step, warmup=3, say=self.say, device=self.device,
+                            generators=(self.pulses,) if analog else ())
         self.say(f"CUDA graph: the training step is recorded at iteration "
                  f"{self.iter + graph.warmup} (after {graph.warmup} steps without) and replayed "
                  f"after it (cuda_graph: false or --no-cuda-graph turn this off)")

@@ -1,6 +1,7 @@
 """rapa::analog_mvm and rapa::rpu_update against plain references, aihwkit 1.1.0's rules (its
 ForwardBackwardPassIOManaged and PulsedRPUDevice::populate) and the theory of the pulsed update
 (Gokmen & Vlasov 2016), in float64 with fresh random inputs, on every device (conftest)."""
+import dataclasses
 import math
 
 import pytest
@@ -482,16 +483,95 @@ def test_opcheck(device):
     seed = torch.tensor([7], device=device)
     args = IOParameters().op_args()
     torch.library.opcheck(torch.ops.rapa.analog_mvm, (x, w, tile, seed, False, *args.values()))
+    torch.library.opcheck(torch.ops.rapa.analog_mvm, (x, w, tile, seed, False, *args.values()),
+                          {"tile_capacity": 3})
     state = [torch.full_like(w, 1e-3), torch.full_like(w, 1e-3), -torch.ones_like(w),
              torch.ones_like(w)]
+    lr = torch.tensor(0.01, dtype=F64, device=device)
     torch.library.opcheck(torch.ops.rapa.rpu_update,
-                          (w, x, torch.randn(6, 3, device=device), tile, *state, seed, 0.01,
+                          (w, x, torch.randn(6, 3, device=device), tile, *state, seed, lr,
                            1e-3, 0.3, 31, True, True))
 
 
 def dyadic(shape, scale=64, high=16):
     """Multiples of 1/scale: their products and sums are exact in float64 in any order."""
     return torch.randint(-high, high + 1, shape).double() / scale
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_known_tile_capacity_changes_no_number(device, transposed):
+    # The rows laid out with the capacity the caller knows (nothing reaches the host: a CUDA
+    # graph can hold the op) or with the largest array's count that the op finds: the same
+    # products, draws and repetitions, bit for bit (dyadic numbers: exact in any order).
+    torch.manual_seed(3)
+    T, O, K, M = 4, 12, 30, 400
+    w = dyadic((T, O, K)).to(device)
+    rows = dyadic((M, O if transposed else K), scale=16, high=64).to(device)
+    rows[::37] = 0  # all-zero inputs: 0 out under noise management, noise and all
+    tile = torch.randint(-1, T - 1, (M,), device=device)  # array T - 1 gets no row
+    cfg = IOParameters(inp_res=1 / 128, out_res=1 / 256, out_bound=1.0, out_noise=2 ** -4)
+    seed = torch.tensor([5], device=device)
+    largest = int(torch.bincount(tile[tile >= 0], minlength=T).max())
+    want = analog_mvm(rows, w, tile, cfg, transposed=transposed, seed=seed)
+    for capacity in (largest, largest + 7, M):
+        got = analog_mvm(rows, w, tile, cfg, transposed=transposed, seed=seed,
+                         tile_capacity=capacity)
+        assert torch.equal(got, want), capacity
+    # Rows were repeated (without bound management they come out otherwise), others not.
+    once = analog_mvm(rows, w, tile, dataclasses.replace(cfg, bound_management="none"),
+                      transposed=transposed, seed=seed)
+    repeated = (once != want).any(1)
+    assert repeated.sum() > 10 and (~repeated & (tile >= 0)).sum() > 10
+    assert (want[tile < 0] == 0).all() and (want[::37] == 0).all()
+    assert (want[(tile >= 0) & rows.abs().amax(1).gt(0)] != 0).any(1).float().mean() > 0.9
+
+
+def test_more_rows_on_an_array_than_its_capacity_is_refused():
+    w, x = torch.ones(2, 2, 3), torch.ones(4, 3)
+    tile = torch.tensor([0, 0, 0, 1])
+    with pytest.raises(RuntimeError, match="more patches than tile_capacity"):
+        analog_mvm(x, w, tile, PERFECT, tile_capacity=2)
+    with pytest.raises(RuntimeError, match="'tile_capacity' must be -1 \\(not known\\) or a "
+                                           "patch count in \\[0, 4\\], got 5"):
+        analog_mvm(x, w, tile, PERFECT, tile_capacity=5)
+    assert torch.equal(analog_mvm(x, w, tile, PERFECT, tile_capacity=3), torch.full((4, 2), 3.0))
+
+
+def test_a_rate_given_as_a_tensor_updates_as_the_number(device):
+    # The rate the solver keeps on the device (what a CUDA graph reads at each replay): the
+    # kernels read it there and update as with the number; another value, another update.
+    torch.manual_seed(6)
+    T, O, K, M = 2, 6, 9, 200
+    cfg = RPUConfig()
+    arrays = AnalogArrays(cfg, (T, O, K)).double().to(device)
+    w = (torch.randn(T, O, K, dtype=F64) * 0.3).to(device)
+    arrays.clip_(w)
+    x, d = torch.randn(M, K, dtype=F64, device=device), torch.randn(M, O, dtype=F64, device=device)
+    tile = torch.randint(-1, T, (M,), device=device)
+    seed = torch.tensor([4], device=device)
+    state = arrays.device_state()
+    updated = {}
+    for lr in (0.05, torch.tensor(0.05, dtype=F64, device=device), 0.1,
+               torch.tensor([0.1], dtype=F64, device=device), torch.tensor(0.0, device=device)):
+        v = w.clone()
+        rpu_update(v, x, d, tile, lr, state, cfg.device, cfg.update, seed=seed)
+        updated.setdefault(float(lr), []).append(v)
+    assert torch.equal(*updated[0.05]) and torch.equal(*updated[0.1])
+    assert (updated[0.05][0] != updated[0.1][0]).float().mean() > 0.3
+    assert (updated[0.05][0] != w).float().mean() > 0.3 and torch.equal(updated[0.0][0], w)
+
+
+def test_a_bad_rate_is_refused():
+    w = torch.zeros(1, 2, 3, dtype=F64)
+    state = ideal_state((1, 2, 3), 1e-3)
+    rows = (torch.ones(1, 3, dtype=F64), torch.ones(1, 2, dtype=F64), torch.zeros(1, dtype=torch.long))
+    for lr in (-0.1, math.nan, math.inf, torch.tensor(-0.1, dtype=F64)):
+        with pytest.raises(RuntimeError, match="'lr' must be finite and >= 0"):
+            rpu_update(w, *rows, lr, state, ConstantStepDevice(), UpdateParameters())
+    with pytest.raises(RuntimeError, match="'lr' must hold one number"):
+        rpu_update(w, *rows, torch.tensor([0.1, 0.2]), state, ConstantStepDevice(),
+                   UpdateParameters())
+    assert (w == 0).all()
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
@@ -557,3 +637,59 @@ def test_cuda_update_equals_the_cpu_one(dw_min_std, shape, dtype, lr, bl):
     else:
         tol = dict(rtol=1e-12, atol=1e-15) if dtype == F64 else dict(rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(w_gpu.cpu(), w_cpu, **tol)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")
+def test_analog_ops_recorded_in_a_cuda_graph_draw_afresh_and_read_the_rate_cuda():
+    # analog_mvm with a tile_capacity (bound management repeating rows) and rpu_update with the
+    # rate as a tensor, recorded once: each replay draws new seeds, from the default generator
+    # and from one of its own registered with the graph (the solver's pulses), reads the rate
+    # of the moment, and gives the numbers of the eager ops with that replay's seeds and rate.
+    from rapa.analog.ops import draw_seed
+    torch.manual_seed(2)
+    dev, (T, O, K, M) = "cuda", (3, 16, 40, 300)
+    io_cfg = IOParameters(inp_res=1 / 128, out_res=1 / 256, out_bound=1.0, out_noise=2 ** -4)
+    cfg = RPUConfig()
+    state = AnalogArrays(cfg, (T, O, K)).double().to(dev).device_state()
+    w = torch.randn(T, O, K, dtype=F64, device=dev) * 0.3
+    w = torch.minimum(torch.maximum(w, state["w_min"]), state["w_max"])
+    x = torch.randn(M, K, dtype=F64, device=dev)
+    d = torch.randn(M, O, dtype=F64, device=dev)
+    tile = torch.randperm(M, device=dev) % T  # 100 rows per array
+    lr = torch.tensor(0.01, dtype=F64, device=dev)
+    pulses = torch.Generator(dev).manual_seed(1)
+    held = w.clone()
+
+    def step():
+        s_mvm = draw_seed(dev)
+        y = analog_mvm(x, held, tile, io_cfg, seed=s_mvm, tile_capacity=M // T)
+        s_update = draw_seed(dev, pulses)
+        rpu_update(held, x, d, tile, lr, state, cfg.device, cfg.update, seed=s_update)
+        return s_mvm, s_update, y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    held.copy_(w)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(pulses)
+    with torch.cuda.graph(graph):
+        s_mvm, s_update, y = step()
+    assert torch.equal(held, w)  # recording runs nothing
+    seeds = []
+    for rate in (0.01, 0.03):
+        lr.fill_(rate)
+        before = held.clone()
+        graph.replay()
+        want_y = analog_mvm(x, before, tile, io_cfg, seed=s_mvm.clone())
+        want_w = before.clone()
+        rpu_update(want_w, x, d, tile, rate, state, cfg.device, cfg.update, seed=s_update.clone())
+        assert torch.equal(y, want_y) and torch.equal(held, want_w)
+        assert not torch.equal(held, before)
+        once = analog_mvm(x, before, tile, dataclasses.replace(io_cfg, bound_management="none"),
+                          seed=s_mvm.clone())
+        assert (once != y).any(1).sum() > 10  # bound management repeated rows in the graph
+        seeds.append((int(s_mvm), int(s_update)))
+    assert seeds[0][0] != seeds[1][0] and seeds[0][1] != seeds[1][1]

@@ -60,7 +60,7 @@ def test_analog_blobs_get_the_arrays_update_and_no_history():
     assert len(arrays.calls) == 1
     assert arrays.generator is pulses  # the solver's generator of the pulses' seeds
     weight, lr = arrays.calls[0]
-    assert weight is analog.blob and lr == pytest.approx(0.2 * 3 / 4)
+    assert weight is analog.blob and float(lr) == 0.2 * 3 / 4
     assert torch.equal(analog.blob.detach(), torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert torch.equal(frozen.blob.detach(), torch.tensor([1.0], dtype=torch.float64))
     torch.testing.assert_close(digital.blob.detach(),
@@ -69,8 +69,9 @@ def test_analog_blobs_get_the_arrays_update_and_no_history():
 
 def test_a_rate_on_the_device_updates_as_the_number():
     """The solver's rate as a 0-dim tensor (what a CUDA graph reads at each replay): digital
-    blobs take the same step; analog arrays get the number (given, or read back), divided by
-    the passes (1 by default); a blob without a gradient is skipped, not the end."""
+    blobs take the same step; analog arrays get it as a tensor on the device (not read back:
+    the pulsed update reads it there), times lr_mult, divided by the passes (1 by default); a
+    blob without a gradient is skipped, not the end."""
     runs = []
     for rate in (0.2, torch.tensor(0.2, dtype=torch.float64)):
         arrays = RecordingArrays()
@@ -81,7 +82,8 @@ def test_a_rate_on_the_device_updates_as_the_number():
         sgd.step(rate)
         runs.append((arrays.calls[0][1], unused.blob.detach().clone(), digital.blob.detach()))
     for lr, unused, digital in runs:
-        assert lr == pytest.approx(0.2 * 3)
+        assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float64 and lr.dim() == 0
+        assert lr.item() == 0.2 * 3
         assert torch.equal(unused, torch.tensor([2.0], dtype=torch.float64))
         want = torch.tensor([1.0, 3.0], dtype=torch.float64) - 0.2 * 0.5 * (
             torch.tensor([1.0, -2.0], dtype=torch.float64) + 0.1 * torch.tensor([1.0, 3.0],

@@ -143,6 +143,38 @@ def test_the_step_as_a_cuda_graph_trains_the_eager_run_cuda(workdir, scheme):
 
 
 @needs_cuda
+def test_an_analog_net_trains_the_eager_run_as_a_cuda_graph_cuda(workdir):
+    """RPU arrays in conv (random tiling) and ip: their products (bound management included)
+    and pulsed updates recorded with the rest of the step, the pulses' seeds drawn afresh at
+    each replay from the solver's own generator, the rate read on the device; the weights and
+    losses of the run that launches every kernel, and a resume between replays."""
+    from test_analog_layers import ANALOG_NET, SOLVER
+    (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
+    (workdir / "solver.prototxt").write_text(SOLVER % 12)
+    path = str(workdir / "solver.prototxt")
+    eager = quiet(path, device="cuda", no_cuda_graph=True)
+    eager.solve()
+    want_weights, want_log = weights(eager), run_log(workdir)
+    clear(workdir)
+    said = []
+    graphed = Solver(path, device="cuda", say=said.append, progress=False)
+    graphed.solve()
+    assert graphed._graph.graph is not None and graphed._graph.failed is None, said
+    assert graphed._graph.generators == (graphed.pulses,)
+    for name, w in weights(graphed).items():
+        torch.testing.assert_close(w, want_weights[name], rtol=1e-5, atol=1e-6)
+    for got, want in zip(run_log(workdir), want_log):
+        if "loss" in want:
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), got
+    clear(workdir)
+    quiet(path, device="cuda", max_iter=8).solve()
+    resumed = quiet(path, device="cuda")
+    resumed.solve(resume="auto")
+    for name, w in weights(resumed).items():
+        torch.testing.assert_close(w, want_weights[name], rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
 def test_no_graph_where_the_user_says_so_cuda(workdir):
     path = setup_files(workdir, max_iter=5, scheme="random", solver_extra="cuda_graph: false\n")
     said = []
@@ -241,13 +273,27 @@ def test_what_keeps_the_graph_off_is_said_on_cuda_alone(workdir):
                         "and the update): training without one")
     solver.group.world = 1
     assert graph.step == solver._step and graph.say is solver.say
-    for b in solver.params:  # as analog layers' weights hold their arrays
-        b.arrays = object() if b.name in ("conv/0", "ip/0") else None
+
+    class Arrays:  # as analog layers' weights hold their arrays
+        def __init__(self, capturable):
+            self.capturable = capturable
+
+    def hold(kinds):  # layer -> whether its arrays are capturable (RPU) or not (HIC)
+        for b in solver.params:
+            layer = b.name.rsplit("/", 1)[0]
+            b.arrays = Arrays(kinds[layer]) if layer in kinds and b.name.endswith("/0") else None
+    hold({"conv": False, "ip": False})
     assert solver._graphed_step() is None
-    assert said[-1] == ("CUDA graph: off (layer(s) conv, ip hold analog arrays, whose updates "
-                        "run on the host): training without one")
-    for b in solver.params:
-        b.arrays = None
+    assert said[-1] == ("CUDA graph: off (layer(s) conv, ip hold HIC arrays, whose updates "
+                        "decide on the host): training without one")
+    hold({"conv": True, "ip": False})
+    assert solver._graphed_step() is None
+    assert said[-1].startswith("CUDA graph: off (layer(s) ip hold HIC arrays")
+    hold({"conv": True, "ip": True})  # RPU arrays only: on, the pulses' seeds drawn in it
+    graph = solver._graphed_step()
+    assert graph is not None and graph.generators == (solver.pulses,)
+    hold({})
+    assert solver._graphed_step().generators == ()
     for off in ("no_cuda_graph", "cuda_graph"):
         said.clear()
         if off == "no_cuda_graph":

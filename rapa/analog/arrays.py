@@ -11,7 +11,7 @@ each analog tile to update. Forward and backward products go through the array's
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,10 @@ class ArrayProducts(torch.nn.Module):
 
     records_gradient = False
     holds_pcm = False  # PCM devices programmed in training (pcm_terms), read by drift tests
+    # Products and update run on the device with no number coming back to the host and no
+    # shape that depends on the data (rapa.analog_mvm with a tile_capacity, rapa.rpu_update with
+    # the rate as a tensor): a CUDA graph can hold a training step (rapa.cuda_graph).
+    capturable = False
 
     def __init__(self, config, shape: tuple[int, int, int]):
         super().__init__()
@@ -53,14 +57,16 @@ class ArrayProducts(torch.nn.Module):
         (its row is zero whatever the scale)."""
         return self.out_scale.to(dtype)[tile.clamp_min(0)].unsqueeze(1)
 
-    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor, image=None) -> Tensor:
+    def matmul(self, rows: Tensor, weight3: Tensor, tile: Tensor, image=None,
+               tile_capacity: Optional[int] = None) -> Tensor:
         """Row m of `rows` (M, K) through array tile[m]: (M, O), times that array's output
         scale. Differentiable in `rows`; the backward pass records the rows for the arrays'
         update instead of a weight gradient (given `image`, (input, kernel, padding, stride)
-        whose patches the rows are, a ConvInputs with that image in place of the rows)."""
+        whose patches the rows are, a ConvInputs with that image in place of the rows).
+        tile_capacity: the most rows one array gets, where known (rapa.analog_mvm's)."""
         # Always the scales, 1 without weight scaling: a loaded model's scales apply even where
         # this net's configuration has none (they are the model's), and x * 1 is exact.
-        return (_AnalogProduct.apply(rows, weight3, tile, self, image)
+        return (_AnalogProduct.apply(rows, weight3, tile, self, image, tile_capacity)
                 * self.row_scales(tile, rows.dtype))
 
     def exchanged(self) -> list:
@@ -80,6 +86,8 @@ class AnalogArrays(ArrayProducts):
     is the mean of n devices (Gokmen, Onen, Haensch 2017; aihwkit's VectorUnitCell): device i
     of array t is array i T + t of the draws and of `device_weights` (n T, O, K), and the
     module's weight holds their mean."""
+
+    capturable = True
 
     def __init__(self, config: RPUConfig, shape: tuple[int, int, int]):
         super().__init__(config, shape)
@@ -199,11 +207,14 @@ class AnalogArrays(ArrayProducts):
         weight3.copy_(self.device_weights.view(self.devices, *self.shape).mean(0))
 
     @torch.no_grad()
-    def apply_update(self, weight: Tensor, lr: float,
+    def apply_update(self, weight: Tensor, lr: Union[float, Tensor],
                      generator: Optional[torch.Generator] = None) -> int:
         """The pulsed update of `weight` (the T x O x K conductances, in any shape of that
         size: a view is updated in place) from every recorded backward pass, in order; returns
-        their count. With weight scaling, array t runs at the rate lr / alpha_t^2: the recorded
+        their count. `lr`: a number or a tensor of one on the weight's device, which the
+        kernels read there (nothing comes back to the host: a CUDA graph can hold the update,
+        with the rate of each replay). With weight scaling, array t runs at the rate lr /
+        alpha_t^2: the recorded
         d is alpha_t times the layer's output gradient, so the layer's weights, alpha_t times
         the conductances, move by -lr d x^T on average, as in SGD. Each pass's pulses draw from
         a seed taken from `generator` (torch's default generator of the weight's device when
@@ -254,10 +265,11 @@ class ConvInputs(tuple):
 
 class _AnalogProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, weight3, tile, arrays, image):
+    def forward(ctx, rows, weight3, tile, arrays, image, tile_capacity):
         ctx.save_for_backward(rows, weight3, tile)
-        ctx.arrays, ctx.image = arrays, image
-        return analog_mvm(rows, weight3.detach(), tile, arrays.config.forward)
+        ctx.arrays, ctx.image, ctx.tile_capacity = arrays, image, tile_capacity
+        return analog_mvm(rows, weight3.detach(), tile, arrays.config.forward,
+                          tile_capacity=tile_capacity)
 
     @staticmethod
     def backward(ctx, grad):
@@ -266,12 +278,12 @@ class _AnalogProduct(torch.autograd.Function):
         grad_rows = None
         if ctx.needs_input_grad[0]:
             grad_rows = analog_mvm(grad, weight3.detach(), tile, ctx.arrays.config.backward,
-                                   transposed=True)
+                                   transposed=True, tile_capacity=ctx.tile_capacity)
         if ctx.needs_input_grad[1]:
             ctx.arrays.pending.append((rows, grad, tile) if ctx.image is None else
                                       ConvInputs(ctx.image[0], grad, tile, ctx.image[1:]))
         ctx.image = None  # the graph outlives the step: let the pending entry hold it alone
-        return grad_rows, None, None, None, None
+        return grad_rows, None, None, None, None, None
 
 
 def patch_rows(x: Tensor, kernel, padding, stride) -> Tensor:
@@ -410,10 +422,11 @@ class _FusedAnalogConv(torch.autograd.Function):
 
 
 def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
-                arrays: AnalogArrays) -> Tensor:
+                arrays: AnalogArrays, tile_capacity: Optional[int] = None) -> Tensor:
     """A convolution on analog arrays: one array product per patch (im2col), patch (n, y, x) on
     array tile[n, y, x] (None: all on array 0; -1: dropped, output 0 without bias). weight3 is
-    (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None. One array
+    (T, O, K) with K in F.unfold's (c, ky, kx) order; bias (T, O), (O,) or None;
+    tile_capacity: the most patches one array gets, where the tiling knows it. One array
     with exact products, for arrays that learn from the weight gradient alone (HIC), is the
     dense convolution (_ExactConv): the same numbers, at the digital convolution's speed."""
     n, _, h, w = x.shape
@@ -435,7 +448,8 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     keep = arrays.keep_inputs and torch.is_grad_enabled() and weight3.requires_grad
     image = ((x.detach().clone(memory_format=torch.contiguous_format), tuple(kernel),
               tuple(padding), tuple(stride)) if keep else None)
-    out = arrays.matmul(rows, weight3, flat, image)                    # (N*L, O)
+    capacity = rows.shape[0] if tile is None else tile_capacity
+    out = arrays.matmul(rows, weight3, flat, image, capacity)          # (N*L, O)
     if bias is not None:
         b = bias.view(weight3.shape[0], -1)
         if tile is None:

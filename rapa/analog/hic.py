@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -531,7 +531,7 @@ class HICArrays(ArrayProducts):
         return [self.gradient()] if self.pending else []
 
     @torch.no_grad()
-    def apply_update(self, weight: Tensor, lr: float,
+    def apply_update(self, weight: Tensor, lr: Union[float, Tensor],
                      generator: Optional[torch.Generator] = None) -> int:
         """The HIC update of `weight` (T x O x K values, any shape of that size, in place) from
         every recorded backward pass; returns their count. The SGD step -lr dL/dW, in LSBs
@@ -542,10 +542,12 @@ class HICArrays(ArrayProducts):
         solver's own in a data-parallel run. The count is of recorded entries: after a
         data-parallel exchange (exchanged) one, the passes' summed gradient. The
         accumulator's arithmetic is exact: float32 up to 24 accumulator bits (float64 rows or
-        more bits: float64)."""
+        more bits: float64). A tensor `lr` is read back (the HIC update decides on the
+        host)."""
         done = len(self.pending)
         if not done:
             return 0
+        lr = float(lr)
         grad = self.gradient()
         if not (math.isfinite(lr) and bool(torch.isfinite(grad).all())):
             # A NaN step would be written onto the devices for good: refuse it, untouched.

@@ -4,7 +4,7 @@ Random draws come from a 64-bit seed drawn from torch's generator of the tensors
 solver snapshot (which saves the generators) resumes them."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ _library.load()
 
 
 @torch.library.register_fake("rapa::analog_mvm")
-def _analog_mvm_fake(input, weight, tile, seed, transposed, *args):
+def _analog_mvm_fake(input, weight, tile, seed, transposed, *args, tile_capacity=-1):
     return input.new_empty((input.shape[0], weight.shape[2] if transposed else weight.shape[1]))
 
 
@@ -41,12 +41,18 @@ def draw_seed(device: torch.device, generator: Optional[torch.Generator] = None)
 
 
 def analog_mvm(input: Tensor, weight: Tensor, tile: Tensor, io: IOParameters, *,
-               transposed: bool = False, seed: Optional[Tensor] = None) -> Tensor:
+               transposed: bool = False, seed: Optional[Tensor] = None,
+               tile_capacity: Optional[int] = None) -> Tensor:
     """Row m of `input` through array tile[m] of `weight` (T, O, K): W x (input (M, K)) or,
-    transposed, W^T d (input (M, O)), with the periphery `io`. tile -1: a zero row."""
+    transposed, W^T d (input (M, O)), with the periphery `io`. tile -1: a zero row.
+    tile_capacity: the most rows one array gets (at most M), where the caller knows it; on
+    CUDA the op then never waits for the device (a CUDA graph can hold it). More rows on one
+    array than that is an error (RuntimeError; on CUDA a device-side assertion)."""
     if seed is None:
         seed = draw_seed(input.device)
-    return torch.ops.rapa.analog_mvm(input, weight, tile, seed, transposed, **io.op_args())
+    return torch.ops.rapa.analog_mvm(
+        input, weight, tile, seed, transposed, **io.op_args(),
+        tile_capacity=-1 if tile_capacity is None else tile_capacity)
 
 
 def analog_conv_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -76,16 +82,21 @@ def analog_conv_input_grad(grad_output: Tensor, input: Tensor, weight: Tensor,
                                                  **io.op_args())
 
 
-def rpu_update(weight: Tensor, x: Tensor, d: Tensor, tile: Tensor, lr: float,
+def rpu_update(weight: Tensor, x: Tensor, d: Tensor, tile: Tensor, lr: Union[float, Tensor],
                device_state: dict, device: ConstantStepDevice, update: UpdateParameters, *,
                seed: Optional[Tensor] = None) -> None:
     """In place: row m is the pulsed rank-one update -lr d_m x_m^T of array tile[m].
 
-    device_state holds the per-device draws dw_up, dw_down, w_min, w_max (each like weight)."""
+    device_state holds the per-device draws dw_up, dw_down, w_min, w_max (each like weight).
+    lr: a number, or a tensor of one number, which the kernels read on the weight's device
+    (so that a CUDA graph holding the update follows a rate that changes between replays);
+    it must be finite and >= 0 (RuntimeError; on CUDA a device-side assertion)."""
     if seed is None:
         seed = draw_seed(weight.device)
+    rate = lr if isinstance(lr, Tensor) else torch.tensor(float(lr), dtype=torch.float64)
     torch.ops.rapa.rpu_update(
         weight, x, d, tile, device_state["dw_up"], device_state["dw_down"],
-        device_state["w_min"], device_state["w_max"], seed, float(lr), float(device.dw_min),
+        device_state["w_min"], device_state["w_max"], seed,
+        rate.to(device=weight.device, dtype=torch.float64), float(device.dw_min),
         float(device.dw_min_std), int(update.desired_bl), bool(update.update_management),
         bool(update.update_bl_management))

@@ -70,8 +70,9 @@ def run(args):
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
                 raise RapaError("--pcm, --drift-repeats and --drift-compensation go with "
                                 "--drift-time")
-            analog = any(b.arrays is not None for b in net.learnable())
-            graph = device.type == "cuda" and not args.no_cuda_graph and not analog
+            host = any(b.arrays is not None and not b.arrays.capturable
+                       for b in net.learnable())
+            graph = device.type == "cuda" and not args.no_cuda_graph and not host
             try:
                 result = test_net(net, args.iterations, args.votes, progress=progress,
                                   graph=graph)

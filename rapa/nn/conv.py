@@ -157,13 +157,13 @@ class TiledConv2d(torch.nn.Module):
         if self.tiled:
             assignment = self.scheme.assign(n, out_h, out_w, training=self.training,
                                             device=x.device, generator=generator)
+        # After assign: random_fixed draws its partition at the first call.
+        capacity = self.scheme.tile_capacity(n, out_h, out_w, training=self.training)
         if self.arrays is not None:
             return analog_conv(x, self.weight3(), self.bias, assignment, self.kernel_size,
-                               self.stride, self.padding, self.arrays)
+                               self.stride, self.padding, self.arrays, capacity)
         return tiled_conv(x, self.weight, self.bias, assignment, self.stride, self.padding,
-                          self.scheme.region(h, w, x.device),
-                          tile_capacity=self.scheme.tile_capacity(n, out_h, out_w,
-                                                                  training=self.training))
+                          self.scheme.region(h, w, x.device), tile_capacity=capacity)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

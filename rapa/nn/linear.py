@@ -78,7 +78,8 @@ class Linear(torch.nn.Module):
         lead = x.shape[:-1]
         rows = x.reshape(-1, x.shape[-1])
         tile = torch.zeros(rows.shape[0], dtype=torch.long, device=x.device)
-        out = self.arrays.matmul(rows, self.weight.view(1, *self.weight.shape), tile)
+        out = self.arrays.matmul(rows, self.weight.view(1, *self.weight.shape), tile,
+                                 tile_capacity=rows.shape[0])
         if self.bias is not None:
             out = out + self.bias
         return out.view(*lead, self.out_features)
