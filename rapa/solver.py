@@ -711,6 +711,8 @@ class Solver:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = self._bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter
+        # The run's own speed at its end: a run shorter than `display` says it nowhere else.
+        t_start, it_start, paused = t_display, self.iter, 0.0
         self._last_snapshot = latest_snapshot(self.prefix)
         self._graph = self._graphed_step()
         try:
@@ -723,7 +725,8 @@ class Solver:
                     drawn = self._generators()
                     if leader:
                         self._test_all(log)
-                    t_display += time.monotonic() - t_test  # images/s: training time only
+                    tested = time.monotonic() - t_test
+                    t_display, paused = t_display + tested, paused + tested  # training only
                     # A signal during the test stops the run here, before the step, as in
                     # Caffe: the snapshot is of this iteration, whose tests the resumed run
                     # does again. (The other processes wait here for process 0's tests.) Its
@@ -775,10 +778,16 @@ class Solver:
                 if sp.snapshot and self.iter % sp.snapshot == 0:
                     t_snapshot = time.monotonic()
                     self._last_snapshot = self.snapshot()
-                    t_display += time.monotonic() - t_snapshot
+                    saved = time.monotonic() - t_snapshot
+                    t_display, paused = t_display + saved, paused + saved
                     bar.clear()
                     self.say(f"Snapshot: {self._last_snapshot}")
             bar.close()
+            if self.iter > it_start:
+                seconds = max(time.monotonic() - t_start - paused, 1e-9)
+                self.say(f"Trained {self.iter - it_start} iterations in {seconds:.1f} s, "
+                         f"{(self.iter - it_start) * batch * sp.iter_size / seconds:.0f} "
+                         f"images/s (tests and snapshots left out)")
             if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")
             if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets and \

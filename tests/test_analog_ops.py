@@ -200,13 +200,15 @@ def test_bound_management_leaves_no_output_clipped(device):
     torch.testing.assert_close(clipped, (exact / amax).clamp(-5, 5) * amax)
 
 
-@pytest.mark.parametrize("limit, final", [(dict(max_bm_factor=2, max_bm_res=1.0), 4),
+@pytest.mark.parametrize("limit, final", [(dict(max_bm_factor=1, max_bm_res=1.0), 2),
+                                          (dict(max_bm_factor=2, max_bm_res=1.0), 4),
                                           (dict(max_bm_factor=3, max_bm_res=1.0), 4),
                                           (dict(max_bm_factor=1000, max_bm_res=0.25), 32)])
 def test_bound_management_stops_where_aihwkit_does(device, limit, final):
     # aihwkit 1.1.0 (forwardVector): the reduction doubles from 1 while an output saturates,
     # and a pass ends the loop once int(reduction) > max_bm_factor or reduction > max_bm_res /
-    # inp_step: with max_bm_factor 2 (or 3) the last reduction is 4; with max_bm_res 0.25 and a
+    # inp_step: with max_bm_factor 1 one halving (the op's limit 2: its smallest with a repeat),
+    # with 2 (or 3) the last reduction is 4; with max_bm_res 0.25 and a
     # DAC step of 1/64 (0.25 * 64 = 16, exceeded at 32) it is 32. Each output is 5 * need.
     needs = torch.tensor([0.5, 1.5, 3.0, 3.9, 6.0, 12.0, 20.0, 40.0], dtype=F64, device=device)
     w = (5 * needs).view(1, -1, 1)

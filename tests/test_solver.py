@@ -109,6 +109,34 @@ def test_the_run_says_what_it_trains(workdir):
                        "log snap/tiny_log.jsonl")
 
 
+def test_the_run_says_its_speed_at_its_end_without_tests_and_snapshots(workdir, monkeypatch):
+    """A run shorter than `display` says its images/s nowhere else. A clock that moves only
+    in the steps (2 s each), the tests (100 s) and the snapshots (50 s): what is said counts
+    the steps' time alone, and only this run's iterations (a resumed run's)."""
+    import rapa.solver
+    clock = [0.0]
+    monkeypatch.setattr(rapa.solver.time, "monotonic", lambda: clock[0])
+
+    def taking(seconds, method):
+        def run(*args, **kwargs):
+            clock[0] += seconds
+            return method(*args, **kwargs)
+        return run
+    for resume, want in ((None, "Trained 12 iterations in 24.0 s, 2 images/s"),
+                         ("auto", "Trained 4 iterations in 8.0 s, 2 images/s")):
+        said = []
+        solver = Solver(setup_files(workdir, max_iter=12), say=said.append, progress=False)
+        solver._step = taking(2.0, solver._step)
+        solver._test_all = taking(100.0, solver._test_all)
+        solver.snapshot = taking(50.0, solver.snapshot)
+        solver.solve(resume=resume)
+        assert f"{want} (tests and snapshots left out)" in said
+        assert said[-1] == "Optimization done."
+        for f in (workdir / "snap").glob("tiny_iter_12.*"):
+            f.unlink()  # the next round resumes from iteration 8
+        solver.close()
+
+
 def test_sgd_update_is_caffes(workdir):
     solver = Solver(setup_files(workdir, max_iter=1), say=lambda m: None, progress=False)
     before = weights(solver)
