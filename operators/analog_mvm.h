@@ -6,8 +6,9 @@
 // W^T d when transposed); Gaussian noise joins each output; the ADC rounds each output to its
 // step; while any rounded output of a row lies beyond out_bound (strictly), bound management
 // repeats that row with its input halved, until the total reduction would pass max_bm_factor;
-// the outputs are clipped and the scales undone digitally. A row with an all-zero input, or
-// with tile -1, outputs zero.
+// the outputs are clipped and the scales undone digitally. A row with tile -1 outputs zero,
+// and so does one with an all-zero input under noise management (its scale is 0: no pass
+// computes it; without noise management its outputs are the noise).
 //
 // This header holds the driver (ATen): the rows are laid out by array in tile_layout's padded
 // layout (tile_layout.h), every array's first pass is one batched product, and the rows that

@@ -48,10 +48,11 @@ inline TileLayout tile_layout(const at::Tensor& assignment, int64_t T, int64_t c
     const int64_t* h = host.data_ptr<int64_t>();
     TORCH_CHECK(h[T + 1] >= -1, assignment_range_message(h[T + 1], T));
     TORCH_CHECK(h[T + 2] < T, assignment_range_message(h[T + 2], T));
-    ts.cap = *std::max_element(h + 1, h + T + 1);
+    ts.cap = T > 0 ? *std::max_element(h + 1, h + T + 1) : 0;
   } else {
-    at::_assert_async(at::logical_and(at::logical_and(tiles.min().ge(-1), tiles.max().lt(T)),
-                                      counts.max().le(capacity)),
+    at::Tensor fits = at::logical_and(tiles.min().ge(-1), tiles.max().lt(T));
+    if (T > 0) fits = at::logical_and(fits, counts.max().le(capacity));  // no tile: no count
+    at::_assert_async(fits,
         "rapa: an assignment entry outside [-1, num_tiles), or a tile with more patches than "
         "tile_capacity (rows, in analog_mvm)");
     ts.cap = capacity;

@@ -29,6 +29,14 @@ import torch
 Batches = list[dict[str, torch.Tensor]]
 
 
+def graph_kept_off(learnables) -> list[str]:
+    """The layers (sorted names) of `learnables` (Net.learnable()) whose arrays cannot be in a
+    graph: their update decides on the host (HIC; RPU arrays are `capturable`). A net with
+    any of them runs without one, in training and in `rapa test`."""
+    return sorted({b.name.rsplit("/", 1)[0] for b in learnables
+                   if b.arrays is not None and not b.arrays.capturable})
+
+
 class RecordingFailed(RuntimeError):
     """The step could not be recorded, and the recording's failure leaves this process's CUDA
     memory pool unfit to go on (torch's allocator still counts the recording as under way)."""

@@ -27,7 +27,7 @@ import torch
 
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
-from .cuda_graph import GraphedStep, RecordingFailed
+from .cuda_graph import GraphedStep, RecordingFailed, graph_kept_off
 from .data.prefetch import (WorkerStopped, forget_worker_deaths, is_worker_death,
                             stop_worker_processes, worker_death_line)
 from .device import device_named
@@ -495,8 +495,7 @@ class Solver:
         if self.device.type != "cuda" or not self.sp.cuda_graph or self.no_cuda_graph:
             return None
         why = None
-        host = sorted({p.name.rsplit("/", 1)[0] for p in self.params
-                       if p.arrays is not None and not p.arrays.capturable})
+        host = graph_kept_off(self.params)
         if host:
             why = f"layer(s) {', '.join(host)} hold HIC arrays, whose updates decide on the host"
         elif self.group.world > 1:

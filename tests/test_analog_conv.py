@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import rapa
 from rapa.analog import AnalogArrays, HICConfig, IOParameters, RPUConfig
-from rapa.analog.arrays import analog_conv, patch_rows
+from rapa.analog.arrays import _rows_analog_conv, analog_conv, patch_rows
 from rapa.analog.ops import analog_conv_forward, analog_conv_input_grad, analog_mvm
 from rapa.nn import TiledConv2d
 from conftest import run_with_cpu_isa
@@ -218,17 +218,15 @@ def test_every_cpu_kernel_variant(isa):
 
 
 def rows_path(conv, x, generator_seed):
-    """The module's output and gradients the row-by-row way (the CUDA path): patch rows,
-    ArrayProducts.matmul, bias; the same seeds drawn in the same order as the fused path."""
-    from rapa.analog.arrays import _PatchRows
+    """The module's output and gradients the row-by-row way (the CUDA path, run here on the
+    CPU): patch rows, ArrayProducts.matmul, bias; the same seeds drawn in the same order as
+    the fused path."""
     torch.manual_seed(generator_seed)
-    n, _, h, w = x.shape
-    rows = _PatchRows.apply(x, conv.kernel_size, conv.padding, conv.stride)
+    h, w = x.shape[2:]
     ho = (h + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
     wo = (w + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
-    tile = torch.zeros(rows.shape[0], dtype=torch.long)
-    out = conv.arrays.matmul(rows, conv.weight3(), tile) + conv.bias
-    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+    return _rows_analog_conv(x, conv.weight3(), conv.bias, None, (ho, wo), conv.kernel_size,
+                             conv.stride, conv.padding, conv.arrays, None)
 
 
 @pytest.mark.parametrize("kind", ["rpu", "hic"])
@@ -266,10 +264,12 @@ def test_a_module_records_what_its_arrays_learn_from_as_the_rows_would(kind):
                                    atol=1e-12)
 
 
-def test_tiled_outputs_and_bias_gradients_per_array():
+@pytest.mark.parametrize("path", ["fused", "rows"])
+def test_tiled_outputs_and_bias_gradients_per_array(path):
     """analog_conv with tiles (some patches dropped): the output is the reference's, and each
     array's bias gradient sums the output gradient over that array's patches only (array 0
-    included, dropped patches in none), as autograd through the reference gives."""
+    included, dropped patches in none), as autograd through the reference gives; the CPU's
+    fused kernels and the rows' path of the GPU (laid out for the largest array's count)."""
     torch.manual_seed(2)
     t, o, c = 3, 4, 2
     arrays = AnalogArrays(RPUConfig(), (t, o, c * 9)).double()
@@ -281,7 +281,12 @@ def test_tiled_outputs_and_bias_gradients_per_array():
     tile[0, 0, 0], tile[0, 0, 1] = 0, -1
     g = torch.randn(2, o, 6, 6, dtype=F64)
     torch.manual_seed(9)
-    out = analog_conv(x, weight3, bias, tile, (3, 3), (1, 1), (1, 1), arrays)
+    if path == "fused":
+        out = analog_conv(x, weight3, bias, tile, (3, 3), (1, 1), (1, 1), arrays)
+    else:
+        largest = int(torch.bincount(tile[tile >= 0], minlength=t).max())
+        out = _rows_analog_conv(x, weight3, bias, tile, (6, 6), (3, 3), (1, 1), (1, 1), arrays,
+                                largest)
     (out * g).sum().backward()
     torch.manual_seed(9)
     b = bias.detach().clone().requires_grad_()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import rapa  # noqa: F401
-from rapa.analog import MappingParameters, from_proto, perfect
+from rapa.analog import MappingParameters, RPUConfig, from_proto, perfect
 from rapa.analog.arrays import AnalogArrays, analog_conv
 from rapa.errors import RapaError
 from rapa.layers.base import make_layer
@@ -469,3 +469,63 @@ def test_untiled_analog_conv_with_bias_and_uneven_padding_is_the_dense_conv():
     arrays = AnalogArrays(perfect(), (1, 4, 27)).double()
     out = analog_conv(x, w.view(1, 4, 27), b, None, (3, 3), (1, 2), (2, 1), arrays)
     torch.testing.assert_close(out, F.conv2d(x, w, b, stride=(1, 2), padding=(2, 1)))
+
+
+@pytest.mark.parametrize("scheme,tiles", [("none", 1), ("image_overlap", 4), ("alternate", 4),
+                                          ("random_fixed", 4), ("random", 4),
+                                          ("perforated", 4)])
+def test_an_analog_conv_is_given_its_schemes_capacity(monkeypatch, scheme, tiles):
+    """What keeps the CUDA path off the host: every scheme's tile_capacity (the first
+    random_fixed call too, whose partition is drawn then) reaches analog_conv, and bounds the
+    patches any array gets; training and test."""
+    from rapa.nn import TiledConv2d
+    import rapa.nn.conv
+    seen = []
+    real = rapa.nn.conv.analog_conv
+
+    def recording(x, weight3, bias, tile, *args):
+        seen.append((tile, args[-1]))
+        return real(x, weight3, bias, tile, *args)
+    monkeypatch.setattr(rapa.nn.conv, "analog_conv", recording)
+    torch.manual_seed(0)
+    conv = TiledConv2d(2, 3, 3, padding=1, tiling=scheme, num_tiles=tiles,
+                       rpu_config=RPUConfig())
+    x = torch.randn(3, 2, 8, 8)
+    for training in (True, False):
+        conv.train(training)
+        conv(x)
+        tile, capacity = seen[-1]
+        assert capacity == conv.scheme.tile_capacity(3, 8, 8, training=training)
+        counts = (torch.bincount(tile[tile >= 0].flatten(), minlength=tiles) if tile is not None
+                  else torch.tensor([3 * 64]))
+        assert 0 < counts.max() <= capacity
+
+
+def test_analog_products_are_laid_out_for_a_known_capacity(monkeypatch):
+    """The rows path (the CUDA one, run here on the CPU) and an analog Linear hand
+    rapa.analog_mvm the capacity in both directions: the tiling's, or every row where one
+    array takes them all."""
+    import rapa.analog.arrays as arrays_module
+    from rapa.analog.arrays import _rows_analog_conv
+    from rapa.nn import Linear
+    seen = []
+    real = arrays_module.analog_mvm
+
+    def recording(rows, *args, **kwargs):
+        seen.append((rows.shape[0], kwargs.get("tile_capacity"), kwargs.get("transposed", False)))
+        return real(rows, *args, **kwargs)
+    monkeypatch.setattr(arrays_module, "analog_mvm", recording)
+    torch.manual_seed(1)
+    lin = Linear(6, 4, rpu_config=RPUConfig())
+    lin(torch.randn(5, 6, requires_grad=True)).sum().backward()
+    assert seen == [(5, 5, False), (5, 5, True)]
+    seen.clear()
+    arrays = AnalogArrays(RPUConfig(), (3, 4, 2 * 9))
+    x = torch.randn(2, 2, 6, 6, requires_grad=True)
+    w = (torch.randn(3, 4, 18) * 0.2).requires_grad_()
+    tile = torch.randint(0, 3, (2, 6, 6))
+    for t, capacity, want in ((tile, 40, 40), (None, None, 72)):
+        _rows_analog_conv(x, w, None, t, (6, 6), (3, 3), (1, 1), (1, 1), arrays,
+                          capacity).sum().backward()
+        assert seen == [(72, want, False), (72, want, True)]
+        seen.clear()

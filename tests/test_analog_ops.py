@@ -537,6 +537,10 @@ def test_more_rows_on_an_array_than_its_capacity_is_refused():
                                            "patch count in \\[0, 4\\], got 5"):
         analog_mvm(x, w, tile, PERFECT, tile_capacity=5)
     assert torch.equal(analog_mvm(x, w, tile, PERFECT, tile_capacity=3), torch.full((4, 2), 3.0))
+    for capacity in (None, 0):  # no arrays: every row dropped, the layout empty
+        y = analog_mvm(x, torch.ones(0, 2, 3), torch.full((4,), -1), PERFECT,
+                       tile_capacity=capacity)
+        assert torch.equal(y, torch.zeros(4, 2))
 
 
 def test_a_rate_given_as_a_tensor_updates_as_the_number(device):
@@ -571,9 +575,35 @@ def test_a_bad_rate_is_refused():
         with pytest.raises(RuntimeError, match="'lr' must be finite and >= 0"):
             rpu_update(w, *rows, lr, state, ConstantStepDevice(), UpdateParameters())
     with pytest.raises(RuntimeError, match="'lr' must hold one number"):
-        rpu_update(w, *rows, torch.tensor([0.1, 0.2]), state, ConstantStepDevice(),
+        rpu_update(w, *rows, torch.tensor([0.1, 0.2], dtype=F64), state, ConstantStepDevice(),
                    UpdateParameters())
+    for lr, message in ((torch.tensor(1), "'lr' must be float32 or float64, got Long"),
+                        (torch.tensor(0.1, dtype=torch.half), "'lr' must be float32 or float64"),
+                        (torch.tensor(0.1, device="meta"), "'lr' is on meta, but 'weight' is on "
+                                                           "cpu")):
+        with pytest.raises(RuntimeError, match=message):
+            rpu_update(w, *rows, lr, state, ConstantStepDevice(), UpdateParameters())
+    for lr in (True, "0.1", None):
+        with pytest.raises(TypeError, match="lr must be a number or a tensor of one, got"):
+            rpu_update(w, *rows, lr, state, ConstantStepDevice(), UpdateParameters())
+    with pytest.raises(RuntimeError, match="'seed' is on meta, but 'weight' is on cpu"):
+        analog_mvm(torch.ones(1, 3), torch.ones(1, 2, 3), torch.zeros(1, dtype=torch.long),
+                   PERFECT, seed=torch.tensor([1], device="meta"))
     assert (w == 0).all()
+
+
+def test_a_rate_given_as_a_number_reaches_the_kernels_in_float64(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.ops.rapa, "rpu_update", lambda *args: seen.append(args[9]))
+    w = torch.zeros(1, 2, 3)
+    rows = (torch.ones(1, 3), torch.ones(1, 2), torch.zeros(1, dtype=torch.long))
+    mine = torch.tensor(0.25)
+    for lr in (0.1, 3, mine):
+        rpu_update(w, *rows, lr, ideal_state((1, 2, 3), 1e-3), ConstantStepDevice(),
+                   UpdateParameters())
+    assert [(float(r), r.dtype, r.device.type) for r in seen[:2]] == [
+        (0.1, F64, "cpu"), (3.0, F64, "cpu")]
+    assert seen[2] is mine  # a tensor is the op's to check, as it is
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and a CUDA build of the operator library")

@@ -304,6 +304,31 @@ def test_what_keeps_the_graph_off_is_said_on_cuda_alone(workdir):
     solver.close()
 
 
+def test_rpu_nets_are_recorded_and_hic_nets_not(workdir):
+    """The real arrays: RPU arrays run every product and update on the device (capturable),
+    HIC ones decide on the host; `rapa test` follows the same rule (graph_kept_off)."""
+    from rapa.analog import AnalogArrays, HICArrays
+    from rapa.cuda_graph import graph_kept_off
+    from test_analog_layers import ANALOG_NET, SOLVER
+    from test_hic import HIC_NET
+    assert AnalogArrays.capturable and not HICArrays.capturable
+    (workdir / "solver.prototxt").write_text(SOLVER % 2)
+    for net, off in ((ANALOG_NET, []), (HIC_NET, ["conv", "ip"])):
+        (workdir / "net.prototxt").write_text(net % "random")
+        said = []
+        solver = Solver(str(workdir / "solver.prototxt"), say=said.append, progress=False)
+        assert graph_kept_off(solver.params) == off
+        solver.device = torch.device("cuda")  # decided before any CUDA call
+        graph = solver._graphed_step()
+        if off:
+            assert graph is None and said[-1] == (
+                "CUDA graph: off (layer(s) conv, ip hold HIC arrays, whose updates decide on "
+                "the host): training without one")
+        else:
+            assert graph.generators == (solver.pulses,)
+        solver.close()
+
+
 def test_a_test_graph_is_kept_with_the_net_per_number_of_votes(workdir, monkeypatch):
     """The wiring of test_net(graph=True), with a stand-in for the graph (no GPU here): one
     per number of votes, made once, given the notice's `say`, running the batch's passes."""

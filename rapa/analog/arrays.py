@@ -429,7 +429,7 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     tile_capacity: the most patches one array gets, where the tiling knows it. One array
     with exact products, for arrays that learn from the weight gradient alone (HIC), is the
     dense convolution (_ExactConv): the same numbers, at the digital convolution's speed."""
-    n, _, h, w = x.shape
+    h, w = x.shape[2:]
     if tile is None and arrays.records_gradient and arrays.exact():
         weight4 = weight3.view(weight3.shape[1], x.shape[1], *kernel)
         out = _ExactConv.apply(x, weight4, arrays, tuple(stride), tuple(padding))
@@ -440,6 +440,16 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
     if x.device.type == "cpu":
         return _fused_analog_conv(x, weight3, bias, tile, (ho, wo), kernel, stride, padding,
                                   arrays)
+    return _rows_analog_conv(x, weight3, bias, tile, (ho, wo), kernel, stride, padding, arrays,
+                             tile_capacity)
+
+
+def _rows_analog_conv(x, weight3, bias, tile, out_hw, kernel, stride, padding, arrays,
+                      tile_capacity):
+    """analog_conv off the CPU: the patch rows (_PatchRows) through the arrays' matmul
+    (rapa.analog_mvm, laid out for tile_capacity rows per array: the untiled ones hold
+    every row), output (N, O, Ho, Wo) channels last. Runs on any device (the tests compare it
+    with the CPU's fused kernels)."""
     rows = _PatchRows.apply(x, tuple(kernel), tuple(padding), tuple(stride))  # (N*L, K)
     flat = (tile.reshape(-1) if tile is not None
             else torch.zeros(rows.shape[0], dtype=torch.long, device=x.device))
@@ -460,7 +470,7 @@ def analog_conv(x: Tensor, weight3: Tensor, bias, tile, kernel, stride, padding,
             out = out + b.index_select(0, flat.clamp_min(0)) * kept
     # The rows are already (n, y, x, o): a channels-last view, no copy (the layers after it
     # take either layout).
-    return out.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+    return out.view(x.shape[0], *out_hw, -1).permute(0, 3, 1, 2)
 
 
 def _fused_analog_conv(x, weight3, bias, tile, out_hw, kernel, stride, padding, arrays):

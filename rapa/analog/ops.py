@@ -4,6 +4,7 @@ Random draws come from a 64-bit seed drawn from torch's generator of the tensors
 solver snapshot (which saves the generators) resumes them."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -15,8 +16,19 @@ from .config import ConstantStepDevice, IOParameters, UpdateParameters
 _library.load()
 
 
+def _same_device(op: str, weight: Tensor, **tensors: Tensor) -> None:
+    """The op's kernels take every tensor on the weight's device. A fake kernel runs when any
+    of them is on the meta device (or all are fake): there, one on another device than the
+    weight is the error the kernels would raise, not a result without numbers."""
+    for name, t in tensors.items():
+        if t.device != weight.device:
+            raise RuntimeError(f"rapa: {op}: argument '{name}' is on {t.device}, but 'weight' "
+                               f"is on {weight.device}: every tensor must be on one device")
+
+
 @torch.library.register_fake("rapa::analog_mvm")
 def _analog_mvm_fake(input, weight, tile, seed, transposed, *args, tile_capacity=-1):
+    _same_device("analog_mvm", weight, input=input, tile=tile, seed=seed)
     return input.new_empty((input.shape[0], weight.shape[2] if transposed else weight.shape[1]))
 
 
@@ -32,7 +44,9 @@ def _analog_conv_input_grad_fake(grad_output, input, weight, *args):
 
 
 @torch.library.register_fake("rapa::rpu_update")
-def _rpu_update_fake(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, *args):
+def _rpu_update_fake(weight, x, d, tile, dw_up, dw_down, w_min, w_max, seed, lr, *args):
+    _same_device("rpu_update", weight, x=x, d=d, tile=tile, dw_up=dw_up, dw_down=dw_down,
+                 w_min=w_min, w_max=w_max, seed=seed, lr=lr)
     return None
 
 
@@ -88,15 +102,22 @@ def rpu_update(weight: Tensor, x: Tensor, d: Tensor, tile: Tensor, lr: Union[flo
     """In place: row m is the pulsed rank-one update -lr d_m x_m^T of array tile[m].
 
     device_state holds the per-device draws dw_up, dw_down, w_min, w_max (each like weight).
-    lr: a number, or a tensor of one number, which the kernels read on the weight's device
-    (so that a CUDA graph holding the update follows a rate that changes between replays);
-    it must be finite and >= 0 (RuntimeError; on CUDA a device-side assertion)."""
+    lr: a number, or a floating tensor of one number on the weight's device, which the
+    kernels read there (so that a CUDA graph holding the update follows a rate that changes
+    between replays); it must be finite and >= 0 (RuntimeError; on CUDA a device-side
+    assertion). Another type is a TypeError; a tensor of another dtype or device a
+    RuntimeError naming 'lr'."""
     if seed is None:
         seed = draw_seed(weight.device)
-    rate = lr if isinstance(lr, Tensor) else torch.tensor(float(lr), dtype=torch.float64)
+    if isinstance(lr, Tensor):
+        rate = lr  # the op checks it: floating, one number, on the weight's device
+    elif isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+        rate = torch.tensor(float(lr), dtype=torch.float64, device=weight.device)
+    else:
+        raise TypeError(f"rapa: rpu_update: lr must be a number or a tensor of one, got "
+                        f"{type(lr).__name__}")
     torch.ops.rapa.rpu_update(
         weight, x, d, tile, device_state["dw_up"], device_state["dw_down"],
-        device_state["w_min"], device_state["w_max"], seed,
-        rate.to(device=weight.device, dtype=torch.float64), float(device.dw_min),
+        device_state["w_min"], device_state["w_max"], seed, rate, float(device.dw_min),
         float(device.dw_min_std), int(update.desired_bl), bool(update.update_management),
         bool(update.update_bl_management))

@@ -14,7 +14,7 @@ layers fresh drift exponents) and reports mean and spread. --pcm changes the mod
 """
 import torch
 
-from ..cuda_graph import RecordingFailed
+from ..cuda_graph import RecordingFailed, graph_kept_off
 from ..device import device_named
 from ..errors import RapaError
 from ..evaluate import test_net
@@ -70,9 +70,8 @@ def run(args):
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
                 raise RapaError("--pcm, --drift-repeats and --drift-compensation go with "
                                 "--drift-time")
-            host = any(b.arrays is not None and not b.arrays.capturable
-                       for b in net.learnable())
-            graph = device.type == "cuda" and not args.no_cuda_graph and not host
+            graph = (device.type == "cuda" and not args.no_cuda_graph
+                     and not graph_kept_off(net.learnable()))
             try:
                 result = test_net(net, args.iterations, args.votes, progress=progress,
                                   graph=graph)
