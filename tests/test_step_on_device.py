@@ -308,6 +308,7 @@ def test_rpu_nets_are_recorded_and_hic_nets_not(workdir):
     """The real arrays: RPU arrays run every product and update on the device (capturable),
     HIC ones decide on the host; `rapa test` follows the same rule (graph_kept_off)."""
     from rapa.analog import AnalogArrays, HICArrays
+    from rapa.cli.test import graphed
     from rapa.cuda_graph import graph_kept_off
     from test_analog_layers import ANALOG_NET, SOLVER
     from test_hic import HIC_NET
@@ -318,6 +319,9 @@ def test_rpu_nets_are_recorded_and_hic_nets_not(workdir):
         said = []
         solver = Solver(str(workdir / "solver.prototxt"), say=said.append, progress=False)
         assert graph_kept_off(solver.params) == off
+        for device, no_graph, want in (("cuda", False, not off), ("cuda", True, False),
+                                       ("cpu", False, False)):  # rapa test's rule
+            assert graphed(solver.net, torch.device(device), no_graph) == want
         solver.device = torch.device("cuda")  # decided before any CUDA call
         graph = solver._graphed_step()
         if off:

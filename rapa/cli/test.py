@@ -70,11 +70,9 @@ def run(args):
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
                 raise RapaError("--pcm, --drift-repeats and --drift-compensation go with "
                                 "--drift-time")
-            graph = (device.type == "cuda" and not args.no_cuda_graph
-                     and not graph_kept_off(net.learnable()))
             try:
                 result = test_net(net, args.iterations, args.votes, progress=progress,
-                                  graph=graph)
+                                  graph=graphed(net, device, args.no_cuda_graph))
             except RecordingFailed as e:
                 raise RapaError(f"CUDA graph: a test batch could not be recorded ({e}): run "
                                 f"again with --no-cuda-graph") from None
@@ -89,6 +87,13 @@ def run(args):
     for k, v in result.vote_accuracy.items():
         print(f"{k} (majority of {args.votes} votes) = {v:.4f} (error {100 * (1 - v):.2f}%)")
     return 0
+
+
+def graphed(net, device: torch.device, no_cuda_graph: bool) -> bool:
+    """Whether `rapa test` replays each batch's passes as a CUDA graph: on CUDA, unless
+    --no-cuda-graph or the net holds arrays that keep it off (rapa.cuda_graph.graph_kept_off:
+    HIC arrays)."""
+    return device.type == "cuda" and not no_cuda_graph and not graph_kept_off(net.learnable())
 
 
 def _seconds(t: float) -> str:
