@@ -8,10 +8,28 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "checks.h"
 
 namespace rapa {
+
+// A capacity (>= 0) against the assignment's counts, on the host: the CPU kernels need none but
+// check the caller's, so that a wrong one fails there with a message that names the tile
+// rather than on CUDA with a device-side assertion. Entries out of range are not counted
+// (the callers check the range).
+inline void check_tile_capacity(const at::Tensor& assignment, int64_t T, int64_t capacity) {
+  check_tile_capacity_range(capacity, assignment.numel());
+  if (capacity < 0) return;
+  std::vector<int64_t> count(T, 0);
+  const at::Tensor a = assignment.contiguous();
+  const int64_t* tiles = a.data_ptr<int64_t>();
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (tiles[i] >= 0 && tiles[i] < T) ++count[tiles[i]];
+  for (int64_t t = 0; t < T; ++t)
+    TORCH_CHECK(count[t] <= capacity, "rapa: argument 'tile_capacity' is ", capacity,
+        ", but tile ", t, " gets ", count[t], " patches (rows) of this batch");
+}
 
 // order: the patch of each of the T * cap rows (-1 on padding); row_of: the row of each patch
 // (-1 if dropped); cap: the rows each tile owns.
@@ -50,6 +68,7 @@ inline TileLayout tile_layout(const at::Tensor& assignment, int64_t T, int64_t c
     TORCH_CHECK(h[T + 2] < T, assignment_range_message(h[T + 2], T));
     ts.cap = T > 0 ? *std::max_element(h + 1, h + T + 1) : 0;
   } else {
+    if (!tiles.is_cuda()) check_tile_capacity(tiles, T, capacity);  // the numbers are at hand
     at::Tensor fits = at::logical_and(tiles.min().ge(-1), tiles.max().lt(T));
     if (T > 0) fits = at::logical_and(fits, counts.max().le(capacity));  // no tile: no count
     at::_assert_async(fits,

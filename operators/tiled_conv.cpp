@@ -19,6 +19,7 @@
 #include "cpu_fused.h"
 #include "isa/fused_conv.h"
 #include "single_tile.h"
+#include "tile_layout.h"
 
 namespace rapa {
 namespace {
@@ -56,21 +57,6 @@ void run_batch(bool forward, const FusedConv<S>& shared, PerRange per_range) {
     TORCH_CHECK(run_fused(forward, a, begin, end, scratch.data(), index.data(), &bad),
         assignment_range_message(bad, a.T));
   });
-}
-
-// The CPU kernels need no capacity; they check the caller's, so that a wrong one fails here
-// with a message rather than on CUDA with a device-side assertion.
-void check_tile_capacity(const at::Tensor& assignment, int64_t T, int64_t capacity) {
-  check_tile_capacity_range(capacity, assignment.numel());
-  if (capacity < 0) return;
-  std::vector<int64_t> count(T, 0);
-  const at::Tensor a = assignment.contiguous();
-  const int64_t* tiles = a.data_ptr<int64_t>();
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (tiles[i] >= 0 && tiles[i] < T) ++count[tiles[i]];  // the kernels check the range
-  for (int64_t t = 0; t < T; ++t)
-    TORCH_CHECK(count[t] <= capacity, "rapa: argument 'tile_capacity' is ", capacity,
-        ", but tile ", t, " gets ", count[t], " patches of this batch");
 }
 
 std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {

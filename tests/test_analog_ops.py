@@ -531,7 +531,8 @@ def test_a_known_tile_capacity_changes_no_number(device, transposed):
 def test_more_rows_on_an_array_than_its_capacity_is_refused():
     w, x = torch.ones(2, 2, 3), torch.ones(4, 3)
     tile = torch.tensor([0, 0, 0, 1])
-    with pytest.raises(RuntimeError, match="more patches than tile_capacity"):
+    with pytest.raises(RuntimeError, match="'tile_capacity' is 2, but tile 0 gets 3 patches "
+                                           "\\(rows\\) of this batch"):
         analog_mvm(x, w, tile, PERFECT, tile_capacity=2)
     with pytest.raises(RuntimeError, match="'tile_capacity' must be -1 \\(not known\\) or a "
                                            "patch count in \\[0, 4\\], got 5"):

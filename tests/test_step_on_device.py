@@ -321,7 +321,10 @@ def test_rpu_nets_are_recorded_and_hic_nets_not(workdir):
         assert graph_kept_off(solver.params) == off
         for device, no_graph, want in (("cuda", False, not off), ("cuda", True, False),
                                        ("cpu", False, False)):  # rapa test's rule
-            assert graphed(solver.net, torch.device(device), no_graph) == want
+            told = []
+            assert graphed(solver.net, torch.device(device), no_graph, told.append) == want
+            assert told == (["CUDA graph: off (layer(s) conv, ip hold HIC arrays): testing "
+                             "without one"] if off and device == "cuda" and not no_graph else [])
         solver.device = torch.device("cuda")  # decided before any CUDA call
         graph = solver._graphed_step()
         if off:

@@ -53,7 +53,7 @@ def test_entries_out_of_range_are_refused(capacity):
 
 
 def test_a_tile_over_its_capacity_is_refused():
-    with pytest.raises(RuntimeError, match="more patches than tile_capacity"):
+    with pytest.raises(RuntimeError, match="'tile_capacity' is 2, but tile 1 gets 3 patches"):
         tile_layout(torch.tensor([1, 1, 1, 0]), 2, 2)
     with pytest.raises(RuntimeError, match="'assignment' must be Long, got Float"):
         tile_layout(torch.tensor([1.0]), 2, 2)

@@ -57,11 +57,18 @@ def draw_seed(device: torch.device, generator: Optional[torch.Generator] = None)
 def analog_mvm(input: Tensor, weight: Tensor, tile: Tensor, io: IOParameters, *,
                transposed: bool = False, seed: Optional[Tensor] = None,
                tile_capacity: Optional[int] = None) -> Tensor:
-    """Row m of `input` through array tile[m] of `weight` (T, O, K): W x (input (M, K)) or,
-    transposed, W^T d (input (M, O)), with the periphery `io`. tile -1: a zero row.
+    """Row m of `input` through array tile[m] of `weight` (T, O, K): W x (input (M, K), output
+    (M, O)) or, transposed, W^T d (input (M, O), output (M, K)), with the periphery `io` (an
+    RPUConfig's `forward`, or `backward` for the transposed product): DAC, noise and bound
+    management, output noise, ADC, in aihwkit 1.1.0's order (README, "Analog arrays"). The
+    weights are conductances in the arrays' units (AnalogArrays' out_scale is applied by its
+    matmul, not here); input, weight float32 or float64 alike. tile: int64 (M,), an array
+    index or -1 for a row no array computes (output 0). seed: int64 (1,) on the same device,
+    the key of the noise draws (default: drawn from torch's generator, draw_seed).
     tile_capacity: the most rows one array gets (at most M), where the caller knows it; on
-    CUDA the op then never waits for the device (a CUDA graph can hold it). More rows on one
-    array than that is an error (RuntimeError; on CUDA a device-side assertion)."""
+    CUDA the op then never waits for the device (a CUDA graph can hold it). Errors: a
+    RuntimeError naming the argument (shapes, dtypes, devices, a tile out of range, more rows
+    on one array than tile_capacity; on CUDA the last two are device-side assertions)."""
     if seed is None:
         seed = draw_seed(input.device)
     return torch.ops.rapa.analog_mvm(
@@ -99,9 +106,18 @@ def analog_conv_input_grad(grad_output: Tensor, input: Tensor, weight: Tensor,
 def rpu_update(weight: Tensor, x: Tensor, d: Tensor, tile: Tensor, lr: Union[float, Tensor],
                device_state: dict, device: ConstantStepDevice, update: UpdateParameters, *,
                seed: Optional[Tensor] = None) -> None:
-    """In place: row m is the pulsed rank-one update -lr d_m x_m^T of array tile[m].
+    """In place: row m is the pulsed rank-one update -lr d_m x_m^T of array tile[m] of `weight`
+    (T, O, K), rows in order (Gokmen & Vlasov 2016; aihwkit 1.1.0's pulse trains with update
+    and bit-length management, README "Analog arrays"); each weight stays within its device's
+    [w_min, w_max]. x (M, K), d (M, O) and weight of one dtype (float32 or float64), tile
+    int64 (M,) (-1: no update), all on one device; seed: int64 (1,), the key of the pulses'
+    draws (default: drawn from torch's generator). The weights are conductances in the
+    arrays' units; lr is in those units per unit of d x^T, as SGD's (AnalogArrays.apply_update
+    divides d by each array's out_scale squared).
 
-    device_state holds the per-device draws dw_up, dw_down, w_min, w_max (each like weight).
+    device_state holds the per-device draws dw_up, dw_down, w_min, w_max (each like weight):
+    AnalogArrays.device_state() gives them; device: its config.device (dw_min, dw_min_std),
+    update: its config.update.
     lr: a number, or a floating tensor of one number on the weight's device, which the
     kernels read there (so that a CUDA graph holding the update follows a rate that changes
     between replays); it must be finite and >= 0 (RuntimeError; on CUDA a device-side

@@ -89,11 +89,16 @@ def run(args):
     return 0
 
 
-def graphed(net, device: torch.device, no_cuda_graph: bool) -> bool:
+def graphed(net, device: torch.device, no_cuda_graph: bool, say=print) -> bool:
     """Whether `rapa test` replays each batch's passes as a CUDA graph: on CUDA, unless
     --no-cuda-graph or the net holds arrays that keep it off (rapa.cuda_graph.graph_kept_off:
-    HIC arrays)."""
-    return device.type == "cuda" and not no_cuda_graph and not graph_kept_off(net.learnable())
+    HIC arrays), which `say` gets in one line."""
+    if device.type != "cuda" or no_cuda_graph:
+        return False
+    off = graph_kept_off(net.learnable())
+    if off:
+        say(f"CUDA graph: off (layer(s) {', '.join(off)} hold HIC arrays): testing without one")
+    return not off
 
 
 def _seconds(t: float) -> str:
