@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
     const uint64_t* __restrict__ bd, const int64_t* __restrict__ order,
     const int64_t* __restrict__ offsets, const S* __restrict__ up, const S* __restrict__ down,
     const S* __restrict__ lo, const S* __restrict__ hi, const S* __restrict__ table,
-    const int64_t* __restrict__ seed, S dw_min_std, int64_t T, int64_t O, int64_t K) {
+    const int64_t* __restrict__ seed, S dw_min_std, int64_t T, int64_t O, int64_t K,
+    int64_t groups) {  // groups: of 32 weights per array, the launch's own count
   constexpr int R = Walk<S>::kRows;
   constexpr int kStagedRows = (R + kWalkWarps - 2) / (kWalkWarps - 1);  // per staging warp
   static_assert(kStagedRows <= 32, "a staging warp's row indices fit its lanes");
@@ -59,7 +60,6 @@ __global__ void __launch_bounds__(32 * kWalkWarps) walk_kernel(S* __restrict__ w
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool noisy = dw_min_std > S(0);
   const uint64_t key = mix_seed(static_cast<uint64_t>(seed[0]), kStreamStepNoise);
-  const int64_t groups = (O * K + 31) / 32;
   for (int64_t block = blockIdx.x; block < T * groups; block += gridDim.x) {
     const int64_t t = block / groups, q = (block % groups) * 32 + lane;
     const bool active = q < O * K;
@@ -171,7 +171,8 @@ struct CudaUpdateKernels {
       const at::Tensor& w_min, const at::Tensor& w_max, const at::Tensor& seed,
       const UpdateSettings& u) {
     const int64_t T = weight.size(0), O = weight.size(1), K = weight.size(2);
-    const int64_t blocks = std::min<int64_t>(T * ((O * K + 31) / 32), 1 << 20);
+    const int64_t groups = (O * K + 31) / 32;  // of 32 weights, a block's each
+    const int64_t blocks = std::min<int64_t>(T * groups, 1 << 20);
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "rpu_walk_cuda", [&] {
       const at::Tensor table = normal_table(weight.scalar_type(), weight.device());
       walk_kernel<scalar_t><<<static_cast<unsigned int>(blocks), 32 * kWalkWarps, 0,
@@ -181,7 +182,7 @@ struct CudaUpdateKernels {
           reinterpret_cast<const uint64_t*>(bd.data_ptr<int64_t>()), order.data_ptr<int64_t>(),
           offsets.data_ptr<int64_t>(), dw_up.data_ptr<scalar_t>(), dw_down.data_ptr<scalar_t>(),
           w_min.data_ptr<scalar_t>(), w_max.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
-          seed.data_ptr<int64_t>(), static_cast<scalar_t>(u.dw_min_std), T, O, K);
+          seed.data_ptr<int64_t>(), static_cast<scalar_t>(u.dw_min_std), T, O, K, groups);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
