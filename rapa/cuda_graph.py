@@ -9,12 +9,12 @@ replays.
 
 What the graph keeps exactly: the arithmetic, and the random draws, since torch's CUDA
 generator gives a recorded kernel a fresh offset at every replay (random tiling, dropout,
-stochastic pooling draw anew, the numbers an eager step would draw); the learning rate, which
-the update reads from a device tensor that the solver fills before each replay. What cannot be
-recorded: a step that copies a number to the host or whose shapes depend on the data. The
-draws from a generator of the solver's own (the pulsed updates' seeds) are kept the same way
-once it is registered with the graph (`generators`). The
-solver keeps those out (rapa.solver.Solver._graphed_step). A step that fails while being
+stochastic pooling, analog noise draw anew, the numbers an eager step would draw), and so does
+a generator of the solver's own once registered with the graph (`generators`: the pulsed
+updates' seeds); the learning rate, which the updates read from a device tensor that the
+solver fills before each replay. What cannot be recorded: a step that copies a number to the
+host or whose shapes depend on the data (the HIC update). The solver keeps those out
+(rapa.solver.Solver._graphed_step, graph_kept_off). A step that fails while being
 recorded runs without a graph from then on, said in one line, where the failure left CUDA as
 it was (an error of the Python code); where it broke the recording itself (an op that waits
 for the device), RecordingFailed says why, and the run must start again without a graph.
