@@ -99,8 +99,7 @@ __global__ void redo_kernel(const S* __restrict__ x, const S* __restrict__ w,
           saturated |= adc_saturates(acc, out_bound, out_step);
         }
       }
-      if (__syncthreads_or(saturated) && 2 * static_cast<double>(reduction) <= io.max_bm_factor)
-        continue;
+      if (__syncthreads_or(saturated) && bm_repeats<S>(reduction, io.max_bm_factor)) continue;
       for (int64_t o = threadIdx.x; o < Out; o += blockDim.x)
         out[o] = quantize_clip<S>(out[o], out_bound, out_step) * sr;
       break;

@@ -132,7 +132,7 @@ struct CpuAnalogKernels {
             const bool saturated = add_noise_row<scalar_t>(out, Out, z, key,
                 (static_cast<uint64_t>(pass) * M + m) * Out, scalar_t(io.out_noise),
                 scalar_t(io.out_bound), scalar_t(io.out_step));
-            if (saturated && 2 * static_cast<double>(reduction) <= io.max_bm_factor) continue;
+            if (saturated && bm_repeats<scalar_t>(reduction, io.max_bm_factor)) continue;
             for (int64_t o = 0; o < Out; ++o)
               out[o] = quantize_clip<scalar_t>(out[o], scalar_t(io.out_bound),
                                                scalar_t(io.out_step)) * sr;

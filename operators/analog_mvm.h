@@ -63,7 +63,10 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
                       .view({R, Out});
   const at::Tensor saturated = Kernels::add_noise_and_test(yr, order, seed, M, io);
   // A second pass needs room for one halving of the input within max_bm_factor.
-  const bool repeats = io.bound_management && io.max_bm_factor >= 2;
+  bool repeats = false;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "analog_mvm_repeats", [&] {
+    repeats = io.bound_management && bm_repeats<scalar_t>(scalar_t(1), io.max_bm_factor);
+  });
   const at::Tensor redo = repeats ? saturated : at::zeros_like(saturated);
   Kernels::write_out(yr, order, scale, redo, io, y);
   if (repeats) Kernels::redo(x, w, order, scale, redo, layout.cap, seed, transposed, io, y);

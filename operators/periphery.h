@@ -81,6 +81,14 @@ RAPA_HD static inline bool adc_saturates(S v, S bound, S step) {
   return v > bound || v < -bound;
 }
 
+// Bound management's rule: a row that saturated at total input reduction `reduction` is
+// repeated at twice that while it stays within max_bm_factor (the op's limit: twice aihwkit's
+// last allowed reduction, rapa.analog.IOParameters.op_args), compared in the arrays' dtype.
+template <typename S>
+RAPA_HD static inline bool bm_repeats(S reduction, double max_bm_factor) {
+  return reduction * S(2) <= static_cast<S>(max_bm_factor);
+}
+
 // Output noise on one row of n outputs, in place (draw base + o of the stream keyed by `key`
 // for output o); whether the ADC saturates on any of them.
 template <typename S>

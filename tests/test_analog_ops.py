@@ -223,6 +223,24 @@ def test_bound_management_stops_where_aihwkit_does(device, limit, final):
     torch.testing.assert_close(y, expect, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_the_bound_management_limit_is_compared_in_the_arrays_dtype(device, dtype):
+    # The op's limit just under 4: float32 holds it as 4.0, so a row that saturates at
+    # reduction 2 is repeated at 4 (as the fused convolution's kernels and earlier versions
+    # compare); float64 stops at 2. Outputs 5 * need with out_bound 5: need 3 ends at 3 * 5
+    # exactly with a repeat at 4, clipped to 2 * 5 without.
+    args = IOParameters(out_bound=5.0, out_res=0, inp_res=0, out_noise=0.0,
+                        noise_management="abs_max", bound_management="iterative",
+                        max_bm_res=1.0).op_args()
+    args["max_bm_factor"] = 3.9999999
+    w = torch.tensor([15.0], dtype=dtype, device=device).view(1, 1, 1)
+    x = torch.ones(1, 1, dtype=dtype, device=device)
+    seed = torch.tensor([1], device=device)
+    y = torch.ops.rapa.analog_mvm(x, w, torch.zeros(1, dtype=torch.long, device=device), seed,
+                                  False, **args)
+    assert y.item() == (15.0 if dtype == torch.float32 else 10.0)
+
+
 def test_backward_pass_has_no_bound_management_by_default_as_aihwkit():
     # W^T d = 24 with out_bound 12: aihwkit's backward pass clips (it has no bound
     # management); backward { bound_management: "iterative" } is rapa's option to redo it.

@@ -143,7 +143,7 @@ inline void periphery_panel(const AnalogConv<S>& a, const S* in, int64_t ld, int
       const uint64_t base = (pass * static_cast<uint64_t>(a.M) + static_cast<uint64_t>(m[r]))
           * static_cast<uint64_t>(Out);
       const bool saturated = noise_and_test(a, yr, Out, base, index);
-      if (a.bound_management && saturated && reduction[r] * S(2) <= a.max_bm_factor) {
+      if (a.bound_management && saturated && bm_repeats<S>(reduction[r], a.max_bm_factor)) {
         reduction[r] *= S(2);
         act[again++] = r;
       } else {
