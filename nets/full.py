@@ -222,13 +222,13 @@ def solver(net_path: str, dataset: str, tiled: bool, prefix: str, batch: int = 1
     sp.test_iter.append(-(-ds.test_images // test_batch))
     sp.test_interval = int(test_every_epochs * epoch)
     rate = PAPER_RATE[tiled] if paper_rate is None else paper_rate
-    sp.base_lr, sp.momentum = (rate, 0.0) if paper_rates else (rate * OUR_RATE_FACTOR,
-                                                                OUR_MOMENTUM)
-    if analog and sp.momentum:
+    base_lr, momentum = (rate, 0.0) if paper_rates else (rate * OUR_RATE_FACTOR, OUR_MOMENTUM)
+    if analog and momentum:
         # Analog arrays update by pulses, without momentum: the same step size as momentum
         # SGD's steady state, rate / (1 - momentum). Biases stay digital, without momentum too.
-        sp.base_lr = sp.base_lr / (1 - sp.momentum)
-        sp.momentum = 0.0
+        # (Computed in double before the float fields hold it: 0.005, not 0.004999999.)
+        base_lr, momentum = base_lr / (1 - momentum), 0.0
+    sp.base_lr, sp.momentum = base_lr, momentum
     sp.weight_decay = weight_decay
     sp.lr_policy = "step"
     sp.gamma = gamma

@@ -152,6 +152,12 @@ def test_tile_sweep_and_the_paper_s_rates(tree):
         ours = read_text(ROOT / f"prototxt/cifar10/{tiling}_max_solver.prototxt",
                          pb.SolverParameter())
         assert (ours.base_lr, ours.momentum) == (pytest.approx(rate * 0.02), pytest.approx(0.9))
+    # Analog solvers: momentum SGD's steady-state step, rate x 0.02 / (1 - 0.9), without
+    # momentum, written as the float nearest it (computed in double, then stored).
+    for name, rate in (("random_max_rpu", "0.005"), ("none_max_rpu", "0.001"),
+                       ("none_max_hic", "0.001")):
+        text = (ROOT / f"prototxt/cifar10/{name}_solver.prototxt").read_text()
+        assert f"base_lr: {rate}\n" in text and "momentum: 0.0\n" in text, name
     param = read_text(tree / "p/cifar10/random_max_paper_rates.prototxt", pb.NetParameter())
     data = [lp for lp in param.layer if lp.type == "Data"]
     assert [lp.transform_param.scale for lp in data] == [1 / 256] * 2
