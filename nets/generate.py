@@ -25,9 +25,12 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
     DIR/cifar10/resnet32_none_{plain_sgd_short,e1}_solver.prototxt  their floating-point
                                                      baselines (1 epoch, without and with
                                                      momentum)
-    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 (114 files;
-    with --strong, the nets named *_strong and their solvers, without the short, analog and
-    residual ones); the residual nets add 108 files.
+    Every tiling with max pooling for each dataset, and every pooling for CIFAR-10 with the
+    short, analog and HIC nets and solvers (108 files; with --strong, the nets named *_strong
+    and their solvers, without the short, analog, HIC and residual ones); the residual nets
+    add 108 files and the HIC ResNets' 8. --tiles and --shortcut other than 16,4,1 and A: the
+    files keep their names, and every solver's snapshot prefix ends in _t<tiles> (_t32-8-2) or
+    _shortcutB, apart from the committed nets' runs.
     --epochs E: the Full nets' and the sweep's solvers shortened to E epochs (see schedule()),
     written as *_eE_solver.prototxt. --paper-rates: the paper's rates without momentum on nets
     whose input is scaled by 1/256, written as *_paper_rates[_eE][_solver].prototxt (README,
@@ -46,6 +49,7 @@ resnet.resnet_net.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -81,6 +85,14 @@ SWEEP = dict(epochs=700, step_epochs=100, gamma=0.5, weight_decay=0.0)
 # Datasets and tilings of the residual family (--resnet-tilings takes any scheme).
 RESNET_DATASETS = ("cifar10", "cifar100")
 RESNET_TILINGS = ("none", "random")
+
+
+# Tilings that split the image or the output into a q x q grid (rapa.tiling): square counts.
+SQUARE_TILINGS = ("image_overlap", "image_pad", "alternate")
+
+
+def square(tiles) -> bool:
+    return all(math.isqrt(t) ** 2 == t for t in tiles)
 
 
 def committed(dataset: str, name: str) -> bool:
@@ -188,6 +200,8 @@ def full_family(dataset, tiles, strong, epochs, paper_rates):
     about = ("section 2.2 schedule" if epochs is None else about) + (
         ", the paper's rates" if paper_rates else "")
     for tiling in TILINGS:
+        if tiling in SQUARE_TILINGS and not square(tiles):
+            continue
         for pools in (POOLS if dataset == "cifar10" else ("max",)):
             base = f"{tiling}_{pools}" + ("_strong" if strong else "")
             yield (dataset, base + net_suffix,
@@ -272,6 +286,14 @@ def net_reference(path: Path, root: Path = ROOT) -> str:
     return str(path.relative_to(root) if root in path.parents else path)
 
 
+def variant_tag(tiles=(16, 4, 1), shortcut="A") -> str:
+    """What the solvers' snapshot prefixes end in for a family other than the default one
+    ("_t32-8-2", "_shortcutB"): its files keep their names (they go to their own --out
+    folder), but its runs must not resume or overwrite those of the committed nets."""
+    return ("" if tuple(tiles) == (16, 4, 1) else "_t" + "-".join(map(str, tiles))) + \
+        ("" if shortcut == "A" else f"_shortcut{shortcut}")
+
+
 def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
              only_committed=False, root: Path = ROOT, families=DEFAULT_FAMILIES,
              resnet_tilings=RESNET_TILINGS, shortcut="A", epochs=None,
@@ -279,6 +301,7 @@ def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
     """Write the family (or its committed part) into out/<dataset>/; return the files written.
     Solvers name their nets relative to root when under it (see net_reference)."""
     written = []
+    tag = variant_tag(tiles, shortcut)
     for dataset, name, what, message in family(tiles, strong, datasets, families,
                                                resnet_tilings, shortcut, epochs,
                                                paper_rates):
@@ -288,6 +311,7 @@ def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
         if isinstance(message, tuple):  # a solver: its net's name, and the solver of its path
             net, make = message
             message = make(net_reference(path.with_name(f"{net}.prototxt"), root))
+            message.snapshot_prefix += tag
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(HEADER.format(what=what) + text_format.MessageToString(message))
         written.append(path)
@@ -321,6 +345,9 @@ def main(argv=None):
     tiles = tuple(int(t) for t in args.tiles.split(","))
     if len(tiles) != 3 or min(tiles) < 1:
         p.error("--tiles takes three counts >= 1, e.g. 16,4,1")
+    if not square(tiles) and "full" in args.family:
+        print(f"--tiles {args.tiles}: not all square, so the Full nets of the tilings that "
+              f"need square counts ({', '.join(SQUARE_TILINGS)}) are left out")
     if args.committed and (tiles != (16, 4, 1) or args.strong or args.dataset or
                            args.family != list(DEFAULT_FAMILIES) or args.shortcut != "A" or
                            args.resnet_tilings != list(RESNET_TILINGS) or args.epochs or

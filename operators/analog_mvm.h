@@ -8,7 +8,8 @@
 // repeats that row with its input halved, until the total reduction would pass max_bm_factor;
 // the outputs are clipped and the scales undone digitally. A row with tile -1 outputs zero,
 // and so does one with an all-zero input under noise management (its scale is 0: no pass
-// computes it; without noise management its outputs are the noise).
+// computes it; without noise management its outputs are the noise). A row with a NaN input
+// outputs NaN (its scale is NaN), as a digital product would: the NaN is not hidden.
 //
 // This header holds the driver (ATen): the rows are laid out by array in tile_layout's padded
 // layout (tile_layout.h), every array's first pass is one batched product, and the rows that
@@ -56,8 +57,8 @@ at::Tensor analog_mvm_driver(const at::Tensor& input, const at::Tensor& weight,
   if (R == 0) return y;
   at::Tensor scale = io.noise_management ? Kernels::row_absmax(x) : at::ones({M}, x.options());
   at::Tensor order = layout.order;
-  if (io.noise_management)  // an all-zero input outputs 0, noise and all
-    order = at::where(scale.index_select(0, order.clamp_min(0)).gt(0), order, -1);
+  if (io.noise_management)  // an all-zero input outputs 0, noise and all; one with NaN, NaN
+    order = at::where(scale.index_select(0, order.clamp_min(0)).ne(0), order, -1);
   const at::Tensor xq = Kernels::prepare(x, order, scale, io);
   at::Tensor yr = at::bmm(xq.view({T, layout.cap, In}), transposed ? w : w.transpose(1, 2))
                       .view({R, Out});

@@ -9,7 +9,7 @@
 
 namespace rapa {
 
-// The largest |x| of each row, in one pass without a temporary.
+// The largest |x| of each row, in one pass without a temporary; NaN where a row holds one.
 inline at::Tensor cpu_row_absmax(const at::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor out = at::empty({M}, x.options());
@@ -19,7 +19,10 @@ inline at::Tensor cpu_row_absmax(const at::Tensor& x) {
     at::parallel_for(0, M, 64, [&](int64_t b, int64_t e) {
       for (int64_t m = b; m < e; ++m) {
         scalar_t best = 0;
-        for (int64_t k = 0; k < K; ++k) best = std::max(best, std::abs(src[m * K + k]));
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t a = std::abs(src[m * K + k]);
+          best = (best < a || a != a) ? a : best;  // a NaN stays (torch's amax: NaN wins)
+        }
         dst[m] = best;
       }
     });

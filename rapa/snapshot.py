@@ -92,12 +92,14 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
                 raise RapaError(f"{path}: layer '{layer.layer_name}' blob {i} holds NaN or "
                                 f"infinite values")
             target = learn[i] if i < len(learn) else state[i - len(learn)]
-            # Caffe's legacy 4-D shapes (1, C, 1, 1) hold what (C,) holds now; a state blob
-            # (a fixed partition, statistics) must have the same shape but for such 1s.
+            # Caffe's legacy 4-D shapes (num, channels, height, width: a bias (1, 1, 1, C), an
+            # InnerProduct's weights (1, 1, N, K)) hold what the shapes without their 1s hold
+            # now; so must a state blob (a fixed partition, statistics). Other learnable blobs
+            # have the net's shape exactly.
+            legacy = i >= len(learn) or not blob.HasField("shape")
             if value.numel() != target.numel() or (
-                    i < len(learn) and tuple(value.shape) != tuple(target.shape)
-                    and blob.HasField("shape")) or (
-                    i >= len(learn) and _squeezed(value.shape) != _squeezed(target.shape)):
+                    _squeezed(value.shape) != _squeezed(target.shape) if legacy
+                    else tuple(value.shape) != tuple(target.shape)):
                 raise RapaError(
                     f"{path}: layer '{layer.layer_name}' blob {i} has shape "
                     f"{tuple(value.shape)}, the net's layer wants {tuple(target.shape)} (a "
@@ -128,20 +130,34 @@ def snapshot_paths(prefix: str, iteration: int) -> tuple[pathlib.Path, pathlib.P
             pathlib.Path(f"{prefix}_iter_{iteration}.solverstate"))
 
 
-def latest_snapshot(prefix: str) -> pathlib.Path | None:
-    """The newest complete snapshot: a solverstate that parses and whose weights exist."""
+def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
+    """(iteration, path) of every complete snapshot PREFIX_iter_N.solverstate (one that parses
+    and whose weights exist; others are what a damaged disk leaves, never a resumable state),
+    by iteration."""
     p = pathlib.Path(prefix)
     folder = p.parent if str(p.parent) else pathlib.Path(".")
     found = []
     for f in folder.glob(p.name + "_iter_*.solverstate"):
         m = SNAPSHOT_RE.search(f.name)
-        if m:
-            found.append((int(m.group(1)), f))
-    for _, f in sorted(found, reverse=True):
+        if not m or f.name != f"{p.name}_iter_{m.group(1)}.solverstate":  # PREFIX_x_iter_N
+            continue
         try:
             state = pb.SolverState.FromString(f.read_bytes())
         except Exception:
             continue
         if state.learned_net and (f.parent / state.learned_net).is_file():
-            return f
-    return None
+            found.append((int(m.group(1)), f))
+    return sorted(found)
+
+
+def remove_snapshot(state_path: pathlib.Path) -> None:
+    """A snapshot's two files (the weights named as snapshot() names them)."""
+    state_path = pathlib.Path(state_path)
+    state_path.with_suffix(".caffemodel").unlink(missing_ok=True)
+    state_path.unlink(missing_ok=True)
+
+
+def latest_snapshot(prefix: str) -> pathlib.Path | None:
+    """The newest complete snapshot (snapshots_under), None if there is none."""
+    found = snapshots_under(prefix)
+    return found[-1][1] if found else None

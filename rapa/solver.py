@@ -33,7 +33,7 @@ from .data.prefetch import (WorkerStopped, forget_worker_deaths, is_worker_death
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
-from .evaluate import test_net
+from .evaluate import reread, test_net
 from .fileio import hold_lock, make_folder, remove_stale_temporaries, sha256_of
 from .lr_policy import check_policy, learning_rate
 from .net import Net, NetContext
@@ -42,9 +42,10 @@ from .proto import pb
 from .seeds import mix_seed
 from .sgd import SGD
 from .prototxt import read_binary, read_text, write_binary
-from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, save_weights,
-                       snapshot_paths, tensor_to_blob)
-from .trainlog import TrainLog
+from .resume_changes import resume_changes
+from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, remove_snapshot,
+                       save_weights, snapshot_paths, snapshots_under, tensor_to_blob)
+from .trainlog import TrainLog, read_log_lines
 
 
 class Stop(Exception):
@@ -224,6 +225,7 @@ class Solver:
     def _build_nets(self):
         sp, where = self.sp, str(self.path)
         train_param, train_src, test_params = self._net_params()
+        self.train_param = train_param  # kept in snapshots (resume_changes)
         base = self.path.parent
         self.net = Net(train_param, pb.TRAIN, source=train_src, base_dir=base, seed=self.seed,
                        **self._state_kwargs(sp.train_state if sp.HasField("train_state")
@@ -242,6 +244,10 @@ class Solver:
                             f"({len(self.test_nets)}), got {len(sp.test_iter)}")
         if self.test_nets and sp.test_interval <= 0:
             raise RapaError(f"{where}: test nets need test_interval > 0")
+        for i, tn in enumerate(self.test_nets):
+            again = reread(tn, sp.test_iter[i])
+            if again:
+                self.say(f"{where}: test_iter of test net #{i}: {again}")
         self.params = self.net.learnable()
         # The rate of the current iteration, where the update reads it (rapa.sgd.SGD.step).
         self.rate_t = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -339,7 +345,7 @@ class Solver:
                                rng_state=generators[0][0],
                                learned_net_sha256=sha256_of(model_path),
                                pulse_rng_state=self.pulses.get_state().numpy().tobytes(),
-                               world_size=g.world)
+                               world_size=g.world, solver=self.sp, train_net=self.train_param)
         if self.device.type == "cuda":
             state.cuda_rng_state = generators[0][1]
         state.process_rng_state.extend(cpu for cpu, _ in generators[1:])
@@ -412,6 +418,10 @@ class Solver:
             except RuntimeError:  # torch checks the generator state's size and contents
                 raise RapaError(f"{state_path}: {field} is damaged ({len(value)} bytes that "
                                 f"are no generator state)") from None
+        changes = resume_changes(state, self.sp, self.train_param)
+        if changes:
+            self.say(f"{state_path} was written with another solver or net; now: "
+                     f"{'; '.join(changes)}")
         if state.world_size != self.group.world:
             self.say(f"{state_path} was written by a run of {state.world_size} process(es), "
                      f"resumed by {self.group.world}: each step now reads {self.group.world} x "
@@ -637,19 +647,19 @@ class Solver:
                 self.say(f"{w}: no weights for {', '.join(missing)}: they start from their "
                          f"fillers")
 
-    def _open_run(self, resume: Optional[str], weights: Optional[str], log_path: str):
+    def _open_run(self, resume: Optional[str], weights: Optional[str], log_path: str,
+                  overwrite: bool = False):
         """Loads --weights or resumes, and on process 0 makes the run's folders, takes the
         prefix's lock (self._lock) and opens the log, which it returns (a _NoLog elsewhere)."""
         if resume and weights:
             raise RapaError("give --snapshot or --weights, not both")
         if weights:
             self._load_weights(weights)
-        resumed = None
+        path = None
         if resume:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
             if path is not None:
                 self.restore(path)
-                resumed = self.iter
                 self.say(f"Resuming from {path} at iteration {self.iter}")
             else:
                 self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
@@ -662,10 +672,51 @@ class Solver:
                                f"{self.prefix}")
         for stale in remove_stale_temporaries(self.prefix):
             self.say(f"Removed {stale}, left by a run killed while writing it")
-        return TrainLog(log_path, resumed)
+        own = path is not None and path.resolve() == \
+            snapshot_paths(self.prefix, self.iter)[1].resolve()
+        self._claim_prefix(path, own, log_path, overwrite, nothing_to_resume=resume == "auto")
+        return TrainLog(log_path, self.iter if own else None)
 
-    def solve(self, resume: Optional[str] = None, weights: Optional[str] = None) -> int:
-        """Train to max_iter. Returns the final iteration; raises Stop on an early end."""
+    def _claim_prefix(self, resumed: Optional[pathlib.Path], own: bool, log_path: str,
+                      overwrite: bool, nothing_to_resume: bool) -> None:
+        """Refuses (RapaError) to start where an earlier run's files would be lost: snapshots
+        under the prefix (all of them for a fresh start or a resume from another prefix's
+        snapshot; those after the resumed iteration for a resume from one of its own) and the
+        log's lines (all of them, but for a resume of the prefix's own snapshot, which keeps
+        those up to it). `overwrite` (--overwrite) removes them instead, said in one line. A
+        log without any snapshot after --snapshot auto found none is of a run that cannot be
+        resumed: started anew, said in one line."""
+        after = self.iter if own else -1
+        doomed = [(i, f) for i, f in snapshots_under(self.prefix) if i > after]
+        lines = [] if own else read_log_lines(log_path)
+        if not doomed and not lines:
+            return
+        what = []
+        if doomed:
+            what.append(f"{len(doomed)} snapshots, iterations {doomed[0][0]} to {doomed[-1][0]}"
+                        if len(doomed) > 1 else f"a snapshot of iteration {doomed[0][0]}")
+        if lines:
+            what.append(f"a log to iteration {max(x['iter'] for x in lines)} in {log_path}")
+        what = " and ".join(what)
+        start = ("resuming from its iteration " + str(self.iter) if own else
+                 f"resuming from {resumed}" if resumed is not None else "starting afresh")
+        if not overwrite and not (nothing_to_resume and not doomed):
+            raise RapaError(
+                f"{self.path}: snapshot_prefix {self.prefix} holds an earlier run ({what}), "
+                f"which {start} would overwrite: "
+                + ("resume its newest with --snapshot auto, " if doomed and not
+                   nothing_to_resume else "")
+                + "give the solver another snapshot_prefix, or pass --overwrite to remove it")
+        for _, f in doomed:
+            remove_snapshot(f)
+        self.say(f"Removed an earlier run under {self.prefix}: {what}" if overwrite else
+                 f"Replacing {log_path}, the log of a run with no snapshot to resume")
+
+    def solve(self, resume: Optional[str] = None, weights: Optional[str] = None,
+              overwrite: bool = False) -> int:
+        """Train to max_iter. Returns the final iteration; raises Stop on an early end.
+        `overwrite`: remove an earlier run's snapshots and log under the prefix that this start
+        would otherwise refuse to overwrite (_claim_prefix)."""
         sp = self.sp
         leader = self.group.leader
         self._lock, log = None, _NoLog()
@@ -682,7 +733,7 @@ class Solver:
         try:
             problem = None
             try:
-                log = self._open_run(resume, weights, log_path)
+                log = self._open_run(resume, weights, log_path, overwrite)
             except (RapaError, OSError) as e:
                 problem = e
             self.group.agree(problem)
@@ -698,6 +749,9 @@ class Solver:
                  f"{sp.max_iter} (batch {processes}{per_process} x iter_size {sp.iter_size}, "
                  f"seed {self.seed}); log {log_path}")
         if sp.momentum or sp.weight_decay:  # rapa.sgd: arrays take their own updates only
+            digital = " and ".join(what for what, value in (("momentum", sp.momentum),
+                                                            ("weight decay", sp.weight_decay))
+                                   if value)
             for kind, how in (("Analog", "pulsed updates"),
                               ("HIC", "SGD steps into their accumulators")):
                 names = sorted({p.name.rsplit("/", 1)[0] for p in self.params
@@ -706,7 +760,7 @@ class Solver:
                 if names:
                     self.say(f"{kind} weights of {', '.join(names)}: {how} at the rate times "
                              f"lr_mult, without momentum or weight decay (their biases have "
-                             f"both)")
+                             f"{digital})")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = self._bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter

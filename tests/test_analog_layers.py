@@ -178,7 +178,7 @@ def test_analog_net_trains_saves_and_resumes_exactly(workdir):  # noqa: F811
     start = {n: w.clone() for n, w in weights(straight).items()}
     straight.solve()
     assert ("Analog weights of conv, ip: pulsed updates at the rate times lr_mult, without "
-            "momentum or weight decay (their biases have both)") in said
+            "momentum or weight decay (their biases have momentum and weight decay)") in said
     final = weights(straight)
     assert not torch.equal(final["conv/0"], start["conv/0"])     # pulsed updates happened
     arrays = straight.net.layer("conv").module.arrays
@@ -529,3 +529,13 @@ def test_analog_products_are_laid_out_for_a_known_capacity(monkeypatch):
                           capacity).sum().backward()
         assert seen == [(72, want, False), (72, want, True)]
         seen.clear()
+
+
+def test_the_notice_of_analog_updates_names_what_their_biases_have(workdir):  # noqa: F811
+    (workdir / "net.prototxt").write_text(ANALOG_NET % "random")
+    assert "momentum: 0.9" in SOLVER % 1
+    (workdir / "solver.prototxt").write_text((SOLVER % 1).replace("momentum: 0.9", ""))
+    said = []
+    Solver(str(workdir / "solver.prototxt"), say=said.append, progress=False).solve()
+    assert ("Analog weights of conv, ip: pulsed updates at the rate times lr_mult, without "
+            "momentum or weight decay (their biases have weight decay)") in said

@@ -744,3 +744,50 @@ def test_analog_ops_recorded_in_a_cuda_graph_draw_afresh_and_read_the_rate_cuda(
         assert (once != y).any(1).sum() > 10  # bound management repeated rows in the graph
         seeds.append((int(s_mvm), int(s_update)))
     assert seeds[0][0] != seeds[1][0] and seeds[0][1] != seeds[1][1]
+
+
+@pytest.mark.parametrize("noise_management", ["abs_max", "none"])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_row_with_nan_outputs_nan_and_the_others_what_they_would(device, noise_management,
+                                                                   transposed):
+    """NaN is not hidden: a row with a NaN input (one NaN among zeros, all NaN, NaN among
+    numbers) outputs NaN everywhere, as a digital product would, whatever its scale would be
+    (noise management's absolute maximum is NaN there); the other rows, noise included, are
+    what they are with the NaN rows made finite."""
+    T, O, K = 2, 4, 6
+    In = O if transposed else K
+    w = torch.randn(T, O, K, dtype=F64, device=device) * 0.3
+    x = torch.randn(7, In, dtype=F64, device=device)
+    x[0] = 0
+    x[0, 2] = math.nan
+    x[1] = math.nan
+    x[2, 0] = math.nan
+    x[5] = 0  # an all-zero row: 0 under noise management, the noise otherwise
+    tile = torch.tensor([0, 1, 0, 1, 0, 1, -1], device=device)
+    seed = torch.tensor([11], device=device)
+    cfg = io(out_noise=0.05, out_res=1 / 254, out_bound=3.0, inp_res=1 / 126, inp_bound=1.0,
+             noise_management=noise_management, bound_management="iterative")
+    y = analog_mvm(x, w, tile, cfg, transposed=transposed, seed=seed)
+    assert y[:3].isnan().all()
+    finite = x.nan_to_num(0.5)
+    want = analog_mvm(finite, w, tile, cfg, transposed=transposed, seed=seed)
+    assert not want.isnan().any() and torch.equal(y[3:], want[3:])
+    assert (y[6] == 0).all() and ((y[5] == 0).all() == (noise_management == "abs_max"))
+
+
+def test_analog_layers_hand_on_nan_as_digital_ones_do():
+    """A NaN pixel makes NaN of every output whose patch holds it, on the arrays (the fused CPU
+    convolution and analog_mvm's rows) as in the digital layer; a NaN row of a Linear layer
+    outputs NaN."""
+    from rapa.nn import Linear, TiledConv2d
+    torch.manual_seed(0)
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 3] = math.nan
+    analog = TiledConv2d(1, 2, 3, padding=1, rpu_config=RPUConfig())
+    digital = torch.nn.functional.conv2d(x, torch.ones(2, 1, 3, 3), padding=1)
+    assert digital.isnan().sum() == 18
+    assert torch.equal(analog(x).isnan(), digital.isnan())
+    fc = Linear(4, 2, rpu_config=RPUConfig())
+    rows = torch.randn(3, 4)
+    rows[1] = math.nan
+    assert fc(rows).isnan().any(1).tolist() == [False, True, False]

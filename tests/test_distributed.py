@@ -319,9 +319,11 @@ def test_interrupted_run_resumes_exactly_on_two_and_resumes_on_one(workdir):
         (workdir / "two_solver.prototxt").read_text().replace("snap_two/two", "snap_again/two"))
     torchrun(workdir, "again_solver.prototxt", "--max-iter", str(end))
     assert read_binary(f"snap_again/two_iter_{end}.caffemodel", pb.NetParameter()) == resumed
-    # On one process: it says what changes, reads on from the same record, and finishes.
+    # On one process: it says what changes, reads on from the same record, and finishes (the
+    # snapshot written after it, by the resume above, is overwritten on request).
     r = one_process(workdir, "two_solver.prototxt", "--snapshot", str(snap), "--max-iter",
-                    str(stopped + 2))
+                    str(stopped + 2), "--overwrite")
+    assert f"Removed an earlier run under snap_two/two: a snapshot of iteration {end}" in r.stdout
     assert "written by a run of 2 process(es), resumed by 1" in r.stdout
     data = read_binary(f"snap_two/two_iter_{stopped + 2}.solverstate", pb.SolverState())
     assert data.world_size == 1

@@ -172,3 +172,15 @@ def test_no_progress_bar_when_disabled(make_net, capsys):
     net, _ = make_net()
     evaluate.test_net(net, ITERATIONS, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_batches_past_the_end_of_the_database_are_noted(make_net):
+    """10 records in batches of 2: 5 batches read each once, 6 read 2 again (as Caffe's data
+    layers, the reader starts over), said in one note; a net without data reads none."""
+    net, _ = make_net()
+    assert evaluate.reread(net, 5) is None
+    assert evaluate.reread(net, 6) == (
+        "note: 6 batches of 2 read 12 images, the database of layer 'data' holds 10: 2 are read "
+        "again (they count twice)")
+    assert evaluate.reread(Net(parse_text(
+        'input: "x" input_shape { dim: 1 dim: 2 }', pb.NetParameter()), pb.TEST), 9) is None

@@ -367,7 +367,8 @@ def test_hic_net_trains_saves_and_resumes_bit_for_bit(workdir, programming):  # 
     pair_sets = [straight.net.layer(n).module.arrays.set_count[-2:].sum() for n in ("conv", "ip")]
     straight.solve()
     assert ("HIC weights of conv, ip: SGD steps into their accumulators at the rate times "
-            "lr_mult, without momentum or weight decay (their biases have both)") in said
+            "lr_mult, without momentum or weight decay (their biases have momentum and weight "
+            "decay)") in said
     final = weights(straight)
     assert not torch.equal(final["ip/0"], start["ip/0"])
     arrays = {n: straight.net.layer(n).module.arrays for n in ("conv", "ip")}

@@ -146,6 +146,45 @@ def test_a_model_with_nan_weights_is_refused(tmp_path):
         load_weights(net, tmp_path / "nan.caffemodel")
 
 
+def test_legacy_shaped_blobs_load_where_their_shape_is_the_net_s_and_are_refused_elsewhere(
+        tmp_path):
+    """Old Caffe's 4-D blobs: InnerProduct weights (1, 1, N, K), biases (1, 1, 1, N), legacy
+    num/channels/height/width with no `shape`. They load where they are the net's shape but
+    for 1s; a legacy shape with the same count of values but other dims (transposed weights,
+    a flattened or untiled kernel for a tiled one) is refused, not read in the wrong order."""
+    ip = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                'inner_product_param { num_output: 2 } }')
+    conv = net_of(INPUT + 'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+                  'convolution_param { num_output: 2 kernel_size: 3 tiling_param { '
+                  'scheme: "random" num_tiles: 4 } } }')
+
+    def model(name, *blobs):
+        m = pb.NetParameter()
+        lp = m.layer.add(name=name)
+        for (n, c, h, w) in blobs:
+            lp.blobs.add(num=n, channels=c, height=h, width=w,
+                         data=[float(v) for v in range(n * c * h * w)])
+        path = tmp_path / f"{name}_{len(list(tmp_path.iterdir()))}.caffemodel"
+        path.write_bytes(m.SerializeToString())
+        return path
+
+    load_weights(ip, model("ip", (1, 1, 2, 108), (1, 1, 1, 2)))
+    w, b = ip.layer("ip").learnable_blobs()
+    assert torch.equal(w, torch.arange(216, dtype=w.dtype).view(2, 108))
+    assert torch.equal(b, torch.tensor([0.0, 1.0], dtype=b.dtype))
+    for bad, shape in (((1, 1, 108, 2), (1, 1, 108, 2)), ((1, 1, 1, 216), (1, 1, 1, 216))):
+        path = model("ip", bad, (1, 1, 1, 2))
+        with pytest.raises(RapaError, match=re.escape(
+                f"{path}: layer 'ip' blob 0 has shape {shape}, the net's layer wants (2, 108)")):
+            load_weights(ip, path)
+    for bad in ((8, 3, 3, 3), (1, 4, 2, 81)):  # 216 values, but not (4, 2, 3, 3, 3)
+        path = model("c", bad, (1, 1, 1, 8))
+        with pytest.raises(RapaError, match=re.escape(
+                f"{path}: layer 'c' blob 0 has shape {bad}, the net's layer wants "
+                f"(4, 2, 3, 3, 3)")):
+            load_weights(conv, path)
+
+
 def test_param_specs_default_to_caffes():
     net = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
                  'param { lr_mult: 3 } inner_product_param { num_output: 2 } }')

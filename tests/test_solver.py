@@ -3,6 +3,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -561,7 +562,8 @@ def test_weights_that_share_no_layer_with_the_net_are_refused(workdir):
     del model.layer[2:]  # conv and pool only: ip starts from its filler
     (workdir / "part.caffemodel").write_bytes(model.SerializeToString())
     said = []
-    Solver(path, max_iter=1, say=said.append, progress=False).solve(weights="part.caffemodel")
+    Solver(path, max_iter=1, say=said.append, progress=False).solve(weights="part.caffemodel",
+                                                                    overwrite=True)
     assert "part.caffemodel: no weights for ip: they start from their fillers" in said
 
 
@@ -683,3 +685,105 @@ def test_a_signal_during_a_test_stops_before_the_step_and_the_resume_tests_again
     strip = lambda entries: [{k: v for k, v in e.items() if k != "images_per_s"}  # noqa: E731
                              for e in entries]
     assert strip(again) == strip(log)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".solverstate", ".caffemodel"))
+
+
+def test_a_start_that_would_overwrite_an_earlier_run_is_refused_and_overwrite_removes_it(workdir):
+    """A fresh start, a resume from another prefix's snapshot, or a resume from one of the
+    prefix's own snapshots before its newest would overwrite the earlier run's snapshots and
+    log: refused in one line that names them, nothing touched; --overwrite removes them."""
+    path = setup_files(workdir, max_iter=8)  # snapshots at 4 and 8, tests at 0 and 5
+    Solver(path, say=lambda m: None, progress=False).solve()
+    snap, log = workdir / "snap", workdir / "snap/tiny_log.jsonl"
+    before, lines = _files(snap), log.read_text()
+    assert before == ["tiny_iter_4.caffemodel", "tiny_iter_4.solverstate",
+                      "tiny_iter_8.caffemodel", "tiny_iter_8.solverstate"]
+    last_log_iter = max(e["iter"] for e in read_log_lines(log))
+    with pytest.raises(RapaError) as fresh:
+        Solver(path, say=lambda m: None, progress=False).solve()
+    assert str(fresh.value) == (
+        f"{path}: snapshot_prefix snap/tiny holds an earlier run (2 snapshots, iterations 4 "
+        f"to 8 and a log to iteration {last_log_iter} in snap/tiny_log.jsonl), which starting "
+        f"afresh would overwrite: resume its newest with --snapshot auto, give the solver "
+        f"another snapshot_prefix, or pass --overwrite to remove it")
+    with pytest.raises(RapaError, match="holds an earlier run \\(a snapshot of iteration 8\\), "
+                       "which resuming from its iteration 4 would overwrite: resume its newest"):
+        Solver(path, say=lambda m: None, progress=False).solve(
+            resume="snap/tiny_iter_4.solverstate")
+    shutil.copytree(snap, workdir / "other")
+    with pytest.raises(RapaError, match="which resuming from other/tiny_iter_8.solverstate "
+                       "would overwrite"):
+        Solver(path, say=lambda m: None, progress=False).solve(
+            resume="other/tiny_iter_8.solverstate")
+    assert _files(snap) == before and log.read_text() == lines  # nothing touched
+    # The newest of its own: resumed (max_iter 8: nothing to do), nothing removed.
+    Solver(path, say=lambda m: None, progress=False).solve(resume="auto")
+    assert _files(snap) == before
+
+    said = []
+    Solver(path, say=said.append, progress=False).solve(resume="snap/tiny_iter_4.solverstate",
+                                                        overwrite=True)
+    assert "Removed an earlier run under snap/tiny: a snapshot of iteration 8" in said
+    assert _files(snap) == before  # iteration 8 removed, then written again by this run
+    assert [e["iter"] for e in read_log_lines(log)] == \
+        [e["iter"] for e in read_log_lines(workdir / "other/tiny_log.jsonl")]
+
+    said.clear()
+    Solver(setup_files(workdir, max_iter=3), say=said.append, progress=False).solve(
+        overwrite=True)
+    assert said[0].startswith("Removed an earlier run under snap/tiny: 2 snapshots, iterations "
+                              "4 to 8 and a log to iteration")
+    assert _files(snap) == ["tiny_iter_3.caffemodel", "tiny_iter_3.solverstate"]
+    assert max(e["iter"] for e in read_log_lines(log)) <= 3
+
+    # Another prefix's snapshot into an empty prefix: allowed; the log starts empty there.
+    for f in snap.iterdir():
+        f.unlink()
+    Solver(setup_files(workdir, max_iter=10), say=lambda m: None, progress=False).solve(
+        resume="other/tiny_iter_8.solverstate")
+    assert [(e["iter"], e["phase"]) for e in read_log_lines(log)] == [(10, "train"),
+                                                                       (10, "test")]
+    assert _files(snap) == ["tiny_iter_10.caffemodel", "tiny_iter_10.solverstate"]
+
+
+def test_auto_without_a_snapshot_replaces_a_log_there_is_nothing_to_resume_with(workdir):
+    path = setup_files(workdir, max_iter=2)
+    (workdir / "snap").mkdir()
+    (workdir / "snap/tiny_log.jsonl").write_text('{"iter": 1, "phase": "train", "loss": 1.0}\n')
+    with pytest.raises(RapaError, match="a log to iteration 1 in snap/tiny_log.jsonl\\), which "
+                       "starting afresh would overwrite: give the solver another"):
+        Solver(path, say=lambda m: None, progress=False).solve()
+    said = []
+    Solver(path, say=said.append, progress=False).solve(resume="auto")
+    assert "Replacing snap/tiny_log.jsonl, the log of a run with no snapshot to resume" in said
+    assert [e["iter"] for e in read_log_lines(workdir / "snap/tiny_log.jsonl")][0] == 0
+
+
+def test_a_resume_says_how_its_solver_and_net_differ_from_the_snapshot_s(workdir):
+    """Caffe resumes with whatever solver it is given; the snapshot keeps the run's solver and
+    training net, and a resume with others says what changed, in one line (nothing when they
+    are the same)."""
+    path = setup_files(workdir, max_iter=4)
+    Solver(path, say=lambda m: None, progress=False).solve()
+    said = []
+    Solver(path, max_iter=4, say=said.append, progress=False).solve(resume="auto")
+    assert not [m for m in said if "another solver" in m]
+    solver = workdir / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.05", "base_lr: 0.01")
+                      .replace("random_seed: 3", "random_seed: 7"))
+    net = workdir / "net.prototxt"
+    text = net.read_text()
+    net.write_text(text.replace("batch_size: 5", "batch_size: 6")  # the TEST Data layer
+                   .replace('top: "conv" }', 'top: "conv" }\nlayer { name: "drop" type: '
+                            '"Dropout" bottom: "conv" top: "conv" }', 1))
+    assert net.read_text() != text
+    said.clear()
+    Solver(path, max_iter=6, say=said.append, progress=False).solve(resume="auto")
+    assert said[0] == (
+        "snap/tiny_iter_4.solverstate was written with another solver or net; now: base_lr "
+        "0.05 -> 0.01; max_iter 4 -> 6; random_seed 3 -> 7 (the snapshot's seed 3 goes on); "
+        "net: layer data (2nd) changed; net: layer drop added")
+    assert "seed 3)" in said[2]  # the run goes on with the snapshot's seed, as it says

@@ -173,6 +173,32 @@ def test_tile_sweep_and_the_paper_s_rates(tree):
         assert sp.snapshot_prefix == f"snapshots/cifar10/none_max_e{epochs}"
 
 
+def test_a_variant_family_has_prefixes_of_its_own_and_only_tilings_its_tiles_allow(tmp_path,
+                                                                                   capsys):
+    """--tiles other than 16,4,1 (and --shortcut B): same file names, snapshot prefixes that end
+    in the variant, so that its runs stay apart from the committed nets'; counts that are not
+    squares leave out the tilings that need squares (they would not load)."""
+    generate.main(["--out", str(tmp_path / "v"), "--dataset", "cifar10", "--tiles", "32,8,2",
+                   "--shortcut", "B"])
+    assert "not all square" in capsys.readouterr().out
+    names = {p.stem for p in (tmp_path / "v/cifar10").iterdir()}
+    assert "random_max" in names and "resnet20_random" in names
+    assert not {n for n in names if n.startswith(("image_", "alternate"))}
+    for name, prefix in (("random_max_short", "random_max_short_t32-8-2_shortcutB"),
+                         ("resnet20_random", "resnet20_random_t32-8-2_shortcutB")):
+        sp = read_text(tmp_path / f"v/cifar10/{name}_solver.prototxt", pb.SolverParameter())
+        assert sp.snapshot_prefix == f"snapshots/cifar10/{prefix}"
+    param = read_text(tmp_path / "v/cifar10/random_max.prototxt", pb.NetParameter())
+    assert [lp.convolution_param.tiling_param.num_tiles for lp in param.layer
+            if lp.type == "Convolution"] == [32, 8, 2]
+    generate.main(["--out", str(tmp_path / "s"), "--dataset", "cifar10", "--tiles", "36,9,4",
+                   "--family", "full"])
+    assert (tmp_path / "s/cifar10/alternate_max.prototxt").is_file()
+    assert read_text(tmp_path / "s/cifar10/alternate_max_solver.prototxt",
+                     pb.SolverParameter()).snapshot_prefix == \
+        "snapshots/cifar10/alternate_max_t36-9-4"
+
+
 def test_every_committed_net_builds_and_runs(tree):
     for path in sorted((ROOT / "prototxt").rglob("*.prototxt")):
         if path.name.endswith("_solver.prototxt"):

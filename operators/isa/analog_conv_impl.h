@@ -14,6 +14,7 @@
 // patches (the numbering of analog_conv.h), so the two differ by the products' rounding only.
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "../periphery.h"
 #include "analog_conv.h"
@@ -24,22 +25,28 @@ namespace {
 inline float abs_value(float v) { return __builtin_fabsf(v); }
 inline double abs_value(double v) { return __builtin_fabs(v); }
 
-// The largest |v| of n values, NaN ignored (cpu_row_absmax's rule: best < |v| ? |v| : best).
+// The largest |v| of n values; NaN where one is NaN (cpu_row_absmax's rule, torch's amax's).
 template <typename S>
 inline S absmax_of(const S* v, int64_t n) {
   typedef typename VecOf<S>::type V;
   constexpr int64_t L = lanes<S>();
   V best = V{};
+  decltype(V{} < V{}) nan{};
   int64_t k = 0;
   for (; k + L <= n; k += L) {
     V x = vload(v + k);
     for (int64_t l = 0; l < L; ++l) x[l] = abs_value(x[l]);
     best = best < x ? x : best;
+    nan |= x != x;
   }
   S out = S(0);
-  for (int64_t l = 0; l < L; ++l) out = out < best[l] ? best[l] : out;
+  for (int64_t l = 0; l < L; ++l) {
+    out = out < best[l] ? best[l] : out;
+    if (nan[l]) return std::numeric_limits<S>::quiet_NaN();
+  }
   for (; k < n; ++k) {
     const S x = abs_value(v[k]);
+    if (x != x) return x;
     out = out < x ? x : out;
   }
   return out;
@@ -108,7 +115,8 @@ inline bool noise_and_test(const AnalogConv<S>& a, S* y, int64_t n, uint64_t bas
 // + In), patch numbers m[r]; `product(q, count, y)` multiplies `count` rows (a multiple of kMR)
 // of quantized inputs q (row stride ld) into y (row stride ldy); `emit(r, y_row, scale)`
 // writes row r's outputs (y_row[0..Out) through the ADC, times scale). Rows with an all-zero
-// input (noise management) emit nothing: the caller has zeroed their outputs.
+// input (noise management) emit nothing: the caller has zeroed their outputs. A row with a NaN
+// input outputs NaN (its scale is NaN under noise management; its products otherwise).
 template <typename S, typename Product, typename Emit, typename Zero>
 inline void periphery_panel(const AnalogConv<S>& a, const S* in, int64_t ld, int64_t In,
     int64_t rows, const int64_t* m, int64_t Out, int64_t ldy, const int64_t* index, S* q, S* y,
@@ -118,7 +126,7 @@ inline void periphery_panel(const AnalogConv<S>& a, const S* in, int64_t ld, int
   int64_t active = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const S s = a.noise_management ? absmax_of(in + r * ld, In) : S(1);
-    if (!(s > S(0))) {
+    if (s == S(0)) {  // (a NaN scale goes on: the row's outputs are NaN)
       zero(r);
       continue;
     }

@@ -8,6 +8,7 @@ import sys
 
 from ..allocator import keep_freed_memory
 from ..errors import RapaError, os_error_message
+from .options import outputs_apart
 
 COMMANDS = ("train", "test", "time", "model_size", "plot", "table", "sweep", "similarity",
             "filters", "reduce", "fgsm", "convert_cifar", "convert_svhn", "convert_imageset", "compute_mean")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name.replace("_", "-"), help=doc.splitlines()[0], description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        p.set_defaults(run=module.run, parser=p)
     return parser
 
 
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
+        outputs_apart(args.parser, args)
         return args.run(args) or 0
     except RapaError as e:
         from ..distributed import speaker

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 
 import numpy as np
+
+from ..errors import RapaError
 
 # What matplotlib writes (Figure.savefig); a name without a suffix is written as PNG.
 FIGURE_SUFFIXES = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg",
@@ -104,3 +107,38 @@ def figure_path(text: str) -> str:
 def figure_written(path: str) -> str:
     """The file matplotlib writes for `path` (a name without a suffix gets .png)."""
     return path if pathlib.Path(path).suffix else path + ".png"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): the same path, then
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raises RapaError where a file a command writes (an argument of type output_path or
+    figure_path) is one it reads or writes under another argument: `rapa reduce --out-weights`
+    naming its --weights would replace the trained weights."""
+    named = {}  # dest -> (how the user wrote it, its paths, written by the command)
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in ("help", "run", "command") or value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            continue
+        written = action.type in (output_path, figure_path)
+        if action.type is figure_path:
+            values = [figure_written(v) for v in values]
+        name = action.option_strings[0] if action.option_strings else f"the {action.dest} given"
+        named[action.dest] = (name, values, written)
+    for dest, (name, values, written) in named.items():
+        for other, (other_name, others, also_written) in named.items():
+            if not written or other == dest:
+                continue
+            for value in values:  # (a word such as --method's best is no file: not compared)
+                if any(_same_file(value, o) for o in others
+                       if also_written or os.path.exists(o)):
+                    raise RapaError(f"{name} {value} names the same file as {other_name}: "
+                                    f"writing it would overwrite that; name another file")

@@ -17,7 +17,7 @@ import torch
 from ..cuda_graph import RecordingFailed, graph_kept_off
 from ..device import device_named
 from ..errors import RapaError
-from ..evaluate import test_net
+from ..evaluate import reread, test_net
 from ..net import Net
 from ..proto import pb
 from ..seeds import mix_seed
@@ -65,6 +65,9 @@ def run(args):
         raise RapaError(f"{args.weights}: has no weights for layer(s) {', '.join(missing)}")
     net.to_device(device)
     progress = False if args.no_progress else None
+    again = reread(net, args.iterations)
+    if again:
+        print(again)
     try:
         if args.drift_time is None:
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:
