@@ -125,15 +125,20 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
 SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 
 
+def snapshot_iter(state_path: pathlib.Path) -> int:
+    """The iteration a PREFIX_iter_N.solverstate's name says."""
+    return int(SNAPSHOT_RE.search(pathlib.Path(state_path).name).group(1))
+
+
 def snapshot_paths(prefix: str, iteration: int) -> tuple[pathlib.Path, pathlib.Path]:
     return (pathlib.Path(f"{prefix}_iter_{iteration}.caffemodel"),
             pathlib.Path(f"{prefix}_iter_{iteration}.solverstate"))
 
 
-def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
-    """(iteration, path) of every complete snapshot PREFIX_iter_N.solverstate (one that parses
-    and whose weights exist; others are what a damaged disk leaves, never a resumable state),
-    by iteration."""
+def _snapshot_files(prefix: str) -> list[tuple[int, pathlib.Path, bool]]:
+    """(iteration, path, complete) of every PREFIX_iter_N.solverstate, by iteration; complete:
+    it parses and its weights exist (one that is not is what a damaged disk or a copy cut
+    short leaves, never a resumable state)."""
     p = pathlib.Path(prefix)
     folder = p.parent if str(p.parent) else pathlib.Path(".")
     found = []
@@ -143,11 +148,21 @@ def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
             continue
         try:
             state = pb.SolverState.FromString(f.read_bytes())
+            complete = bool(state.learned_net) and (f.parent / state.learned_net).is_file()
         except Exception:
-            continue
-        if state.learned_net and (f.parent / state.learned_net).is_file():
-            found.append((int(m.group(1)), f))
+            complete = False
+        found.append((int(m.group(1)), f, complete))
     return sorted(found)
+
+
+def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
+    """(iteration, path) of every complete snapshot under `prefix`, by iteration."""
+    return [(i, f) for i, f, complete in _snapshot_files(prefix) if complete]
+
+
+def damaged_snapshots(prefix: str) -> list[pathlib.Path]:
+    """The .solverstate files under `prefix` that are not complete snapshots."""
+    return [f for _, f, complete in _snapshot_files(prefix) if not complete]
 
 
 def remove_snapshot(state_path: pathlib.Path) -> None:

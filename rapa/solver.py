@@ -43,8 +43,9 @@ from .seeds import mix_seed
 from .sgd import SGD
 from .prototxt import read_binary, read_text, write_binary
 from .resume_changes import resume_changes
-from .snapshot import (blob_to_tensor, latest_snapshot, load_weights, remove_snapshot,
-                       save_weights, snapshot_paths, snapshots_under, tensor_to_blob)
+from .snapshot import (blob_to_tensor, damaged_snapshots, latest_snapshot, load_weights,
+                       remove_snapshot, save_weights, snapshot_iter, snapshot_paths,
+                       snapshots_under, tensor_to_blob)
 from .trainlog import TrainLog, read_log_lines
 
 
@@ -382,12 +383,25 @@ class Solver:
                             f"net?)")
         with torch.no_grad():
             for i, (h, blob) in enumerate(zip(self.sgd.history, history)):
-                value = blob_to_tensor(blob)
+                try:
+                    value = blob_to_tensor(blob)
+                except ValueError as err:
+                    raise RapaError(f"{state_path}: momentum blob {i}: {err}") from None
                 if value.numel() != h.numel():
                     raise RapaError(f"{state_path}: momentum blob {i} does not fit the net")
+                if not torch.isfinite(value).all():  # as load_weights refuses such weights
+                    raise RapaError(f"{state_path}: momentum blob {i} holds NaN or infinite "
+                                    f"values")
                 h.copy_(value.reshape(h.shape))
         if state.iter < 0:
             raise RapaError(f"{state_path}: iter is {state.iter}; a snapshot's iteration is >= 0")
+        if state.world_size < 1:
+            raise RapaError(f"{state_path}: world_size is {state.world_size}; a run has >= 1 "
+                            f"process")
+        for cursor in state.data_cursor:
+            if cursor.batches < 0:
+                raise RapaError(f"{state_path}: the data position of layer '{cursor.layer}' is "
+                                f"{cursor.batches}; it counts batches read, >= 0")
         self.iter = state.iter
         if state.HasField("seed") and state.seed != self.seed:
             self.seed = state.seed
@@ -658,6 +672,11 @@ class Solver:
         path = None
         if resume:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
+            if resume == "auto":
+                for f in damaged_snapshots(self.prefix):
+                    if path is None or snapshot_iter(f) > snapshot_iter(path):
+                        self.say(f"Skipped {f}: not a complete snapshot (it does not parse, or "
+                                 f"its weights file is missing)")
             if path is not None:
                 self.restore(path)
                 self.say(f"Resuming from {path} at iteration {self.iter}")

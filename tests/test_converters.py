@@ -1,5 +1,6 @@
 """convert-cifar, convert-svhn, convert-imageset and compute-mean on data the tests make."""
 import io
+import shutil
 import struct
 import subprocess
 import sys
@@ -81,6 +82,31 @@ def test_convert_cifar_class_folders(tmp_path):
     assert {im.tobytes(): lab for im, lab in zip(got, got_labels)} == originals
     assert not np.array_equal(got_labels, [sorted_label[x] for x in labels])  # shuffled
     assert len(read_all(tmp_path / "out/cifar10_test_lmdb")[0]) == 4
+
+
+def test_convert_cifar_class_folders_that_do_not_fit_the_dataset(tmp_path, capsys):
+    """More class folders than the dataset's classes, --label coarse (which class folders do
+    not have): refused; fewer folders, or no training set (no mean file): said."""
+    for split, n in (("train", 12), ("test", 3)):
+        for c in range(n):
+            d = tmp_path / "src" / split / f"c{c:02d}"
+            d.mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "0.png")
+    src = str(tmp_path / "src")
+    assert main(["convert-cifar", src, str(tmp_path / "a")]) == 2
+    assert f"{src}: 12 class folders, but --dataset cifar10 has 10 classes" in \
+        capsys.readouterr().err
+    assert main(["convert-cifar", src, str(tmp_path / "b"), "--dataset", "cifar100", "--label",
+                 "coarse"]) == 2
+    assert "--label coarse: class folders name one label per image" in capsys.readouterr().err
+    assert main(["convert-cifar", src, str(tmp_path / "c"), "--dataset", "cifar100"]) == 0
+    assert "note: 12 class folders, fewer than cifar100's 100: the labels are 0 to 11" in \
+        capsys.readouterr().out
+    shutil.rmtree(tmp_path / "src/train")
+    assert main(["convert-cifar", src, str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "no training set among the sources: no mean file" in out
+    assert not (tmp_path / "d/mean.binaryproto").exists()
 
 
 def test_convert_cifar_errors(tmp_path, capsys):
@@ -174,12 +200,34 @@ def test_convert_imageset_list_and_folders(tmp_path):
     assert LmdbSource(tmp_path / "db3").shape == (1, 5, 4)
 
 
+def test_convert_imageset_refuses_what_it_cannot_write(tmp_path, capsys):
+    """Labels beyond a Datum's int32, a resize whose record passes protobuf's 2 GiB, and half
+    a resize (Caffe ignores it silently): one line each, before any image is read."""
+    (tmp_path / "root/c0").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "root/c0/a.png")
+    (tmp_path / "list.txt").write_text("c0/a.png 5\nc0/a.png 2147483648\n")
+    for extra, message in (
+            ([str(tmp_path / "list.txt")], f"{tmp_path}/list.txt:2: label 2147483648 is "
+                                           f"outside int32"),
+            (["--resize-height", "30000", "--resize-width", "30000"],
+             "--resize-height 30000 --resize-width 30000: a record holds at most 2^31 - 1 bytes"),
+            (["--resize-height", "8"], "give both --resize-height and --resize-width")):
+        code = main(["convert-imageset", str(tmp_path / "root"), *extra, str(tmp_path / "db")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "db").exists()
+
+
 def test_compute_mean_cli(tmp_path, capsys):
     images, labels = random_images(9, h=4, w=4)
     from datasets import write_lmdb
     write_lmdb(tmp_path / "db", images, labels)
     assert main(["compute-mean", str(tmp_path / "db"), str(tmp_path / "m.binaryproto")]) == 0
     np.testing.assert_allclose(compute_mean(tmp_path / "db"), images.mean(0), rtol=1e-6)
+    with pytest.raises(SystemExit):  # an output in a missing folder: refused before the work
+        main(["compute-mean", str(tmp_path / "db"), str(tmp_path / "no/m.binaryproto")])
+    assert "no/m.binaryproto: " in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.9])

@@ -449,8 +449,10 @@ def test_kill_9_mid_run_loses_nothing(workdir):
     # A crash can leave a half-written temporary file: it must be ignored.
     (workdir / "snap/.tiny_iter_99.solverstate.tmp123").write_bytes(b"\x08")
     (workdir / "snap/tiny_iter_98.solverstate").write_bytes(b"\x08\x62\x12\x05nope!")
-    subprocess.run(_train_cmd(workdir, "--snapshot", "auto"), cwd=workdir, check=True,
-                   capture_output=True)
+    r = subprocess.run(_train_cmd(workdir, "--snapshot", "auto"), cwd=workdir, check=True,
+                       capture_output=True, text=True)
+    assert ("Skipped snap/tiny_iter_98.solverstate: not a complete snapshot (it does not parse, "
+            "or its weights file is missing)") in r.stdout
     again = read_binary(workdir / "snap/tiny_iter_30.caffemodel", pb.NetParameter())
     assert again == final
 
@@ -533,16 +535,35 @@ def test_a_caffemodel_given_as_the_snapshot_is_named(workdir):
         Solver(path, say=lambda m: None, progress=False).solve(resume=str(model))
 
 
+def _history_shape(state):
+    state.history[0].shape.dim[0] = 3  # (3, 4, 3, 3, 3): 324 values, 432 held
+
+
+def _history_nan(state):
+    state.history[1].data[0] = math.nan
+
+
+def _cursor(state):
+    state.data_cursor[0].batches = -2
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("rng_state", b"\x01\x02\x03", "rng_state is damaged (3 bytes that are no generator state)"),
     ("iter", -5, "iter is -5; a snapshot's iteration is >= 0"),
+    ("world_size", 0, "world_size is 0; a run has >= 1 process"),
+    (None, _history_shape, "momentum blob 0: a blob of shape (3, 4, 3, 3, 3) holds 432 values"),
+    (None, _history_nan, "momentum blob 1 holds NaN or infinite values"),
+    (None, _cursor, "the data position of layer 'data' is -2; it counts batches read, >= 0"),
 ])
 def test_a_damaged_solverstate_names_the_file_and_field(workdir, field, value, message):
     path = setup_files(workdir, max_iter=4)
     Solver(path, say=lambda m: None, progress=False).solve()
     state_path = workdir / "snap/tiny_iter_4.solverstate"
     state = read_binary(state_path, pb.SolverState())
-    setattr(state, field, value)
+    if field is None:
+        value(state)
+    else:
+        setattr(state, field, value)
     state_path.write_bytes(state.SerializeToString())
     with pytest.raises(RapaError, match=re.escape(f"{state_path}: {message}")):
         Solver(path, say=lambda m: None, progress=False).solve(resume=str(state_path))

@@ -113,6 +113,17 @@ def convert_cifar(sources: list[str], out_dir: str, dataset: str = "cifar10",
         for split, (images, labels) in splits.items():
             order = rng.permutation(len(labels))
             splits[split] = (images[order], labels[order])
+        want = {"cifar10": 10, "cifar100": 100}[dataset]
+        if len(classes) > want:  # labels the nets' classifier would refuse
+            raise RapaError(f"{', '.join(map(str, paths))}: {len(classes)} class folders, but "
+                            f"--dataset {dataset} has {want} classes")
+        if len(classes) < want:
+            say(f"note: {len(classes)} class folders, fewer than {dataset}'s {want}: the "
+                f"labels are 0 to {len(classes) - 1}")
+        if label != "fine":
+            raise RapaError(f"--label {label}: class folders name one label per image (their "
+                            f"folder); the coarse labels come with the official CIFAR-100 "
+                            f"archives")
         say(f"read {', '.join(f'{len(v[1])} {k}' for k, v in splits.items())} images in "
             f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
             f"; shuffled with seed {seed}")
@@ -133,4 +144,7 @@ def convert_cifar(sources: list[str], out_dir: str, dataset: str = "cifar10",
         compute_mean(written["train"], mean_path, progress=False)
         say(f"wrote the training set's mean to {mean_path}")
         written["mean"] = mean_path
+    else:
+        say(f"no training set among the sources: no mean file (the nets' mean_file is the "
+            f"training set's; compute-mean DB OUT writes one)")
     return written

@@ -25,9 +25,12 @@ def read_list(list_file: pathlib.Path) -> list[tuple[str, int]]:
             continue
         path, _, label = line.rstrip().rpartition(" ")
         try:
-            items.append((path, int(label)))
+            value = int(label)
         except ValueError:
             raise RapaError(f"{list_file}:{n}: expected 'path label', got {line!r}") from None
+        if not -2**31 <= value < 2**31:  # Datum.label is an int32
+            raise RapaError(f"{list_file}:{n}: label {value} is outside int32")
+        items.append((path, value))
     return items
 
 
@@ -37,6 +40,12 @@ def convert_imageset(root, db, list_file=None, shuffle=False, gray=False, resize
     root = pathlib.Path(root)
     if not root.is_dir():
         raise RapaError(f"{root}: no such folder")
+    if bool(resize_height) != bool(resize_width):
+        raise RapaError("give both --resize-height and --resize-width (Caffe resizes only when "
+                        "both are given)")
+    if (1 if gray else 3) * resize_height * resize_width >= 2**31:
+        raise RapaError(f"--resize-height {resize_height} --resize-width {resize_width}: a "
+                        f"record holds at most 2^31 - 1 bytes (protobuf's limit)")
     check_output(db, overwrite)
     if list_file:
         items = read_list(pathlib.Path(list_file))
