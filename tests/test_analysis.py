@@ -257,6 +257,24 @@ def test_fgsm_at_zero_changes_nothing_and_follows_the_gradient_sign(trained, cap
                  "--baseline", "base.json", "--no-progress"]) == 0
     gaps = strict((trained / "b.json").read_text())["gap_reduction"]
     assert gaps == [None] + [(p["accuracy"] - 0.5) / 0.5 for p in points[1:]]
+    # Baselines that are not --json results: one line, before the attack.
+    for bad, why in (({"points": [5]}, "points[0] is not an object of epsilon, snr_db, "
+                      "accuracy"),
+                     (dict(base, points=[{"epsilon": 0, "snr_db": "abc", "accuracy": 2}]),
+                      'points[0].snr_db is "abc", not a number'),
+                     (dict(base, images=1.5), "images is 1.5, not an integer"),
+                     ([1, 2], "not an object with a list of 'points'"),
+                     (dict(base, points=base["points"][:2]),
+                      "the baseline needs at least two points with a finite SNR")):
+        (trained / "bad.json").write_text(json.dumps(bad))
+        assert main(["fgsm", "--model", "plain.prototxt", "--weights", "missing.caffemodel",
+                     "--epsilon", "1", "--baseline", "bad.json"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rapa fgsm: error: bad.json: ") and why in err, err
+    # Without --iterations: the whole test database, each image once.
+    assert main(["fgsm", "--model", "plain.prototxt", "--weights", "snap/plain_iter_6.caffemodel",
+                 "--epsilon", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("10 images, ")
     assert points[2]["accuracy"] <= points[1]["accuracy"] <= 1.0
     assert (trained / "a.png").read_bytes()[:4] == b"\x89PNG"
     # One image by hand: the perturbation is epsilon times the sign of the input gradient,

@@ -15,6 +15,7 @@ each SNR is (acc - acc_base) / (1 - acc_base), acc_base interpolated at that SNR
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -50,11 +51,29 @@ class FgsmResult:
         return finite_or_null(asdict(self))
 
     @staticmethod
-    def from_json(data: dict) -> "FgsmResult":
-        points = [FgsmPoint(**{k: math.inf if k == "snr_db" and v is None else v
-                               for k, v in p.items()}) for p in data["points"]]
-        return FgsmResult(data["images"], data["attacked"], data["clean_accuracy"],
-                          data["votes"], points)
+    def from_json(data) -> "FgsmResult":
+        """The result to_json wrote. Raises ValueError, KeyError or TypeError (naming the
+        field) for anything else."""
+        def number(value, what, integer=False):
+            kinds = (int,) if integer else (int, float)
+            if type(value) not in kinds:
+                raise TypeError(f"{what} is {json.dumps(value)}, not "
+                                f"{'an integer' if integer else 'a number'}")
+            return value
+
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+            raise TypeError("not an object with a list of 'points'")
+        points = []
+        for i, p in enumerate(data["points"]):
+            if not isinstance(p, dict) or set(p) != {"epsilon", "snr_db", "accuracy"}:
+                raise TypeError(f"points[{i}] is not an object of epsilon, snr_db, accuracy")
+            snr = math.inf if p["snr_db"] is None else number(p["snr_db"], f"points[{i}].snr_db")
+            points.append(FgsmPoint(number(p["epsilon"], f"points[{i}].epsilon"), snr,
+                                    number(p["accuracy"], f"points[{i}].accuracy")))
+        return FgsmResult(number(data["images"], "images", True),
+                          number(data["attacked"], "attacked", True),
+                          number(data["clean_accuracy"], "clean_accuracy"),
+                          number(data["votes"], "votes", True), points)
 
 
 def finite_or_null(value):
@@ -68,14 +87,21 @@ def finite_or_null(value):
     return value
 
 
-def gap_reduction(result: FgsmResult, baseline: FgsmResult) -> list[float]:
-    """Per point of `result`: (acc - acc_base) / (1 - acc_base), the baseline's accuracy
-    interpolated at the point's SNR (NaN outside the baseline's SNR range or where the
-    baseline is perfect)."""
+def baseline_curve(baseline: FgsmResult) -> tuple[tuple, tuple]:
+    """The baseline's (SNRs, accuracies), sorted by SNR, of its points with a finite SNR;
+    RapaError where there are fewer than two (nothing to interpolate)."""
     base = sorted((p.snr_db, p.accuracy) for p in baseline.points if math.isfinite(p.snr_db))
     if len(base) < 2:
         raise RapaError("the baseline needs at least two points with a finite SNR")
     snrs, accs = zip(*base)
+    return snrs, accs
+
+
+def gap_reduction(result: FgsmResult, baseline: FgsmResult) -> list[float]:
+    """Per point of `result`: (acc - acc_base) / (1 - acc_base), the baseline's accuracy
+    interpolated at the point's SNR (NaN outside the baseline's SNR range or where the
+    baseline is perfect)."""
+    snrs, accs = baseline_curve(baseline)
     out = []
     for p in result.points:
         if not (math.isfinite(p.snr_db) and snrs[0] <= p.snr_db <= snrs[-1]):

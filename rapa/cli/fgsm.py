@@ -15,7 +15,8 @@ import pathlib
 
 import torch
 
-from ..analysis.fgsm import FgsmResult, fgsm, finite_or_null, gap_reduction
+from ..analysis.fgsm import (FgsmResult, baseline_curve, fgsm, finite_or_null,
+                             gap_reduction)
 from ..device import device_named
 from ..errors import RapaError
 from .similarity import load_net
@@ -43,9 +44,14 @@ def add_arguments(p):
 def read_baseline(path) -> FgsmResult:
     try:
         with open(path) as f:
-            return FgsmResult.from_json(json.load(f))
+            result = FgsmResult.from_json(json.load(f))
     except (ValueError, KeyError, TypeError) as e:
         raise RapaError(f"{path}: not a rapa fgsm --json result ({e})") from None
+    try:  # before the attack, not after it
+        baseline_curve(result)
+    except RapaError as e:
+        raise RapaError(f"{path}: {e}") from None
+    return result
 
 
 def draw(result, baseline, path, label, baseline_label="baseline"):
@@ -73,7 +79,7 @@ def draw(result, baseline, path, label, baseline_label="baseline"):
 
 
 def run(args):
-    if args.iterations < 1 or args.votes < 1:
+    if (args.iterations is not None and args.iterations < 1) or args.votes < 1:
         raise RapaError("--iterations and --votes must be >= 1")
     if args.pixel_range[0] >= args.pixel_range[1]:
         raise RapaError("--pixel-range takes LOW < HIGH")
