@@ -79,7 +79,7 @@ def test_pulsed_update_of_an_ideal_conv_is_sgd_on_average(omega, scale, dw_min, 
     # With weight scaling (omega > 0: weights of 1e-3 mapped to conductances of up to 0.5) the
     # arrays' rate is lr / alpha^2, so that alpha times the conductances takes the SGD step.
     torch.manual_seed(4)
-    cfg = _ideal(perfect(), dw_min)
+    cfg = _ideal(perfect(), dw_min, bound=400 if omega else 1e6)  # omega within [1e-3, 1] w_max
     cfg.mapping = MappingParameters(weight_scaling_omega=omega)
     x = torch.rand(1, 2, 5, 5, dtype=torch.float64)
     w0 = torch.randn(3, 2, 3, 3, dtype=torch.float64) * scale

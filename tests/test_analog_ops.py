@@ -3,6 +3,7 @@ ForwardBackwardPassIOManaged and PulsedRPUDevice::populate) and the theory of th
 (Gokmen & Vlasov 2016), in float64 with fresh random inputs, on every device (conftest)."""
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -791,3 +792,24 @@ def test_analog_layers_hand_on_nan_as_digital_ones_do():
     rows = torch.randn(3, 4)
     rows[1] = math.nan
     assert fc(rows).isnan().any(1).tolist() == [False, True, False]
+
+
+def test_the_python_api_checks_the_periphery_and_the_arrays_as_a_prototxt_is():
+    """A typo or an impossible number given through rapa.analog (not a prototxt) is refused
+    with the rule it breaks, at the op or at the arrays' making: not read as "none"."""
+    w, x, tile = torch.zeros(1, 4, 6), torch.ones(3, 6), torch.zeros(3, dtype=torch.long)
+    for io_args, message in ((dict(noise_management="absmax"), "noise_management must be one "
+                              "of none, abs_max, got 'absmax'"),
+                             (dict(bound_management="xx"), "bound_management must be one of"),
+                             (dict(max_bm_factor=0.5), "max_bm_factor must be in [1, 1e30]"),
+                             (dict(out_noise=math.inf), "out_noise must be a finite number"),
+                             (dict(out_res=math.nan), "out_res must be a finite number")):
+        with pytest.raises(ValueError, match=re.escape(f"IOParameters: {message}")):
+            analog_mvm(x, w, tile, IOParameters(**io_args))
+    assert analog_mvm(x, w, tile, IOParameters(is_perfect=True, out_noise=math.inf)).eq(0).all()
+    bad_device = RPUConfig(device=dataclasses.replace(ConstantStepDevice(), dw_min=-1.0))
+    for config, shape, message in ((RPUConfig(), (0, 8, 16), "got (0, 8, 16)"),
+                                   (RPUConfig(), (8, 16), "got (8, 16)"),
+                                   (bad_device, (1, 8, 16), "device.dw_min must be > 0")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            AnalogArrays(config, shape)

@@ -44,8 +44,12 @@ class ArrayProducts(torch.nn.Module):
 
     def __init__(self, config, shape: tuple[int, int, int]):
         super().__init__()
+        shape = tuple(shape)
+        if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise ValueError(f"arrays' shape must be (T, O, K) of counts >= 1, got {shape}")
+        config.check()  # as a prototxt's rpu_param or hic_param is (the Python API too)
         self.config = config
-        self.shape = tuple(shape)
+        self.shape = shape
         self.register_buffer("out_scale", torch.ones(shape[0]))
         self.pending: list[tuple[Tensor, Tensor, Tensor] | Tensor] = []
         # A convolution's passes record their input image in place of its patch rows (a

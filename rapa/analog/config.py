@@ -135,6 +135,10 @@ class IOParameters:
     a 7-bit input halved beyond 16 would keep fewer than 2 bits."""
 
     def check(self, where: str) -> None:
+        for name in ("inp_res", "out_res", "out_noise", "max_bm_res"):
+            if not math.isfinite(getattr(self, name)):  # NaN or inf: no converter, no noise
+                raise ValueError(f"{where}: {name} must be a finite number, got "
+                                 f"{getattr(self, name)}")
         if self.noise_management not in NOISE_MANAGEMENT:
             raise ValueError(f"{where}: noise_management must be one of "
                              f"{', '.join(NOISE_MANAGEMENT)}, got '{self.noise_management}'")
@@ -152,7 +156,11 @@ class IOParameters:
                              f"{self.max_bm_factor}")
 
     def op_args(self) -> dict:
-        """The arguments of rapa.analog_mvm: steps and bounds in absolute units."""
+        """The arguments of rapa.analog_mvm: steps and bounds in absolute units. Raises
+        ValueError (check) for a periphery that is not one: every op call checks it, so a
+        typo given through the Python API (noise_management="absmax") is not read as "none"."""
+        if not self.is_perfect:
+            self.check("IOParameters")
         if self.is_perfect:
             return dict(inp_step=0.0, inp_bound=math.inf, out_step=0.0, out_bound=math.inf,
                         out_noise=0.0, noise_management=False, bound_management=False,
