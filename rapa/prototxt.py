@@ -36,8 +36,28 @@ def parse_text(text: str, message: M, source: str = "<string>") -> M:
         detail = str(e).split(" : ", 1)[-1] if line else str(e)
         if 'named "layers"' in detail:
             detail += " (Caffe's old V1 format: upgrade it with Caffe's upgrade_net_proto_text)"
-        raise RapaError(f"{where}: {detail} (in a {message.DESCRIPTOR.name})") from None
+        raise RapaError(f"{where}: {detail} (in a {message.DESCRIPTOR.name})"
+                        f"{_other_kind(detail, message)}") from None
     return message
+
+
+_KINDS = {"NetParameter": "a net", "SolverParameter": "a solver"}
+
+
+def _other_kind(detail: str, message) -> str:
+    """": a solver file? ..." where the unknown field the parser names is one of the other kind
+    of file's (a solver given as --model, a net as --solver), else ""."""
+    import re
+    from .proto import pb
+    found = re.search(r'has no field named "(\w+)"', detail)
+    mine = message.DESCRIPTOR.name
+    if not found or mine not in _KINDS:
+        return ""
+    for other in (pb.NetParameter, pb.SolverParameter):
+        name = other.DESCRIPTOR.name
+        if name != mine and found.group(1) in other.DESCRIPTOR.fields_by_name:
+            return f": {_KINDS[name]} file? it is read as {_KINDS[mine]} here"
+    return ""
 
 
 def read_text(path: str | os.PathLike, message: M) -> M:

@@ -53,6 +53,15 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
     say = say or (lambda text: print(text, file=sys.stderr))
     model = read_binary(path, pb.NetParameter())
     if not model.layer and model.ByteSize():
+        state = pb.SolverState()
+        try:
+            state.ParseFromString(pathlib.Path(path).read_bytes())
+        except Exception:  # noqa: BLE001 - not a solver state either
+            state.Clear()
+        if state.learned_net:
+            raise RapaError(f"{path}: a solver state, not weights: --weights takes a "
+                            f".caffemodel (this state's is {state.learned_net}), --snapshot "
+                            f"a .solverstate")
         raise RapaError(f"{path}: holds no 'layer' entries (a V1 model? upgrade it with "
                         f"Caffe's upgrade_net_proto_binary)")
     by_name = {lp.name: lp for lp in model.layer}
@@ -75,11 +84,16 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
         counts = {len(learn) or None, len(learn) + len(state),
                   len(learn) + len(state) - device_state}
         if len(lp.blobs) not in counts:
-            extra = (" (a model of an analog net holds its arrays' state after the weights: "
-                     "an RPU model loads only into a layer with rpu_param and the same "
-                     "devices_per_weight, a HIC model only into one with hic_param and the same "
-                     "programming: \"pulsed\" adds the blob pulse_draws)"
-                     if len(lp.blobs) > len(learn) + len(state) or arrays else "")
+            analog = (" (a model of an analog net holds its arrays' state after the weights: "
+                      "an RPU model loads only into a layer with rpu_param and the same "
+                      "devices_per_weight, a HIC model only into one with hic_param and the "
+                      "same programming: \"pulsed\" adds the blob pulse_draws)")
+            # One blob more or fewer than the weights and bias of a digital layer: its bias.
+            bias = (" (one has a bias and the other not: bias_term, or another net's layer "
+                    "of the same name?)" if not arrays and not state and
+                    abs(len(lp.blobs) - len(learn)) == 1 else "")
+            extra = bias or (analog if len(lp.blobs) > len(learn) + len(state) or arrays
+                             else "")
             raise RapaError(f"{path}: layer '{layer.layer_name}' has {len(lp.blobs)} blobs, the "
                             f"net's layer has {len(learn)} learnable (+{len(state)} state)"
                             f"{extra}")

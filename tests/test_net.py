@@ -185,6 +185,21 @@ def test_legacy_shaped_blobs_load_where_their_shape_is_the_net_s_and_are_refused
             load_weights(conv, path)
 
 
+def test_a_model_whose_layer_has_a_bias_where_the_net_s_has_none_says_so(tmp_path):
+    with_bias = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                       'inner_product_param { num_output: 2 } }')
+    without = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
+                     'inner_product_param { num_output: 2 bias_term: false } }')
+    save_weights(with_bias, tmp_path / "b.caffemodel")
+    save_weights(without, tmp_path / "n.caffemodel")
+    for net, path, blobs, learn in ((without, "b", 2, 1), (with_bias, "n", 1, 2)):
+        with pytest.raises(RapaError, match=re.escape(
+                f"{path}.caffemodel: layer 'ip' has {blobs} blobs, the net's layer has {learn} "
+                f"learnable (+0 state) (one has a bias and the other not: bias_term, or another "
+                f"net's layer of the same name?)")):
+            load_weights(net, tmp_path / f"{path}.caffemodel")
+
+
 def test_param_specs_default_to_caffes():
     net = net_of(INPUT + 'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
                  'param { lr_mult: 3 } inner_product_param { num_output: 2 } }')

@@ -359,3 +359,27 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch, args, files, message):
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_file_of_the_other_kind_is_named_as_such(tmp_path, capsys):
+    """A net given as the solver, a solver as the net, a .solverstate as --weights: the error
+    says which kind of file it looks like."""
+    net = ROOT / "prototxt/cifar10/random_max.prototxt"
+    solver = ROOT / "prototxt/cifar10/random_max_solver.prototxt"
+    assert main(["train", "--solver", str(net)]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        '(in a SolverParameter): a net file? it is read as a solver here')
+    assert main(["test", "--model", str(solver), "--weights", "w.caffemodel"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        '(in a NetParameter): a solver file? it is read as a net here')
+    state = tmp_path / "x_iter_4.solverstate"
+    state.write_bytes(pb.SolverState(iter=4, learned_net="x_iter_4.caffemodel")
+                      .SerializeToString())
+    net_file = tmp_path / "n.prototxt"
+    net_file.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
+                        'dim: 3 } } }\nlayer { name: "ip" type: "InnerProduct" bottom: "x" '
+                        'top: "y" inner_product_param { num_output: 2 } }\n')
+    assert main(["test", "--model", str(net_file), "--weights", str(state)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rapa test: error: {state}: a solver state, not weights: --weights takes a .caffemodel "
+        f"(this state's is x_iter_4.caffemodel), --snapshot a .solverstate")
