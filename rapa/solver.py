@@ -594,7 +594,7 @@ class Solver:
                 self.say(f"Iteration {self.iter}, test net #{i}: interrupted")
                 return
             parts = [f"{k} = {v:.4f}" for k, v in result.outputs.items()]
-            parts += [f"{k} (vote of {self.sp.test_votes}) = {v:.4f}"
+            parts += [f"{k} (majority of {self.sp.test_votes} votes) = {v:.4f}"
                       for k, v in result.vote_accuracy.items()]
             self.say(f"Iteration {self.iter}, test net #{i}: " + ", ".join(parts) +
                      f" ({time.monotonic() - t0:.1f} s)")

@@ -57,7 +57,7 @@ def read_log_lines(path) -> list[dict]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):
+            if number == len(lines) and (out or line.lstrip().startswith("{")):
                 break  # a line cut by a crash ends the log
             raise RapaError(f"{path}:{number}: not a JSON line (only the last line of a log "
                             f"can be cut short)") from None

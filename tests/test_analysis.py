@@ -388,6 +388,11 @@ def test_sweep_runs_its_own_rapa_and_names_why_a_run_stopped(trained, capsys):
      "log.jsonl: no test lines"),
     (["table", "log.jsonl"], {"log.jsonl": b"\xff\xfe\x00binary"},
      "log.jsonl: not a training log (not text)"),
+    (["table", "notes.txt"], {"notes.txt": "a plain text file\n"},
+     "notes.txt:1: not a JSON line"),
+    (["sweep", "a.prototxt", "./a.prototxt"], {}, "./a.prototxt is named twice (also as "
+                                                   "a.prototxt)"),
+    (["sweep", "a.prototxt", "b.prototxt", "a.prototxt"], {}, "a.prototxt is named twice"),
     (["plot", "log.jsonl"], {"log.jsonl": b"\xff\xfe\x00binary"},
      "log.jsonl: not a training log (not text)"),
     (["plot", "log.jsonl"], {"log.jsonl": '{"iter": 1, "phase": "train", "loss": 2}\n[1, 2]\n'},

@@ -321,6 +321,8 @@ def test_rapa_test_reads_the_net_at_each_time(workdir):
     assert row.startswith("t = 1 d: ") and row in among.stdout.splitlines()
     zero = _rapa_test(workdir, "--drift-time=-0")
     assert zero.stdout.splitlines()[1].startswith("t = 0 s: ")
+    voted = _rapa_test(workdir, "--drift-time", "1h", "--votes", "2")
+    assert " (majority of 2 votes) = " in voted.stdout.splitlines()[1], voted.stdout + voted.stderr
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -226,11 +226,13 @@ def test_short_schedule_trains_then_tests_with_votes(tree, capsys):
     text = re.sub(r"max_iter: \d+", "max_iter: 6", solver.read_text())
     text = re.sub(r"test_interval: \d+", "test_interval: 3", text)
     text = re.sub(r"test_iter: \d+", "test_iter: 1", text)
+    text = re.sub(r"test_votes: \d+", "test_votes: 2", text)
     text = text.replace('net: "prototxt/', f'net: "{ROOT}/prototxt/')
     (tree / "short.prototxt").write_text(text)
     assert main(["train", "--solver", "short.prototxt", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Iteration 6, test net #0: accuracy = " in out
+    assert "accuracy (majority of 2 votes) = " in out  # the words rapa test uses
     weights = tree / "snapshots/cifar10/random_max_short_iter_6.caffemodel"
     assert main(["test", "--model", str(ROOT / "prototxt/cifar10/random_max.prototxt"),
                  "--weights", str(weights), "--iterations", "1", "--votes", "3",

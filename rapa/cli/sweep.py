@@ -59,8 +59,13 @@ def run(args):
         raise RapaError("--jobs must be >= 1")
     if args.window < 1:
         raise RapaError("--window must be >= 1")
-    if len({pathlib.Path(s).resolve() for s in args.solvers}) != len(args.solvers):
-        raise RapaError("a solver is named twice")
+    named = {}  # resolved path -> the first way it was written
+    for s in args.solvers:
+        key = pathlib.Path(s).resolve()
+        if key in named:
+            raise RapaError(f"{s} is named twice" +
+                            (f" (also as {named[key]})" if named[key] != s else ""))
+        named[key] = s
     runs = [(s, *run_files(s)) for s in args.solvers]
     for what, index in (("snapshot_prefix", 1), ("log_file", 2)):
         seen = {}

@@ -131,7 +131,7 @@ def _test_drift(net, args, device, progress) -> int:
                                                                1 + round(t * 1e6)))
                 result = test_net(net, args.iterations, args.votes, progress=progress)
                 images = result.images
-                rows[t].append({**result.outputs, **{f"{k} (vote of {args.votes})": v
+                rows[t].append({**result.outputs, **{f"{k} (majority of {args.votes} votes)": v
                                                      for k, v in result.vote_accuracy.items()}})
         finally:
             programmed.restore()
