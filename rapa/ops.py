@@ -75,7 +75,8 @@ def tiled_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], assignment
 
     input (N, C, H, W); weight (T, O, C, kh, kw); bias (T, O) or None; assignment int64
     (N, Ho, Wo) with entries in [0, T) or -1 (dropped patch: output 0, no gradient); region
-    optional int64 (H, W): a patch of tile t reads pixels of other regions as zero.
+    optional int64 (H, W): a patch of tile t reads pixels of other regions as zero (a pixel
+    whose region is no tile's, -1 say, reads as zero for every tile: a mask).
     tile_capacity: the most patches one replica gets in this batch, where known
     (TilingScheme.tile_capacity), at most N Ho Wo; on CUDA the op then never waits for the
     device (a CUDA graph can hold it). A tile over it, or an entry out of range, is a

@@ -1,6 +1,7 @@
 """Datum records, LMDB reading, transforms and the prefetcher, on data the tests make."""
 import os
 import pathlib
+import re
 import signal
 import threading
 import time
@@ -118,6 +119,27 @@ def test_transform_errors():
         transformer("mean_value: 1 mean_value: 2")
     with pytest.raises(RapaError, match="the mean file has shape"):
         transformer("", mean=np.zeros((3, 4, 4), np.float32))
+    for text, message in (("max_scale: 0.5", "max_scale must be in [1, 100], got 0.5"),
+                          ("max_scale: 1e30", "max_scale must be in [1, 100], got 1e+30"),
+                          ("max_scale: nan", "max_scale must be in [1, 100], got nan"),
+                          ("scale_jitter: -1", "scale_jitter must be in [0, max_scale], got -1"),
+                          ("max_scale: 2 scale_jitter: 3", "scale_jitter must be in [0, "
+                                                           "max_scale], got 3")):
+        with pytest.raises(RapaError, match=re.escape(f"t: strong_augmentation.{message}")):
+            transformer(f"strong_augmentation {{ {text} }}")
+    transformer("strong_augmentation { max_scale: 100 scale_jitter: 0 }")
+
+
+def test_force_color_and_force_gray_together_are_refused(tmp_path):
+    from rapa.net import Net
+    images, labels = random_images(4, h=4, w=4)
+    db = write_lmdb(tmp_path / "db", images, labels)
+    text = (f'layer {{ name: "d" type: "Data" top: "x" top: "y" data_param {{ source: "{db}" '
+            f'batch_size: 2 backend: LMDB }} transform_param {{ force_color: true '
+            f'force_gray: true }} }}')
+    with pytest.raises(RapaError, match="layer 'd' .*force_color and force_gray cannot both be "
+                                        "set"):
+        Net(parse_text(text, pb.NetParameter()), pb.TEST)
 
 
 def test_prefetcher_batches_depend_on_index_alone(tmp_path):

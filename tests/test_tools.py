@@ -284,6 +284,24 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
     assert times["a"].backward_ms > 0 and times["sum"].backward_ms < 0.2 * branch, times
 
 
+def test_time_times_a_deploy_net_forward_only(tmp_path, capsys):
+    """A net without a loss layer (Input, InnerProduct, Softmax): its forward times, as
+    Caffe's `caffe time` gives them, with a note (a loss to differentiate there is none)."""
+    net = tmp_path / "deploy.prototxt"
+    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 '
+                   'dim: 6 } } }\nlayer { name: "ip" type: "InnerProduct" bottom: "x" '
+                   'top: "y" inner_product_param { num_output: 3 } }\nlayer { name: "prob" '
+                   'type: "Softmax" bottom: "y" top: "p" }\n')
+    assert main(["time", "--model", str(net), "--iterations", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"note: {net} has no loss layer (a deploy net?): forward times only")
+    lines = out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[3:lines.index(next(
+        line for line in lines if line.startswith("total")))]}
+    assert set(rows) == {"in", "ip", "prob"}
+    assert float(rows["ip"][2]) > 0 and float(rows["ip"][3]) == 0  # forward ms, backward 0
+
+
 def test_time_feeds_input_labels_with_valid_classes():
     """Blobs an Input layer feeds to a loss's label bottom get classes in [0, num_output):
     random normal values would include negative labels, which the loss refuses."""

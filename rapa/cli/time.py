@@ -22,7 +22,8 @@ def add_arguments(p):
     p.add_argument("--iterations", type=count(), default=20)
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--forward-only", action="store_true")
+    p.add_argument("--forward-only", action="store_true",
+                   help="no backward pass (a net without a loss layer is timed so anyway)")
 
 
 def run(args):
@@ -33,9 +34,13 @@ def run(args):
     net = Net.from_file(args.model, phase)
     net.to_device(device)
     net.train(phase == pb.TRAIN)
+    forward_only = args.forward_only
+    if not forward_only and not any(any(e.loss_weights) for e in net.entries):
+        print(f"note: {args.model} has no loss layer (a deploy net?): forward times only")
+        forward_only = True
     try:
-        with torch.set_grad_enabled(not args.forward_only):
-            times = time_layers(net, args.iterations, device, backward=not args.forward_only)
+        with torch.set_grad_enabled(not forward_only):
+            times = time_layers(net, args.iterations, device, backward=not forward_only)
     finally:
         net.close()
     batch = next((s[0] for s in net.blob_shapes.values() if s), 1)

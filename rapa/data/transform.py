@@ -40,8 +40,14 @@ class Transformer:
         self.strong = None
         if tp.HasField("strong_augmentation"):
             sa = tp.strong_augmentation
-            if sa.max_scale < 1:
-                raise RapaError(f"{where}: strong_augmentation.max_scale must be >= 1")
+            # Finite, and a scale a crop of the image can still see: at 100 a 32-pixel image's
+            # window is a third of a pixel.
+            if not 1 <= sa.max_scale <= 100:
+                raise RapaError(f"{where}: strong_augmentation.max_scale must be in [1, 100], "
+                                f"got {sa.max_scale:g}")
+            if not 0 <= sa.scale_jitter <= sa.max_scale:
+                raise RapaError(f"{where}: strong_augmentation.scale_jitter must be in [0, "
+                                f"max_scale], got {sa.scale_jitter:g}")
             self.strong = (sa.max_scale, sa.scale_jitter)
         if mean is not None and tp.mean_value:
             raise RapaError(f"{where}: give either mean_file or mean_value, not both")

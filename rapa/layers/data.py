@@ -63,6 +63,8 @@ class Data(DataLayer):
             tp.crop_size = dp.crop_size
         if dp.mirror:
             tp.mirror = True
+        if tp.force_color and tp.force_gray:  # as Caffe's DataTransformer refuses
+            raise self.error("transform_param: force_color and force_gray cannot both be set")
         resolve = context.resolve if context is not None else (lambda p, what: p)
         source = LmdbSource(resolve(dp.source, f"layer '{self.layer_name}' data_param.source"),
                             force_color=tp.force_color or dp.force_encoded_color,
