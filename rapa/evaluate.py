@@ -32,12 +32,13 @@ class TestResult:
 @torch.no_grad()
 def reread(net: Net, iterations: int) -> Optional[str]:
     """Where `iterations` batches read past the end of one of `net`'s databases (its Data
-    layer then starts over, as Caffe's does): a one-line note saying how many images are read
-    again, and so count twice in the averages; None where they do not."""
+    layer then starts over, as Caffe's does): one line saying how many images are read again,
+    and so count twice in the averages; None where they do not."""
     for layer in net.data_layers():
         read = iterations * layer.batch_size
         if layer.records and read > layer.records:
-            return (f"note: {iterations} batches of {layer.batch_size} read {read} images, "
+            return (f"{iterations} batch{'es' if iterations != 1 else ''} of "
+                    f"{layer.batch_size} read {read} images, "
                     f"the database of layer '{layer.layer_name}' holds {layer.records}: "
                     f"{read - layer.records} are read again (they count twice)")
     return None

@@ -248,7 +248,8 @@ class Solver:
         for i, tn in enumerate(self.test_nets):
             again = reread(tn, sp.test_iter[i])
             if again:
-                self.say(f"{where}: test_iter of test net #{i}: {again}")
+                self.say(f"note: {where}: test_iter {sp.test_iter[i]} of test net #{i}: "
+                         f"{again}")
         self.params = self.net.learnable()
         # The rate of the current iteration, where the update reads it (rapa.sgd.SGD.step).
         self.rate_t = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -785,6 +786,9 @@ class Solver:
         t_display, it_display = time.monotonic(), self.iter
         # The run's own speed at its end: a run shorter than `display` says it nowhere else.
         t_start, it_start, paused = t_display, self.iter, 0.0
+        if self.iter >= sp.max_iter:
+            self.say(f"Nothing to train: the run is at iteration {self.iter}, max_iter is "
+                     f"{sp.max_iter}")
         self._last_snapshot = latest_snapshot(self.prefix)
         self._graph = self._graphed_step()
         try:
@@ -860,7 +864,9 @@ class Solver:
                 self.say(f"Trained {self.iter - it_start} iterations in {seconds:.1f} s, "
                          f"{(self.iter - it_start) * batch * sp.iter_size / seconds:.0f} "
                          f"images/s (tests and snapshots left out)")
-            if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot):
+            # (A resumed run with nothing left to train has its snapshot already.)
+            if sp.snapshot_after_train and self.iter > it_start and (
+                    not sp.snapshot or self.iter % sp.snapshot):
                 self.say(f"Snapshot: {self.snapshot()}")
             if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets and \
                     leader:

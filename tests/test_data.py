@@ -209,6 +209,9 @@ def test_mean_files_in_every_form_caffe_reads(tmp_path):
     flat = mean_file("flat", dims=[48], data=first.ravel().tolist())
     with pytest.raises(RapaError, match=r"mean file .*flat: shape \(48,\) is not \(num, "):
         read_mean(flat)
+    five = mean_file("five", dims=[1, 3, 4, 4, 1], data=first.ravel().tolist())
+    with pytest.raises(RapaError, match=r"mean file .*five: shape \(1, 3, 4, 4, 1\) is not "):
+        read_mean(five)
     short = mean_file("short", num=1, channels=3, height=4, width=4, data=[1.0] * 47)
     with pytest.raises(RapaError, match=r"mean file .*short: a blob of shape \(1, 3, 4, 4\) "
                                         r"holds 47 values"):

@@ -180,7 +180,7 @@ def test_batches_past_the_end_of_the_database_are_noted(make_net):
     net, _ = make_net()
     assert evaluate.reread(net, 5) is None
     assert evaluate.reread(net, 6) == (
-        "note: 6 batches of 2 read 12 images, the database of layer 'data' holds 10: 2 are read "
+        "6 batches of 2 read 12 images, the database of layer 'data' holds 10: 2 are read "
         "again (they count twice)")
     assert evaluate.reread(Net(parse_text(
         'input: "x" input_shape { dim: 1 dim: 2 }', pb.NetParameter()), pb.TEST), 9) is None

@@ -803,8 +803,23 @@ def test_a_resume_says_how_its_solver_and_net_differ_from_the_snapshot_s(workdir
     assert net.read_text() != text
     said.clear()
     Solver(path, max_iter=6, say=said.append, progress=False).solve(resume="auto")
-    assert said[0] == (
+    assert said[0] == (f"note: {path}: test_iter 2 of test net #0: 2 batches of 6 read 12 "
+                       f"images, the database of layer 'data' holds 10: 2 are read again (they "
+                       f"count twice)")
+    assert said[1] == (
         "snap/tiny_iter_4.solverstate was written with another solver or net; now: base_lr "
         "0.05 -> 0.01; max_iter 4 -> 6; random_seed 3 -> 7 (the snapshot's seed 3 goes on); "
         "net: layer data (2nd) changed; net: layer drop added")
-    assert "seed 3)" in said[2]  # the run goes on with the snapshot's seed, as it says
+    assert "seed 3)" in said[3]  # the run goes on with the snapshot's seed, as it says
+
+
+def test_a_finished_run_resumed_trains_nothing_and_writes_no_snapshot_again(workdir):
+    path = setup_files(workdir, max_iter=3)  # snapshot: 4, so iteration 3's is the final one
+    Solver(path, say=lambda m: None, progress=False).solve()
+    state = workdir / "snap/tiny_iter_3.solverstate"
+    written = state.stat().st_mtime_ns
+    said = []
+    Solver(path, say=said.append, progress=False).solve(resume="auto")
+    assert "Nothing to train: the run is at iteration 3, max_iter is 3" in said
+    assert not [m for m in said if m.startswith("Snapshot:")]
+    assert state.stat().st_mtime_ns == written

@@ -239,6 +239,8 @@ def test_short_schedule_trains_then_tests_with_votes(tree, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "accuracy = " in out and "accuracy (majority of 3 votes) = " in out
+    assert ("note: --iterations 1: 1 batch of 100 read 100 images, the database of layer "
+            "'data' holds 40: 60 are read again (they count twice)") in out
     png = tree / "curves.png"
     assert main(["plot", str(tree / "snapshots/cifar10/random_max_short_log.jsonl"),
                  "--out", str(png)]) == 0

@@ -67,7 +67,7 @@ def run(args):
     progress = False if args.no_progress else None
     again = reread(net, args.iterations)
     if again:
-        print(again)
+        print(f"note: --iterations {args.iterations}: {again}")
     try:
         if args.drift_time is None:
             if args.pcm or args.drift_repeats != 1 or args.drift_compensation:

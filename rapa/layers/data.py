@@ -18,7 +18,7 @@ from .base import DataLayer, register
 
 def read_mean(path) -> np.ndarray:
     """A Caffe mean file as float32 (C, H, W): a BlobProto in any form Caffe reads (rapa.blobs),
-    with at least 3 axes, the last three (channels, height, width); of several stacked means
+    of 3 or 4 axes, the last three (channels, height, width); of several stacked means
     (num > 1) the first, which is the one Caffe's DataTransformer subtracts."""
     from ..blobs import blob_to_tensor
     from ..errors import RapaError
@@ -28,7 +28,7 @@ def read_mean(path) -> np.ndarray:
         mean = blob_to_tensor(blob)
     except ValueError as e:
         raise RapaError(f"mean file {path}: {e}") from None
-    if mean.dim() < 3 or mean.numel() == 0:
+    if mean.dim() not in (3, 4) or mean.numel() == 0:
         raise RapaError(f"mean file {path}: shape {tuple(mean.shape)} is not (num, channels, "
                         f"height, width) or (channels, height, width)")
     return mean.reshape(-1, *mean.shape[-3:])[0].numpy().astype(np.float32)
