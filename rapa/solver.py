@@ -694,18 +694,18 @@ class Solver:
             self.say(f"Removed {stale}, left by a run killed while writing it")
         own = path is not None and path.resolve() == \
             snapshot_paths(self.prefix, self.iter)[1].resolve()
-        self._claim_prefix(path, own, log_path, overwrite, nothing_to_resume=resume == "auto")
+        self._claim_prefix(path, own, log_path, overwrite, auto=resume == "auto")
         return TrainLog(log_path, self.iter if own else None)
 
     def _claim_prefix(self, resumed: Optional[pathlib.Path], own: bool, log_path: str,
-                      overwrite: bool, nothing_to_resume: bool) -> None:
+                      overwrite: bool, auto: bool) -> None:
         """Refuses (RapaError) to start where an earlier run's files would be lost: snapshots
         under the prefix (all of them for a fresh start or a resume from another prefix's
         snapshot; those after the resumed iteration for a resume from one of its own) and the
         log's lines (all of them, but for a resume of the prefix's own snapshot, which keeps
-        those up to it). `overwrite` (--overwrite) removes them instead, said in one line. A
-        log without any snapshot after --snapshot auto found none is of a run that cannot be
-        resumed: started anew, said in one line."""
+        those up to it). `overwrite` (--overwrite) removes them instead, said in one line.
+        `auto` (--snapshot auto): where it found no snapshot, a log without one is of a run
+        that cannot be resumed: started anew, said in one line."""
         after = self.iter if own else -1
         doomed = [(i, f) for i, f in snapshots_under(self.prefix) if i > after]
         lines = [] if own else read_log_lines(log_path)
@@ -720,12 +720,11 @@ class Solver:
         what = " and ".join(what)
         start = ("resuming from its iteration " + str(self.iter) if own else
                  f"resuming from {resumed}" if resumed is not None else "starting afresh")
-        if not overwrite and not (nothing_to_resume and not doomed):
+        if not overwrite and not (auto and not doomed):
             raise RapaError(
                 f"{self.path}: snapshot_prefix {self.prefix} holds an earlier run ({what}), "
                 f"which {start} would overwrite: "
-                + ("resume its newest with --snapshot auto, " if doomed and not
-                   nothing_to_resume else "")
+                + ("resume its newest with --snapshot auto, " if doomed and not auto else "")
                 + "give the solver another snapshot_prefix, or pass --overwrite to remove it")
         for _, f in doomed:
             remove_snapshot(f)

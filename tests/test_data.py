@@ -876,7 +876,8 @@ def test_the_command_line_forgets_worker_deaths_after_one_stopped_the_run(monkey
     def run(args):
         raise error
     monkeypatch.setattr(cli, "build_parser", lambda: types.SimpleNamespace(
-        parse_args=lambda argv: argparse.Namespace(command="train", run=run)))
+        parse_args=lambda argv: argparse.Namespace(command="train", run=run,
+                                                   parser=argparse.ArgumentParser())))
 
     def torch_s(*args):
         pass
