@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace rapa {
 
@@ -18,12 +19,16 @@ inline at::Tensor cpu_row_absmax(const at::Tensor& x) {
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, M, 64, [&](int64_t b, int64_t e) {
       for (int64_t m = b; m < e; ++m) {
+        // Two reductions the compiler vectorizes (a max, an or): a NaN wins, as in torch's
+        // amax, without a branch in the max.
         scalar_t best = 0;
+        int nan = 0;
         for (int64_t k = 0; k < K; ++k) {
           const scalar_t a = std::abs(src[m * K + k]);
-          best = (best < a || a != a) ? a : best;  // a NaN stays (torch's amax: NaN wins)
+          best = best < a ? a : best;
+          nan |= a != a;
         }
-        dst[m] = best;
+        dst[m] = nan ? std::numeric_limits<scalar_t>::quiet_NaN() : best;
       }
     });
   });
