@@ -30,7 +30,8 @@ class TilingScheme(torch.nn.Module):
     def __init__(self, num_tiles: int):
         super().__init__()
         if not isinstance(num_tiles, int) or num_tiles < 1:
-            raise ValueError(f"rapa: tiling '{self.name}' needs num_tiles >= 1, got {num_tiles!r}")
+            raise ValueError(f"rapa: tiling '{self.name}' needs num_tiles, an integer >= 1, got "
+                             f"{num_tiles!r}")
         self.num_tiles = num_tiles
 
     @property

@@ -181,7 +181,8 @@ def test_image_pad_module_names_input_sides_that_do_not_divide():
 def test_scheme_arguments_and_messages_name_the_scheme():
     assert tiling.NoTiling().num_tiles == 1
     for bad in (0, -1, 2.5):
-        with pytest.raises(ValueError, match=f"tiling 'random' needs num_tiles >= 1, got {bad}"):
+        with pytest.raises(ValueError, match=f"tiling 'random' needs num_tiles, an integer >= 1, "
+                                             f"got {bad}"):
             tiling.make_scheme("random", bad)
     with pytest.raises(ValueError, match="tiling 'image_pad' with 4 tiles needs the input sides "
                                          "divisible by 2, got 5x5"):
