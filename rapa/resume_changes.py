@@ -22,16 +22,20 @@ def _value(field, value) -> str:
 
 
 def message_changes(before: Message, after: Message) -> list[str]:
-    """The top-level fields whose values differ: 'name old -> new' for single numbers, strings
-    and enums, the name alone for messages and repeated fields."""
+    """The top-level fields whose values differ: 'name old -> new' for numbers, strings and
+    enums (repeated ones as lists), the name alone for messages."""
     out = []
     for field in before.DESCRIPTOR.fields:
         old, new = getattr(before, field.name), getattr(after, field.name)
         if old == new:
             continue
-        single = not field.is_repeated and field.message_type is None
-        out.append(f"{field.name} {_value(field, old)} -> {_value(field, new)}" if single
-                   else field.name)
+        if field.message_type is not None:
+            out.append(field.name)
+        elif field.is_repeated:
+            show = lambda values: "[" + ", ".join(_value(field, v) for v in values) + "]"  # noqa: E731
+            out.append(f"{field.name} {show(old)} -> {show(new)}")
+        else:
+            out.append(f"{field.name} {_value(field, old)} -> {_value(field, new)}")
     return out
 
 
@@ -55,7 +59,12 @@ def net_changes(before: pb.NetParameter, after: pb.NetParameter) -> list[str]:
     old, new = _by_name(before), _by_name(after)
     out = []
     changed = [n for n in new if n in old and old[n] != new[n]]
-    for what, names in (("changed", changed), ("added", [n for n in new if n not in old]),
+    if len(changed) == 1:  # which of its fields
+        out.append(f"layer {changed[0]} changed: "
+                   f"{', '.join(message_changes(old[changed[0]], new[changed[0]]))}")
+    elif changed:
+        out.append(f"layers {_names(changed)} changed")
+    for what, names in (("added", [n for n in new if n not in old]),
                         ("removed", [n for n in old if n not in new])):
         if names:
             out.append(f"layer{'s' if len(names) > 1 else ''} {_names(names)} {what}")
@@ -75,7 +84,7 @@ def resume_changes(state: pb.SolverState, solver: pb.SolverParameter,
     if state.HasField("solver"):
         for change in message_changes(state.solver, solver):
             if change.startswith("random_seed ") and state.HasField("seed"):
-                change += f" (the snapshot's seed {state.seed} goes on)"
+                change += f" (the run keeps its seed, {state.seed})"
             out.append(change)
     if state.HasField("train_net"):
         out += [f"net: {change}" for change in net_changes(state.train_net, train_net)]

@@ -3,7 +3,7 @@
 One iteration, in Caffe's order: test if due; iter_size forward/backward passes; gradients
 averaged over them and clipped (clip_gradients); one update per learnable blob (rapa.sgd.SGD:
 Caffe's SGD for digital blobs, the arrays' pulsed update for analog ones); snapshot if due.
-Interrupt (Ctrl-C, SIGTERM): finish the iteration, snapshot, stop. A NaN or infinite loss:
+Interrupt (Ctrl-C, SIGTERM, SIGHUP): finish the iteration, snapshot, stop. A NaN or infinite loss:
 stop without a snapshot, so that the newest snapshot is the last good state.
 
 Under torchrun every process runs this loop on its own batches (rapa.distributed): after the
@@ -28,8 +28,8 @@ import torch
 from .analog import HICArrays
 from .analog.arrays import ConvInputs
 from .cuda_graph import GraphedStep, RecordingFailed, graph_kept_off
-from .data.prefetch import (WorkerStopped, forget_worker_deaths, is_worker_death,
-                            stop_worker_processes, worker_death_line)
+from .data.prefetch import (STOP_SIGNALS, WorkerStopped, forget_worker_deaths,
+                            is_worker_death, stop_worker_processes, worker_death_line)
 from .device import device_named
 from .distributed import Group, PeerLost, fingerprint
 from .errors import RapaError
@@ -354,7 +354,8 @@ class Solver:
         state.process_cuda_rng_state.extend(cuda for _, cuda in generators[1:] if cuda)
         state.history.extend(tensor_to_blob(h) for h in self.sgd.history)
         for layer in self.net.data_layers():
-            state.data_cursor.add(layer=layer.layer_name, batches=layer.position)
+            state.data_cursor.add(layer=layer.layer_name, batches=layer.position,
+                                  batch_size=layer.batch_size)
         state.loss_window.extend(self.losses)
         state.train_predictions, state.train_hits = self.train_predictions, self.train_hits
         write_binary(state_path, state)
@@ -442,9 +443,20 @@ class Solver:
                      f"resumed by {self.group.world}: each step now reads {self.group.world} x "
                      f"the batch (was {state.world_size} x), from the same record on; the rate "
                      f"schedule counts iterations as before")
-        cursors = {c.layer: c.batches for c in state.data_cursor}
+        cursors = {c.layer: c for c in state.data_cursor}
         for layer in self.net.data_layers():
-            layer.seek(cursors.get(layer.layer_name, 0))
+            cursor = cursors.get(layer.layer_name)
+            batches = cursor.batches if cursor is not None else 0
+            if cursor is not None and cursor.batch_size and cursor.batch_size != layer.batch_size:
+                # The same record on, in batches of the new size (rounded down: a few records
+                # again), so that the epochs count the images seen.
+                records = batches * cursor.batch_size
+                batches = records // layer.batch_size
+                again = records - batches * layer.batch_size
+                self.say(f"layer '{layer.layer_name}': batch_size {cursor.batch_size} -> "
+                         f"{layer.batch_size}: reads on from record {batches * layer.batch_size}"
+                         + (f" ({again} read again)" if again else ""))
+            layer.seek(batches)
         self.losses.clear()
         self.losses.extend(state.loss_window)
         self.train_predictions, self.train_hits = state.train_predictions, state.train_hits
@@ -680,7 +692,6 @@ class Solver:
                                  f"its weights file is missing)")
             if path is not None:
                 self.restore(path)
-                self.say(f"Resuming from {path} at iteration {self.iter}")
             else:
                 self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
         if not self.group.leader:  # process 0 writes the run's files
@@ -694,11 +705,14 @@ class Solver:
             self.say(f"Removed {stale}, left by a run killed while writing it")
         own = path is not None and path.resolve() == \
             snapshot_paths(self.prefix, self.iter)[1].resolve()
-        self._claim_prefix(path, own, log_path, overwrite, auto=resume == "auto")
+        self._claim_prefix(path, own, log_path, overwrite, auto=resume == "auto",
+                           weights=weights)
+        if path is not None:  # said once the start is sure
+            self.say(f"Resuming from {path} at iteration {self.iter}")
         return TrainLog(log_path, self.iter if own else None)
 
     def _claim_prefix(self, resumed: Optional[pathlib.Path], own: bool, log_path: str,
-                      overwrite: bool, auto: bool) -> None:
+                      overwrite: bool, auto: bool, weights: Optional[str] = None) -> None:
         """Refuses (RapaError) to start where an earlier run's files would be lost: snapshots
         under the prefix (all of them for a fresh start or a resume from another prefix's
         snapshot; those after the resumed iteration for a resume from one of its own) and the
@@ -726,6 +740,11 @@ class Solver:
                 f"which {start} would overwrite: "
                 + ("resume its newest with --snapshot auto, " if doomed and not auto else "")
                 + "give the solver another snapshot_prefix, or pass --overwrite to remove it")
+        for _, f in doomed:
+            model = f.with_suffix(".caffemodel")
+            if weights and model.exists() and os.path.samefile(weights, model):
+                raise RapaError(f"--weights {weights} is one of the earlier run's snapshots that "
+                                f"--overwrite would remove: copy it elsewhere first")
         for _, f in doomed:
             remove_snapshot(f)
         self.say(f"Removed an earlier run under {self.prefix}: {what}" if overwrite else
@@ -780,7 +799,7 @@ class Solver:
                     self.say(f"{kind} weights of {', '.join(names)}: {how} at the rate times "
                              f"lr_mult, without momentum or weight decay (their biases have "
                              f"{digital})")
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._on_signal) for s in sorted(STOP_SIGNALS)}
         bar = self._bar = Progress(sp.max_iter, "train", start=self.iter, enabled=self.progress)
         t_display, it_display = time.monotonic(), self.iter
         # The run's own speed at its end: a run shorter than `display` says it nowhere else.

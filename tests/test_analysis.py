@@ -3,8 +3,10 @@ nets and data the tests make, against direct computations."""
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from rapa.errors import RapaError
 from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import parse_text
-from rapa.snapshot import load_weights, save_weights
+from rapa.snapshot import latest_snapshot, load_weights, save_weights
 from test_solver import NET, SOLVER, workdir  # noqa: F401  (the fixture)
 
 F64 = torch.float64
@@ -320,6 +322,37 @@ def test_sweep_continues_unfinished_runs_then_prints_the_table(trained, capsys):
     assert re.search(r"\na\s+\d+\.\d \(\d+\.\d\)\s+\d+\.\d\s+2", out)  # the table's row for a
     assert main(["sweep", "a.prototxt", "b.prototxt"]) == 0
     assert "a.prototxt: finished already" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_sweep_alone_stops_its_runs_with_their_snapshots(trained, sig):
+    """The runs lead process groups of their own: a signal to the sweep's process (a
+    terminal's Ctrl-C reaches it alone then; a scheduler's SIGTERM) is passed on to each run
+    once, which stops with its snapshot; the third run never starts; nothing is left running."""
+    for name in ("a", "b", "c"):
+        (trained / f"{name}.prototxt").write_text(
+            (SOLVER % 100000).replace('snapshot_prefix: "snap/tiny"',
+                                      f'snapshot_prefix: "snap/{name}"'))
+    sweep = subprocess.Popen([sys.executable, "-m", "rapa", "sweep", "a.prototxt",
+                              "b.prototxt", "c.prototxt", "--jobs", "2"], cwd=trained,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [trained / f"snap/{name}_log.jsonl" for name in ("a", "b")]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+            log.exists() and len(log.read_text().splitlines()) >= 3 for log in logs):
+        time.sleep(0.1)
+    sweep.send_signal(sig)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, out + err
+    assert (f"rapa sweep: {sig.name}: the runs stopped with their snapshots; rerun the same "
+            f"command to continue them") in err
+    for name in ("a", "b"):
+        assert latest_snapshot(f"snap/{name}") is not None, name
+        assert f"{sig.name} at iteration" in (trained / f"snap/{name}_train.out").read_text()
+    assert "c.prototxt: started" not in out and not (trained / "snap/c_train.out").exists()
+    left = subprocess.run(["pgrep", "-f", "rapa train --solver [ab].prototxt"],
+                          capture_output=True, text=True).stdout
+    assert not left.strip(), left
 
 
 def test_sweep_runs_its_own_rapa_and_names_why_a_run_stopped(trained, capsys):

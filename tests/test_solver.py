@@ -351,18 +351,34 @@ def test_worker_processes_train_as_a_thread_resume_exactly_and_outlive_ctrl_c(wo
     assert latest_snapshot("snap/tiny") is not None
 
 
-def test_sigterm_to_the_group_stops_a_run_with_worker_processes_with_its_snapshot(workdir):
-    """A timeout or a batch system's cancel signals the whole group: the workers ignore it,
-    the run stops as on Ctrl-C."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_to_the_group_stops_a_run_with_worker_processes_with_its_snapshot(workdir, sig):
+    """A timeout or a batch system's cancel (SIGTERM), a closed terminal or ssh session
+    (SIGHUP) signal the whole group: the workers ignore it, the run stops as on Ctrl-C."""
     setup_files(workdir, max_iter=400)
     net = workdir / "net.prototxt"
     net.write_text(net.read_text().replace("backend: LMDB }", "backend: LMDB processes: 2 }"))
     proc = _start_training(workdir, new_group=True)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "SIGTERM at iteration" in err and "Traceback" not in err
+    assert f"{sig.name} at iteration" in err and "Traceback" not in err
     assert latest_snapshot("snap/tiny") is not None
+
+
+def test_a_closed_standard_output_does_not_stop_the_run(workdir):
+    """`rapa train ... | head -1`: the pipe closes after the first line; the run trains to
+    its end (snapshot and log complete) instead of dying of a broken pipe."""
+    setup_files(workdir, max_iter=12)
+    proc = subprocess.Popen(_train_cmd(workdir), cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "Broken pipe" not in err
+    assert latest_snapshot("snap/tiny").name == "tiny_iter_12.solverstate"
+    assert max(e["iter"] for e in read_log_lines(workdir / "snap/tiny_log.jsonl")) == 12
 
 
 def test_a_second_signal_stops_at_once_and_takes_the_data_workers_along(workdir, monkeypatch,
@@ -752,6 +768,12 @@ def test_a_start_that_would_overwrite_an_earlier_run_is_refused_and_overwrite_re
     assert [e["iter"] for e in read_log_lines(log)] == \
         [e["iter"] for e in read_log_lines(workdir / "other/tiny_log.jsonl")]
 
+    with pytest.raises(RapaError, match=re.escape(
+            "--weights snap/tiny_iter_8.caffemodel is one of the earlier run's snapshots that "
+            "--overwrite would remove: copy it elsewhere first")):
+        Solver(path, say=lambda m: None, progress=False).solve(
+            weights="snap/tiny_iter_8.caffemodel", overwrite=True)
+    assert _files(snap) == before
     said.clear()
     Solver(setup_files(workdir, max_iter=3), say=said.append, progress=False).solve(
         overwrite=True)
@@ -808,8 +830,8 @@ def test_a_resume_says_how_its_solver_and_net_differ_from_the_snapshot_s(workdir
                        f"count twice)")
     assert said[1] == (
         "snap/tiny_iter_4.solverstate was written with another solver or net; now: base_lr "
-        "0.05 -> 0.01; max_iter 4 -> 6; random_seed 3 -> 7 (the snapshot's seed 3 goes on); "
-        "net: layer data (2nd) changed; net: layer drop added")
+        "0.05 -> 0.01; max_iter 4 -> 6; random_seed 3 -> 7 (the run keeps its seed, 3); "
+        "net: layer data (2nd) changed: data_param; net: layer drop added")
     assert "seed 3)" in said[3]  # the run goes on with the snapshot's seed, as it says
 
 
@@ -823,3 +845,36 @@ def test_a_finished_run_resumed_trains_nothing_and_writes_no_snapshot_again(work
     assert "Nothing to train: the run is at iteration 3, max_iter is 3" in said
     assert not [m for m in said if m.startswith("Snapshot:")]
     assert state.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("batch,start,again", [(8, 2, 0), (6, 2, 4)])
+def test_a_resume_with_another_batch_size_reads_on_from_the_same_record(workdir, batch, start,
+                                                                        again):
+    """The snapshot keeps its batch size with its position: 4 batches of 4 are 16 records, so
+    a batch of 8 starts at batch 2 (record 16) and a batch of 6 at batch 2 (record 12, 4 read
+    again); the epoch counts the images seen."""
+    path = setup_files(workdir, max_iter=4)
+    Solver(path, say=lambda m: None, progress=False).solve()
+    net = workdir / "net.prototxt"
+    assert net.read_text().count("batch_size: 4") == 1  # the TRAIN Data layer's
+    net.write_text(net.read_text().replace("batch_size: 4", f"batch_size: {batch}"))
+    said = []
+    solver = Solver(path, max_iter=5, say=said.append, progress=False)
+    solver.solve(resume="auto")
+    assert (f"layer 'data': batch_size 4 -> {batch}: reads on from record {start * batch}"
+            + (f" ({again} read again)" if again else "")) in said
+    assert solver.net.data_layers()[0].position == start + 1
+    assert solver.epoch() == round((start + 1) * batch / 40, 4)
+
+
+def test_the_changes_of_a_resume_show_repeated_values_and_several_layers():
+    from rapa.resume_changes import message_changes, net_changes
+    a = pb.SolverParameter(test_iter=[5], base_lr=0.1)
+    b = pb.SolverParameter(test_iter=[100, 2], base_lr=0.1, lr_policy="step")
+    assert message_changes(a, b) == ["test_iter [5] -> [100, 2]", 'lr_policy "" -> "step"']
+    before = parse_text('name: "n" layer { name: "a" type: "ReLU" } layer { name: "b" type: '
+                        '"ReLU" } layer { name: "c" type: "ReLU" }', pb.NetParameter())
+    after = parse_text('name: "m" layer { name: "a" type: "TanH" } layer { name: "b" type: '
+                       '"Sigmoid" }', pb.NetParameter())
+    assert net_changes(before, after) == ["layers a, b changed", "layer c removed",
+                                          'name "n" -> "m"']

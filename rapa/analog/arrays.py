@@ -47,7 +47,7 @@ class ArrayProducts(torch.nn.Module):
         shape = tuple(shape)
         if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
             raise ValueError(f"arrays' shape must be (T, O, K) of counts >= 1, got {shape}")
-        config.check()  # as a prototxt's rpu_param or hic_param is (the Python API too)
+        config.check(type(config).__name__)  # as a prototxt's rpu_param or hic_param is
         self.config = config
         self.shape = shape
         self.register_buffer("out_scale", torch.ones(shape[0]))

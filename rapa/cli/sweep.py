@@ -5,17 +5,20 @@ PREFIX_train.out next to its snapshots), so a rerun of the same command continue
 runs from their newest snapshots and skips finished ones. N > 1 suits a GPU that one batch-10
 net leaves mostly idle; on a CPU each process gets cores / N threads. On a cluster, submit one
 `rapa train --solver S --snapshot auto` per solver to the scheduler instead, then run
-`rapa table` on the logs.
+`rapa table` on the logs. Ctrl-C (SIGINT, SIGTERM, SIGHUP) is passed on to the runs once: each
+stops with its snapshot, and none starts after it.
 """
 import concurrent.futures
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
 import time
 
 from ..analysis.table import format_table, table_row
+from ..data.prefetch import STOP_SIGNALS
 from ..errors import RapaError
 from ..proto import pb
 from ..prototxt import read_text
@@ -81,7 +84,9 @@ def run(args):
     # off their path, PYTHONPATH puts this package's first.
     home = str(pathlib.Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH")) if p)
-    lock = threading.Lock()
+    lock = threading.RLock()  # (the signal handler takes it in the main thread too)
+    running: set = set()  # the runs' processes, each leading a process group of its own
+    stopped: list = []    # the stop signal, once one came
 
     def say(message):
         with lock:
@@ -95,10 +100,18 @@ def run(args):
         out.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-P", "-m", "rapa", "train", "--solver", solver, "--snapshot",
                    "auto", "--no-progress"] + (["--device", args.device] if args.device else [])
-        say(f"{solver}: started (output {out})")
         t0 = time.monotonic()
-        with open(out, "a") as f:
-            code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        with lock:
+            if stopped:  # not started after a stop
+                return None
+            with open(out, "a") as f:  # the child holds its own copy of the file
+                run = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+            running.add(run)
+            print(f"{solver}: started (output {out})", flush=True)
+        code = run.wait()
+        with lock:
+            running.discard(run)
         took = f"after {time.monotonic() - t0:.0f} s"
         if code == 0:
             say(f"{solver}: finished {took}")
@@ -106,8 +119,25 @@ def run(args):
             say(f"{solver}: stopped with exit code {code} {took}: {last_line(out)}")
         return code
 
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(pool.map(lambda r: one(*r), runs))
+    def forward(signum, frame):
+        # The runs have process groups of their own (a terminal's Ctrl-C reaches this process
+        # alone): each gets the signal once, and stops as rapa train does, with its snapshot.
+        with lock:
+            first = not stopped
+            stopped.append(signal.Signals(signum).name)
+            for run in running if first else ():
+                try:
+                    os.killpg(run.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    old = {s: signal.signal(s, forward) for s in sorted(STOP_SIGNALS)}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(lambda r: one(*r), runs))
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
     logs = [r[2] for r in runs if r[2].is_file()]
     if logs:
         rows = []
@@ -118,6 +148,10 @@ def run(args):
                 say(f"(no table row: {e})")
         if rows:
             print(format_table(rows))
+    if stopped:
+        print(f"rapa sweep: {stopped[0]}: the runs stopped with their snapshots; rerun the same "
+              f"command to continue them", file=sys.stderr, flush=True)
+        return 130
     failed = [r[0] for r, c in zip(runs, codes) if c]
     if failed:
         raise RapaError(f"{len(failed)} run(s) did not finish: {', '.join(failed)}; rerun the "

@@ -3,13 +3,15 @@
 Resume with --snapshot FILE.solverstate, or --snapshot auto for the newest complete snapshot
 under the solver's snapshot_prefix (starting afresh when there is none). A start that would
 overwrite an earlier run's snapshots or log under that prefix is refused; --overwrite removes
-them first. Ctrl-C writes a
-snapshot and stops; a NaN loss stops without one, keeping the last good snapshot.
+them first. Ctrl-C (or SIGTERM, or SIGHUP: a closed terminal) writes a snapshot and stops; a
+NaN loss stops without one, keeping the last good snapshot. A closed standard output (`| head`)
+does not stop the run: its log file keeps the record.
 
 Data-parallel on N processes (CPUs, GPUs or nodes; batch_size is per process):
   torchrun --nproc-per-node N -m rapa train --solver S
 (README: "Training on several processes, GPUs or nodes").
 """
+import os
 import sys
 
 from ..distributed import speaker
@@ -34,10 +36,19 @@ def add_arguments(p):
                    "false) instead of replaying the step recorded as a CUDA graph")
 
 
+def say(message: str) -> None:
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        # Standard output closed (`rapa train ... | head`, a dead `tee`): the run goes on, its
+        # log file keeps the record; what it would print goes nowhere from now on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run(args):
     solver = Solver(args.solver, device=args.device, max_iter=args.max_iter,
                     progress=False if args.no_progress else None,
-                    no_cuda_graph=args.no_cuda_graph, say=lambda m: print(m, flush=True))
+                    no_cuda_graph=args.no_cuda_graph, say=say)
     try:
         solver.solve(resume=args.snapshot, weights=args.weights, overwrite=args.overwrite)
     except Stop as e:

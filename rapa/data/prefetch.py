@@ -244,17 +244,19 @@ def stop_worker_processes() -> None:
     _remove_shared_memory_of(child.pid for child in children)
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# The signals that stop a run (rapa.solver: finish the iteration, snapshot, stop): Ctrl-C, a
+# timeout's or a batch system's SIGTERM, and the hangup of a closed terminal or ssh session.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _worker_init(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the training loop handles it (it finishes its
     # iteration, which may still read a batch, and snapshots). SIGTERM likewise (timeout, a
-    # batch system's scancel signal the whole group). The worker was born with them blocked
+    # batch system's scancel signal the whole group), and SIGHUP (a closed terminal). The worker was born with them blocked
     # (see Prefetcher._start): one sent before this line is discarded here, not fatal.
-    for s in _STOP_SIGNALS:
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     sys.excepthook = _worker_excepthook
 
 
@@ -431,7 +433,7 @@ class Prefetcher:
                 _WITH_WORKERS.add(self)
             # Workers are forked here: blocked at birth, a Ctrl-C cannot reach one before it
             # ignores it. Here it waits, and comes as soon as they are started.
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
                 return iter(self._loader)
             finally:
