@@ -46,11 +46,11 @@ def _names(names: list[str]) -> str:
 
 def _by_name(net: pb.NetParameter) -> dict[str, Message]:
     """Layers by name; a name given twice (Caffe's TRAIN and TEST Data layers often share
-    one) is told apart by its place among them: 'data', 'data (2nd)'."""
+    one) is told apart by its place among them: 'data', 'data #2'."""
     out, seen = {}, {}
     for layer in net.layer:
         k = seen[layer.name] = seen.get(layer.name, 0) + 1
-        out[layer.name if k == 1 else f"{layer.name} ({k}{'nd' if k == 2 else 'th'})"] = layer
+        out[layer.name if k == 1 else f"{layer.name} #{k}"] = layer
     return out
 
 

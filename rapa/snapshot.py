@@ -9,6 +9,7 @@ snapshot complete or the previous one as the latest.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import sys
@@ -149,34 +150,46 @@ def snapshot_paths(prefix: str, iteration: int) -> tuple[pathlib.Path, pathlib.P
             pathlib.Path(f"{prefix}_iter_{iteration}.solverstate"))
 
 
-def _snapshot_files(prefix: str) -> list[tuple[int, pathlib.Path, bool]]:
-    """(iteration, path, complete) of every PREFIX_iter_N.solverstate, by iteration; complete:
-    it parses and its weights exist (one that is not is what a damaged disk or a copy cut
-    short leaves, never a resumable state)."""
-    p = pathlib.Path(prefix)
-    folder = p.parent if str(p.parent) else pathlib.Path(".")
+def _snapshot_files(prefix: str) -> list[tuple[int, pathlib.Path]]:
+    """(iteration, path) of every PREFIX_iter_N.solverstate by its name alone, by iteration.
+    The prefix is a string, as snapshot_paths joins it: "snap/" names snap/_iter_N, and no
+    character of it is a pattern ("t[1]")."""
+    folder, base = os.path.split(str(prefix))
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:  # no folder yet: no snapshot
+        return []
     found = []
-    for f in folder.glob(p.name + "_iter_*.solverstate"):
-        m = SNAPSHOT_RE.search(f.name)
-        if not m or f.name != f"{p.name}_iter_{m.group(1)}.solverstate":  # PREFIX_x_iter_N
-            continue
-        try:
-            state = pb.SolverState.FromString(f.read_bytes())
-            complete = bool(state.learned_net) and (f.parent / state.learned_net).is_file()
-        except Exception:
-            complete = False
-        found.append((int(m.group(1)), f, complete))
+    for name in names:
+        m = SNAPSHOT_RE.search(name)
+        if m and name == f"{base}_iter_{m.group(1)}.solverstate":  # not PREFIX_x_iter_N
+            found.append((int(m.group(1)), pathlib.Path(folder, name)))
     return sorted(found)
 
 
+def _complete(state_path: pathlib.Path) -> bool:
+    """A state that parses and whose weights exist (not what a damaged disk or a copy cut
+    short leaves)."""
+    try:
+        state = pb.SolverState.FromString(state_path.read_bytes())
+    except Exception:  # noqa: BLE001 - any failure to read or parse: not complete
+        return False
+    return bool(state.learned_net) and (state_path.parent / state.learned_net).is_file()
+
+
 def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
-    """(iteration, path) of every complete snapshot under `prefix`, by iteration."""
-    return [(i, f) for i, f, complete in _snapshot_files(prefix) if complete]
+    """(iteration, path) of the snapshots under `prefix` that have their weights file beside
+    them (named as snapshot() names it; the states are not read: a run's start lists them
+    all), by iteration."""
+    return [(i, f) for i, f in _snapshot_files(prefix) if f.with_suffix(".caffemodel").is_file()]
 
 
 def damaged_snapshots(prefix: str) -> list[pathlib.Path]:
-    """The .solverstate files under `prefix` that are not complete snapshots."""
-    return [f for _, f, complete in _snapshot_files(prefix) if not complete]
+    """The .solverstate files under `prefix` newer than its newest complete snapshot (those
+    --snapshot auto passes over)."""
+    newest = latest_snapshot(prefix)
+    after = -1 if newest is None else snapshot_iter(newest)
+    return [f for i, f in _snapshot_files(prefix) if i > after]
 
 
 def remove_snapshot(state_path: pathlib.Path) -> None:
@@ -187,6 +200,9 @@ def remove_snapshot(state_path: pathlib.Path) -> None:
 
 
 def latest_snapshot(prefix: str) -> pathlib.Path | None:
-    """The newest complete snapshot (snapshots_under), None if there is none."""
-    found = snapshots_under(prefix)
-    return found[-1][1] if found else None
+    """The newest complete snapshot under `prefix` (the states read newest first, until one
+    is complete), None if there is none."""
+    for _, f in reversed(_snapshot_files(prefix)):
+        if _complete(f):
+            return f
+    return None

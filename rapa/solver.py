@@ -44,7 +44,7 @@ from .sgd import SGD
 from .prototxt import read_binary, read_text, write_binary
 from .resume_changes import resume_changes
 from .snapshot import (blob_to_tensor, damaged_snapshots, latest_snapshot, load_weights,
-                       remove_snapshot, save_weights, snapshot_iter, snapshot_paths,
+                       remove_snapshot, save_weights, snapshot_paths,
                        snapshots_under, tensor_to_blob)
 from .trainlog import TrainLog, read_log_lines
 
@@ -687,9 +687,8 @@ class Solver:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
             if resume == "auto":
                 for f in damaged_snapshots(self.prefix):
-                    if path is None or snapshot_iter(f) > snapshot_iter(path):
-                        self.say(f"Skipped {f}: not a complete snapshot (it does not parse, or "
-                                 f"its weights file is missing)")
+                    self.say(f"Skipped {f}: not a complete snapshot (it does not parse, or "
+                             f"its weights file is missing)")
             if path is not None:
                 self.restore(path)
             else:
@@ -705,50 +704,67 @@ class Solver:
             self.say(f"Removed {stale}, left by a run killed while writing it")
         own = path is not None and path.resolve() == \
             snapshot_paths(self.prefix, self.iter)[1].resolve()
-        self._claim_prefix(path, own, log_path, overwrite, auto=resume == "auto",
-                           weights=weights)
+        doomed, removal = self._claim_prefix(path, own, log_path, overwrite,
+                                             auto=resume == "auto", weights=weights)
+        log = TrainLog(log_path, self.iter if own else None)  # written before anything goes
+        for f in doomed:
+            remove_snapshot(f)
+        if removal:
+            self.say(removal)
         if path is not None:  # said once the start is sure
             self.say(f"Resuming from {path} at iteration {self.iter}")
-        return TrainLog(log_path, self.iter if own else None)
+        return log
 
     def _claim_prefix(self, resumed: Optional[pathlib.Path], own: bool, log_path: str,
-                      overwrite: bool, auto: bool, weights: Optional[str] = None) -> None:
+                      overwrite: bool, auto: bool, weights: Optional[str] = None
+                      ) -> tuple[list[pathlib.Path], str]:
         """Refuses (RapaError) to start where an earlier run's files would be lost: snapshots
         under the prefix (all of them for a fresh start or a resume from another prefix's
         snapshot; those after the resumed iteration for a resume from one of its own) and the
         log's lines (all of them, but for a resume of the prefix's own snapshot, which keeps
-        those up to it). `overwrite` (--overwrite) removes them instead, said in one line.
-        `auto` (--snapshot auto): where it found no snapshot, a log without one is of a run
-        that cannot be resumed: started anew, said in one line."""
+        those up to it). With `overwrite` (--overwrite): returns the snapshots to remove and
+        the line that says so, for the caller to act on once the new log is written. `auto`
+        (--snapshot auto) that found no snapshot: a log of the prefix's own name without one
+        is of a run that cannot be resumed, replaced (a log_file of the solver's own may be
+        another prefix's run's: refused)."""
         after = self.iter if own else -1
         doomed = [(i, f) for i, f in snapshots_under(self.prefix) if i > after]
-        lines = [] if own else read_log_lines(log_path)
-        if not doomed and not lines:
-            return
+        unreadable = None
+        try:
+            lines = [] if own else read_log_lines(log_path)
+        except RapaError as e:  # not a rapa log (a file of the user's own): never overwritten
+            lines, unreadable = [], str(e)
+        if not doomed and not lines and not unreadable:
+            return [], ""
         what = []
         if doomed:
             what.append(f"{len(doomed)} snapshots, iterations {doomed[0][0]} to {doomed[-1][0]}"
                         if len(doomed) > 1 else f"a snapshot of iteration {doomed[0][0]}")
         if lines:
             what.append(f"a log to iteration {max(x['iter'] for x in lines)} in {log_path}")
+        if unreadable:
+            what.append(f"a log_file that is no rapa log ({unreadable})")
         what = " and ".join(what)
         start = ("resuming from its iteration " + str(self.iter) if own else
                  f"resuming from {resumed}" if resumed is not None else "starting afresh")
-        if not overwrite and not (auto and not doomed):
+        own_log = pathlib.Path(log_path) == pathlib.Path(f"{self.prefix}_log.jsonl")
+        orphan_log = auto and not doomed and not unreadable and own_log
+        if not overwrite and not orphan_log:
             raise RapaError(
                 f"{self.path}: snapshot_prefix {self.prefix} holds an earlier run ({what}), "
                 f"which {start} would overwrite: "
                 + ("resume its newest with --snapshot auto, " if doomed and not auto else "")
-                + "give the solver another snapshot_prefix, or pass --overwrite to remove it")
+                + ("give the solver another snapshot_prefix" if own_log else
+                   "give the solver another snapshot_prefix and log_file")
+                + ", or pass --overwrite to remove it")
         for _, f in doomed:
             model = f.with_suffix(".caffemodel")
             if weights and model.exists() and os.path.samefile(weights, model):
                 raise RapaError(f"--weights {weights} is one of the earlier run's snapshots that "
                                 f"--overwrite would remove: copy it elsewhere first")
-        for _, f in doomed:
-            remove_snapshot(f)
-        self.say(f"Removed an earlier run under {self.prefix}: {what}" if overwrite else
-                 f"Replacing {log_path}, the log of a run with no snapshot to resume")
+        return [f for _, f in doomed], (
+            f"Removed an earlier run under {self.prefix}: {what}" if overwrite else
+            f"Replacing {log_path}, the log of a run with no snapshot to resume")
 
     def solve(self, resume: Optional[str] = None, weights: Optional[str] = None,
               overwrite: bool = False) -> int:

@@ -782,12 +782,15 @@ def test_analog_layers_hand_on_nan_as_digital_ones_do():
     outputs NaN."""
     from rapa.nn import Linear, TiledConv2d
     torch.manual_seed(0)
-    x = torch.zeros(1, 1, 5, 5)
-    x[0, 0, 2, 3] = math.nan
-    analog = TiledConv2d(1, 2, 3, padding=1, rpu_config=RPUConfig())
-    digital = torch.nn.functional.conv2d(x, torch.ones(2, 1, 3, 3), padding=1)
-    assert digital.isnan().sum() == 18
-    assert torch.equal(analog(x).isnan(), digital.isnan())
+    for channels, dtype in ((1, torch.float32), (2, torch.float32), (2, torch.float64)):
+        # 9 values a patch, then 18: the fused kernel's vector lanes as well as its tail
+        x = torch.zeros(1, channels, 5, 5, dtype=dtype)
+        x[0, 0, 2, 3] = math.nan
+        analog = TiledConv2d(channels, 2, 3, padding=1, rpu_config=RPUConfig()).to(dtype)
+        digital = torch.nn.functional.conv2d(x, torch.ones(2, channels, 3, 3, dtype=dtype),
+                                             padding=1)
+        assert digital.isnan().sum() == 18
+        assert torch.equal(analog(x).isnan(), digital.isnan()), (channels, dtype)
     fc = Linear(4, 2, rpu_config=RPUConfig())
     rows = torch.randn(3, 4)
     rows[1] = math.nan
@@ -803,13 +806,15 @@ def test_the_python_api_checks_the_periphery_and_the_arrays_as_a_prototxt_is():
                              (dict(bound_management="xx"), "bound_management must be one of"),
                              (dict(max_bm_factor=0.5), "max_bm_factor must be in [1, 1e30]"),
                              (dict(out_noise=math.inf), "out_noise must be a finite number"),
-                             (dict(out_res=math.nan), "out_res must be a finite number")):
+                             (dict(out_res=math.nan), "out_res must be a finite number"),
+                             (dict(max_bm_res=math.inf), "max_bm_res must be a finite number")):
         with pytest.raises(ValueError, match=re.escape(f"IOParameters: {message}")):
             analog_mvm(x, w, tile, IOParameters(**io_args))
     assert analog_mvm(x, w, tile, IOParameters(is_perfect=True, out_noise=math.inf)).eq(0).all()
     bad_device = RPUConfig(device=dataclasses.replace(ConstantStepDevice(), dw_min=-1.0))
     for config, shape, message in ((RPUConfig(), (0, 8, 16), "got (0, 8, 16)"),
                                    (RPUConfig(), (8, 16), "got (8, 16)"),
+                                   (RPUConfig(), (1.5, 8, 16), "got (1.5, 8, 16)"),
                                    (bad_device, (1, 8, 16), "device.dw_min must be > 0")):
         with pytest.raises(ValueError, match=re.escape(message)):
             AnalogArrays(config, shape)

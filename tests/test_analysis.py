@@ -265,6 +265,9 @@ def test_fgsm_at_zero_changes_nothing_and_follows_the_gradient_sign(trained, cap
                      (dict(base, points=[{"epsilon": 0, "snr_db": "abc", "accuracy": 2}]),
                       'points[0].snr_db is "abc", not a number'),
                      (dict(base, images=1.5), "images is 1.5, not an integer"),
+                     (dict(base, images=True), "images is true, not an integer"),
+                     (dict(base, points=[dict(base["points"][1], x=1)]),
+                      "points[0] is not an object of epsilon, snr_db, accuracy"),
                      ([1, 2], "not an object with a list of 'points'"),
                      (dict(base, points=base["points"][:2]),
                       "the baseline needs at least two points with a finite SNR")):

@@ -102,6 +102,10 @@ def test_convert_cifar_class_folders_that_do_not_fit_the_dataset(tmp_path, capsy
     assert main(["convert-cifar", src, str(tmp_path / "c"), "--dataset", "cifar100"]) == 0
     assert "note: 12 class folders, fewer than cifar100's 100: the labels are 0 to 11" in \
         capsys.readouterr().out
+    for c in range(10, 12):  # 10 folders: cifar10's own layout, no note
+        shutil.rmtree(tmp_path / f"src/train/c{c:02d}")
+    assert main(["convert-cifar", src, str(tmp_path / "e")]) == 0
+    assert "note:" not in capsys.readouterr().out
     shutil.rmtree(tmp_path / "src/train")
     assert main(["convert-cifar", src, str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
@@ -211,7 +215,8 @@ def test_convert_imageset_refuses_what_it_cannot_write(tmp_path, capsys):
                                            f"outside int32"),
             (["--resize-height", "30000", "--resize-width", "30000"],
              "--resize-height 30000 --resize-width 30000: a record holds at most 2^31 - 1 bytes"),
-            (["--resize-height", "8"], "give both --resize-height and --resize-width")):
+            (["--resize-height", "8"], "give both --resize-height and --resize-width"),
+            (["--resize-width", "8"], "give both --resize-height and --resize-width")):
         code = main(["convert-imageset", str(tmp_path / "root"), *extra, str(tmp_path / "db")])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err

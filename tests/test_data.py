@@ -128,6 +128,7 @@ def test_transform_errors():
         with pytest.raises(RapaError, match=re.escape(f"t: strong_augmentation.{message}")):
             transformer(f"strong_augmentation {{ {text} }}")
     transformer("strong_augmentation { max_scale: 100 scale_jitter: 0 }")
+    transformer("strong_augmentation { max_scale: 2 scale_jitter: 2 }")
 
 
 def test_force_color_and_force_gray_together_are_refused(tmp_path):

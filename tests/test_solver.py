@@ -831,7 +831,7 @@ def test_a_resume_says_how_its_solver_and_net_differ_from_the_snapshot_s(workdir
     assert said[1] == (
         "snap/tiny_iter_4.solverstate was written with another solver or net; now: base_lr "
         "0.05 -> 0.01; max_iter 4 -> 6; random_seed 3 -> 7 (the run keeps its seed, 3); "
-        "net: layer data (2nd) changed: data_param; net: layer drop added")
+        "net: layer data #2 changed: data_param; net: layer drop added")
     assert "seed 3)" in said[3]  # the run goes on with the snapshot's seed, as it says
 
 
@@ -878,3 +878,111 @@ def test_the_changes_of_a_resume_show_repeated_values_and_several_layers():
                        '"Sigmoid" }', pb.NetParameter())
     assert net_changes(before, after) == ["layers a, b changed", "layer c removed",
                                           'name "n" -> "m"']
+    assert message_changes(pb.SolverParameter(solver_mode=pb.SolverParameter.CPU),
+                           pb.SolverParameter(solver_mode=pb.SolverParameter.GPU)) == \
+        ["solver_mode CPU -> GPU"]
+    many = pb.NetParameter()
+    for i in range(8):
+        many.layer.add(name=f"l{i}", type="ReLU")
+    renamed = pb.NetParameter()
+    renamed.CopyFrom(many)
+    for layer in renamed.layer:
+        layer.type = "TanH"
+    assert net_changes(many, renamed) == ["layers l0, l1, l2, l3, l4, l5 and 2 more changed"]
+
+
+def test_the_earlier_run_check_reads_prefixes_and_logs_as_they_are(workdir, monkeypatch):
+    """A prefix ending in / or holding pattern characters finds its snapshots; a solver's own
+    log_file shared with another prefix's run, or a file that is no rapa log, is never
+    replaced without --overwrite; --overwrite writes the new log before it removes anything;
+    a snapshot of iteration 0 counts; resuming one's own newest by an absolute path is one's
+    own; another prefix's snapshot under --overwrite starts an empty log."""
+    def with_prefix(prefix, extra=""):
+        path = setup_files(workdir, max_iter=4, solver_extra=extra)
+        text = (workdir / "solver.prototxt").read_text()
+        (workdir / "solver.prototxt").write_text(
+            text.replace('snapshot_prefix: "snap/tiny"', f'snapshot_prefix: "{prefix}"'))
+        return path
+
+    for prefix, files in (("snap/", "_iter_4"), ("snap/t[1]", "t[1]_iter_4")):
+        path = with_prefix(prefix)
+        Solver(path, say=lambda m: None, progress=False).solve()
+        assert (workdir / f"snap/{files}.solverstate").is_file()
+        with pytest.raises(RapaError, match=re.escape(f"holds an earlier run (a snapshot of "
+                                                      f"iteration 4 and a log to iteration 4")):
+            Solver(path, say=lambda m: None, progress=False).solve()
+        said = []
+        Solver(path, say=said.append, progress=False).solve(resume="auto")
+        assert f"Resuming from snap/{files}.solverstate at iteration 4" in said
+
+    shared = 'log_file: "shared.jsonl"\n'
+    a = with_prefix("a/run", shared)
+    Solver(a, say=lambda m: None, progress=False).solve()
+    lines = (workdir / "shared.jsonl").read_text()
+    b = workdir / "b_solver.prototxt"
+    b.write_text((workdir / "solver.prototxt").read_text().replace('"a/run"', '"b/run"'))
+    with pytest.raises(RapaError, match="give the solver another snapshot_prefix and log_file, "
+                                        "or pass --overwrite"):
+        Solver(str(b), say=lambda m: None, progress=False).solve(resume="auto")
+    assert (workdir / "shared.jsonl").read_text() == lines
+
+    path = setup_files(workdir, max_iter=4, solver_extra='log_file: "notes.log"\n')
+    (workdir / "notes.log").write_text("epoch 1 loss 2.3\nepoch 2 loss 2.1\n")
+    with pytest.raises(RapaError, match=r"a log_file that is no rapa log \(notes.log:1: not a "
+                                        r"JSON line"):
+        Solver(path, say=lambda m: None, progress=False).solve()
+    Solver(path, say=lambda m: None, progress=False).solve(overwrite=True)
+    assert read_log_lines(workdir / "notes.log")[-1]["iter"] == 4
+
+    path = setup_files(workdir, max_iter=4)
+    Solver(path, say=lambda m: None, progress=False).solve(overwrite=True)
+    import rapa.solver
+
+    def unwritable(*args):
+        raise OSError(30, "Read-only file system", "snap/tiny_log.jsonl")
+    with monkeypatch.context() as m:
+        m.setattr(rapa.solver, "TrainLog", unwritable)
+        with pytest.raises(OSError):
+            Solver(path, say=lambda m: None, progress=False).solve(overwrite=True)
+    assert (workdir / "snap/tiny_iter_4.solverstate").is_file()  # nothing removed
+
+    # Iteration 0's snapshot (Ctrl-C before the first step) is an earlier run's too.
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    Solver(path, max_iter=4, say=lambda m: None, progress=False).solve()
+    for suffix in (".caffemodel", ".solverstate"):
+        (workdir / f"snap/tiny_iter_4{suffix}").rename(workdir / f"snap/tiny_iter_0{suffix}")
+    (workdir / "snap/tiny_log.jsonl").unlink()
+    with pytest.raises(RapaError, match=r"\(a snapshot of iteration 0\)"):
+        Solver(path, say=lambda m: None, progress=False).solve()
+
+    for f in (workdir / "snap").iterdir():
+        f.unlink()
+    Solver(path, say=lambda m: None, progress=False).solve()
+    Solver(path, say=lambda m: None, progress=False).solve(
+        resume=str(workdir / "snap/tiny_iter_4.solverstate"))  # its own newest: no refusal
+    shutil.copytree(workdir / "snap", workdir / "elsewhere")
+    Solver(path, max_iter=5, say=lambda m: None, progress=False).solve(
+        resume="elsewhere/tiny_iter_4.solverstate", overwrite=True)
+    # The earlier run's lines (iterations 0 to 4) are gone: only this run's test at 5.
+    assert [(e["iter"], e["phase"]) for e in read_log_lines(workdir / "snap/tiny_log.jsonl")] \
+        == [(5, "test")]
+
+
+def test_auto_says_a_damaged_newest_snapshot_even_without_a_complete_one(workdir):
+    path = setup_files(workdir, max_iter=2)
+    (workdir / "snap").mkdir()
+    (workdir / "snap/tiny_iter_98.solverstate").write_bytes(b"\x08\x62\x12\x05nope!")
+    said = []
+    Solver(path, say=said.append, progress=False).solve(resume="auto")
+    assert ("Skipped snap/tiny_iter_98.solverstate: not a complete snapshot (it does not "
+            "parse, or its weights file is missing)") in said
+
+
+def test_snapshots_of_another_prefix_that_starts_like_this_one_are_not_this_one_s(tmp_path):
+    from rapa.snapshot import snapshots_under
+    for name in ("tiny_iter_4", "tiny_iter_4_iter_8", "tinyx_iter_2"):
+        (tmp_path / f"{name}.solverstate").write_bytes(b"")
+        (tmp_path / f"{name}.caffemodel").write_bytes(b"")
+    assert [i for i, _ in snapshots_under(str(tmp_path / "tiny"))] == [4]
+    assert [i for i, _ in snapshots_under(str(tmp_path / "tiny_iter_4"))] == [8]

@@ -1,5 +1,6 @@
 """The rapa command end to end: Caffe's own files, test with votes, time, plot, generated nets,
 and the errors a user sees (one line, no traceback)."""
+import os
 import pathlib
 import re
 import shutil
@@ -302,6 +303,8 @@ def test_time_times_a_deploy_net_forward_only(tmp_path, capsys):
         line for line in lines if line.startswith("total")))]}
     assert set(rows) == {"in", "ip", "prob"}
     assert float(rows["ip"][2]) > 0 and float(rows["ip"][3]) == 0  # forward ms, backward 0
+    assert main(["time", "--model", str(net), "--iterations", "1", "--forward-only"]) == 0
+    assert "note:" not in capsys.readouterr().out  # asked for: nothing to say
 
 
 def test_time_feeds_input_labels_with_valid_classes():
@@ -405,3 +408,31 @@ def test_a_file_of_the_other_kind_is_named_as_such(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"rapa test: error: {state}: a solver state, not weights: --weights takes a .caffemodel "
         f"(this state's is x_iter_4.caffemodel), --snapshot a .solverstate")
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused(tmp_path, monkeypatch, capsys):
+    """The same file under another name (relative, absolute, a hard link, a folder reached
+    through a link, two outputs neither of which exists yet) or a file inside an input
+    folder: refused before any work, naming both arguments."""
+    from datasets import write_lmdb, random_images
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "log.jsonl").write_text('{"iter": 1, "phase": "test", "accuracy": 0.5}\n')
+    os.link(tmp_path / "log.jsonl", tmp_path / "hard.jsonl")
+    (tmp_path / "D").mkdir()
+    os.symlink(tmp_path / "D", tmp_path / "L")
+    write_lmdb(tmp_path / "db", *random_images(4, h=4, w=4))
+    cases = ((["table", "log.jsonl", "--json", str(tmp_path / "log.jsonl")],
+              f"--json {tmp_path / 'log.jsonl'} would overwrite LOGS (log.jsonl); name another "
+              f"file"),
+             (["table", "log.jsonl", "--json", "hard.jsonl"],
+              "--json hard.jsonl would overwrite LOGS (log.jsonl)"),
+             (["fgsm", "--model", "m", "--weights", "w", "--epsilon", "1", "--json", "L/r.png",
+               "--plot", "D/r.png"], "--json L/r.png would overwrite --plot (D/r.png)"),
+             (["compute-mean", "db", "db/data.mdb"],
+              "OUT db/data.mdb would overwrite DB (db)"))
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (tmp_path / "log.jsonl").read_text().startswith('{"iter": 1')
+    assert main(["table", "log.jsonl", "--json", "rows.json"]) == 0  # another file: written

@@ -110,10 +110,15 @@ def figure_written(path: str) -> str:
 
 
 def _same_file(a: str, b: str) -> bool:
+    """Whether writing `a` would overwrite `b`: the same file, or a file inside folder `b`
+    (compute-mean's output inside its database)."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): the same path, then
-        return os.path.abspath(a) == os.path.abspath(b)
+        if os.path.samefile(a, b):
+            return True
+    except OSError:  # one of them does not exist (yet): the same path, links resolved
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+    return os.path.isdir(b) and os.path.realpath(a).startswith(os.path.realpath(b) + os.sep)
 
 
 def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -131,14 +136,16 @@ def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         written = action.type in (output_path, figure_path)
         if action.type is figure_path:
             values = [figure_written(v) for v in values]
-        name = action.option_strings[0] if action.option_strings else f"the {action.dest} given"
+        name = action.option_strings[0] if action.option_strings else (
+            action.metavar or action.dest.upper())
         named[action.dest] = (name, values, written)
     for dest, (name, values, written) in named.items():
         for other, (other_name, others, also_written) in named.items():
             if not written or other == dest:
                 continue
             for value in values:  # (a word such as --method's best is no file: not compared)
-                if any(_same_file(value, o) for o in others
-                       if also_written or os.path.exists(o)):
-                    raise RapaError(f"{name} {value} names the same file as {other_name}: "
-                                    f"writing it would overwrite that; name another file")
+                hit = next((o for o in others if (also_written or os.path.exists(o))
+                            and _same_file(value, o)), None)
+                if hit is not None:
+                    raise RapaError(f"{name} {value} would overwrite {other_name} ({hit}); "
+                                    f"name another file")
