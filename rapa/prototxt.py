@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from typing import TypeVar
 
 from google.protobuf import message as _message
@@ -10,6 +11,7 @@ from google.protobuf import text_format
 
 from .errors import RapaError
 from .fileio import atomic_write_bytes
+from .proto import pb
 
 M = TypeVar("M", bound=_message.Message)
 
@@ -47,8 +49,6 @@ _KINDS = {"NetParameter": "a net", "SolverParameter": "a solver"}
 def _other_kind(detail: str, message) -> str:
     """": a solver file? ..." where the unknown field the parser names is one of the other kind
     of file's (a solver given as --model, a net as --solver), else ""."""
-    import re
-    from .proto import pb
     found = re.search(r'has no field named "(\w+)"', detail)
     mine = message.DESCRIPTOR.name
     if not found or mine not in _KINDS:

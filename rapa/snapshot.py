@@ -179,24 +179,23 @@ def _complete(state_path: pathlib.Path) -> bool:
 
 def snapshots_under(prefix: str) -> list[tuple[int, pathlib.Path]]:
     """(iteration, path) of the snapshots under `prefix` that have their weights file beside
-    them (named as snapshot() names it; the states are not read: a run's start lists them
-    all), by iteration."""
-    return [(i, f) for i, f in _snapshot_files(prefix) if f.with_suffix(".caffemodel").is_file()]
+    them (snapshot_paths' names; the states are not read: a run's start lists them all), by
+    iteration."""
+    return [(i, f) for i, f in _snapshot_files(prefix)
+            if snapshot_paths(prefix, i)[0].is_file()]
 
 
-def damaged_snapshots(prefix: str) -> list[pathlib.Path]:
-    """The .solverstate files under `prefix` newer than its newest complete snapshot (those
-    --snapshot auto passes over)."""
-    newest = latest_snapshot(prefix)
+def damaged_snapshots(prefix: str, newest: pathlib.Path | None) -> list[pathlib.Path]:
+    """The .solverstate files under `prefix` newer than `newest`, its newest complete snapshot
+    as latest_snapshot found it (those --snapshot auto passes over)."""
     after = -1 if newest is None else snapshot_iter(newest)
     return [f for i, f in _snapshot_files(prefix) if i > after]
 
 
-def remove_snapshot(state_path: pathlib.Path) -> None:
-    """A snapshot's two files (the weights named as snapshot() names them)."""
-    state_path = pathlib.Path(state_path)
-    state_path.with_suffix(".caffemodel").unlink(missing_ok=True)
-    state_path.unlink(missing_ok=True)
+def remove_snapshot(prefix: str, iteration: int) -> None:
+    """A snapshot's two files (snapshot_paths')."""
+    for path in snapshot_paths(prefix, iteration):
+        path.unlink(missing_ok=True)
 
 
 def latest_snapshot(prefix: str) -> pathlib.Path | None:

@@ -686,7 +686,7 @@ class Solver:
         if resume:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
             if resume == "auto":
-                for f in damaged_snapshots(self.prefix):
+                for f in damaged_snapshots(self.prefix, path):
                     self.say(f"Skipped {f}: not a complete snapshot (it does not parse, or "
                              f"its weights file is missing)")
             if path is not None:
@@ -707,8 +707,8 @@ class Solver:
         doomed, removal = self._claim_prefix(path, own, log_path, overwrite,
                                              auto=resume == "auto", weights=weights)
         log = TrainLog(log_path, self.iter if own else None)  # written before anything goes
-        for f in doomed:
-            remove_snapshot(f)
+        for iteration in doomed:
+            remove_snapshot(self.prefix, iteration)
         if removal:
             self.say(removal)
         if path is not None:  # said once the start is sure
@@ -717,12 +717,13 @@ class Solver:
 
     def _claim_prefix(self, resumed: Optional[pathlib.Path], own: bool, log_path: str,
                       overwrite: bool, auto: bool, weights: Optional[str] = None
-                      ) -> tuple[list[pathlib.Path], str]:
+                      ) -> tuple[list[int], str]:
         """Refuses (RapaError) to start where an earlier run's files would be lost: snapshots
         under the prefix (all of them for a fresh start or a resume from another prefix's
         snapshot; those after the resumed iteration for a resume from one of its own) and the
         log's lines (all of them, but for a resume of the prefix's own snapshot, which keeps
-        those up to it). With `overwrite` (--overwrite): returns the snapshots to remove and
+        those up to it). With `overwrite` (--overwrite): returns the snapshots to remove (their
+        iterations) and
         the line that says so, for the caller to act on once the new log is written. `auto`
         (--snapshot auto) that found no snapshot: a log of the prefix's own name without one
         is of a run that cannot be resumed, replaced (a log_file of the solver's own may be
@@ -757,12 +758,12 @@ class Solver:
                 + ("give the solver another snapshot_prefix" if own_log else
                    "give the solver another snapshot_prefix and log_file")
                 + ", or pass --overwrite to remove it")
-        for _, f in doomed:
-            model = f.with_suffix(".caffemodel")
+        for i, _ in doomed:
+            model = snapshot_paths(self.prefix, i)[0]
             if weights and model.exists() and os.path.samefile(weights, model):
                 raise RapaError(f"--weights {weights} is one of the earlier run's snapshots that "
                                 f"--overwrite would remove: copy it elsewhere first")
-        return [f for _, f in doomed], (
+        return [i for i, _ in doomed], (
             f"Removed an earlier run under {self.prefix}: {what}" if overwrite else
             f"Replacing {log_path}, the log of a run with no snapshot to resume")
 

@@ -159,12 +159,11 @@ class IOParameters:
         """The arguments of rapa.analog_mvm: steps and bounds in absolute units. Raises
         ValueError (check) for a periphery that is not one: every op call checks it, so a
         typo given through the Python API (noise_management="absmax") is not read as "none"."""
-        if not self.is_perfect:
-            self.check("IOParameters")
         if self.is_perfect:
             return dict(inp_step=0.0, inp_bound=math.inf, out_step=0.0, out_bound=math.inf,
                         out_noise=0.0, noise_management=False, bound_management=False,
                         max_bm_factor=1.0)
+        self.check("IOParameters")
         inp_step = _step(self.inp_res, self.inp_bound)
         reduction = float(self.max_bm_factor)
         if inp_step > 0 and self.max_bm_res > 0:

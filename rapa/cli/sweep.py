@@ -108,7 +108,7 @@ def run(args):
                 run = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
             running.add(run)
-            print(f"{solver}: started (output {out})", flush=True)
+            say(f"{solver}: started (output {out})")
         code = run.wait()
         with lock:
             running.discard(run)

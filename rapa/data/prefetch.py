@@ -252,8 +252,9 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 def _worker_init(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the training loop handles it (it finishes its
     # iteration, which may still read a batch, and snapshots). SIGTERM likewise (timeout, a
-    # batch system's scancel signal the whole group), and SIGHUP (a closed terminal). The worker was born with them blocked
-    # (see Prefetcher._start): one sent before this line is discarded here, not fatal.
+    # batch system's scancel signal the whole group), and SIGHUP (a closed terminal). The
+    # worker was born with them blocked (see Prefetcher._start): one sent before this line is
+    # discarded here, not fatal.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
