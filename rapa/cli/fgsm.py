@@ -79,8 +79,6 @@ def draw(result, baseline, path, label, baseline_label="baseline"):
 
 
 def run(args):
-    if (args.iterations is not None and args.iterations < 1) or args.votes < 1:
-        raise RapaError("--iterations and --votes must be >= 1")
     if args.pixel_range[0] >= args.pixel_range[1]:
         raise RapaError("--pixel-range takes LOW < HIGH")
     if min(args.epsilon) < 0:

@@ -51,8 +51,6 @@ def add_arguments(p):
 
 
 def run(args):
-    if args.iterations < 1 or args.votes < 1:
-        raise RapaError("--iterations and --votes must be >= 1")
     device = device_named(args.device)
     torch.manual_seed(args.seed)
     net = Net.from_file(args.model, pb.TEST, seed=args.seed)

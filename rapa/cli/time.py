@@ -10,7 +10,6 @@ pipelined, or their sum when not.
 import torch
 
 from ..device import device_named
-from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
 from ..timing import analog_model, time_layers
@@ -27,8 +26,6 @@ def add_arguments(p):
 
 
 def run(args):
-    if args.iterations < 1:
-        raise RapaError("--iterations must be >= 1")
     device = device_named(args.device)
     phase = pb.TRAIN if args.phase == "TRAIN" else pb.TEST
     net = Net.from_file(args.model, phase)
@@ -47,13 +44,18 @@ def run(args):
     print(f"{net.name or args.model}: {args.phase}, batch {batch}, {device}, mean of "
           f"{args.iterations} iterations")
     width = max([12] + [len(t.name) for t in times])
-    print(f"{'layer':<{width}} {'type':<16} {'forward ms':>11} {'backward ms':>12}")
+    # Without a backward pass the backward column would only hold zeros: left out.
+    columns = [("forward ms", 11, "forward_ms")]
+    if not forward_only:
+        columns.append(("backward ms", 12, "backward_ms"))
+    print(f"{'layer':<{width}} {'type':<16}" + "".join(f" {h:>{w}}" for h, w, _ in columns))
     for t in times:
-        print(f"{t.name:<{width}} {t.type:<16} {t.forward_ms:>11.3f} {t.backward_ms:>12.3f}")
-    total_f = sum(t.forward_ms for t in times)
-    total_b = sum(t.backward_ms for t in times)
-    print(f"{'total':<{width + 17}} {total_f:>11.3f} {total_b:>12.3f}   "
-          f"({batch / (total_f + total_b) * 1e3:.0f} images/s)")
+        print(f"{t.name:<{width}} {t.type:<16}"
+              + "".join(f" {getattr(t, a):>{w}.3f}" for _, w, a in columns))
+    totals = [sum(getattr(t, a) for t in times) for _, _, a in columns]
+    print(f"{'total':<{width + 17}}" + "".join(f" {v:>{w}.3f}" for v, (_, w, _) in
+                                                zip(totals, columns))
+          + f"   ({batch / sum(totals) * 1e3:.0f} images/s)")
     analog = analog_model(net)
     if analog:
         print("\nanalog arrays (one matrix-vector product per patch, constant time each):")
