@@ -81,8 +81,12 @@ def resume_changes(state: pb.SolverState, solver: pb.SolverParameter,
     """What differs between the snapshot's run and this one (empty for a state written before
     these were kept). random_seed: the snapshot's seed is the one the run goes on with."""
     out = []
+    # A training net embedded in the solver is compared below, layer by layer, as "net: ...".
+    embedded = {"net_param", "train_net_param"} if state.HasField("train_net") else set()
     if state.HasField("solver"):
         for change in message_changes(state.solver, solver):
+            if change in embedded:
+                continue
             if change.startswith("random_seed ") and state.HasField("seed"):
                 change += f" (the run keeps its seed, {state.seed})"
             out.append(change)

@@ -15,6 +15,7 @@ import torch
 from datasets import random_images, write_lmdb
 from rapa.errors import RapaError
 from rapa.lr_policy import learning_rate
+from rapa.net import Net
 from rapa.proto import pb
 from rapa.prototxt import parse_text, read_binary
 from rapa.snapshot import latest_snapshot
@@ -206,7 +207,6 @@ def test_weights_include_the_fixed_partition(workdir):
     # The test net shares the train net's partition, not a draw of its own.
     assert solver.test_nets[0].layer("conv").module.scheme.partition is \
         solver.net.layer("conv").module.scheme.partition
-    from rapa.net import Net
     from rapa.snapshot import load_weights
     net = Net(parse_text(NET % "random_fixed", pb.NetParameter()), pb.TEST)
     assert not torch.equal(net.layer("conv").module.scheme.partition, partition)
@@ -867,6 +867,13 @@ def test_a_resume_with_another_batch_size_reads_on_from_the_same_record(workdir,
     assert solver.epoch() == round((start + 1) * batch / 40, 4)
 
 
+def _first_layers(net, count):
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[count:]
+    return out
+
+
 def test_the_changes_of_a_resume_show_repeated_values_and_several_layers():
     from rapa.resume_changes import message_changes, net_changes
     a = pb.SolverParameter(test_iter=[5], base_lr=0.1)
@@ -889,6 +896,32 @@ def test_the_changes_of_a_resume_show_repeated_values_and_several_layers():
     for layer in renamed.layer:
         layer.type = "TanH"
     assert net_changes(many, renamed) == ["layers l0, l1, l2, l3, l4, l5 and 2 more changed"]
+    # Exactly _SHOWN (6) names are all listed; one more is "and 1 more".
+    for count, tail in ((6, "l5 changed"), (7, "l5 and 1 more changed")):
+        assert net_changes(_first_layers(many, count), _first_layers(renamed, count)) == \
+            [f"layers l0, l1, l2, l3, l4, {tail}"]
+    # Two layers added: plural; booleans as in prototxt; a layer's changed fields, listed.
+    two = _first_layers(many, 2)
+    assert net_changes(_first_layers(many, 0), two) == ["layers l0, l1 added"]
+    after_one = pb.NetParameter()
+    after_one.CopyFrom(two)
+    after_one.layer[0].type, after_one.layer[0].bottom[:] = "TanH", ["x"]
+    after_one.force_backward = True
+    assert net_changes(two, after_one) == ["layer l0 changed: type \"ReLU\" -> \"TanH\", "
+                                           "bottom [] -> [\"x\"]", "force_backward false -> true"]
+    # A net embedded in the solver: its changes said once, layer by layer.
+    from rapa.resume_changes import resume_changes
+    state = pb.SolverState(solver=pb.SolverParameter(net_param=many, base_lr=0.1),
+                           train_net=many)
+    assert resume_changes(state, pb.SolverParameter(net_param=renamed, base_lr=0.2), renamed) \
+        == ["base_lr 0.1 -> 0.2", "net: layers l0, l1, l2, l3, l4, l5 and 2 more changed"]
+    state.solver.train_net_param.CopyFrom(many)  # the other field that embeds a net
+    assert resume_changes(state, pb.SolverParameter(train_net_param=renamed), renamed) == \
+        ["base_lr 0.1 -> 0", "net: layers l0, l1, l2, l3, l4, l5 and 2 more changed"]
+    state.solver.ClearField("train_net_param")
+    state.ClearField("train_net")  # a state of before the net was kept: the solver's field
+    assert resume_changes(state, pb.SolverParameter(net_param=renamed), renamed) == \
+        ["net_param", "base_lr 0.1 -> 0"]
 
 
 def test_the_earlier_run_check_reads_prefixes_and_logs_as_they_are(workdir, monkeypatch):
@@ -986,3 +1019,40 @@ def test_snapshots_of_another_prefix_that_starts_like_this_one_are_not_this_one_
         (tmp_path / f"{name}.caffemodel").write_bytes(b"")
     assert [i for i, _ in snapshots_under(str(tmp_path / "tiny"))] == [4]
     assert [i for i, _ in snapshots_under(str(tmp_path / "tiny_iter_4"))] == [8]
+
+
+def test_snapshot_listing_in_the_working_folder_damaged_states_and_partial_removal(
+        tmp_path, monkeypatch):
+    """A prefix without a folder lists the working folder; a state that does not parse is not
+    complete; with no complete snapshot every state counts as damaged, iteration 0 included;
+    removing a snapshot whose weights are already gone removes its state."""
+    from rapa.snapshot import (damaged_snapshots, latest_snapshot, remove_snapshot,
+                               snapshots_under)
+    monkeypatch.chdir(tmp_path)
+    for i in (0, 1):
+        pathlib.Path(f"run_iter_{i}.solverstate").write_bytes(b"\xff\xff garbage")
+        pathlib.Path(f"run_iter_{i}.caffemodel").write_bytes(b"")
+    assert [i for i, _ in snapshots_under("run")] == [0, 1]
+    assert latest_snapshot("run") is None  # neither parses
+    assert [f.name for f in damaged_snapshots("run", None)] == \
+        ["run_iter_0.solverstate", "run_iter_1.solverstate"]
+    pathlib.Path("run_iter_1.caffemodel").unlink()
+    remove_snapshot("run", 1)
+    assert not pathlib.Path("run_iter_1.solverstate").exists()
+    assert pathlib.Path("run_iter_0.caffemodel").exists()
+
+
+def test_weights_files_keep_the_net_s_name_and_each_layer_s_type(workdir):
+    """A .caffemodel as Caffe writes it: the net's name, and per layer with blobs its name and
+    type (Caffe's tools, e.g. net surgery scripts, read them); here the fixed partition and the
+    mixed pooling's parameter are blobs too."""
+    from rapa.snapshot import net_to_proto
+    setup_files(workdir)
+    net = Net.from_file(workdir / "net.prototxt", pb.TRAIN)
+    try:
+        proto = net_to_proto(net)
+    finally:
+        net.close()
+    assert proto.name == "tiny"
+    assert [(lp.name, lp.type, len(lp.blobs)) for lp in proto.layer] == [
+        ("conv", "Convolution", 3), ("pool", "Pooling", 1), ("ip", "InnerProduct", 2)]

@@ -127,8 +127,8 @@ def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     naming its --weights would replace the trained weights."""
     named = {}  # dest -> (how the user wrote it, its paths, written by the command)
     for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest in ("help", "run", "command") or value is None:
+        value = getattr(args, action.dest, None)  # (-h's is None: not in args)
+        if value is None:
             continue
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
