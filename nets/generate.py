@@ -30,7 +30,8 @@ python nets/generate.py --out DIR [--tiles 16,4,1] [--strong] [--dataset cifar10
     and their solvers, without the short, analog, HIC and residual ones); the residual nets
     add 108 files and the HIC ResNets' 8. --tiles and --shortcut other than 16,4,1 and A: the
     files keep their names, and every solver's snapshot prefix ends in _t<tiles> (_t32-8-2) or
-    _shortcutB, apart from the committed nets' runs.
+    _shortcutB, apart from the committed nets' runs. No stage takes more tiles than it has
+    patches per image (1024, 256, 64); the sweep leaves out the factors that would.
     --epochs E: the Full nets' and the sweep's solvers shortened to E epochs (see schedule()),
     written as *_eE_solver.prototxt. --paper-rates: the paper's rates without momentum on nets
     whose input is scaled by 1/256, written as *_paper_rates[_eE][_solver].prototxt (README,
@@ -91,6 +92,15 @@ RESNET_DATASETS = ("cifar10", "cifar100")
 RESNET_TILINGS = ("none", "random")
 
 
+# Output pixels (patches) per image of the three tiled stages, in both families (32 x 32
+# inputs: 32 x 32, 16 x 16, 8 x 8): no stage can have more tiles than patches.
+PATCHES = (1024, 256, 64)
+
+
+def tiles_fit(tiles) -> bool:
+    return all(t <= p for t, p in zip(tiles, PATCHES))
+
+
 # Tilings that split the image or the output into a q x q grid (rapa.tiling): square counts.
 SQUARE_TILINGS = ("image_overlap", "image_pad", "alternate")
 
@@ -111,13 +121,14 @@ def committed(dataset: str, name: str) -> bool:
                                                          )))
 
 
-def hic_family():
+def hic_family(baselines=True):
     """CIFAR-10 on HIC arrays (rapa.analog.hic): the Full net untiled with the analog nets'
     schedules, ResNet-32 at widths 1 and 2 with He et al.'s schedule and a one-epoch one
     (SHORT_HIC_RESNET), both without momentum (analog=True), and the floating-point ResNet-32
     with that same optimizer and short schedule (resnet32_none_plain_sgd_short_solver), the
     like-for-like baseline, and with its own optimizer (momentum) on that schedule
-    (resnet32_none_e1_solver); entries as family()'s."""
+    (resnet32_none_e1_solver), those two only with `baselines` (where the residual family
+    writes their net, untiled with shortcut A); entries as family()'s."""
     yield ("cifar10", "none_max_hic", "Full net, cifar10, no tiling, HIC arrays",
            full_net("cifar10", "none", "max", hic=True))
     yield ("cifar10", "none_max_hic_solver", "section 2.2 schedule, HIC",
@@ -146,6 +157,8 @@ def hic_family():
                f"short schedule: {SHORT_HIC_RESNET['epochs']} epoch, without momentum",
                (name, lambda net, n=name: resnet_solver(net, f"snapshots/cifar10/{n}_short",
                                                         analog=True, **SHORT_HIC_RESNET)))
+    if not baselines:  # their net, resnet32_none, is the residual family's
+        return
     yield ("cifar10", "resnet32_none_e1_solver",
            f"He et al.'s schedule shortened to {SHORT_HIC_RESNET['epochs']} epoch, with momentum",
            ("resnet32_none", lambda net: resnet_solver(
@@ -222,6 +235,11 @@ def full_family(dataset, tiles, strong, epochs, paper_rates):
                         **main)))
 
 
+def sweep_factors(tiles) -> list[int]:
+    """The factors of SWEEP_FACTORS whose tiles fit the patches (16,4,1: all; 32,8,2: to 32)."""
+    return [k for k in SWEEP_FACTORS if tiles_fit([t * k for t in tiles])]
+
+
 def sweep_family(dataset, tiles, epochs, paper_rates):
     """Fig. 5's tile sweep: random tiling with tiles times k for k in SWEEP_FACTORS, its
     schedule (SWEEP), 9 votes; entries and names as full_family's."""
@@ -231,7 +249,7 @@ def sweep_family(dataset, tiles, epochs, paper_rates):
     rate = (f"rate {SWEEP_RATE}" if paper_rates else
             f"the paper's rate {SWEEP_RATE} times {OUR_RATE_FACTOR} with momentum {OUR_MOMENTUM}")
     about = f"Fig. 5 schedule, {about}, x{SWEEP['gamma']}, {rate}, no weight decay"
-    for k in SWEEP_FACTORS:
+    for k in sweep_factors(tiles):
         net = f"random_max_x{k}{net_suffix}"
         scaled = tuple(t * k for t in tiles)
         yield (dataset, net, f"Full net, {dataset}, tiling random, pools max, tiles {scaled}"
@@ -266,7 +284,8 @@ def family(tiles=(16, 4, 1), strong=False, datasets=DATASETS, families=DEFAULT_F
                                                       "snapshots/cifar10/random_max_short",
                                                       **SHORT)))
         if dataset == "cifar10" and not strong and not paper_rates:
-            yield from hic_family()
+            yield from hic_family(baselines="resnet" in families and "none" in resnet_tilings
+                                  and shortcut == "A")
             for tiling in ("none", "random"):
                 name = f"{tiling}_max_rpu"
                 tiled = tiling != "none"
@@ -325,8 +344,26 @@ def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
     return written
 
 
+def options_given(parser, args) -> list[str]:
+    """The options of args that differ from their defaults, as command-line words (--out
+    and --committed left out)."""
+    words = []
+    for action in parser._actions:
+        if action.dest in ("help", "out", "committed"):
+            continue
+        value = getattr(args, action.dest)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[0]
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, *map(str, value if isinstance(value, list) else [value])]
+    return words
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="nets/generate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="folder for the whole family")
@@ -349,10 +386,17 @@ def main(argv=None):
                    help="the paper's rates without momentum, on nets whose input is scaled by "
                         "1/256 (*_paper_rates*.prototxt)")
     args = p.parse_args(argv)
-    tiles = tuple(int(t) for t in args.tiles.split(","))
+    try:
+        tiles = tuple(int(t) for t in args.tiles.split(","))
+    except ValueError:
+        tiles = ()
     if len(tiles) != 3 or min(tiles) < 1:
         p.error("--tiles takes three counts >= 1, e.g. 16,4,1")
-    if not square(tiles) and "full" in args.family:
+    if not tiles_fit(tiles):
+        p.error(f"--tiles {args.tiles}: more tiles than patches; conv1, conv2 and conv3 have "
+                f"{', '.join(map(str, PATCHES))} patches per image")
+    families = set(args.family)
+    if not square(tiles) and "full" in families:
         print(f"--tiles {args.tiles}: not all square, so the Full nets of the tilings that "
               f"need square counts ({', '.join(SQUARE_TILINGS)}) are left out")
     if args.committed and (tiles != (16, 4, 1) or args.strong or args.dataset or
@@ -362,18 +406,45 @@ def main(argv=None):
         p.error("--committed writes the committed set as it is; use --out DIR for others")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be >= 1")
+    changed = [f"--{o.replace('_', '-')}" for o in ("epochs", "paper_rates", "strong")
+               if getattr(args, o)]
+    if changed and "full" not in families and (args.strong or "sweep" not in families):
+        p.error(f"{' and '.join(changed)}: for the Full nets (--family full)"
+                + ("" if args.strong else " and the sweep (--family sweep)"))
+    if args.out is not None:
+        if args.out.resolve() == COMMITTED.resolve():
+            p.error(f"--out {args.out}: the committed nets' folder; --committed rewrites them")
+        if args.out.exists() and not args.out.is_dir():
+            p.error(f"--out {args.out}: not a folder")
     out = COMMITTED if args.committed else args.out
+    # The header's command: the options as parsed, --out absolute, so that it writes the same
+    # files again from the repository root.
     command = None if args.committed else shlex.join(
-        ["python", "nets/generate.py", *(sys.argv[1:] if argv is None else argv)])
-    paths = generate(out, tiles, args.strong, args.dataset or DATASETS, args.committed,
-                     families=args.family, resnet_tilings=args.resnet_tilings,
-                     shortcut=args.shortcut, epochs=args.epochs,
-                     paper_rates=args.paper_rates, command=command)
+        ["python", "nets/generate.py", "--out", str(args.out.resolve())] + options_given(p, args))
+    try:
+        paths = generate(out, tiles, args.strong, args.dataset or DATASETS, args.committed,
+                         families=args.family, resnet_tilings=args.resnet_tilings,
+                         shortcut=args.shortcut, epochs=args.epochs,
+                         paper_rates=args.paper_rates, command=command)
+    except OSError as e:
+        p.exit(2, f"{p.prog}: error: {e.filename}: {e.strerror}\n")
     print(f"wrote {len(paths)} files under {out}")
-    changed = [f"--{o.replace('_', '-')}" for o in ("epochs", "paper_rates") if getattr(args, o)]
-    if changed and set(args.family) != {"sweep"}:  # the sweep's solvers all take them
-        print(f"{' and '.join(changed)}: the Full nets' and the sweep's solvers only; the short, "
-              f"analog, HIC and residual nets' solvers keep their own schedules")
+    if "sweep" in families and len(sweep_factors(tiles)) < len(SWEEP_FACTORS):
+        left = [k for k in SWEEP_FACTORS if k not in sweep_factors(tiles)]
+        print(f"--tiles {args.tiles}: the sweep's factor{'s' if len(left) > 1 else ''} "
+              f"{', '.join(map(str, left))} left out (more tiles than patches)")
+    if args.strong and families - {"full"}:
+        print("--strong: the Full nets only (the residual nets and the sweep have no strongly "
+              "augmented variants)")
+    tags = ([f"_e{args.epochs}_"] if args.epochs else []) + \
+        (["_paper_rates"] if args.paper_rates else [])
+    others = [path for path in paths if path.name.endswith("_solver.prototxt")
+              and not any(t in path.name for t in tags)]
+    if tags and others:
+        options = " and ".join(c for c in changed if c != "--strong")
+        what = "solvers and nets" if args.paper_rates else "solvers"
+        print(f"{options}: the Full nets' and the sweep's {what}; the {len(others)} other "
+              f"solvers written (such as {others[0].name}) keep their own schedules")
     if args.committed:
         extra = sorted(set(COMMITTED.rglob("*.prototxt")) - set(paths))
         if extra:

@@ -362,8 +362,12 @@ class Solver:
         g.barrier()
         return state_path
 
-    def restore(self, state_path) -> None:
+    def restore(self, state_path) -> list[str]:
+        """Loads a snapshot; returns what the run should be told of it (another solver or net,
+        another number of processes or batch size), which _open_run says once the start is
+        sure."""
         state_path = pathlib.Path(state_path)
+        notes = []
         state = read_binary(state_path, pb.SolverState())
         if not state.learned_net:
             raise RapaError(f"{state_path}: not a solver state (no learned_net): --snapshot "
@@ -436,10 +440,10 @@ class Solver:
                                 f"are no generator state)") from None
         changes = resume_changes(state, self.sp, self.train_param)
         if changes:
-            self.say(f"{state_path} was written with another solver or net; now: "
-                     f"{'; '.join(changes)}")
+            notes.append(f"{state_path} was written with another solver or net; now: "
+                         f"{'; '.join(changes)}")
         if state.world_size != self.group.world:
-            self.say(f"{state_path} was written by a run of {state.world_size} process(es), "
+            notes.append(f"{state_path} was written by a run of {state.world_size} process(es), "
                      f"resumed by {self.group.world}: each step now reads {self.group.world} x "
                      f"the batch (was {state.world_size} x), from the same record on; the rate "
                      f"schedule counts iterations as before")
@@ -453,13 +457,15 @@ class Solver:
                 records = batches * cursor.batch_size
                 batches = records // layer.batch_size
                 again = records - batches * layer.batch_size
-                self.say(f"layer '{layer.layer_name}': batch_size {cursor.batch_size} -> "
-                         f"{layer.batch_size}: reads on from record {batches * layer.batch_size}"
-                         + (f" ({again} read again)" if again else ""))
+                notes.append(f"layer '{layer.layer_name}': batch_size {cursor.batch_size} -> "
+                             f"{layer.batch_size}: reads on from record "
+                             f"{batches * layer.batch_size}"
+                             + (f" ({again} read again)" if again else ""))
             layer.seek(batches)
         self.losses.clear()
         self.losses.extend(state.loss_window)
         self.train_predictions, self.train_hits = state.train_predictions, state.train_hits
+        return notes
 
     # -- training ------------------------------------------------------------------------------
 
@@ -682,7 +688,7 @@ class Solver:
             raise RapaError("give --snapshot or --weights, not both")
         if weights:
             self._load_weights(weights)
-        path = None
+        path, notes = None, []
         if resume:
             path = latest_snapshot(self.prefix) if resume == "auto" else pathlib.Path(resume)
             if resume == "auto":
@@ -690,10 +696,10 @@ class Solver:
                     self.say(f"Skipped {f}: not a complete snapshot (it does not parse, or "
                              f"its weights file is missing)")
             if path is not None:
-                self.restore(path)
+                notes = self.restore(path)
             else:
                 self.say(f"No snapshot under {self.prefix}_iter_*: starting from iteration 0")
-        if not self.group.leader:  # process 0 writes the run's files
+        if not self.group.leader:  # process 0 writes the run's files (and speaks)
             return _NoLog()
         # Made now, so that an unwritable place fails before the first snapshot, not at it.
         make_folder(pathlib.Path(self.prefix).parent, f"{self.path}: snapshot_prefix")
@@ -711,7 +717,9 @@ class Solver:
             remove_snapshot(self.prefix, iteration)
         if removal:
             self.say(removal)
-        if path is not None:  # said once the start is sure
+        for note in notes:  # said once the start is sure
+            self.say(note)
+        if path is not None:
             self.say(f"Resuming from {path} at iteration {self.iter}")
         return log
 

@@ -746,10 +746,12 @@ def test_a_start_that_would_overwrite_an_earlier_run_is_refused_and_overwrite_re
         f"to 8 and a log to iteration {last_log_iter} in snap/tiny_log.jsonl), which starting "
         f"afresh would overwrite: resume its newest with --snapshot auto, give the solver "
         f"another snapshot_prefix, or pass --overwrite to remove it")
+    said = []  # (with another max_iter: the resume's notice only once the start is sure)
     with pytest.raises(RapaError, match="holds an earlier run \\(a snapshot of iteration 8\\), "
                        "which resuming from its iteration 4 would overwrite: resume its newest"):
-        Solver(path, say=lambda m: None, progress=False).solve(
+        Solver(path, say=said.append, progress=False, max_iter=20).solve(
             resume="snap/tiny_iter_4.solverstate")
+    assert not [m for m in said if "another solver" in m], said
     shutil.copytree(snap, workdir / "other")
     with pytest.raises(RapaError, match="which resuming from other/tiny_iter_8.solverstate "
                        "would overwrite"):

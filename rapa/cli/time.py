@@ -1,11 +1,12 @@
 """Time a net layer by layer (Caffe's `caffe time`) and print the paper's analog time model.
 
-Forward and backward times per layer, averaged over --iterations passes of the TRAIN phase
-(its data layers read one batch, reused); a Scale whose BatchNorm applies it in its own pass
-shows 0 (its time is the BatchNorm's). The analog model (paper Fig. 1): per conv layer the
-patches np per image, the MACs, the tiles nt, the array operations per tile ceil(np/nt), and
-the resulting speed-up; the net's analog time is the slowest layer's count when layers are
-pipelined, or their sum when not.
+Forward and backward times per layer, averaged over --iterations passes of --phase (TRAIN by
+default; its data layers read one batch, reused) after 2 passes of warm-up; images/s is the
+batch over the sum of the layers' times (the solver's update left out); a Scale whose
+BatchNorm applies it in its own pass shows 0 (its time is the BatchNorm's). The analog model
+(paper Fig. 1): per conv layer the patches np per image, the MACs, the tiles nt, the array
+operations per tile ceil(np/nt), and the resulting speed-up; the net's analog time is the
+slowest layer's count when layers are pipelined, or their sum when not.
 """
 import torch
 
@@ -18,8 +19,10 @@ from .options import count
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
-    p.add_argument("--iterations", type=count(), default=20)
-    p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"))
+    p.add_argument("--iterations", type=count(), default=20,
+                   help="timed passes, after 2 of warm-up (default 20)")
+    p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"),
+                   help="the net's phase to time (default TRAIN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--forward-only", action="store_true",
                    help="no backward pass (a net without a loss layer is timed so anyway)")
@@ -66,7 +69,8 @@ def run(args):
                   f"{a.per_tile:>12} {a.speedup:>9.1f}")
         base = [x.patches for x in analog]
         tiled = [x.per_tile for x in analog]
-        print(f"per image: {sum(tiled)} array operations in sequence ({sum(base)} untiled, "
+        operations = f"{sum(tiled)} array operation" + ("s" if sum(tiled) != 1 else "")
+        print(f"per image: {operations} in sequence ({sum(base)} untiled, "
               f"{sum(base) / sum(tiled):.1f}x); pipelined over layers: {max(tiled)} "
               f"({max(base)} untiled, {max(base) / max(tiled):.1f}x)")
     return 0
