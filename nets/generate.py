@@ -344,6 +344,13 @@ def generate(out: Path, tiles=(16, 4, 1), strong=False, datasets=DATASETS,
     return written
 
 
+def printable(text: str) -> str:
+    """text with its non-printable characters (a newline, a byte that is no UTF-8) escaped as
+    Python writes them, so that it stays one comment line of a UTF-8 file."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def options_given(parser, args) -> list[str]:
     """The options of args that differ from their defaults, as command-line words (--out
     and --committed left out)."""
@@ -416,11 +423,16 @@ def main(argv=None):
             p.error(f"--out {args.out}: the committed nets' folder; --committed rewrites them")
         if args.out.exists() and not args.out.is_dir():
             p.error(f"--out {args.out}: not a folder")
+        try:
+            str(args.out.resolve()).encode("utf-8")
+        except UnicodeEncodeError:  # solvers name their nets in protobuf strings: UTF-8
+            p.error(f"--out {printable(str(args.out))}: a name that is no UTF-8, which a "
+                    f"solver's net path cannot hold")
     out = COMMITTED if args.committed else args.out
     # The header's command: the options as parsed, --out absolute, so that it writes the same
     # files again from the repository root.
-    command = None if args.committed else shlex.join(
-        ["python", "nets/generate.py", "--out", str(args.out.resolve())] + options_given(p, args))
+    command = None if args.committed else printable(shlex.join(
+        ["python", "nets/generate.py", "--out", str(args.out.resolve())] + options_given(p, args)))
     try:
         paths = generate(out, tiles, args.strong, args.dataset or DATASETS, args.committed,
                          families=args.family, resnet_tilings=args.resnet_tilings,

@@ -137,7 +137,9 @@ def load_weights(net: Net, path, say: Optional[Callable[[str], None]] = None) ->
     return missing
 
 
-SNAPSHOT_RE = re.compile(r"_iter_(\d+)\.solverstate$")
+# The iteration as str(int) writes it (ASCII digits, no leading zero: p_iter_007 is no
+# snapshot), so that a state's name and snapshot_paths' agree.
+SNAPSHOT_RE = re.compile(r"_iter_(0|[1-9][0-9]*)\.solverstate$")
 
 
 def snapshot_iter(state_path: pathlib.Path) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import RapaError
 from .net import Net
 
 
@@ -90,7 +91,12 @@ def time_layers(net: Net, iterations: int, device: torch.device, backward: bool 
             stamps.clear()
             blobs = net(dict(feed))
             if backward:
-                net.loss(blobs).backward()
+                loss = net.loss(blobs)
+                if not loss.requires_grad:
+                    raise RapaError("the loss depends on no weight that learns (lr_mult 0 "
+                                    "everywhere, or no layer with weights before it): no "
+                                    "backward pass to time; use --forward-only")
+                loss.backward()
                 net.zero_grad(set_to_none=True)
             if it < warmup:
                 continue

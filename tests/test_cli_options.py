@@ -95,3 +95,12 @@ def test_outputs_apart_compares_what_a_command_writes_with_what_it_reads(tmp_pat
     with pytest.raises(RapaError, match=r"^--out-model o would overwrite --out-weights \(o\)"):
         check(["reduce", "--model", "m", "--weights", "w", "--method", "norm", "--out-model",
                "o", "--out-weights", "o"])
+
+
+def test_figure_names_ending_in_a_dot_and_times_beyond_the_drift_model_s_range():
+    """matplotlib writes "c." as c.png (and the overwrite check must compare that file); drift
+    times are counted in microseconds in an integer: past 1e15 s (about 32 million years)
+    refused, not an overflow in the middle of a test."""
+    assert figure_written("c.") == "c.png" and figure_written("dir.d/c") == "dir.d/c.png"
+    assert times("1e15s") == [1e15]
+    assert refused(times, "1e300y") == "'1e300y' is more than 1e+15 s (about 3.17e+07 years)"

@@ -1021,6 +1021,15 @@ def test_snapshots_of_another_prefix_that_starts_like_this_one_are_not_this_one_
         (tmp_path / f"{name}.caffemodel").write_bytes(b"")
     assert [i for i, _ in snapshots_under(str(tmp_path / "tiny"))] == [4]
     assert [i for i, _ in snapshots_under(str(tmp_path / "tiny_iter_4"))] == [8]
+    # Nor are they by the states' listing (damaged ones, --snapshot auto's): tinyx_iter_2 has
+    # no weights as tiny_iter_2 and would count as damaged. A name with a leading zero (or
+    # other digits than ASCII's) is no snapshot: snapshot_paths would not name it.
+    from rapa.snapshot import damaged_snapshots
+    for name in ("tiny_iter_007", "tiny_iter_\u0663"):
+        (tmp_path / f"{name}.solverstate").write_bytes(b"")
+        (tmp_path / f"{name}.caffemodel").write_bytes(b"")
+    assert damaged_snapshots(str(tmp_path / "tiny"), None) == [tmp_path / "tiny_iter_4.solverstate"]
+    assert snapshots_under(str(tmp_path / "tiny")) == [(4, tmp_path / "tiny_iter_4.solverstate")]
 
 
 def test_snapshot_listing_in_the_working_folder_damaged_states_and_partial_removal(

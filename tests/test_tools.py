@@ -222,6 +222,24 @@ def test_every_generated_solver_finds_its_net_and_a_written_file_can_be_written_
     assert {p: p.read_text() for p in out.rglob("*.prototxt")} == files
 
 
+def test_a_generated_file_s_header_stays_one_comment_line_for_any_folder_name(tmp_path):
+    """A newline or a line separator in --out is escaped in the header's command: every file
+    still parses. A folder name that is no UTF-8 cannot be a solver's net path: refused."""
+    with pytest.raises(SystemExit):
+        generate.main(["--out", str(tmp_path / os.fsdecode(b"lat\xe9in"))])
+    assert not list(tmp_path.iterdir())
+    for name in ("a\nb", "it's \u2028 \u00e9"):
+        out = tmp_path / name
+        generate.main(["--out", str(out), "--family", "sweep", "--dataset", "cifar10",
+                       "--tiles", "1024,256,64"])
+        path = out / "cifar10/random_max_x1_solver.prototxt"
+        header = path.read_text().splitlines()[0]
+        assert header.endswith(" --tiles 1024,256,64 --dataset cifar10 --family sweep") and \
+            "\\" in header, header
+        read_text(path, pb.SolverParameter())
+        read_text(out / "cifar10/random_max_x1.prototxt", pb.NetParameter())
+
+
 @pytest.mark.parametrize("options,message", [
     (["--tiles", "4,a,1"], "--tiles takes three counts >= 1, e.g. 16,4,1"),
     (["--tiles", "2048,4,1"], "--tiles 2048,4,1: more tiles than patches; conv1, conv2 and "
@@ -377,7 +395,8 @@ def test_time_times_a_deploy_net_forward_only(tmp_path, capsys):
                    'type: "Softmax" bottom: "y" top: "p" }\n')
     assert main(["time", "--model", str(net), "--iterations", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"note: {net} has no loss layer (a deploy net?): forward times only")
+    assert out.startswith(f"note: {net} has no loss in its TRAIN phase (no layer with a loss "
+                          f"weight: a deploy net?): forward times only")
     lines = out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[3:lines.index(next(
         line for line in lines if line.startswith("total")))]}
@@ -387,6 +406,25 @@ def test_time_times_a_deploy_net_forward_only(tmp_path, capsys):
     assert main(["time", "--model", str(net), "--iterations", "1", "--forward-only"]) == 0
     out = capsys.readouterr().out
     assert "note:" not in out and "backward" not in out  # asked for: nothing to say
+
+
+def test_time_of_a_net_with_nothing_to_time_or_differentiate_is_one_line(tmp_path, capsys):
+    """An empty net, and a loss that depends on no learning weight (an Input straight into the
+    loss): a one-line error, not a division by zero or autograd's traceback."""
+    empty = tmp_path / "empty.prototxt"
+    empty.write_text('name: "e"\n')
+    assert main(["time", "--model", str(empty), "--iterations", "1"]) == 2
+    assert capsys.readouterr().err == (f"rapa time: error: {empty}: no layers to time in the "
+                                       f"TRAIN phase\n")
+    frozen = tmp_path / "frozen.prototxt"
+    frozen.write_text('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape '
+                      '{ dim: 4 dim: 3 } shape { dim: 4 } } }\nlayer { name: "loss" type: '
+                      '"SoftmaxWithLoss" bottom: "x" bottom: "y" top: "loss" }\n')
+    assert main(["time", "--model", str(frozen), "--iterations", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "rapa time: error: the loss depends on no weight that learns (lr_mult 0 everywhere, or "
+        "no layer with weights before it): no backward pass to time; use --forward-only\n")
+    assert main(["time", "--model", str(frozen), "--iterations", "1", "--forward-only"]) == 0
 
 
 def test_time_feeds_input_labels_with_valid_classes():

@@ -58,6 +58,9 @@ TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "mo": 30 * 86400
               "y": 365 * 86400.0}
 
 
+MAX_TIME = 1e15  # seconds
+
+
 def times(text: str) -> list[float]:
     """Comma-separated times after programming, in seconds or with a unit (1h, 30d, 1y):
     finite and >= 0, each once."""
@@ -74,6 +77,9 @@ def times(text: str) -> list[float]:
                 f"{', '.join(TIME_UNITS)})") from None
         if not math.isfinite(value) or value < 0:
             raise argparse.ArgumentTypeError(f"'{item}' must be finite and >= 0")
+        if value > MAX_TIME:  # the drift model counts microseconds in an integer
+            raise argparse.ArgumentTypeError(f"'{item}' is more than {MAX_TIME:g} s (about "
+                                             f"{MAX_TIME / TIME_UNITS['y']:.3g} years)")
         if value + 0.0 in out:
             raise argparse.ArgumentTypeError(f"'{item}' repeats a time given before it")
         out.append(value + 0.0)  # -0 is 0
@@ -105,8 +111,10 @@ def figure_path(text: str) -> str:
 
 
 def figure_written(path: str) -> str:
-    """The file matplotlib writes for `path` (a name without a suffix gets .png)."""
-    return path if pathlib.Path(path).suffix else path + ".png"
+    """The file matplotlib writes for `path`: a name without a suffix gets .png, one that ends
+    in "." gets png."""
+    suffix = os.path.splitext(path)[1]
+    return path if suffix not in ("", ".") else path + ("png" if suffix else ".png")
 
 
 def _same_file(a: str, b: str) -> bool:

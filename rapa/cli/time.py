@@ -11,6 +11,7 @@ slowest layer's count when layers are pipelined, or their sum when not.
 import torch
 
 from ..device import device_named
+from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
 from ..timing import analog_model, time_layers
@@ -36,13 +37,16 @@ def run(args):
     net.train(phase == pb.TRAIN)
     forward_only = args.forward_only
     if not forward_only and not any(any(e.loss_weights) for e in net.entries):
-        print(f"note: {args.model} has no loss layer (a deploy net?): forward times only")
+        print(f"note: {args.model} has no loss in its {args.phase} phase (no layer with a "
+              f"loss weight: a deploy net?): forward times only")
         forward_only = True
     try:
         with torch.set_grad_enabled(not forward_only):
             times = time_layers(net, args.iterations, device, backward=not forward_only)
     finally:
         net.close()
+    if not times:
+        raise RapaError(f"{args.model}: no layers to time in the {args.phase} phase")
     batch = next((s[0] for s in net.blob_shapes.values() if s), 1)
     print(f"{net.name or args.model}: {args.phase}, batch {batch}, {device}, mean of "
           f"{args.iterations} iterations")
@@ -58,7 +62,7 @@ def run(args):
     totals = [sum(getattr(t, a) for t in times) for _, _, a in columns]
     print(f"{'total':<{width + 17}}" + "".join(f" {v:>{w}.3f}" for v, (_, w, _) in
                                                 zip(totals, columns))
-          + f"   ({batch / sum(totals) * 1e3:.0f} images/s)")
+          + (f"   ({batch / sum(totals) * 1e3:.0f} images/s)" if sum(totals) > 0 else ""))
     analog = analog_model(net)
     if analog:
         print("\nanalog arrays (one matrix-vector product per patch, constant time each):")
