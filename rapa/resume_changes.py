@@ -4,6 +4,8 @@ says on resuming: Caffe resumes with whatever solver it is given, often on purpo
 rate, a longer run), but a changed random_seed or batch_size otherwise passes unnoticed."""
 from __future__ import annotations
 
+import math
+
 from google.protobuf.message import Message
 
 from .proto import pb
@@ -11,11 +13,11 @@ from .proto import pb
 _SHOWN = 6  # names listed before "and N more"
 
 
-def _value(field, value) -> str:
+def _value(field, value, digits: int = 7) -> str:
     if field.enum_type is not None:
         return field.enum_type.values_by_number[value].name
     if isinstance(value, float):
-        return f"{value:.7g}"
+        return f"{value:.{digits}g}"
     if isinstance(value, str):
         return f'"{value}"'
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -27,7 +29,7 @@ def message_changes(before: Message, after: Message) -> list[str]:
     out = []
     for field in before.DESCRIPTOR.fields:
         old, new = getattr(before, field.name), getattr(after, field.name)
-        if old == new:
+        if old == new or (isinstance(old, float) and math.isnan(old) and math.isnan(new)):
             continue
         if field.message_type is not None:
             out.append(field.name)
@@ -35,7 +37,10 @@ def message_changes(before: Message, after: Message) -> list[str]:
             show = lambda values: "[" + ", ".join(_value(field, v) for v in values) + "]"  # noqa: E731
             out.append(f"{field.name} {show(old)} -> {show(new)}")
         else:
-            out.append(f"{field.name} {_value(field, old)} -> {_value(field, new)}")
+            # float32 values 7 digits cannot tell apart: 9 can
+            digits = 7 if _value(field, old) != _value(field, new) else 9
+            out.append(f"{field.name} {_value(field, old, digits)} -> "
+                       f"{_value(field, new, digits)}")
     return out
 
 
@@ -59,9 +64,10 @@ def net_changes(before: pb.NetParameter, after: pb.NetParameter) -> list[str]:
     old, new = _by_name(before), _by_name(after)
     out = []
     changed = [n for n in new if n in old and old[n] != new[n]]
-    if len(changed) == 1:  # which of its fields
-        out.append(f"layer {changed[0]} changed: "
-                   f"{', '.join(message_changes(old[changed[0]], new[changed[0]]))}")
+    if len(changed) == 1:  # which of its fields (none: a default written out, or left out)
+        fields = message_changes(old[changed[0]], new[changed[0]])
+        out.append(f"layer {changed[0]} changed: " + (
+            ", ".join(fields) if fields else "a field's default written out or left out"))
     elif changed:
         out.append(f"layers {_names(changed)} changed")
     for what, names in (("added", [n for n in new if n not in old]),

@@ -42,8 +42,12 @@ def test_finite_takes_the_float32_range_and_its_lower_bound():
 def test_times_read_units_and_refuse_repeats_negatives_and_unknown_units():
     assert times("0,1h, 30d,1y,2.5min") == [0.0, 3600.0, 30 * 86400.0, 365 * 86400.0, 150.0]
     assert times("10s,1mo") == [10.0, 30 * 86400.0]
+    assert times(" 1h , 2h ") == [3600.0, 7200.0]
     assert math.copysign(1, times("-0")[0]) == 1  # -0 is 0
     assert refused(times, "60,1min") == "'1min' repeats a time given before it"
+    assert refused(times, "1.1h,3960") == "'3960' repeats a time given before it"
+    assert times("0,1e-9") == [0.0, 1e-9]
+    assert refused(times, "0,-0") == "'-0' repeats a time given before it"
     assert refused(times, "-1h") == "'-1h' must be finite and >= 0"
     assert refused(times, "1e400") == "'1e400' must be finite and >= 0"
     assert refused(times, "3w").startswith("'3w' is not a time (a number of seconds, or with "
@@ -88,10 +92,17 @@ def test_outputs_apart_compares_what_a_command_writes_with_what_it_reads(tmp_pat
     check(["plot", "plot", "--out", "curves"])
     with pytest.raises(RapaError, match=r"^--out log.png would overwrite LOGS \(log.png\); "):
         check(["plot", "log.png", "--out", "log"])
+    with pytest.raises(RapaError, match=r"^--out log.png would overwrite LOGS \(log.png\); "):
+        check(["plot", "plot", "log.png", "--out", "log."])  # the second log; c. is c.png
     for name in ("m", "w", "best"):
         (tmp_path / name).write_text("")
     check(["reduce", "--model", "m", "--weights", "w", "--method", "norm", "--out-model",
-           "best", "--out-weights", "o"])  # --method's word is no file of this command's
+           "best", "--out-weights", "o"])
+    (tmp_path / "norm").write_text("")  # a file named as --method's word: not its file
+    check(["reduce", "--model", "m", "--weights", "w", "--method", "norm", "--out-model",
+           "norm", "--out-weights", "o"])
+    (tmp_path / "accuracy").write_text("")
+    check(["table", "log.png", "--key", "accuracy", "--json", "accuracy"])
     with pytest.raises(RapaError, match=r"^--out-model o would overwrite --out-weights \(o\)"):
         check(["reduce", "--model", "m", "--weights", "w", "--method", "norm", "--out-model",
                "o", "--out-weights", "o"])

@@ -898,6 +898,16 @@ def test_the_changes_of_a_resume_show_repeated_values_and_several_layers():
     for layer in renamed.layer:
         layer.type = "TanH"
     assert net_changes(many, renamed) == ["layers l0, l1, l2, l3, l4, l5 and 2 more changed"]
+    # float32 neighbours shown with the digits that tell them apart; NaN kept is no change; a
+    # default written out is named as such.
+    near = pb.SolverParameter(base_lr=0.1, momentum=float("nan"))
+    near.base_lr = 0.10000000894069672  # the next float32 after 0.1
+    assert message_changes(pb.SolverParameter(base_lr=0.1, momentum=float("nan")), near) == \
+        ["base_lr 0.100000001 -> 0.100000009"]
+    plain = parse_text('layer { name: "r" type: "ReLU" }', pb.NetParameter())
+    explicit = parse_text('layer { name: "r" type: "ReLU" relu_param { } }', pb.NetParameter())
+    assert net_changes(plain, explicit) == ["layer r changed: a field's default written out or "
+                                            "left out"]
     # Exactly _SHOWN (6) names are all listed; one more is "and 1 more".
     for count, tail in ((6, "l5 changed"), (7, "l5 and 1 more changed")):
         assert net_changes(_first_layers(many, count), _first_layers(renamed, count)) == \

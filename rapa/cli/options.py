@@ -80,7 +80,7 @@ def times(text: str) -> list[float]:
         if value > MAX_TIME:  # the drift model counts microseconds in an integer
             raise argparse.ArgumentTypeError(f"'{item}' is more than {MAX_TIME:g} s (about "
                                              f"{MAX_TIME / TIME_UNITS['y']:.3g} years)")
-        if value + 0.0 in out:
+        if any(math.isclose(value, o, rel_tol=1e-12) for o in out):  # 1.1h is 3960 s
             raise argparse.ArgumentTypeError(f"'{item}' repeats a time given before it")
         out.append(value + 0.0)  # -0 is 0
     return out
@@ -129,6 +129,12 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.isdir(b) and os.path.realpath(a).startswith(os.path.realpath(b) + os.sep)
 
 
+# The commands' string arguments that name no file (a device, a layer, a key of a log, a
+# method): never compared with an output, even where a file of that name happens to exist.
+WORD_ARGUMENTS = {"device", "phase", "title", "key", "layer", "method", "drift_compensation",
+                  "dataset", "label", "pcm"}
+
+
 def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Raises RapaError where a file a command writes (an argument of type output_path or
     figure_path) is one it reads or writes under another argument: `rapa reduce --out-weights`
@@ -136,7 +142,7 @@ def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     named = {}  # dest -> (how the user wrote it, its paths, written by the command)
     for action in parser._actions:
         value = getattr(args, action.dest, None)  # (-h's is None: not in args)
-        if value is None:
+        if value is None or action.dest in WORD_ARGUMENTS:
             continue
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
@@ -151,7 +157,7 @@ def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         for other, (other_name, others, also_written) in named.items():
             if not written or other == dest:
                 continue
-            for value in values:  # (a word such as --method's best is no file: not compared)
+            for value in values:
                 hit = next((o for o in others if (also_written or os.path.exists(o))
                             and _same_file(value, o)), None)
                 if hit is not None:
