@@ -419,12 +419,13 @@ def main(argv=None):
         p.error(f"{' and '.join(changed)}: for the Full nets (--family full)"
                 + ("" if args.strong else " and the sweep (--family sweep)"))
     if args.out is not None:
-        if args.out.resolve() == COMMITTED.resolve():
+        out_path = args.out.resolve()
+        if out_path == COMMITTED.resolve():
             p.error(f"--out {args.out}: the committed nets' folder; --committed rewrites them")
         if args.out.exists() and not args.out.is_dir():
             p.error(f"--out {args.out}: not a folder")
         try:
-            str(args.out.resolve()).encode("utf-8")
+            str(out_path).encode("utf-8")
         except UnicodeEncodeError:  # solvers name their nets in protobuf strings: UTF-8
             p.error(f"--out {printable(str(args.out))}: a name that is no UTF-8, which a "
                     f"solver's net path cannot hold")
@@ -432,7 +433,7 @@ def main(argv=None):
     # The header's command: the options as parsed, --out absolute, so that it writes the same
     # files again from the repository root.
     command = None if args.committed else printable(shlex.join(
-        ["python", "nets/generate.py", "--out", str(args.out.resolve())] + options_given(p, args)))
+        ["python", "nets/generate.py", "--out", str(out_path)] + options_given(p, args)))
     try:
         paths = generate(out, tiles, args.strong, args.dataset or DATASETS, args.committed,
                          families=args.family, resnet_tilings=args.resnet_tilings,
@@ -441,8 +442,8 @@ def main(argv=None):
     except OSError as e:
         p.exit(2, f"{p.prog}: error: {e.filename}: {e.strerror}\n")
     print(f"wrote {len(paths)} files under {out}")
-    if "sweep" in families and len(sweep_factors(tiles)) < len(SWEEP_FACTORS):
-        left = [k for k in SWEEP_FACTORS if k not in sweep_factors(tiles)]
+    left = [k for k in SWEEP_FACTORS if k not in sweep_factors(tiles)]
+    if "sweep" in families and left:
         print(f"--tiles {args.tiles}: the sweep's factor{'s' if len(left) > 1 else ''} "
               f"{', '.join(map(str, left))} left out (more tiles than patches)")
     if args.strong and families - {"full"}:

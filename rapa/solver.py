@@ -443,10 +443,10 @@ class Solver:
             notes.append(f"{state_path} was written with another solver or net; now: "
                          f"{'; '.join(changes)}")
         if state.world_size != self.group.world:
-            notes.append(f"{state_path} was written by a run of {state.world_size} process(es), "
-                     f"resumed by {self.group.world}: each step now reads {self.group.world} x "
-                     f"the batch (was {state.world_size} x), from the same record on; the rate "
-                     f"schedule counts iterations as before")
+            notes.append(f"{state_path} was written by a run of {state.world_size} "
+                         f"process(es), resumed by {self.group.world}: each step now reads "
+                         f"{self.group.world} x the batch (was {state.world_size} x), from the "
+                         f"same record on; the rate schedule counts iterations as before")
         cursors = {c.layer: c for c in state.data_cursor}
         for layer in self.net.data_layers():
             cursor = cursors.get(layer.layer_name)

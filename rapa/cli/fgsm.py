@@ -20,7 +20,7 @@ from ..analysis.fgsm import (FgsmResult, baseline_curve, fgsm, finite_or_null,
 from ..device import device_named
 from ..errors import RapaError
 from .similarity import load_net
-from .options import figure_written, count, figure_path, finite, output_path, seed
+from .options import figure_written, count, figure_path, finite, output_path, seed, word
 
 
 def add_arguments(p):
@@ -37,7 +37,7 @@ def add_arguments(p):
     p.add_argument("--json", type=output_path, help="write the result to this JSON file")
     p.add_argument("--plot", type=figure_path, help="draw accuracy against SNR to this PNG")
     p.add_argument("--seed", type=seed, default=0, help="seed of the random assignments")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=word, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -5,13 +5,13 @@ One row per filter and one column per tile, each filter in colour (3 input chann
 from ..analysis.filters import draw_filters
 from ..errors import RapaError
 from .similarity import load_net
-from .options import figure_written, count, figure_path
+from .options import figure_written, count, figure_path, word
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
-    p.add_argument("--layer", required=True, help="a tiled Convolution layer's name")
+    p.add_argument("--layer", type=word, required=True, help="a tiled Convolution layer's name")
     p.add_argument("--out", type=figure_path, required=True, help="PNG file to write")
     p.add_argument("--filters", type=count(), default=10, help="the first N filters (default 10)")
     p.add_argument("--select", type=int, nargs="+", help="these filters instead (indices)")

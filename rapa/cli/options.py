@@ -100,6 +100,12 @@ def output_path(text: str) -> str:
     return text
 
 
+def word(text: str) -> str:
+    """A string argument that names no file (a device, a layer, a key of a log, a method):
+    outputs_apart never compares it with an output, even where a file of that name exists."""
+    return text
+
+
 def figure_path(text: str) -> str:
     """An image file matplotlib can write (by its suffix; none: PNG), in an existing folder."""
     suffix = pathlib.Path(text).suffix.lstrip(".").lower()
@@ -129,20 +135,15 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.isdir(b) and os.path.realpath(a).startswith(os.path.realpath(b) + os.sep)
 
 
-# The commands' string arguments that name no file (a device, a layer, a key of a log, a
-# method): never compared with an output, even where a file of that name happens to exist.
-WORD_ARGUMENTS = {"device", "phase", "title", "key", "layer", "method", "drift_compensation",
-                  "dataset", "label", "pcm"}
-
-
 def outputs_apart(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Raises RapaError where a file a command writes (an argument of type output_path or
     figure_path) is one it reads or writes under another argument: `rapa reduce --out-weights`
-    naming its --weights would replace the trained weights."""
+    naming its --weights would replace the trained weights. Arguments of type `word` name no
+    file."""
     named = {}  # dest -> (how the user wrote it, its paths, written by the command)
     for action in parser._actions:
         value = getattr(args, action.dest, None)  # (-h's is None: not in args)
-        if value is None or action.dest in WORD_ARGUMENTS:
+        if value is None or action.type is word:
             continue
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):

@@ -8,14 +8,14 @@ import pathlib
 
 from ..errors import RapaError
 from ..trainlog import accuracy_key, read_log_lines
-from .options import figure_written, figure_path
+from .options import figure_written, figure_path, word
 
 
 def add_arguments(p):
     p.add_argument("logs", nargs="+", help="training logs (*_log.jsonl)")
     p.add_argument("--out", type=figure_path, default="learning_curves.png",
                    help="image file to write (PNG; by its suffix also SVG, PDF, ...)")
-    p.add_argument("--title", default="")
+    p.add_argument("--title", type=word, default="")
     p.add_argument("--epochs", action="store_true", help="epochs on the x axis")
 
 

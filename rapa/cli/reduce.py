@@ -21,13 +21,13 @@ from ..proto import pb
 from ..prototxt import read_text
 from ..snapshot import save_weights
 from .similarity import load_net
-from .options import count, output_path, seed
+from .options import count, output_path, seed, word
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="tiled net prototxt")
     p.add_argument("--weights", required=True, help=".caffemodel")
-    p.add_argument("--method", required=True, help=f"{', '.join(METHODS)}, or best")
+    p.add_argument("--method", type=word, required=True, help=f"{', '.join(METHODS)}, or best")
     p.add_argument("--out-model", type=output_path, required=True,
                    help="prototxt to write (untiled)")
     p.add_argument("--out-weights", type=output_path, required=True, help=".caffemodel to write")

@@ -23,13 +23,13 @@ from ..errors import RapaError
 from ..proto import pb
 from ..prototxt import read_text
 from ..snapshot import latest_snapshot
-from .options import count
+from .options import count, word
 
 
 def add_arguments(p):
     p.add_argument("solvers", nargs="+", help="solver prototxt files")
     p.add_argument("--jobs", type=count(), default=1, help="runs at a time (default 1)")
-    p.add_argument("--device", help="passed to every rapa train (cpu, cuda, cuda:N)")
+    p.add_argument("--device", type=word, help="passed to every rapa train (cpu, cuda, cuda:N)")
     p.add_argument("--window", type=count(), default=5, help="rapa table's window (default 5)")
 
 

@@ -10,13 +10,13 @@ import json
 
 from ..analysis.table import format_table, table_row
 from ..errors import RapaError
-from .options import count, output_path
+from .options import count, output_path, word
 
 
 def add_arguments(p):
     p.add_argument("logs", nargs="+", help="training logs (*_log.jsonl)")
     p.add_argument("--window", type=count(), default=5, help="test points averaged (default 5)")
-    p.add_argument("--key", help="the accuracy output to read (default: the first one)")
+    p.add_argument("--key", type=word, help="the accuracy output to read (default: the first one)")
     p.add_argument("--markdown", action="store_true", help="a Markdown table")
     p.add_argument("--json", type=output_path, help="also write the rows to this JSON file")
 

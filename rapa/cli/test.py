@@ -24,7 +24,7 @@ from ..seeds import mix_seed
 from ..snapshot import load_weights
 from ..analog.drift import COMPENSATIONS, ProgrammedNet
 from ..analog.pcm import parse_overrides
-from .options import TIME_UNITS, count, seed, times
+from .options import TIME_UNITS, count, seed, times, word
 
 
 def add_arguments(p):
@@ -32,7 +32,7 @@ def add_arguments(p):
     p.add_argument("--weights", required=True, help=".caffemodel")
     p.add_argument("--iterations", type=count(), default=50, help="test batches (default 50)")
     p.add_argument("--votes", type=count(), default=1, help="random assignments per image")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=word, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=seed, default=0, help="seed of the test-time assignments")
     p.add_argument("--drift-time", type=times, help="test the analog layers programmed "
                    "into PCM at these times after programming, comma-separated: seconds, or "
@@ -42,7 +42,7 @@ def add_arguments(p):
                    "its mean |W|; none")
     p.add_argument("--drift-repeats", type=count(), default=1,
                    help="programmings (each with its own noise), averaged (default 1)")
-    p.add_argument("--pcm", default="", help="PCM model fields, e.g. "
+    p.add_argument("--pcm", type=word, default="", help="PCM model fields, e.g. "
                    "'prog_noise_scale=0.5,drift_scale=0' (README: PCM drift)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-cuda-graph", action="store_true",

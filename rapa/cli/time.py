@@ -15,7 +15,7 @@ from ..errors import RapaError
 from ..net import Net
 from ..proto import pb
 from ..timing import analog_model, time_layers
-from .options import count
+from .options import count, word
 
 
 def add_arguments(p):
@@ -24,7 +24,7 @@ def add_arguments(p):
                    help="timed passes, after 2 of warm-up (default 20)")
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST"),
                    help="the net's phase to time (default TRAIN)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=word, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--forward-only", action="store_true",
                    help="no backward pass (a net without a loss layer is timed so anyway)")
 

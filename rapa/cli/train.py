@@ -16,7 +16,7 @@ import sys
 
 from ..distributed import speaker
 from ..solver import Solver, Stop
-from .options import count
+from .options import count, word
 
 
 def add_arguments(p):
@@ -25,7 +25,8 @@ def add_arguments(p):
                    "a digital model's weights are mapped onto analog layers (README)")
     p.add_argument("--snapshot", help="resume from this .solverstate, or 'auto': the newest "
                    "complete one under the solver's snapshot_prefix (from iteration 0 if none)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
+    p.add_argument("--device", type=word,
+                   help="cpu, cuda or cuda:N (default: the solver's solver_mode)")
     p.add_argument("--max-iter", type=count(1), help="override the solver's max_iter")
     p.add_argument("--overwrite", action="store_true",
                    help="remove an earlier run's snapshots and log under the solver's "
